@@ -1,0 +1,2 @@
+//! tapwire: relays raw Ethernet frames between WebSocket clients and a host TAP.
+pub mod ws;
