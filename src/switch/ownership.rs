@@ -1,0 +1,93 @@
+//! Who owns which MAC address, across all cores: the one place where a claim is decided.
+//!
+//! Contract: a MAC belongs to at most one port; the first port to claim it keeps it until it
+//! is released (port gone, or the entry aged out on the owner's core); a port owns at most
+//! `max_macs_per_port` addresses. Consulted only when a core meets a source MAC its own
+//! replica does not know, so the lock around it (in the engine) is off the per-frame path.
+
+use std::collections::HashMap;
+
+use super::{Mac, PortId};
+
+/// Why a claim was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Another port owns the address (first owner wins).
+    Conflict,
+    /// The port already owns as many addresses as allowed.
+    PortLimit,
+}
+
+/// The authoritative MAC → port map.
+#[derive(Debug)]
+pub struct Ownership {
+    owner: HashMap<Mac, PortId>,
+    /// Addresses per port, to enforce the limit and release them all on disconnect.
+    by_port: HashMap<PortId, Vec<Mac>>,
+    max_macs_per_port: usize,
+}
+
+impl Ownership {
+    /// An empty table allowing `max_macs_per_port` addresses per port.
+    pub fn new(max_macs_per_port: usize) -> Self {
+        Ownership { owner: HashMap::new(), by_port: HashMap::new(), max_macs_per_port }
+    }
+
+    /// Claims `mac` for `port`; succeeds if it is free or already the port's.
+    pub fn claim(&mut self, mac: Mac, port: PortId) -> Result<(), Refusal> {
+        match self.owner.get(&mac) {
+            Some(owner) if *owner == port => return Ok(()),
+            Some(_) => return Err(Refusal::Conflict),
+            None => {}
+        }
+        let macs = self.by_port.entry(port).or_default();
+        if macs.len() >= self.max_macs_per_port {
+            if macs.is_empty() {
+                self.by_port.remove(&port);
+            }
+            return Err(Refusal::PortLimit);
+        }
+        macs.push(mac);
+        self.owner.insert(mac, port);
+        Ok(())
+    }
+
+    /// Releases `mac` if `port` owns it; returns whether it did.
+    pub fn release(&mut self, mac: Mac, port: PortId) -> bool {
+        if self.owner.get(&mac) != Some(&port) {
+            return false;
+        }
+        self.owner.remove(&mac);
+        if let Some(macs) = self.by_port.get_mut(&port) {
+            macs.retain(|m| *m != mac);
+            if macs.is_empty() {
+                self.by_port.remove(&port);
+            }
+        }
+        true
+    }
+
+    /// Releases every address of `port` and returns them.
+    pub fn release_port(&mut self, port: PortId) -> Vec<Mac> {
+        let macs = self.by_port.remove(&port).unwrap_or_default();
+        for mac in &macs {
+            self.owner.remove(mac);
+        }
+        macs
+    }
+
+    /// Current owner of `mac`.
+    pub fn owner(&self, mac: Mac) -> Option<PortId> {
+        self.owner.get(&mac).copied()
+    }
+
+    /// Number of owned addresses.
+    pub fn len(&self) -> usize {
+        self.owner.len()
+    }
+
+    /// Whether no address is owned.
+    pub fn is_empty(&self) -> bool {
+        self.owner.is_empty()
+    }
+}

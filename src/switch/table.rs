@@ -1,0 +1,192 @@
+//! One core's replica of the MAC table, and the forwarding decision for a frame.
+//!
+//! Contract: [`ingress`] decides where one frame goes (a port, a flood, the uplink) or why it
+//! is dropped, learning the source address through the [`Ownership`] authority when this
+//! replica does not know it. Entries of local ports age out in [`Switch::expire`]; entries of
+//! other cores' ports change only by [`Switch::learn`]/[`Switch::forget`] messages. Time is a
+//! millisecond count passed in; nothing here reads a clock.
+
+use std::collections::HashMap;
+
+use super::ownership::{Ownership, Refusal};
+use super::{Mac, PortId};
+
+/// Where a frame came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A client (switch port).
+    Port(PortId),
+    /// The TAP (host side).
+    Uplink,
+}
+
+/// Where a frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// To exactly this port.
+    Port(PortId),
+    /// To every port but the source, and to the uplink unless it is the source.
+    Flood,
+    /// To the uplink only.
+    Uplink,
+}
+
+/// Why the switch dropped a frame. Each has a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchDrop {
+    /// The source address is owned by another port (first owner wins).
+    MacConflict,
+    /// The port already owns its maximum number of addresses.
+    MacLimit,
+    /// The source address is a group (multicast/broadcast) address.
+    BadSourceMac,
+    /// The destination is the sender itself: a frame never goes back to its source.
+    Hairpin,
+}
+
+/// A table entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    port: PortId,
+    /// Last time (ms) a frame from this address was seen; meaningful for local ports only.
+    last_seen_ms: u64,
+}
+
+/// A core's replica of the MAC table.
+#[derive(Debug)]
+pub struct Switch {
+    table: HashMap<Mac, Entry>,
+    /// Entries unused for this long are forgotten (Linux bridge default: 300 s).
+    ageing_ms: u64,
+}
+
+/// Something that lends the ownership authority briefly (a mutex in the engine, a plain
+/// value in tests).
+pub trait OwnershipAccess {
+    /// Runs `f` with exclusive access to the authority.
+    fn with<R>(&mut self, f: impl FnOnce(&mut Ownership) -> R) -> R;
+}
+
+impl OwnershipAccess for Ownership {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Ownership) -> R) -> R {
+        f(self)
+    }
+}
+
+impl OwnershipAccess for &std::sync::Mutex<Ownership> {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Ownership) -> R) -> R {
+        // A poisoned lock means another core panicked mid-claim; the map itself is still
+        // consistent (every mutation is a single insert/remove), so keep using it.
+        let mut guard = self.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut guard)
+    }
+}
+
+/// The outcome of switching one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Where the frame goes.
+    pub forward: Forward,
+    /// A source address this frame taught the switch; other cores must be told.
+    pub learned: Option<Mac>,
+}
+
+impl Switch {
+    /// An empty replica whose local entries age out after `ageing_ms`.
+    pub fn new(ageing_ms: u64) -> Self {
+        Switch { table: HashMap::new(), ageing_ms }
+    }
+
+    /// Records that `mac` belongs to `port` (a local learn, or a message from another core).
+    pub fn learn(&mut self, mac: Mac, port: PortId, now_ms: u64) {
+        self.table.insert(mac, Entry { port, last_seen_ms: now_ms });
+    }
+
+    /// Forgets `mac` if it still belongs to `port`.
+    pub fn forget(&mut self, mac: Mac, port: PortId) {
+        if self.table.get(&mac).is_some_and(|e| e.port == port) {
+            self.table.remove(&mac);
+        }
+    }
+
+    /// The port that owns `mac`, if known.
+    pub fn lookup(&self, mac: Mac) -> Option<PortId> {
+        self.table.get(&mac).map(|e| e.port)
+    }
+
+    /// Removes entries of ports for which `is_local` holds that were idle for the ageing time,
+    /// releases them from `authority`, and returns them (to tell the other cores).
+    pub fn expire(&mut self, now_ms: u64, is_local: impl Fn(PortId) -> bool, authority: &mut impl OwnershipAccess) -> Vec<(Mac, PortId)> {
+        let ageing = self.ageing_ms;
+        let old: Vec<(Mac, PortId)> = self
+            .table
+            .iter()
+            .filter(|(_, e)| is_local(e.port) && now_ms.saturating_sub(e.last_seen_ms) >= ageing)
+            .map(|(m, e)| (*m, e.port))
+            .collect();
+        if old.is_empty() {
+            return old;
+        }
+        authority.with(|own| {
+            for (mac, port) in &old {
+                own.release(*mac, *port);
+            }
+        });
+        for (mac, _) in &old {
+            self.table.remove(mac);
+        }
+        old
+    }
+
+    /// All entries, sorted (for tests and diagnostics).
+    pub fn entries(&self) -> Vec<(Mac, PortId)> {
+        let mut all: Vec<(Mac, PortId)> = self.table.iter().map(|(m, e)| (*m, e.port)).collect();
+        all.sort();
+        all
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+}
+
+/// Switches one frame with destination `dst` and source `src` arriving from `source`.
+pub fn ingress(sw: &mut Switch, authority: &mut impl OwnershipAccess, source: Source, dst: Mac, src: Mac, now_ms: u64) -> Result<Decision, SwitchDrop> {
+    let mut learned = None;
+    if let Source::Port(port) = source {
+        if src.is_group() {
+            return Err(SwitchDrop::BadSourceMac);
+        }
+        match sw.table.get_mut(&src) {
+            Some(entry) if entry.port == port => entry.last_seen_ms = now_ms,
+            Some(_) => return Err(SwitchDrop::MacConflict),
+            None => {
+                authority.with(|own| own.claim(src, port)).map_err(|r| match r {
+                    Refusal::Conflict => SwitchDrop::MacConflict,
+                    Refusal::PortLimit => SwitchDrop::MacLimit,
+                })?;
+                sw.learn(src, port, now_ms);
+                learned = Some(src);
+            }
+        }
+    }
+    let forward = if dst.is_group() {
+        Forward::Flood
+    } else {
+        match (sw.lookup(dst), source) {
+            (Some(owner), Source::Port(port)) if owner == port => return Err(SwitchDrop::Hairpin),
+            (Some(owner), _) => Forward::Port(owner),
+            (None, Source::Port(_)) => Forward::Uplink,
+            // Unknown unicast from the host: flood, as a bridge does, so a guest whose entry
+            // aged out while idle is still reached.
+            (None, Source::Uplink) => Forward::Flood,
+        }
+    };
+    Ok(Decision { forward, learned })
+}

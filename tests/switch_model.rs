@@ -1,0 +1,158 @@
+//! The switch against a naive reference model over random event sequences: forwarding
+//! decisions, drops and table contents must match after every event.
+
+use proptest::prelude::*;
+use tapwire::switch::{ingress, Forward, Mac, Ownership, PortId, Source, Switch, SwitchDrop};
+
+const AGEING_MS: u64 = 1_000;
+const MAX_MACS: usize = 2;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Connect,
+    Disconnect(usize),
+    Frame { port: usize, src: usize, dst: usize },
+    FromUplink { dst: usize },
+    Advance(u64),
+}
+
+/// A small pool of addresses so collisions happen: index 0 is broadcast, 1 a multicast.
+fn mac(i: usize) -> Mac {
+    match i {
+        0 => Mac::BROADCAST,
+        1 => Mac([0x01, 0x00, 0x5e, 0, 0, 1]),
+        n => Mac([0x00, 0x22, 0x15, 0, 0, n as u8]),
+    }
+}
+
+/// The reference: a list of (mac, port, last_seen) and the rules written out plainly.
+#[derive(Default)]
+struct Model {
+    entries: Vec<(Mac, PortId, u64)>,
+}
+
+impl Model {
+    fn frame(&mut self, port: PortId, src: Mac, dst: Mac, now: u64) -> Result<Forward, SwitchDrop> {
+        if src.0[0] & 1 == 1 {
+            return Err(SwitchDrop::BadSourceMac);
+        }
+        match self.entries.iter_mut().find(|e| e.0 == src) {
+            Some(e) if e.1 != port => return Err(SwitchDrop::MacConflict),
+            Some(e) => e.2 = now,
+            None => {
+                if self.entries.iter().filter(|e| e.1 == port).count() >= MAX_MACS {
+                    return Err(SwitchDrop::MacLimit);
+                }
+                self.entries.push((src, port, now));
+            }
+        }
+        if dst.0[0] & 1 == 1 {
+            return Ok(Forward::Flood);
+        }
+        match self.entries.iter().find(|e| e.0 == dst) {
+            Some(e) if e.1 == port => Err(SwitchDrop::Hairpin),
+            Some(e) => Ok(Forward::Port(e.1)),
+            None => Ok(Forward::Uplink),
+        }
+    }
+
+    fn from_uplink(&self, dst: Mac) -> Forward {
+        if dst.0[0] & 1 == 1 {
+            return Forward::Flood;
+        }
+        self.entries.iter().find(|e| e.0 == dst).map_or(Forward::Flood, |e| Forward::Port(e.1))
+    }
+
+    fn table(&self) -> Vec<(Mac, PortId)> {
+        let mut t: Vec<_> = self.entries.iter().map(|e| (e.0, e.1)).collect();
+        t.sort();
+        t
+    }
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => Just(Op::Connect),
+        1 => (0usize..8).prop_map(Op::Disconnect),
+        8 => (0usize..8, 0usize..8, 0usize..8).prop_map(|(port, src, dst)| Op::Frame { port, src, dst }),
+        2 => (0usize..8).prop_map(|dst| Op::FromUplink { dst }),
+        1 => (0u64..1500).prop_map(Op::Advance),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn switch_matches_reference(ops in prop::collection::vec(op(), 1..200)) {
+        let mut sw = Switch::new(AGEING_MS);
+        let mut own = Ownership::new(MAX_MACS);
+        let mut model = Model::default();
+        let mut ports: Vec<PortId> = Vec::new();
+        let mut next_slot = 0u32;
+        let mut now = 0u64;
+        for op in ops {
+            match op {
+                Op::Connect => {
+                    ports.push(PortId::new(0, 1, next_slot));
+                    next_slot += 1;
+                }
+                Op::Disconnect(i) => {
+                    if ports.is_empty() { continue; }
+                    let port = ports.remove(i % ports.len());
+                    for m in own.release_port(port) {
+                        sw.forget(m, port);
+                    }
+                    model.entries.retain(|e| e.1 != port);
+                }
+                Op::Frame { port, src, dst } => {
+                    if ports.is_empty() { continue; }
+                    let port = ports[port % ports.len()];
+                    let got = ingress(&mut sw, &mut own, Source::Port(port), mac(dst), mac(src), now);
+                    let want = model.frame(port, mac(src), mac(dst), now);
+                    prop_assert_eq!(got.map(|d| d.forward), want);
+                    if let Ok(Forward::Port(to)) = want {
+                        prop_assert_ne!(to, port, "a frame never goes back to its source");
+                    }
+                }
+                Op::FromUplink { dst } => {
+                    let got = ingress(&mut sw, &mut own, Source::Uplink, mac(dst), mac(2), now);
+                    prop_assert_eq!(got.map(|d| d.forward), Ok(model.from_uplink(mac(dst))));
+                }
+                Op::Advance(ms) => {
+                    now += ms;
+                    sw.expire(now, |_| true, &mut own);
+                    model.entries.retain(|e| now - e.2 < AGEING_MS);
+                }
+            }
+            prop_assert_eq!(sw.entries(), model.table());
+            prop_assert_eq!(own.len(), model.entries.len());
+            for p in &ports {
+                prop_assert!(model.entries.iter().filter(|e| e.1 == *p).count() <= MAX_MACS);
+            }
+        }
+    }
+}
+
+#[test]
+fn learning_on_one_core_is_seen_as_conflict_on_another() {
+    // Two replicas sharing one authority, as two cores do.
+    let own = std::sync::Mutex::new(Ownership::new(4));
+    let mut core0 = Switch::new(AGEING_MS);
+    let mut core1 = Switch::new(AGEING_MS);
+    let a = PortId::new(0, 1, 0);
+    let b = PortId::new(1, 1, 0);
+    let m = mac(5);
+    let d = ingress(&mut core0, &mut &own, Source::Port(a), Mac::BROADCAST, m, 0).unwrap();
+    assert_eq!(d.learned, Some(m));
+    // core1 has not heard of it yet; the authority refuses the claim all the same.
+    assert_eq!(ingress(&mut core1, &mut &own, Source::Port(b), Mac::BROADCAST, m, 0), Err(SwitchDrop::MacConflict));
+    core1.learn(m, a, 0);
+    assert_eq!(ingress(&mut core1, &mut &own, Source::Port(b), m, mac(6), 0).unwrap().forward, Forward::Port(a));
+}
+
+#[test]
+fn port_id_round_trip() {
+    let p = PortId::new(3, 0xABCDEF, 0x1234_5678);
+    assert_eq!((p.core(), p.generation(), p.slot()), (3, 0xABCDEF, 0x1234_5678));
+}
