@@ -1,0 +1,358 @@
+//! Options of `tapwire run` and their validation. No I/O here: [`RunArgs::validate`] turns
+//! what the user typed (flags or `TAPWIRE_*` variables) into a checked [`Config`], or says
+//! exactly which option is wrong and why.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::tap::MAX_IFNAME_LEN;
+
+/// Ethernet header (14) plus one 802.1Q tag (4).
+pub const ETHERNET_OVERHEAD: usize = 18;
+/// Largest frame we ever accept: v86's virtio NIC with MTU 65535, plus header and VLAN tag.
+pub const MAX_FRAME_LIMIT: usize = 65_535 + ETHERNET_OVERHEAD;
+
+/// Options of `tapwire run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Address and port to accept WebSocket clients on.
+    #[arg(long, env = "TAPWIRE_LISTEN", default_value = "127.0.0.1:8086")]
+    pub listen: SocketAddr,
+    /// Number of cores (threads, TAP queues, listeners) to use; default: all available.
+    #[arg(long, env = "TAPWIRE_CORES")]
+    pub cores: Option<usize>,
+    /// Name of the TAP interface tapwire creates (non-persistent: gone when tapwire exits).
+    #[arg(long, env = "TAPWIRE_TAP", default_value = "tapwire0")]
+    pub tap: String,
+    /// Guest subnet; its first host address is the gateway and is put on the TAP.
+    #[arg(long, env = "TAPWIRE_SUBNET", default_value = "10.86.0.0/16")]
+    pub subnet: String,
+    /// Enslave the TAP to this existing bridge instead of addressing it (no DHCP is started).
+    #[arg(long, env = "TAPWIRE_ATTACH_BRIDGE")]
+    pub attach_bridge: Option<String>,
+    /// MTU of the TAP.
+    #[arg(long, env = "TAPWIRE_MTU", default_value_t = 1500)]
+    pub mtu: u32,
+    /// Largest Ethernet frame accepted from a client, in bytes; default: MTU + 18 (header and
+    /// a VLAN tag). Up to 65553 for v86 virtio jumbo frames.
+    #[arg(long, env = "TAPWIRE_MAX_FRAME")]
+    pub max_frame: Option<usize>,
+    /// Most clients connected at once; more are answered 503.
+    #[arg(long, env = "TAPWIRE_MAX_CLIENTS", default_value_t = 16_384)]
+    pub max_clients: usize,
+    /// Do not start dnsmasq (no DHCP/DNS for guests).
+    #[arg(long, env = "TAPWIRE_NO_DHCP")]
+    pub no_dhcp: bool,
+    /// First and last address dnsmasq leases, as START,END; default: from the 10th host
+    /// address to the last one of the subnet.
+    #[arg(long, env = "TAPWIRE_DHCP_RANGE")]
+    pub dhcp_range: Option<String>,
+    /// Lease time handed out by dnsmasq (e.g. 12h, 30m, 3600).
+    #[arg(long, env = "TAPWIRE_DHCP_LEASE_TIME", default_value = "12h", value_parser = parse_duration)]
+    pub dhcp_lease_time: Duration,
+    /// DNS servers handed to guests (comma-separated); default: the gateway, where dnsmasq
+    /// answers and forwards to the host's resolvers.
+    #[arg(long, env = "TAPWIRE_DNS", value_delimiter = ',')]
+    pub dns: Vec<Ipv4Addr>,
+    /// Send a WebSocket ping to a client idle this long; close it if the next interval
+    /// passes without an answer. 0 disables.
+    #[arg(long, env = "TAPWIRE_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+    /// Close a connection that has not completed the WebSocket handshake within this time.
+    #[arg(long, env = "TAPWIRE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Close a client whose send queue stays full this long.
+    #[arg(long, env = "TAPWIRE_SLOW_CLIENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub slow_client_timeout: Duration,
+    /// Frames queued per client before further copies to it are dropped.
+    #[arg(long, env = "TAPWIRE_SEND_QUEUE", default_value_t = 128)]
+    pub send_queue: usize,
+    /// MAC addresses one client may own.
+    #[arg(long, env = "TAPWIRE_MAX_MACS_PER_CLIENT", default_value_t = 4)]
+    pub max_macs_per_client: usize,
+    /// Forget a MAC address after this long without a frame from it.
+    #[arg(long, env = "TAPWIRE_MAC_AGEING", default_value = "300s", value_parser = parse_duration)]
+    pub mac_ageing: Duration,
+    /// Use single-shot io_uring operations even where the kernel has multishot ones (for
+    /// testing the fallback path used on older kernels).
+    #[arg(long, env = "TAPWIRE_IO_FALLBACK")]
+    pub io_fallback: bool,
+    /// Directory for the ledger of host changes and the dnsmasq lease file.
+    #[arg(long, env = "TAPWIRE_RUNTIME_DIR", default_value = "/run/tapwire")]
+    pub runtime_dir: PathBuf,
+    /// Log level: error, warn, info or debug.
+    #[arg(long, env = "TAPWIRE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// An IPv4 subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    /// Network address (host bits zero).
+    pub network: Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Subnet {
+    /// Parses `a.b.c.d/n`; host bits must be zero and the prefix at most /30.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (addr, prefix) = text.split_once('/').ok_or_else(|| format!("{text:?} is not in CIDR form (e.g. 10.86.0.0/16)"))?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix.parse().map_err(|_| format!("{prefix:?} is not a prefix length"))?;
+        if !(8..=30).contains(&prefix) {
+            return Err(format!("prefix /{prefix} must be between /8 and /30"));
+        }
+        let subnet = Subnet { network: addr, prefix };
+        if u32::from(addr) & !subnet.mask() != 0 {
+            return Err(format!("{text} has host bits set; did you mean {}/{prefix}?", Ipv4Addr::from(u32::from(addr) & subnet.mask())));
+        }
+        Ok(subnet)
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX << (32 - u32::from(self.prefix))
+    }
+
+    /// The first host address: the gateway, put on the TAP.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + 1)
+    }
+
+    /// The last host address.
+    pub fn last_host(&self) -> Ipv4Addr {
+        Ipv4Addr::from((u32::from(self.network) | !self.mask()) - 1)
+    }
+
+    /// Whether `ip` is a host address of this subnet.
+    pub fn contains_host(&self, ip: Ipv4Addr) -> bool {
+        let v = u32::from(ip);
+        v & self.mask() == u32::from(self.network) && v > u32::from(self.network) && v <= u32::from(self.last_host())
+    }
+
+    /// The netmask in dotted form.
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.mask())
+    }
+}
+
+/// DHCP settings for the managed dnsmasq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dhcp {
+    /// First and last leased address.
+    pub range: (Ipv4Addr, Ipv4Addr),
+    /// Lease time.
+    pub lease_time: Duration,
+    /// DNS servers handed out (empty: the gateway).
+    pub dns: Vec<Ipv4Addr>,
+}
+
+/// Where the TAP goes on the host side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostSide {
+    /// The TAP carries the gateway address of `subnet`; dnsmasq serves it unless `dhcp` is None.
+    Routed { subnet: Subnet, dhcp: Option<Dhcp> },
+    /// The TAP is enslaved to this existing bridge.
+    Bridge(String),
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub cores: usize,
+    pub tap: String,
+    pub host: HostSide,
+    pub mtu: u32,
+    pub max_frame: usize,
+    pub max_clients: usize,
+    pub ping_interval: Option<Duration>,
+    pub handshake_timeout: Duration,
+    pub slow_client_timeout: Duration,
+    pub send_queue: usize,
+    pub max_macs_per_client: usize,
+    pub mac_ageing: Duration,
+    pub io_fallback: bool,
+    pub runtime_dir: PathBuf,
+    pub log_level: log::LevelFilter,
+}
+
+/// Parses `500ms`, `30s`, `5m`, `12h` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 30s, 5m, 12h)"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    })
+}
+
+impl RunArgs {
+    /// Checks every option; `available_cores` is what the machine offers.
+    pub fn validate(&self, available_cores: usize) -> Result<Config, String> {
+        let cores = self.cores.unwrap_or(available_cores);
+        if cores == 0 || cores > 128 {
+            return Err(format!("--cores {cores}: must be between 1 and 128"));
+        }
+        if self.tap.is_empty() || self.tap.len() > MAX_IFNAME_LEN || self.tap.contains(['/', ' ', '\0']) {
+            return Err(format!("--tap {:?}: an interface name has 1 to 15 characters and no '/' or space", self.tap));
+        }
+        if !(68..=65_535).contains(&self.mtu) {
+            return Err(format!("--mtu {}: must be between 68 and 65535", self.mtu));
+        }
+        let mtu = self.mtu as usize;
+        let max_frame = self.max_frame.unwrap_or(mtu + ETHERNET_OVERHEAD);
+        if !(60..=MAX_FRAME_LIMIT).contains(&max_frame) {
+            return Err(format!("--max-frame {max_frame}: must be between 60 and {MAX_FRAME_LIMIT}"));
+        }
+        if max_frame < mtu + 14 {
+            return Err(format!("--max-frame {max_frame} is smaller than --mtu {mtu} plus the 14-byte Ethernet header; raise --max-frame to at least {}", mtu + 14));
+        }
+        if self.max_clients == 0 {
+            return Err("--max-clients must be at least 1".into());
+        }
+        if self.send_queue < 2 || self.send_queue > 4096 {
+            return Err(format!("--send-queue {}: must be between 2 and 4096", self.send_queue));
+        }
+        if self.max_macs_per_client == 0 {
+            return Err("--max-macs-per-client must be at least 1".into());
+        }
+        let log_level = match self.log_level.to_ascii_lowercase().as_str() {
+            "error" => log::LevelFilter::Error,
+            "warn" => log::LevelFilter::Warn,
+            "info" => log::LevelFilter::Info,
+            "debug" => log::LevelFilter::Debug,
+            "trace" => log::LevelFilter::Trace,
+            other => return Err(format!("--log-level {other:?}: use error, warn, info or debug")),
+        };
+        let host = match &self.attach_bridge {
+            Some(bridge) => {
+                if bridge.is_empty() || bridge.len() > MAX_IFNAME_LEN {
+                    return Err(format!("--attach-bridge {bridge:?} is not a valid interface name"));
+                }
+                if self.dhcp_range.is_some() || !self.dns.is_empty() {
+                    return Err("--dhcp-range and --dns do not apply with --attach-bridge: DHCP is the bridge owner's business".into());
+                }
+                HostSide::Bridge(bridge.clone())
+            }
+            None => {
+                let subnet = Subnet::parse(&self.subnet).map_err(|e| format!("--subnet: {e}"))?;
+                let dhcp = if self.no_dhcp {
+                    None
+                } else {
+                    let range = match &self.dhcp_range {
+                        Some(text) => parse_range(text, &subnet)?,
+                        None => default_range(&subnet),
+                    };
+                    if self.dhcp_lease_time < Duration::from_secs(120) {
+                        return Err("--dhcp-lease-time must be at least 2m (dnsmasq's minimum)".into());
+                    }
+                    Some(Dhcp { range, lease_time: self.dhcp_lease_time, dns: self.dns.clone() })
+                };
+                HostSide::Routed { subnet, dhcp }
+            }
+        };
+        Ok(Config {
+            listen: self.listen,
+            cores,
+            tap: self.tap.clone(),
+            host,
+            mtu: self.mtu,
+            max_frame,
+            max_clients: self.max_clients,
+            ping_interval: (!self.ping_interval.is_zero()).then_some(self.ping_interval),
+            handshake_timeout: self.handshake_timeout,
+            slow_client_timeout: self.slow_client_timeout,
+            send_queue: self.send_queue,
+            max_macs_per_client: self.max_macs_per_client,
+            mac_ageing: self.mac_ageing,
+            io_fallback: self.io_fallback,
+            runtime_dir: self.runtime_dir.clone(),
+            log_level,
+        })
+    }
+}
+
+fn default_range(subnet: &Subnet) -> (Ipv4Addr, Ipv4Addr) {
+    let first = u32::from(subnet.gateway()) + 9;
+    let last = u32::from(subnet.last_host());
+    // Small subnets (/29, /30): start right after the gateway.
+    let first = if first > last { u32::from(subnet.gateway()) + 1 } else { first };
+    (Ipv4Addr::from(first), Ipv4Addr::from(last))
+}
+
+fn parse_range(text: &str, subnet: &Subnet) -> Result<(Ipv4Addr, Ipv4Addr), String> {
+    let (a, b) = text.split_once(',').ok_or_else(|| format!("--dhcp-range {text:?}: expected START,END"))?;
+    let start: Ipv4Addr = a.trim().parse().map_err(|_| format!("--dhcp-range: {a:?} is not an IPv4 address"))?;
+    let end: Ipv4Addr = b.trim().parse().map_err(|_| format!("--dhcp-range: {b:?} is not an IPv4 address"))?;
+    for ip in [start, end] {
+        if !subnet.contains_host(ip) || ip == subnet.gateway() {
+            return Err(format!("--dhcp-range: {ip} is not a host address of {}/{} other than the gateway {}", subnet.network, subnet.prefix, subnet.gateway()));
+        }
+    }
+    if u32::from(start) > u32::from(end) {
+        return Err(format!("--dhcp-range: {start} comes after {end}"));
+    }
+    Ok((start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut all = vec!["tapwire"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).map_err(|e| e.to_string())?.run.validate(2)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8086");
+        assert_eq!(c.cores, 2);
+        assert_eq!(c.max_frame, 1518);
+        let HostSide::Routed { subnet, dhcp: Some(dhcp) } = c.host else { panic!() };
+        assert_eq!(subnet.gateway(), Ipv4Addr::new(10, 86, 0, 1));
+        assert_eq!(dhcp.range, (Ipv4Addr::new(10, 86, 0, 10), Ipv4Addr::new(10, 86, 255, 254)));
+    }
+
+    #[test]
+    fn rejections_name_the_option() {
+        assert!(parse(&["--subnet", "10.86.0.1/16"]).unwrap_err().contains("host bits"));
+        assert!(parse(&["--tap", "abcdefghijklmnopq"]).unwrap_err().contains("--tap"));
+        assert!(parse(&["--max-frame", "70000"]).unwrap_err().contains("--max-frame"));
+        assert!(parse(&["--mtu", "9000", "--max-frame", "1518"]).unwrap_err().contains("raise --max-frame"));
+        assert!(parse(&["--dhcp-range", "10.86.0.1,10.86.0.9"]).unwrap_err().contains("gateway"));
+        assert!(parse(&["--attach-bridge", "br0", "--dns", "1.1.1.1"]).unwrap_err().contains("bridge"));
+    }
+
+    #[test]
+    fn jumbo_frames() {
+        let c = parse(&["--mtu", "65535", "--max-frame", "65553"]).unwrap();
+        assert_eq!(c.max_frame, MAX_FRAME_LIMIT);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("5y").is_err());
+    }
+}

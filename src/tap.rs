@@ -1,0 +1,135 @@
+//! The uplink: one non-persistent multi-queue TAP made through the `/dev/net/tun` ioctl
+//! (`IFF_TAP | IFF_NO_PI | IFF_MULTI_QUEUE`), one queue per core. Because it is not
+//! persistent, the kernel deletes the interface when the last queue closes, even after a
+//! SIGKILL. Also makes single-queue TAPs inside a namespace for test guests.
+
+use std::ffi::CString;
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+/// Linux limits interface names to 15 bytes plus the NUL (`IFNAMSIZ`).
+pub const MAX_IFNAME_LEN: usize = 15;
+/// `TUNSETIFF` = `_IOW('T', 202, int)`.
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+/// Errors making the TAP; each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    /// The name does not fit `IFNAMSIZ`.
+    #[error("interface name {0:?} is longer than 15 bytes or contains a NUL or '/'; choose a shorter --tap name")]
+    BadName(String),
+    /// `/dev/net/tun` is missing.
+    #[error("cannot open /dev/net/tun: {0} — load the tun module (modprobe tun) or, in a container, pass --device /dev/net/tun")]
+    NoTunDevice(io::Error),
+    /// Not allowed to open it.
+    #[error("cannot open /dev/net/tun: {0} — run as root or grant CAP_NET_ADMIN")]
+    TunPermission(io::Error),
+    /// The ioctl failed.
+    #[error("cannot create TAP {name:?} (queue {queue}): {err}{hint}")]
+    SetIff { name: String, queue: usize, err: io::Error, hint: &'static str },
+}
+
+/// `struct ifreq` as far as TUNSETIFF reads it: name, flags, padding to 40 bytes.
+#[repr(C)]
+struct IfReq {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+impl IfReq {
+    fn new(name: &str, flags: libc::c_int) -> Result<Self, TapError> {
+        if name.is_empty() || name.len() > MAX_IFNAME_LEN || name.bytes().any(|b| b == 0 || b == b'/') {
+            return Err(TapError::BadName(name.to_string()));
+        }
+        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: 0, _pad: [0; 22] };
+        for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        // The flag bits used here all fit in 16 bits (IFF_MULTI_QUEUE is 0x0100).
+        req.flags = flags as libc::c_short;
+        Ok(req)
+    }
+}
+
+fn open_tun() -> Result<OwnedFd, TapError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::PermissionDenied => TapError::TunPermission(e),
+            _ => TapError::NoTunDevice(e),
+        })?;
+    Ok(OwnedFd::from(file))
+}
+
+fn set_iff(fd: &OwnedFd, name: &str, flags: libc::c_int, queue: usize) -> Result<(), TapError> {
+    let mut req = IfReq::new(name, flags)?;
+    // SAFETY: `fd` is an open /dev/net/tun descriptor and `req` is a properly sized, initialised
+    // ifreq that outlives the call; TUNSETIFF reads the name and flags and writes the name back.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        let hint = match err.raw_os_error() {
+            Some(libc::EPERM) => " — run as root or grant CAP_NET_ADMIN",
+            Some(libc::EBUSY) => " — an interface of that name exists and is not a multi-queue TAP we can attach to; pick another --tap name or delete it",
+            Some(libc::EINVAL) => " — an interface of that name exists with other flags; pick another --tap name",
+            _ => "",
+        };
+        return Err(TapError::SetIff { name: name.to_string(), queue, err, hint });
+    }
+    Ok(())
+}
+
+/// Creates (or attaches to) the multi-queue TAP `name` with `queues` queues, non-blocking.
+pub fn open_multiqueue(name: &str, queues: usize) -> Result<Vec<OwnedFd>, TapError> {
+    let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE;
+    (0..queues)
+        .map(|queue| {
+            let fd = open_tun()?;
+            set_iff(&fd, name, flags, queue)?;
+            Ok(fd)
+        })
+        .collect()
+}
+
+/// Creates a plain single-queue TAP (used by test guests inside their namespace).
+pub fn open_single(name: &str, nonblocking: bool) -> Result<OwnedFd, TapError> {
+    let fd = open_tun()?;
+    set_iff(&fd, name, libc::IFF_TAP | libc::IFF_NO_PI, 0)?;
+    if !nonblocking {
+        // SAFETY: plain fcntl on a descriptor we own; F_SETFL with O_RDWR clears O_NONBLOCK.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_RDWR) };
+    }
+    Ok(fd)
+}
+
+/// Interface index of `name`, or `None` if there is no such interface.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_limits() {
+        assert!(IfReq::new("abcdefghijklmno", 0).is_ok());
+        assert!(matches!(IfReq::new("abcdefghijklmnop", 0), Err(TapError::BadName(_))));
+        assert!(matches!(IfReq::new("", 0), Err(TapError::BadName(_))));
+        assert!(matches!(IfReq::new("a/b", 0), Err(TapError::BadName(_))));
+    }
+
+    #[test]
+    fn ifreq_layout_matches_kernel() {
+        assert_eq!(std::mem::size_of::<IfReq>(), 40);
+    }
+}
