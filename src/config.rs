@@ -100,15 +100,27 @@ pub struct Subnet {
 impl Subnet {
     /// Parses `a.b.c.d/n`; host bits must be zero and the prefix at most /30.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let (addr, prefix) = text.split_once('/').ok_or_else(|| format!("{text:?} is not in CIDR form (e.g. 10.86.0.0/16)"))?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix.parse().map_err(|_| format!("{prefix:?} is not a prefix length"))?;
+        let (addr, prefix) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is not in CIDR form (e.g. 10.86.0.0/16)"))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .map_err(|_| format!("{prefix:?} is not a prefix length"))?;
         if !(8..=30).contains(&prefix) {
             return Err(format!("prefix /{prefix} must be between /8 and /30"));
         }
-        let subnet = Subnet { network: addr, prefix };
+        let subnet = Subnet {
+            network: addr,
+            prefix,
+        };
         if u32::from(addr) & !subnet.mask() != 0 {
-            return Err(format!("{text} has host bits set; did you mean {}/{prefix}?", Ipv4Addr::from(u32::from(addr) & subnet.mask())));
+            return Err(format!(
+                "{text} has host bits set; did you mean {}/{prefix}?",
+                Ipv4Addr::from(u32::from(addr) & subnet.mask())
+            ));
         }
         Ok(subnet)
     }
@@ -130,7 +142,9 @@ impl Subnet {
     /// Whether `ip` is a host address of this subnet.
     pub fn contains_host(&self, ip: Ipv4Addr) -> bool {
         let v = u32::from(ip);
-        v & self.mask() == u32::from(self.network) && v > u32::from(self.network) && v <= u32::from(self.last_host())
+        v & self.mask() == u32::from(self.network)
+            && v > u32::from(self.network)
+            && v <= u32::from(self.last_host())
     }
 
     /// The netmask in dotted form.
@@ -183,15 +197,23 @@ pub struct Config {
 /// Parses `500ms`, `30s`, `5m`, `12h` or a plain number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (num, unit) = text.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 30s, 5m, 12h)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 30s, 5m, 12h)"))?;
     Ok(match unit {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use ms, s, m or h)"
+            ))
+        }
     })
 }
 
@@ -202,8 +224,14 @@ impl RunArgs {
         if cores == 0 || cores > 128 {
             return Err(format!("--cores {cores}: must be between 1 and 128"));
         }
-        if self.tap.is_empty() || self.tap.len() > MAX_IFNAME_LEN || self.tap.contains(['/', ' ', '\0']) {
-            return Err(format!("--tap {:?}: an interface name has 1 to 15 characters and no '/' or space", self.tap));
+        if self.tap.is_empty()
+            || self.tap.len() > MAX_IFNAME_LEN
+            || self.tap.contains(['/', ' ', '\0'])
+        {
+            return Err(format!(
+                "--tap {:?}: an interface name has 1 to 15 characters and no '/' or space",
+                self.tap
+            ));
         }
         if !(68..=65_535).contains(&self.mtu) {
             return Err(format!("--mtu {}: must be between 68 and 65535", self.mtu));
@@ -211,7 +239,9 @@ impl RunArgs {
         let mtu = self.mtu as usize;
         let max_frame = self.max_frame.unwrap_or(mtu + ETHERNET_OVERHEAD);
         if !(60..=MAX_FRAME_LIMIT).contains(&max_frame) {
-            return Err(format!("--max-frame {max_frame}: must be between 60 and {MAX_FRAME_LIMIT}"));
+            return Err(format!(
+                "--max-frame {max_frame}: must be between 60 and {MAX_FRAME_LIMIT}"
+            ));
         }
         if max_frame < mtu + 14 {
             return Err(format!("--max-frame {max_frame} is smaller than --mtu {mtu} plus the 14-byte Ethernet header; raise --max-frame to at least {}", mtu + 14));
@@ -220,7 +250,10 @@ impl RunArgs {
             return Err("--max-clients must be at least 1".into());
         }
         if self.send_queue < 2 || self.send_queue > 4096 {
-            return Err(format!("--send-queue {}: must be between 2 and 4096", self.send_queue));
+            return Err(format!(
+                "--send-queue {}: must be between 2 and 4096",
+                self.send_queue
+            ));
         }
         if self.max_macs_per_client == 0 {
             return Err("--max-macs-per-client must be at least 1".into());
@@ -231,12 +264,18 @@ impl RunArgs {
             "info" => log::LevelFilter::Info,
             "debug" => log::LevelFilter::Debug,
             "trace" => log::LevelFilter::Trace,
-            other => return Err(format!("--log-level {other:?}: use error, warn, info or debug")),
+            other => {
+                return Err(format!(
+                    "--log-level {other:?}: use error, warn, info or debug"
+                ))
+            }
         };
         let host = match &self.attach_bridge {
             Some(bridge) => {
                 if bridge.is_empty() || bridge.len() > MAX_IFNAME_LEN {
-                    return Err(format!("--attach-bridge {bridge:?} is not a valid interface name"));
+                    return Err(format!(
+                        "--attach-bridge {bridge:?} is not a valid interface name"
+                    ));
                 }
                 if self.dhcp_range.is_some() || !self.dns.is_empty() {
                     return Err("--dhcp-range and --dns do not apply with --attach-bridge: DHCP is the bridge owner's business".into());
@@ -253,9 +292,15 @@ impl RunArgs {
                         None => default_range(&subnet),
                     };
                     if self.dhcp_lease_time < Duration::from_secs(120) {
-                        return Err("--dhcp-lease-time must be at least 2m (dnsmasq's minimum)".into());
+                        return Err(
+                            "--dhcp-lease-time must be at least 2m (dnsmasq's minimum)".into()
+                        );
                     }
-                    Some(Dhcp { range, lease_time: self.dhcp_lease_time, dns: self.dns.clone() })
+                    Some(Dhcp {
+                        range,
+                        lease_time: self.dhcp_lease_time,
+                        dns: self.dns.clone(),
+                    })
                 };
                 HostSide::Routed { subnet, dhcp }
             }
@@ -285,17 +330,34 @@ fn default_range(subnet: &Subnet) -> (Ipv4Addr, Ipv4Addr) {
     let first = u32::from(subnet.gateway()) + 9;
     let last = u32::from(subnet.last_host());
     // Small subnets (/29, /30): start right after the gateway.
-    let first = if first > last { u32::from(subnet.gateway()) + 1 } else { first };
+    let first = if first > last {
+        u32::from(subnet.gateway()) + 1
+    } else {
+        first
+    };
     (Ipv4Addr::from(first), Ipv4Addr::from(last))
 }
 
 fn parse_range(text: &str, subnet: &Subnet) -> Result<(Ipv4Addr, Ipv4Addr), String> {
-    let (a, b) = text.split_once(',').ok_or_else(|| format!("--dhcp-range {text:?}: expected START,END"))?;
-    let start: Ipv4Addr = a.trim().parse().map_err(|_| format!("--dhcp-range: {a:?} is not an IPv4 address"))?;
-    let end: Ipv4Addr = b.trim().parse().map_err(|_| format!("--dhcp-range: {b:?} is not an IPv4 address"))?;
+    let (a, b) = text
+        .split_once(',')
+        .ok_or_else(|| format!("--dhcp-range {text:?}: expected START,END"))?;
+    let start: Ipv4Addr = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("--dhcp-range: {a:?} is not an IPv4 address"))?;
+    let end: Ipv4Addr = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("--dhcp-range: {b:?} is not an IPv4 address"))?;
     for ip in [start, end] {
         if !subnet.contains_host(ip) || ip == subnet.gateway() {
-            return Err(format!("--dhcp-range: {ip} is not a host address of {}/{} other than the gateway {}", subnet.network, subnet.prefix, subnet.gateway()));
+            return Err(format!(
+                "--dhcp-range: {ip} is not a host address of {}/{} other than the gateway {}",
+                subnet.network,
+                subnet.prefix,
+                subnet.gateway()
+            ));
         }
     }
     if u32::from(start) > u32::from(end) {
@@ -318,7 +380,10 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Config, String> {
         let mut all = vec!["tapwire"];
         all.extend_from_slice(args);
-        Cli::try_parse_from(all).map_err(|e| e.to_string())?.run.validate(2)
+        Cli::try_parse_from(all)
+            .map_err(|e| e.to_string())?
+            .run
+            .validate(2)
     }
 
     #[test]
@@ -327,19 +392,43 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8086");
         assert_eq!(c.cores, 2);
         assert_eq!(c.max_frame, 1518);
-        let HostSide::Routed { subnet, dhcp: Some(dhcp) } = c.host else { panic!() };
+        let HostSide::Routed {
+            subnet,
+            dhcp: Some(dhcp),
+        } = c.host
+        else {
+            panic!()
+        };
         assert_eq!(subnet.gateway(), Ipv4Addr::new(10, 86, 0, 1));
-        assert_eq!(dhcp.range, (Ipv4Addr::new(10, 86, 0, 10), Ipv4Addr::new(10, 86, 255, 254)));
+        assert_eq!(
+            dhcp.range,
+            (
+                Ipv4Addr::new(10, 86, 0, 10),
+                Ipv4Addr::new(10, 86, 255, 254)
+            )
+        );
     }
 
     #[test]
     fn rejections_name_the_option() {
-        assert!(parse(&["--subnet", "10.86.0.1/16"]).unwrap_err().contains("host bits"));
-        assert!(parse(&["--tap", "abcdefghijklmnopq"]).unwrap_err().contains("--tap"));
-        assert!(parse(&["--max-frame", "70000"]).unwrap_err().contains("--max-frame"));
-        assert!(parse(&["--mtu", "9000", "--max-frame", "1518"]).unwrap_err().contains("raise --max-frame"));
-        assert!(parse(&["--dhcp-range", "10.86.0.1,10.86.0.9"]).unwrap_err().contains("gateway"));
-        assert!(parse(&["--attach-bridge", "br0", "--dns", "1.1.1.1"]).unwrap_err().contains("bridge"));
+        assert!(parse(&["--subnet", "10.86.0.1/16"])
+            .unwrap_err()
+            .contains("host bits"));
+        assert!(parse(&["--tap", "abcdefghijklmnopq"])
+            .unwrap_err()
+            .contains("--tap"));
+        assert!(parse(&["--max-frame", "70000"])
+            .unwrap_err()
+            .contains("--max-frame"));
+        assert!(parse(&["--mtu", "9000", "--max-frame", "1518"])
+            .unwrap_err()
+            .contains("raise --max-frame"));
+        assert!(parse(&["--dhcp-range", "10.86.0.1,10.86.0.9"])
+            .unwrap_err()
+            .contains("gateway"));
+        assert!(parse(&["--attach-bridge", "br0", "--dns", "1.1.1.1"])
+            .unwrap_err()
+            .contains("bridge"));
     }
 
     #[test]

@@ -15,7 +15,10 @@ impl Counter {
     /// Adds `n`. Only the owning core calls this.
     #[inline]
     pub fn add(&self, n: u64) {
-        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
     /// Adds one.
@@ -72,6 +75,7 @@ drop_reasons! {
     CrossCoreFull => "cross_core_full", "Ring to another core full.";
     NoFrameBuffer => "no_frame_buffer", "Frame buffer pool exhausted.";
     ClientError => "client_error", "Socket error on a client connection.";
+    PortGone => "port_gone", "Frame for a client that disconnected while it was on its way.";
 }
 
 /// Counters of one core.
@@ -119,7 +123,9 @@ impl CoreCounters {
     /// Decrements the open-clients gauge.
     pub fn client_gone(&self) {
         let v = self.clients_open.get();
-        self.clients_open.0.store(v.saturating_sub(1), Ordering::Relaxed);
+        self.clients_open
+            .0
+            .store(v.saturating_sub(1), Ordering::Relaxed);
     }
 
     fn plain(&self) -> [(&'static str, &Counter); 15] {
@@ -133,8 +139,14 @@ impl CoreCounters {
             ("tapwire_tap_rx_frames_total", &self.tap_rx_frames),
             ("tapwire_tap_rx_bytes_total", &self.tap_rx_bytes),
             ("tapwire_cross_core_frames_total", &self.cross_core_frames),
-            ("tapwire_connections_accepted_total", &self.connections_accepted),
-            ("tapwire_connections_upgraded_total", &self.connections_upgraded),
+            (
+                "tapwire_connections_accepted_total",
+                &self.connections_accepted,
+            ),
+            (
+                "tapwire_connections_upgraded_total",
+                &self.connections_upgraded,
+            ),
             ("tapwire_connections_closed_total", &self.connections_closed),
             ("tapwire_pings_answered_total", &self.pings_answered),
             ("tapwire_buffer_ring_empty_total", &self.buffer_ring_empty),
@@ -147,14 +159,22 @@ impl CoreCounters {
 /// per-core lines for the non-zero ones. Prometheus text format.
 pub fn summary(cores: &[std::sync::Arc<CoreCounters>]) -> String {
     let mut out = String::new();
-    let names: Vec<&str> = CoreCounters::default().plain().iter().map(|(n, _)| *n).collect();
+    let names: Vec<&str> = CoreCounters::default()
+        .plain()
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
     for (i, name) in names.iter().enumerate() {
         let total: u64 = cores.iter().map(|c| c.plain()[i].1.get()).sum();
         let _ = writeln!(out, "{name} {total}");
     }
     for reason in DropReason::ALL {
         let total: u64 = cores.iter().map(|c| c.drops(*reason)).sum();
-        let _ = writeln!(out, "tapwire_drops_total{{reason=\"{}\"}} {total}", reason.label());
+        let _ = writeln!(
+            out,
+            "tapwire_drops_total{{reason=\"{}\"}} {total}",
+            reason.label()
+        );
     }
     for (core, c) in cores.iter().enumerate() {
         for (name, counter) in c.plain() {
@@ -164,7 +184,12 @@ pub fn summary(cores: &[std::sync::Arc<CoreCounters>]) -> String {
         }
         for reason in DropReason::ALL {
             if c.drops(*reason) != 0 {
-                let _ = writeln!(out, "tapwire_drops_total{{reason=\"{}\",core=\"{core}\"}} {}", reason.label(), c.drops(*reason));
+                let _ = writeln!(
+                    out,
+                    "tapwire_drops_total{{reason=\"{}\",core=\"{core}\"}} {}",
+                    reason.label(),
+                    c.drops(*reason)
+                );
             }
         }
     }

@@ -28,7 +28,12 @@ pub enum TapError {
     TunPermission(io::Error),
     /// The ioctl failed.
     #[error("cannot create TAP {name:?} (queue {queue}): {err}{hint}")]
-    SetIff { name: String, queue: usize, err: io::Error, hint: &'static str },
+    SetIff {
+        name: String,
+        queue: usize,
+        err: io::Error,
+        hint: &'static str,
+    },
 }
 
 /// `struct ifreq` as far as TUNSETIFF reads it: name, flags, padding to 40 bytes.
@@ -41,10 +46,17 @@ struct IfReq {
 
 impl IfReq {
     fn new(name: &str, flags: libc::c_int) -> Result<Self, TapError> {
-        if name.is_empty() || name.len() > MAX_IFNAME_LEN || name.bytes().any(|b| b == 0 || b == b'/') {
+        if name.is_empty()
+            || name.len() > MAX_IFNAME_LEN
+            || name.bytes().any(|b| b == 0 || b == b'/')
+        {
             return Err(TapError::BadName(name.to_string()));
         }
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: 0, _pad: [0; 22] };
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: 0,
+            _pad: [0; 22],
+        };
         for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
             *dst = src as libc::c_char;
         }
@@ -80,7 +92,12 @@ fn set_iff(fd: &OwnedFd, name: &str, flags: libc::c_int, queue: usize) -> Result
             Some(libc::EINVAL) => " — an interface of that name exists with other flags; pick another --tap name",
             _ => "",
         };
-        return Err(TapError::SetIff { name: name.to_string(), queue, err, hint });
+        return Err(TapError::SetIff {
+            name: name.to_string(),
+            queue,
+            err,
+            hint,
+        });
     }
     Ok(())
 }
@@ -123,7 +140,10 @@ mod tests {
     #[test]
     fn name_limits() {
         assert!(IfReq::new("abcdefghijklmno", 0).is_ok());
-        assert!(matches!(IfReq::new("abcdefghijklmnop", 0), Err(TapError::BadName(_))));
+        assert!(matches!(
+            IfReq::new("abcdefghijklmnop", 0),
+            Err(TapError::BadName(_))
+        ));
         assert!(matches!(IfReq::new("", 0), Err(TapError::BadName(_))));
         assert!(matches!(IfReq::new("a/b", 0), Err(TapError::BadName(_))));
     }

@@ -60,7 +60,10 @@ impl Model {
         if dst.0[0] & 1 == 1 {
             return Forward::Flood;
         }
-        self.entries.iter().find(|e| e.0 == dst).map_or(Forward::Flood, |e| Forward::Port(e.1))
+        self.entries
+            .iter()
+            .find(|e| e.0 == dst)
+            .map_or(Forward::Flood, |e| Forward::Port(e.1))
     }
 
     fn table(&self) -> Vec<(Mac, PortId)> {
@@ -146,13 +149,24 @@ fn learning_on_one_core_is_seen_as_conflict_on_another() {
     let d = ingress(&mut core0, &mut &own, Source::Port(a), Mac::BROADCAST, m, 0).unwrap();
     assert_eq!(d.learned, Some(m));
     // core1 has not heard of it yet; the authority refuses the claim all the same.
-    assert_eq!(ingress(&mut core1, &mut &own, Source::Port(b), Mac::BROADCAST, m, 0), Err(SwitchDrop::MacConflict));
+    assert_eq!(
+        ingress(&mut core1, &mut &own, Source::Port(b), Mac::BROADCAST, m, 0),
+        Err(SwitchDrop::MacConflict)
+    );
     core1.learn(m, a, 0);
-    assert_eq!(ingress(&mut core1, &mut &own, Source::Port(b), m, mac(6), 0).unwrap().forward, Forward::Port(a));
+    assert_eq!(
+        ingress(&mut core1, &mut &own, Source::Port(b), m, mac(6), 0)
+            .unwrap()
+            .forward,
+        Forward::Port(a)
+    );
 }
 
 #[test]
 fn port_id_round_trip() {
     let p = PortId::new(3, 0xABCDEF, 0x1234_5678);
-    assert_eq!((p.core(), p.generation(), p.slot()), (3, 0xABCDEF, 0x1234_5678));
+    assert_eq!(
+        (p.core(), p.generation(), p.slot()),
+        (3, 0xABCDEF, 0x1234_5678)
+    );
 }

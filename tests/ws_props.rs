@@ -43,9 +43,17 @@ fn encode(items: &[Item], key: [u8; 4]) -> (Vec<u8>, Vec<Seen>) {
             Item::Binary { payload, fragments } => {
                 let parts = (*fragments).max(1);
                 let step = payload.len().div_ceil(parts).max(1);
-                let chunks: Vec<&[u8]> = if payload.is_empty() { vec![&payload[..]] } else { payload.chunks(step).collect() };
+                let chunks: Vec<&[u8]> = if payload.is_empty() {
+                    vec![&payload[..]]
+                } else {
+                    payload.chunks(step).collect()
+                };
                 for (i, chunk) in chunks.iter().enumerate() {
-                    let op = if i == 0 { frame::OP_BINARY } else { frame::OP_CONTINUATION };
+                    let op = if i == 0 {
+                        frame::OP_BINARY
+                    } else {
+                        frame::OP_CONTINUATION
+                    };
                     frame_bytes(&mut wire, i + 1 == chunks.len(), op, chunk, key);
                 }
                 if payload.len() < 14 {
@@ -167,21 +175,23 @@ proptest! {
 #[test]
 fn violations_carry_close_codes() {
     let cases: &[(&[u8], u16)] = &[
-        (&[0x81, 0x80, 0, 0, 0, 0], 1003),           // text
-        (&[0x82, 0x00], 1002),                        // unmasked
-        (&[0xA2, 0x80, 0, 0, 0, 0], 1002),            // RSV2
-        (&[0x83, 0x80, 0, 0, 0, 0], 1002),            // reserved opcode
+        (&[0x81, 0x80, 0, 0, 0, 0], 1003),             // text
+        (&[0x82, 0x00], 1002),                         // unmasked
+        (&[0xA2, 0x80, 0, 0, 0, 0], 1002),             // RSV2
+        (&[0x83, 0x80, 0, 0, 0, 0], 1002),             // reserved opcode
         (&[0x82, 0xFE, 0x00, 0x10, 0, 0, 0, 0], 1002), // non-minimal length
         (&[0x89, 0xFE, 0x00, 0x80, 0, 0, 0, 0], 1002), // control > 125
-        (&[0x09, 0x80, 0, 0, 0, 0], 1002),            // fragmented control
-        (&[0x80, 0x80, 0, 0, 0, 0], 1002),            // continuation without start
+        (&[0x09, 0x80, 0, 0, 0, 0], 1002),             // fragmented control
+        (&[0x80, 0x80, 0, 0, 0, 0], 1002),             // continuation without start
         (&[0x82, 0xFE, 0x08, 0x00, 0, 0, 0, 0], 1009), // 2048 > max 1518
     ];
     for (bytes, code) in cases {
         let mut session = Session::new(1518, true);
         let mut buf = bytes.to_vec();
         let mut pos = 0;
-        let err = session.next(&mut buf, &mut pos).expect_err("must be rejected");
+        let err = session
+            .next(&mut buf, &mut pos)
+            .expect_err("must be rejected");
         assert_eq!(err.close_code(), *code, "{bytes:02x?}");
     }
 }
@@ -190,8 +200,20 @@ fn violations_carry_close_codes() {
 fn oversized_fragmented_message_closes_1009_without_buffering() {
     let mut session = Session::new(1518, true);
     let mut wire = Vec::new();
-    frame_bytes(&mut wire, false, frame::OP_BINARY, &[0u8; 1000], [1, 2, 3, 4]);
-    frame_bytes(&mut wire, true, frame::OP_CONTINUATION, &[0u8; 1000], [1, 2, 3, 4]);
+    frame_bytes(
+        &mut wire,
+        false,
+        frame::OP_BINARY,
+        &[0u8; 1000],
+        [1, 2, 3, 4],
+    );
+    frame_bytes(
+        &mut wire,
+        true,
+        frame::OP_CONTINUATION,
+        &[0u8; 1000],
+        [1, 2, 3, 4],
+    );
     let mut pos = 0;
     let mut result = Ok(None);
     for _ in 0..10 {
@@ -207,11 +229,25 @@ fn oversized_fragmented_message_closes_1009_without_buffering() {
 fn close_frames() {
     let mut session = Session::new(1518, true);
     let mut wire = Vec::new();
-    frame_bytes(&mut wire, true, frame::OP_CLOSE, &[0x03, 0xE8, b'o', b'k'], [5, 6, 7, 8]);
+    frame_bytes(
+        &mut wire,
+        true,
+        frame::OP_CLOSE,
+        &[0x03, 0xE8, b'o', b'k'],
+        [5, 6, 7, 8],
+    );
     let mut pos = 0;
-    assert_eq!(session.next(&mut wire, &mut pos), Ok(Some(Event::Close { code: Some(1000) })));
+    assert_eq!(
+        session.next(&mut wire, &mut pos),
+        Ok(Some(Event::Close { code: Some(1000) }))
+    );
     let mut bad = Vec::new();
     frame_bytes(&mut bad, true, frame::OP_CLOSE, &[0x03], [5, 6, 7, 8]);
     let mut pos = 0;
-    assert_eq!(Session::new(1518, true).next(&mut bad, &mut pos).map_err(|e| e.close_code()), Err(1002));
+    assert_eq!(
+        Session::new(1518, true)
+            .next(&mut bad, &mut pos)
+            .map_err(|e| e.close_code()),
+        Err(1002)
+    );
 }

@@ -17,19 +17,27 @@ impl Mac {
 
     /// Destination address of an Ethernet frame (bytes 0..6); `None` if shorter than a header.
     pub fn destination(frame: &[u8]) -> Option<Mac> {
-        frame.get(0..6).map(|b| Mac([b[0], b[1], b[2], b[3], b[4], b[5]]))
+        frame
+            .get(0..6)
+            .map(|b| Mac([b[0], b[1], b[2], b[3], b[4], b[5]]))
     }
 
     /// Source address of an Ethernet frame (bytes 6..12).
     pub fn source(frame: &[u8]) -> Option<Mac> {
-        frame.get(6..12).map(|b| Mac([b[0], b[1], b[2], b[3], b[4], b[5]]))
+        frame
+            .get(6..12)
+            .map(|b| Mac([b[0], b[1], b[2], b[3], b[4], b[5]]))
     }
 }
 
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 

@@ -17,7 +17,11 @@ pub struct PortId(pub u64);
 impl PortId {
     /// Packs core (8 bits), generation (24 bits) and slot (32 bits).
     pub fn new(core: usize, generation: u32, slot: u32) -> Self {
-        PortId(((core as u64 & 0xFF) << 56) | ((u64::from(generation) & 0xFF_FFFF) << 32) | u64::from(slot))
+        PortId(
+            ((core as u64 & 0xFF) << 56)
+                | ((u64::from(generation) & 0xFF_FFFF) << 32)
+                | u64::from(slot),
+        )
     }
 
     /// The core the port lives on.

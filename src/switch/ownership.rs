@@ -30,7 +30,11 @@ pub struct Ownership {
 impl Ownership {
     /// An empty table allowing `max_macs_per_port` addresses per port.
     pub fn new(max_macs_per_port: usize) -> Self {
-        Ownership { owner: HashMap::new(), by_port: HashMap::new(), max_macs_per_port }
+        Ownership {
+            owner: HashMap::new(),
+            by_port: HashMap::new(),
+            max_macs_per_port,
+        }
     }
 
     /// Claims `mac` for `port`; succeeds if it is free or already the port's.

@@ -94,12 +94,21 @@ pub struct Decision {
 impl Switch {
     /// An empty replica whose local entries age out after `ageing_ms`.
     pub fn new(ageing_ms: u64) -> Self {
-        Switch { table: HashMap::new(), ageing_ms }
+        Switch {
+            table: HashMap::new(),
+            ageing_ms,
+        }
     }
 
     /// Records that `mac` belongs to `port` (a local learn, or a message from another core).
     pub fn learn(&mut self, mac: Mac, port: PortId, now_ms: u64) {
-        self.table.insert(mac, Entry { port, last_seen_ms: now_ms });
+        self.table.insert(
+            mac,
+            Entry {
+                port,
+                last_seen_ms: now_ms,
+            },
+        );
     }
 
     /// Forgets `mac` if it still belongs to `port`.
@@ -116,7 +125,12 @@ impl Switch {
 
     /// Removes entries of ports for which `is_local` holds that were idle for the ageing time,
     /// releases them from `authority`, and returns them (to tell the other cores).
-    pub fn expire(&mut self, now_ms: u64, is_local: impl Fn(PortId) -> bool, authority: &mut impl OwnershipAccess) -> Vec<(Mac, PortId)> {
+    pub fn expire(
+        &mut self,
+        now_ms: u64,
+        is_local: impl Fn(PortId) -> bool,
+        authority: &mut impl OwnershipAccess,
+    ) -> Vec<(Mac, PortId)> {
         let ageing = self.ageing_ms;
         let old: Vec<(Mac, PortId)> = self
             .table
@@ -157,7 +171,14 @@ impl Switch {
 }
 
 /// Switches one frame with destination `dst` and source `src` arriving from `source`.
-pub fn ingress(sw: &mut Switch, authority: &mut impl OwnershipAccess, source: Source, dst: Mac, src: Mac, now_ms: u64) -> Result<Decision, SwitchDrop> {
+pub fn ingress(
+    sw: &mut Switch,
+    authority: &mut impl OwnershipAccess,
+    source: Source,
+    dst: Mac,
+    src: Mac,
+    now_ms: u64,
+) -> Result<Decision, SwitchDrop> {
     let mut learned = None;
     if let Source::Port(port) = source {
         if src.is_group() {
@@ -167,10 +188,12 @@ pub fn ingress(sw: &mut Switch, authority: &mut impl OwnershipAccess, source: So
             Some(entry) if entry.port == port => entry.last_seen_ms = now_ms,
             Some(_) => return Err(SwitchDrop::MacConflict),
             None => {
-                authority.with(|own| own.claim(src, port)).map_err(|r| match r {
-                    Refusal::Conflict => SwitchDrop::MacConflict,
-                    Refusal::PortLimit => SwitchDrop::MacLimit,
-                })?;
+                authority
+                    .with(|own| own.claim(src, port))
+                    .map_err(|r| match r {
+                        Refusal::Conflict => SwitchDrop::MacConflict,
+                        Refusal::PortLimit => SwitchDrop::MacLimit,
+                    })?;
                 sw.learn(src, port, now_ms);
                 learned = Some(src);
             }

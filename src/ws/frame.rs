@@ -75,7 +75,10 @@ pub enum HeaderError {
 /// `require_mask` is true for frames a server receives (clients must mask) and false for
 /// frames a client receives (servers must not mask; we accept either there).
 /// Returns `Ok(None)` while `buf` is too short to hold the whole header.
-pub fn parse_header(buf: &[u8], require_mask: bool) -> Result<Option<(FrameHeader, usize)>, HeaderError> {
+pub fn parse_header(
+    buf: &[u8],
+    require_mask: bool,
+) -> Result<Option<(FrameHeader, usize)>, HeaderError> {
     if buf.len() < 2 {
         return Ok(None);
     }
@@ -140,7 +143,15 @@ pub fn parse_header(buf: &[u8], require_mask: bool) -> Result<Option<(FrameHeade
     } else {
         None
     };
-    Ok(Some((FrameHeader { fin, opcode, mask, payload_len }, at)))
+    Ok(Some((
+        FrameHeader {
+            fin,
+            opcode,
+            mask,
+            payload_len,
+        },
+        at,
+    )))
 }
 
 /// Length of the header [`encode_header`] writes for this payload length and masking.
@@ -157,7 +168,13 @@ pub fn header_len(payload_len: usize, masked: bool) -> usize {
 
 /// Writes a frame header into `out` (at least [`header_len`] bytes) and returns its length.
 /// Always uses the minimal length encoding.
-pub fn encode_header(out: &mut [u8], fin: bool, opcode: u8, payload_len: usize, mask: Option<[u8; 4]>) -> usize {
+pub fn encode_header(
+    out: &mut [u8],
+    fin: bool,
+    opcode: u8,
+    payload_len: usize,
+    mask: Option<[u8; 4]>,
+) -> usize {
     out[0] = if fin { 0x80 } else { 0 } | (opcode & 0x0F);
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };
     let mut at = if payload_len < 126 {
@@ -209,7 +226,15 @@ mod tests {
         let buf = [0x82, 0x85, 1, 2, 3, 4, 0xAA];
         let (h, n) = parse_header(&buf, true).unwrap().unwrap();
         assert_eq!(n, 6);
-        assert_eq!(h, FrameHeader { fin: true, opcode: OP_BINARY, mask: Some([1, 2, 3, 4]), payload_len: 5 });
+        assert_eq!(
+            h,
+            FrameHeader {
+                fin: true,
+                opcode: OP_BINARY,
+                mask: Some([1, 2, 3, 4]),
+                payload_len: 5
+            }
+        );
     }
 
     #[test]
@@ -225,12 +250,30 @@ mod tests {
 
     #[test]
     fn violations() {
-        assert_eq!(parse_header(&[0x82, 0x05], true), Err(HeaderError::Unmasked));
-        assert_eq!(parse_header(&[0xC2, 0x80], true), Err(HeaderError::ReservedBits));
-        assert_eq!(parse_header(&[0x83, 0x80], true), Err(HeaderError::ReservedOpcode(3)));
-        assert_eq!(parse_header(&[0x89, 0xFE, 0, 200], true), Err(HeaderError::ControlTooLong));
-        assert_eq!(parse_header(&[0x09, 0x80], true), Err(HeaderError::ControlFragmented));
-        assert_eq!(parse_header(&[0x82, 0xFE, 0, 100], true), Err(HeaderError::NonMinimalLength));
+        assert_eq!(
+            parse_header(&[0x82, 0x05], true),
+            Err(HeaderError::Unmasked)
+        );
+        assert_eq!(
+            parse_header(&[0xC2, 0x80], true),
+            Err(HeaderError::ReservedBits)
+        );
+        assert_eq!(
+            parse_header(&[0x83, 0x80], true),
+            Err(HeaderError::ReservedOpcode(3))
+        );
+        assert_eq!(
+            parse_header(&[0x89, 0xFE, 0, 200], true),
+            Err(HeaderError::ControlTooLong)
+        );
+        assert_eq!(
+            parse_header(&[0x09, 0x80], true),
+            Err(HeaderError::ControlFragmented)
+        );
+        assert_eq!(
+            parse_header(&[0x82, 0xFE, 0, 100], true),
+            Err(HeaderError::NonMinimalLength)
+        );
         assert_eq!(
             parse_header(&[0x82, 0xFF, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF], true),
             Err(HeaderError::NonMinimalLength)
@@ -249,7 +292,11 @@ mod tests {
                 let orig: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
                 let mut fast = orig.clone();
                 apply_mask(&mut fast, key, offset);
-                let slow: Vec<u8> = orig.iter().enumerate().map(|(i, b)| b ^ key[(i + offset) % 4]).collect();
+                let slow: Vec<u8> = orig
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ key[(i + offset) % 4])
+                    .collect();
                 assert_eq!(fast, slow);
             }
         }
@@ -260,7 +307,10 @@ mod tests {
         let mut buf = [0u8; 14];
         for len in [0, 125, 126, 65535, 65536, 100_000] {
             for mask in [None, Some([1, 2, 3, 4])] {
-                assert_eq!(encode_header(&mut buf, true, OP_BINARY, len, mask), header_len(len, mask.is_some()));
+                assert_eq!(
+                    encode_header(&mut buf, true, OP_BINARY, len, mask),
+                    header_len(len, mask.is_some())
+                );
                 let (h, _) = parse_header(&buf, mask.is_some()).unwrap().unwrap();
                 assert_eq!(h.payload_len, len as u64);
             }

@@ -30,8 +30,16 @@ impl Rejection {
     pub fn response(&self) -> String {
         let (status, reason, extra) = match self {
             Rejection::BadRequest(why) => ("400 Bad Request", *why, ""),
-            Rejection::UpgradeRequired(why) => ("426 Upgrade Required", *why, "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"),
-            Rejection::HeadTooLarge => ("431 Request Header Fields Too Large", "request head larger than 8 KiB", ""),
+            Rejection::UpgradeRequired(why) => (
+                "426 Upgrade Required",
+                *why,
+                "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+            ),
+            Rejection::HeadTooLarge => (
+                "431 Request Header Fields Too Large",
+                "request head larger than 8 KiB",
+                "",
+            ),
         };
         let body = format!("tapwire: {reason}\n");
         format!(
@@ -47,7 +55,11 @@ pub enum Upgrade {
     /// Need more bytes.
     Incomplete,
     /// A valid upgrade: send `response`; the head used `head_len` bytes (frames may follow).
-    Accept { response: String, head_len: usize, path: String },
+    Accept {
+        response: String,
+        head_len: usize,
+        path: String,
+    },
     /// Refuse with this response, then close.
     Reject(Rejection),
 }
@@ -90,27 +102,44 @@ pub fn parse_upgrade(buf: &[u8]) -> Upgrade {
     if req.version != Some(1) {
         return Upgrade::Reject(Rejection::BadRequest("a WebSocket upgrade needs HTTP/1.1"));
     }
-    let find = |name: &str| req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+    let find = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
     let upgrade_ok = find("upgrade").is_some_and(|v| has_token(v, "websocket"));
     let connection_ok = find("connection").is_some_and(|v| has_token(v, "upgrade"));
     if !upgrade_ok || !connection_ok {
-        return Upgrade::Reject(Rejection::UpgradeRequired("this is a WebSocket endpoint: send an Upgrade: websocket request"));
+        return Upgrade::Reject(Rejection::UpgradeRequired(
+            "this is a WebSocket endpoint: send an Upgrade: websocket request",
+        ));
     }
     if find("sec-websocket-version").map(|v| v.trim_ascii()) != Some(b"13") {
-        return Upgrade::Reject(Rejection::UpgradeRequired("only WebSocket version 13 is supported"));
+        return Upgrade::Reject(Rejection::UpgradeRequired(
+            "only WebSocket version 13 is supported",
+        ));
     }
     let Some(key) = find("sec-websocket-key").map(|v| v.trim_ascii()) else {
         return Upgrade::Reject(Rejection::BadRequest("missing Sec-WebSocket-Key"));
     };
-    let key_ok = base64::engine::general_purpose::STANDARD.decode(key).is_ok_and(|raw| raw.len() == 16);
+    let key_ok = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .is_ok_and(|raw| raw.len() == 16);
     if !key_ok {
-        return Upgrade::Reject(Rejection::BadRequest("Sec-WebSocket-Key is not 16 bytes in base64"));
+        return Upgrade::Reject(Rejection::BadRequest(
+            "Sec-WebSocket-Key is not 16 bytes in base64",
+        ));
     }
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
         accept_key(key)
     );
-    Upgrade::Accept { response, head_len, path: req.path.unwrap_or("/").to_string() }
+    Upgrade::Accept {
+        response,
+        head_len,
+        path: req.path.unwrap_or("/").to_string(),
+    }
 }
 
 /// The `503` sent to a connection beyond `--max-clients`, before any upgrade.
@@ -130,13 +159,20 @@ mod tests {
 
     #[test]
     fn rfc_sample_key() {
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
     fn lower_case_headers_accepted_and_deflate_declined() {
         match parse_upgrade(NODE_STYLE) {
-            Upgrade::Accept { response, head_len, path } => {
+            Upgrade::Accept {
+                response,
+                head_len,
+                path,
+            } => {
                 assert_eq!(head_len, NODE_STYLE.len());
                 assert_eq!(path, "/some/path?x=1");
                 assert!(response.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
@@ -150,32 +186,61 @@ mod tests {
     #[test]
     fn incomplete_at_every_prefix() {
         for cut in 0..NODE_STYLE.len() {
-            assert_eq!(parse_upgrade(&NODE_STYLE[..cut]), Upgrade::Incomplete, "cut {cut}");
+            assert_eq!(
+                parse_upgrade(&NODE_STYLE[..cut]),
+                Upgrade::Incomplete,
+                "cut {cut}"
+            );
         }
     }
 
     #[test]
     fn rejections() {
         let plain = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-        assert!(matches!(parse_upgrade(plain), Upgrade::Reject(Rejection::UpgradeRequired(_))));
+        assert!(matches!(
+            parse_upgrade(plain),
+            Upgrade::Reject(Rejection::UpgradeRequired(_))
+        ));
         let post = b"POST / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
-        assert!(matches!(parse_upgrade(post), Upgrade::Reject(Rejection::BadRequest(_))));
+        assert!(matches!(
+            parse_upgrade(post),
+            Upgrade::Reject(Rejection::BadRequest(_))
+        ));
         let v8 = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
         let rej = parse_upgrade(v8);
-        assert!(matches!(rej, Upgrade::Reject(Rejection::UpgradeRequired(_))));
+        assert!(matches!(
+            rej,
+            Upgrade::Reject(Rejection::UpgradeRequired(_))
+        ));
         let nokey = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n";
-        assert!(matches!(parse_upgrade(nokey), Upgrade::Reject(Rejection::BadRequest(_))));
-        assert!(matches!(parse_upgrade(b"\x16\x03\x01garbage\r\n\r\n"), Upgrade::Reject(Rejection::BadRequest(_))));
+        assert!(matches!(
+            parse_upgrade(nokey),
+            Upgrade::Reject(Rejection::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_upgrade(b"\x16\x03\x01garbage\r\n\r\n"),
+            Upgrade::Reject(Rejection::BadRequest(_))
+        ));
         let big = vec![b'a'; MAX_HEAD_LEN];
-        assert_eq!(parse_upgrade(&big), Upgrade::Reject(Rejection::HeadTooLarge));
+        assert_eq!(
+            parse_upgrade(&big),
+            Upgrade::Reject(Rejection::HeadTooLarge)
+        );
         let mut long = b"GET / HTTP/1.1\r\nX: ".to_vec();
         long.extend(std::iter::repeat_n(b'a', MAX_HEAD_LEN));
-        assert_eq!(parse_upgrade(&long), Upgrade::Reject(Rejection::HeadTooLarge));
+        assert_eq!(
+            parse_upgrade(&long),
+            Upgrade::Reject(Rejection::HeadTooLarge)
+        );
     }
 
     #[test]
     fn rejection_responses_are_one_line_http() {
-        for r in [Rejection::BadRequest("x"), Rejection::UpgradeRequired("y"), Rejection::HeadTooLarge] {
+        for r in [
+            Rejection::BadRequest("x"),
+            Rejection::UpgradeRequired("y"),
+            Rejection::HeadTooLarge,
+        ] {
             let text = r.response();
             assert!(text.starts_with("HTTP/1.1 4"));
             assert!(text.ends_with("\n") && text.contains("\r\n\r\ntapwire: "));

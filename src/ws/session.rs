@@ -11,7 +11,9 @@
 
 use std::ops::Range;
 
-use super::frame::{self, apply_mask, parse_header, FrameHeader, HeaderError, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+use super::frame::{
+    self, apply_mask, parse_header, FrameHeader, HeaderError, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
+};
 
 /// Smallest binary message we forward: an Ethernet II header (6 + 6 + 2 bytes).
 pub const MIN_ETHERNET_FRAME: usize = 14;
@@ -167,7 +169,8 @@ impl Session {
             let frame_done = cur.done == cur.header.payload_len;
             self.current = if frame_done { None } else { Some(cur) };
             if cur.header.is_control() {
-                self.control_buf[self.control_len..self.control_len + take].copy_from_slice(&buf[range]);
+                self.control_buf[self.control_len..self.control_len + take]
+                    .copy_from_slice(&buf[range]);
                 self.control_len += take;
                 if frame_done {
                     return self.control_event(cur.header.opcode).map(Some);
@@ -190,7 +193,11 @@ impl Session {
     }
 
     /// Reads a whole header, from `buf` directly or gathered across calls.
-    fn take_header(&mut self, buf: &[u8], pos: &mut usize) -> Result<Option<FrameHeader>, Violation> {
+    fn take_header(
+        &mut self,
+        buf: &[u8],
+        pos: &mut usize,
+    ) -> Result<Option<FrameHeader>, Violation> {
         if self.header_have == 0 {
             if let Some((header, len)) = parse_header(&buf[*pos..], self.require_mask)? {
                 *pos += len;
@@ -216,7 +223,12 @@ impl Session {
 
     /// Applies the message-level rules to a new frame header. Returns an event when the frame
     /// can be answered at once (a whole message in `buf`, an empty frame).
-    fn start_frame(&mut self, header: FrameHeader, buf: &mut [u8], pos: &mut usize) -> Result<Option<Event>, Violation> {
+    fn start_frame(
+        &mut self,
+        header: FrameHeader,
+        buf: &mut [u8],
+        pos: &mut usize,
+    ) -> Result<Option<Event>, Violation> {
         let len = header.payload_len;
         match header.opcode {
             frame::OP_TEXT => return Err(Violation::Text),
@@ -225,7 +237,10 @@ impl Session {
                     return Err(Violation::BadContinuation);
                 }
                 if len > self.max_message as u64 {
-                    return Err(Violation::TooLarge { len, max: self.max_message });
+                    return Err(Violation::TooLarge {
+                        len,
+                        max: self.max_message,
+                    });
                 }
                 self.fragmented = !header.fin;
             }
@@ -235,7 +250,9 @@ impl Session {
                 }
                 let so_far = self.message_len.unwrap_or(0) as u64;
                 if so_far + len > self.max_message as u64 {
-                    return Err(Violation::FragmentedTooLarge { max: self.max_message });
+                    return Err(Violation::FragmentedTooLarge {
+                        max: self.max_message,
+                    });
                 }
                 if header.fin {
                     self.fragmented = false;
@@ -253,7 +270,8 @@ impl Session {
         }
         // Lossless: len ≤ max_message, a usize.
         let len_usize = len as usize;
-        let whole_here = header.opcode == frame::OP_BINARY && header.fin && buf.len() - *pos >= len_usize;
+        let whole_here =
+            header.opcode == frame::OP_BINARY && header.fin && buf.len() - *pos >= len_usize;
         if whole_here {
             let range = *pos..*pos + len_usize;
             if let Some(key) = header.mask {

@@ -1,0 +1,225 @@
+//! `tapwire check`: can this machine run tapwire, and if not, the exact fix for each problem.
+
+use std::fs;
+
+use io_uring::{opcode, IoUring, Probe};
+
+use crate::engine::ops;
+
+/// One line of the report.
+pub struct Finding {
+    /// Passed, or only a note (a fallback will be used).
+    pub ok: bool,
+    /// Fatal for `tapwire run` when not ok.
+    pub fatal: bool,
+    pub what: String,
+}
+
+fn finding(ok: bool, fatal: bool, what: impl Into<String>) -> Finding {
+    Finding {
+        ok,
+        fatal,
+        what: what.into(),
+    }
+}
+
+fn read_trim(path: &str) -> Option<String> {
+    fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+}
+
+/// Runs every check.
+pub fn run_checks() -> Vec<Finding> {
+    let mut out = Vec::new();
+    let (major, minor) = ops::kernel_version();
+    out.push(finding(
+        (major, minor) >= (5, 19),
+        true,
+        if (major, minor) >= (5, 19) {
+            format!("kernel {major}.{minor}: provided-buffer rings and multishot accept available")
+        } else {
+            format!("kernel {major}.{minor} is older than 5.19: tapwire needs provided-buffer rings — upgrade the kernel (Debian 12 ships 6.1)")
+        },
+    ));
+    match read_trim("/proc/sys/kernel/io_uring_disabled").as_deref() {
+        Some("0") | None => out.push(finding(true, true, "kernel.io_uring_disabled = 0: io_uring allowed")),
+        Some("1") => out.push(finding(false, true, "kernel.io_uring_disabled = 1: io_uring only for members of kernel.io_uring_group — run as root, or `sysctl -w kernel.io_uring_disabled=0`")),
+        Some(v) => out.push(finding(false, true, format!("kernel.io_uring_disabled = {v}: io_uring is switched off — `sysctl -w kernel.io_uring_disabled=0`"))),
+    }
+    let seccomp = fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Seccomp:"))
+            .map(|l| l[8..].trim().to_string())
+    });
+    match IoUring::new(8) {
+        Ok(ring) => {
+            out.push(finding(true, true, "io_uring_setup works"));
+            check_ops(&ring, &mut out);
+        }
+        Err(e) => {
+            let hint = match (e.raw_os_error(), seccomp.as_deref()) {
+                (Some(libc::EPERM), Some("2")) => " — a seccomp filter blocks io_uring (Docker's default profile does): run the container with a profile that allows io_uring_setup, io_uring_enter and io_uring_register (e.g. --security-opt seccomp=unconfined)",
+                (Some(libc::EPERM), _) => " — io_uring is restricted: check kernel.io_uring_disabled and any seccomp/LSM policy",
+                (Some(libc::ENOSYS), _) => " — this kernel is built without io_uring (CONFIG_IO_URING)",
+                _ => "",
+            };
+            out.push(finding(
+                false,
+                true,
+                format!("io_uring_setup failed: {e}{hint}"),
+            ));
+        }
+    }
+    match fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+    {
+        Ok(_) => out.push(finding(true, true, "/dev/net/tun opens")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.push(finding(
+            false,
+            true,
+            "/dev/net/tun missing — `modprobe tun`; in a container pass --device /dev/net/tun",
+        )),
+        Err(e) => out.push(finding(
+            false,
+            true,
+            format!("/dev/net/tun: {e} — run as root or grant CAP_NET_ADMIN"),
+        )),
+    }
+    let cap_eff = fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("CapEff:"))
+            .and_then(|l| u64::from_str_radix(l[7..].trim(), 16).ok())
+    });
+    let net_admin = cap_eff.is_some_and(|c| c & (1 << 12) != 0);
+    out.push(finding(
+        net_admin,
+        true,
+        if net_admin {
+            "CAP_NET_ADMIN held".to_string()
+        } else {
+            "CAP_NET_ADMIN missing — run as root, or `setcap cap_net_admin+ep $(which tapwire)`"
+                .to_string()
+        },
+    ));
+    match super::dnsmasq::find() {
+        Some(path) => out.push(finding(
+            true,
+            false,
+            format!("dnsmasq found at {}", path.display()),
+        )),
+        None => out.push(finding(
+            false,
+            false,
+            format!(
+                "{} (needed unless --no-dhcp or --attach-bridge)",
+                super::dnsmasq::MISSING
+            ),
+        )),
+    }
+    if let Some(v) =
+        read_trim("/proc/sys/net/ipv4/neigh/default/gc_thresh3").and_then(|v| v.parse::<u64>().ok())
+    {
+        let ok = v >= 4096;
+        out.push(finding(
+            ok,
+            false,
+            if ok {
+                format!("net.ipv4.neigh.default.gc_thresh3 = {v}: room for thousands of guests")
+            } else {
+                format!("net.ipv4.neigh.default.gc_thresh3 = {v}: past about {v} guests the gateway forgets neighbours — for dense relays `sysctl -w net.ipv4.neigh.default.gc_thresh3=65536 net.ipv4.neigh.default.gc_thresh2=32768`")
+            },
+        ));
+    }
+    out
+}
+
+fn check_ops(ring: &IoUring, out: &mut Vec<Finding>) {
+    let mut probe = Probe::new();
+    if ring.submitter().register_probe(&mut probe).is_err() {
+        out.push(finding(
+            false,
+            true,
+            "cannot probe io_uring operations (IORING_REGISTER_PROBE, Linux 5.6)",
+        ));
+        return;
+    }
+    let required = [
+        ("accept", opcode::Accept::CODE),
+        ("recv", opcode::Recv::CODE),
+        ("read", opcode::Read::CODE),
+        ("write", opcode::Write::CODE),
+        ("sendmsg", opcode::SendMsg::CODE),
+        ("timeout", opcode::Timeout::CODE),
+        ("async_cancel", opcode::AsyncCancel::CODE),
+    ];
+    for (name, code) in required {
+        let ok = probe.is_supported(code);
+        out.push(finding(
+            ok,
+            true,
+            format!(
+                "io_uring op {name}: {}",
+                if ok {
+                    "supported"
+                } else {
+                    "missing — upgrade the kernel"
+                }
+            ),
+        ));
+    }
+    let features = ops::probe(ring, false);
+    let note = |ok: bool, what: &str, fallback: &str| {
+        finding(
+            true,
+            false,
+            format!(
+                "{what}: {}",
+                if ok {
+                    "multishot".to_string()
+                } else {
+                    format!("not available, using {fallback}")
+                }
+            ),
+        )
+    };
+    out.push(note(
+        features.multishot_accept,
+        "accept",
+        "single-shot accept",
+    ));
+    out.push(note(
+        features.multishot_recv,
+        "client receive",
+        "single-shot receive with provided buffers",
+    ));
+    out.push(note(
+        features.multishot_tap_read,
+        "TAP read (Linux 6.7)",
+        "several single-shot reads with provided buffers",
+    ));
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: registering a 1-entry ring over a page we keep alive until it is unregistered
+    // right below; the ring is not used for I/O.
+    let registered = unsafe {
+        ring.submitter()
+            .register_buf_ring_with_flags(buf.as_mut_ptr() as u64, 1, 7, 0)
+    };
+    match registered {
+        Ok(()) => {
+            let _ = ring.submitter().unregister_buf_ring(7);
+            out.push(finding(true, true, "provided-buffer rings: supported"));
+        }
+        // An unaligned heap page can be refused with EINVAL; the engine uses mmap'd memory.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => out.push(finding(
+            true,
+            true,
+            "provided-buffer rings: supported (probe buffer refused as unaligned)",
+        )),
+        Err(e) => out.push(finding(
+            false,
+            true,
+            format!("provided-buffer rings: {e} — needs Linux 5.19"),
+        )),
+    }
+}

@@ -1,0 +1,170 @@
+//! The managed dnsmasq: DHCP (and DNS) for the guest subnet on the TAP.
+//!
+//! Started with `--no-ping` (no 3 s probe per lease), its own lease file in tapwire's runtime
+//! directory, no configuration file, bound to the TAP only. It dies with tapwire even on
+//! SIGKILL (parent-death signal), is restarted with back-off if it exits on its own, and is
+//! stopped (SIGTERM, then SIGKILL) on shutdown.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::config::{Dhcp, Subnet};
+
+/// Where dnsmasq is looked for besides $PATH (Debian puts it in /usr/sbin).
+const SEARCH: &[&str] = &[
+    "/usr/sbin/dnsmasq",
+    "/usr/local/sbin/dnsmasq",
+    "/sbin/dnsmasq",
+];
+
+/// Finds the dnsmasq binary.
+pub fn find() -> Option<PathBuf> {
+    let path_dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    path_dirs
+        .into_iter()
+        .map(|d| d.join("dnsmasq"))
+        .chain(SEARCH.iter().map(PathBuf::from))
+        .find(|p| p.is_file())
+}
+
+/// The error when it is missing.
+pub const MISSING: &str = "dnsmasq not found: install it with `apt-get install dnsmasq-base`, or run with --no-dhcp (guests then need static addresses)";
+
+/// Command-line arguments for serving `subnet` on `ifname`.
+pub fn arguments(
+    ifname: &str,
+    subnet: &Subnet,
+    dhcp: &Dhcp,
+    lease_file: &Path,
+    debug: bool,
+) -> Vec<String> {
+    let mut args = vec![
+        "--keep-in-foreground".to_string(),
+        "--log-facility=-".to_string(),
+        "--conf-file=/dev/null".to_string(),
+        "--pid-file=".to_string(),
+        format!("--interface={ifname}"),
+        "--bind-interfaces".to_string(),
+        "--except-interface=lo".to_string(),
+        "--no-ping".to_string(),
+        "--dhcp-authoritative".to_string(),
+        format!("--dhcp-leasefile={}", lease_file.display()),
+        format!(
+            "--dhcp-range={},{},{},{}",
+            dhcp.range.0,
+            dhcp.range.1,
+            subnet.netmask(),
+            dhcp.lease_time.as_secs()
+        ),
+        format!("--dhcp-option=option:router,{}", subnet.gateway()),
+    ];
+    if !dhcp.dns.is_empty() {
+        let list: Vec<String> = dhcp.dns.iter().map(|ip| ip.to_string()).collect();
+        args.push(format!(
+            "--dhcp-option=option:dns-server,{}",
+            list.join(",")
+        ));
+    }
+    if debug {
+        args.push("--log-dhcp".to_string());
+    }
+    args
+}
+
+/// Starts dnsmasq; its output goes to tapwire's log.
+pub fn spawn(binary: &Path, args: &[String]) -> std::io::Result<Child> {
+    let mut cmd = Command::new(binary);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child.stderr.take().map(|s| Box::new(s) as _),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("FAILED") || line.contains("failed") || line.contains("error") {
+                    log::warn!("dnsmasq: {line}");
+                } else {
+                    log::debug!("dnsmasq: {line}");
+                }
+            }
+        });
+    }
+    Ok(child)
+}
+
+/// Stops a child: SIGTERM, then SIGKILL after `grace`.
+pub async fn stop(child: &mut Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
+/// Back-off before restart number `n` (1 s doubling, at most 30 s).
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.min(5)).min(Duration::from_secs(30))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_cover_the_policy() {
+        let subnet = Subnet::parse("10.86.0.0/16").unwrap();
+        let dhcp = Dhcp {
+            range: (
+                "10.86.0.10".parse().unwrap(),
+                "10.86.255.254".parse().unwrap(),
+            ),
+            lease_time: Duration::from_secs(3600),
+            dns: vec!["10.86.0.1".parse().unwrap()],
+        };
+        let args = arguments(
+            "tapwire0",
+            &subnet,
+            &dhcp,
+            Path::new("/run/tapwire/tapwire0/leases"),
+            false,
+        );
+        assert!(args.contains(&"--no-ping".to_string()));
+        assert!(
+            args.contains(&"--dhcp-range=10.86.0.10,10.86.255.254,255.255.0.0,3600".to_string())
+        );
+        assert!(args.contains(&"--dhcp-leasefile=/run/tapwire/tapwire0/leases".to_string()));
+        assert!(args.contains(&"--dhcp-option=option:dns-server,10.86.0.1".to_string()));
+        assert_eq!(backoff(0), Duration::from_secs(1));
+        assert_eq!(backoff(10), Duration::from_secs(30));
+    }
+}

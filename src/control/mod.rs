@@ -1,0 +1,361 @@
+//! The control plane: host state (TAP address or bridge, dnsmasq), the ledger, signals, and
+//! the order of start-up and shutdown. Runs on the calling thread with a current-thread
+//! tokio runtime; the data plane runs on the engine's core threads.
+
+pub mod check;
+pub mod cleanup;
+pub mod dnsmasq;
+pub mod ledger;
+pub mod listen;
+pub mod logging;
+pub mod netlink;
+
+use std::net::TcpListener;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Notify;
+
+use crate::config::{Config, HostSide};
+use crate::counters;
+use crate::engine::{Engine, EngineConfig, Features, Shared};
+use ledger::{Change, Ledger};
+
+/// A start-up failure, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Tap(#[from] crate::tap::TapError),
+    #[error(transparent)]
+    Netlink(#[from] netlink::NetlinkError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Asks a running [`crate::run`] to stop; cloneable. With signals, SIGINT and SIGTERM do too.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    inner: Arc<(AtomicBool, Notify)>,
+    signals: bool,
+}
+
+impl Shutdown {
+    /// Stops only when [`Shutdown::trigger`] is called.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Also stops on SIGINT/SIGTERM, and prints counters on SIGUSR1.
+    pub fn with_signals() -> Self {
+        Shutdown {
+            signals: true,
+            ..Self::default()
+        }
+    }
+
+    /// Requests the stop.
+    pub fn trigger(&self) {
+        self.inner.0.store(true, Ordering::Release);
+        self.inner.1.notify_one();
+    }
+
+    async fn wait(&self) {
+        while !self.inner.0.load(Ordering::Acquire) {
+            self.inner.1.notified().await;
+        }
+    }
+}
+
+/// What a run left behind for its caller.
+pub struct RunReport {
+    /// The counter summary printed at exit.
+    pub summary: String,
+    /// The io_uring features the cores used.
+    pub features: Features,
+}
+
+/// Host changes made so far, mirrored from the ledger, so a failed start or a shutdown undoes
+/// exactly them.
+struct Host {
+    ledger: Ledger,
+    changes: Vec<Change>,
+}
+
+impl Host {
+    fn record(&mut self, change: Change) -> Result<(), RunError> {
+        self.ledger.record(&change).map_err(|e| {
+            RunError::Setup(format!(
+                "cannot write the ledger {}: {e}",
+                self.ledger.path().display()
+            ))
+        })?;
+        self.changes.push(change);
+        Ok(())
+    }
+
+    async fn undo(self) {
+        for failure in cleanup::undo(&self.changes).await {
+            log::warn!("cleanup: {failure}");
+        }
+        cleanup::remove_ledger(self.ledger.path());
+    }
+}
+
+/// Runs tapwire until `shutdown` (see [`crate::run`]).
+pub fn run(
+    cfg: Config,
+    listeners: Vec<TcpListener>,
+    shutdown: Shutdown,
+) -> Result<RunReport, RunError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(cfg, listeners, shutdown))
+}
+
+async fn run_async(
+    cfg: Config,
+    listeners: Vec<TcpListener>,
+    shutdown: Shutdown,
+) -> Result<RunReport, RunError> {
+    if listeners.len() != cfg.cores {
+        return Err(RunError::Setup(format!(
+            "{} listeners for {} cores: pass one listener per core",
+            listeners.len(),
+            cfg.cores
+        )));
+    }
+    clear_stale_ledger(&cfg).await?;
+    let dnsmasq_binary = match &cfg.host {
+        HostSide::Routed { dhcp: Some(_), .. } => {
+            Some(dnsmasq::find().ok_or_else(|| RunError::Setup(dnsmasq::MISSING.into()))?)
+        }
+        _ => None,
+    };
+    let ledger = Ledger::create(&cfg.runtime_dir, &cfg.tap).map_err(|e| {
+        RunError::Setup(format!("cannot create the ledger under {}: {e} — run as root or choose a writable --runtime-dir", cfg.runtime_dir.display()))
+    })?;
+    let mut host = Host {
+        ledger,
+        changes: Vec::new(),
+    };
+    let started = start(&cfg, &mut host, dnsmasq_binary.as_deref(), listeners).await;
+    let (engine, shared, features, mut child) = match started {
+        Ok(parts) => parts,
+        Err(e) => {
+            host.undo().await;
+            return Err(e);
+        }
+    };
+    log::info!(
+        "relaying ws://{}/ ⇄ TAP {} on {} core(s) (multishot accept/recv/TAP read: {}/{}/{})",
+        cfg.listen,
+        cfg.tap,
+        cfg.cores,
+        features.multishot_accept,
+        features.multishot_recv,
+        features.multishot_tap_read
+    );
+    supervise(
+        &cfg,
+        &shutdown,
+        &shared,
+        dnsmasq_binary.as_deref(),
+        &mut child,
+        &mut host,
+    )
+    .await;
+    log::info!("shutting down: closing clients with 1001");
+    shared.request_shutdown();
+    let joined = tokio::task::spawn_blocking(move || engine.join()).await;
+    if let Some(c) = child.as_mut() {
+        dnsmasq::stop(c, Duration::from_secs(2)).await;
+    }
+    host.undo().await;
+    let summary = counters::summary(&shared.counters);
+    match joined {
+        Ok(Ok(())) => Ok(RunReport { summary, features }),
+        Ok(Err(e)) => Err(RunError::Io(e)),
+        Err(e) => Err(RunError::Setup(format!("engine join failed: {e}"))),
+    }
+}
+
+async fn clear_stale_ledger(cfg: &Config) -> Result<(), RunError> {
+    let path = Ledger::path_for(&cfg.runtime_dir, &cfg.tap);
+    let Ok(changes) = ledger::read(&path) else {
+        return Ok(());
+    };
+    if let Some(pid) = ledger::owner_alive(&changes) {
+        return Err(RunError::Setup(format!(
+            "tapwire (pid {pid}) is already running with TAP {} (ledger {}); stop it first or choose another --tap",
+            cfg.tap,
+            path.display()
+        )));
+    }
+    log::warn!(
+        "a previous run with TAP {} did not clean up (ledger {}); undoing its changes now",
+        cfg.tap,
+        path.display()
+    );
+    for failure in cleanup::undo(&changes).await {
+        log::warn!("cleanup: {failure}");
+    }
+    cleanup::remove_ledger(&path);
+    Ok(())
+}
+
+type Started = (Engine, Arc<Shared>, Features, Option<tokio::process::Child>);
+
+async fn start(
+    cfg: &Config,
+    host: &mut Host,
+    dnsmasq_binary: Option<&std::path::Path>,
+    listeners: Vec<TcpListener>,
+) -> Result<Started, RunError> {
+    host.record(Change::Tap(cfg.tap.clone()))?;
+    let taps = crate::tap::open_multiqueue(&cfg.tap, cfg.cores)?;
+    let handle = netlink::connect()?;
+    let index = netlink::link_index(&handle, &cfg.tap)
+        .await
+        .ok_or_else(|| RunError::Setup(format!("TAP {} vanished right after creation", cfg.tap)))?;
+    let mut child = None;
+    match &cfg.host {
+        HostSide::Routed { subnet, dhcp } => {
+            host.record(Change::Address {
+                ifname: cfg.tap.clone(),
+                cidr: format!("{}/{}", subnet.gateway(), subnet.prefix),
+            })?;
+            netlink::add_address(&handle, index, subnet.gateway(), subnet.prefix, &cfg.tap).await?;
+            host.record(Change::LinkUp(cfg.tap.clone()))?;
+            netlink::set_up(&handle, index, &cfg.tap, Some(cfg.mtu)).await?;
+            if let (Some(dhcp), Some(binary)) = (dhcp, dnsmasq_binary) {
+                let lease_file = cfg.runtime_dir.join(&cfg.tap).join("dnsmasq.leases");
+                host.record(Change::File(lease_file.clone()))?;
+                let args = dnsmasq::arguments(
+                    &cfg.tap,
+                    subnet,
+                    dhcp,
+                    &lease_file,
+                    cfg.log_level >= log::LevelFilter::Debug,
+                );
+                let c = dnsmasq::spawn(binary, &args).map_err(|e| {
+                    RunError::Setup(format!("cannot start {}: {e}", binary.display()))
+                })?;
+                host.record(Change::Dnsmasq {
+                    pid: c.id().unwrap_or(0),
+                    ifname: cfg.tap.clone(),
+                })?;
+                child = Some(c);
+            }
+        }
+        HostSide::Bridge(bridge) => {
+            let bridge_index = netlink::link_index(&handle, bridge)
+                .await
+                .ok_or_else(|| RunError::Setup(format!("bridge {bridge} not found: create it (ip link add {bridge} type bridge) or drop --attach-bridge")))?;
+            host.record(Change::Master {
+                ifname: cfg.tap.clone(),
+                bridge: bridge.clone(),
+            })?;
+            netlink::set_master(&handle, index, bridge_index, &cfg.tap).await?;
+            host.record(Change::LinkUp(cfg.tap.clone()))?;
+            netlink::set_up(&handle, index, &cfg.tap, Some(cfg.mtu)).await?;
+        }
+    }
+    let shared = Shared::new(cfg.cores, cfg.max_macs_per_client)?;
+    let listener_fds: Vec<OwnedFd> = listeners.into_iter().map(OwnedFd::from).collect();
+    let engine = Engine::start(
+        EngineConfig::from_config(cfg),
+        shared.clone(),
+        listener_fds,
+        taps,
+    )?;
+    let features = match engine.wait_ready() {
+        Ok(f) => f,
+        Err(e) => {
+            shared.request_shutdown();
+            let _ = tokio::task::spawn_blocking(move || engine.join()).await;
+            return Err(RunError::Setup(format!(
+                "{e} — run `tapwire check` to see what this kernel allows"
+            )));
+        }
+    };
+    Ok((engine, shared, features, child))
+}
+
+/// Waits for the stop request; meanwhile prints counters on SIGUSR1 and restarts dnsmasq if
+/// it dies.
+async fn supervise(
+    cfg: &Config,
+    shutdown: &Shutdown,
+    shared: &Shared,
+    binary: Option<&std::path::Path>,
+    child: &mut Option<tokio::process::Child>,
+    host: &mut Host,
+) {
+    let mut term = shutdown
+        .signals
+        .then(|| signal(SignalKind::terminate()).ok())
+        .flatten();
+    let mut int = shutdown
+        .signals
+        .then(|| signal(SignalKind::interrupt()).ok())
+        .flatten();
+    let mut usr1 = shutdown
+        .signals
+        .then(|| signal(SignalKind::user_defined1()).ok())
+        .flatten();
+    let mut restarts = 0u32;
+    loop {
+        let child_exit = async {
+            match child.as_mut() {
+                Some(c) => c.wait().await.ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = recv_opt(&mut term) => return,
+            _ = recv_opt(&mut int) => return,
+            _ = recv_opt(&mut usr1) => eprint!("{}", counters::summary(&shared.counters)),
+            status = child_exit => {
+                let delay = dnsmasq::backoff(restarts);
+                restarts += 1;
+                log::warn!("dnsmasq exited ({}); restarting in {delay:?}", status.map_or("unknown status".into(), |s| s.to_string()));
+                *child = None;
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    _ = recv_opt(&mut term) => return,
+                    _ = recv_opt(&mut int) => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                if let (Some(binary), HostSide::Routed { subnet, dhcp: Some(dhcp) }) = (binary, &cfg.host) {
+                    let lease_file = cfg.runtime_dir.join(&cfg.tap).join("dnsmasq.leases");
+                    let args = dnsmasq::arguments(&cfg.tap, subnet, dhcp, &lease_file, cfg.log_level >= log::LevelFilter::Debug);
+                    match dnsmasq::spawn(binary, &args) {
+                        Ok(c) => {
+                            if let Err(e) = host.record(Change::Dnsmasq { pid: c.id().unwrap_or(0), ifname: cfg.tap.clone() }) {
+                                log::warn!("{e}");
+                            }
+                            *child = Some(c);
+                        }
+                        Err(e) => log::error!("cannot restart dnsmasq: {e}"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn recv_opt(sig: &mut Option<tokio::signal::unix::Signal>) {
+    match sig {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}

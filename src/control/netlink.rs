@@ -1,0 +1,144 @@
+//! Addresses and links through rtnetlink (never by running `ip`).
+
+use std::net::Ipv4Addr;
+
+use futures::TryStreamExt;
+use rtnetlink::{Handle, LinkUnspec};
+
+/// A netlink failure, with what tapwire was doing.
+#[derive(Debug, thiserror::Error)]
+#[error("netlink: cannot {what}: {source}")]
+pub struct NetlinkError {
+    what: String,
+    #[source]
+    source: rtnetlink::Error,
+}
+
+fn ctx(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |source| NetlinkError { what, source }
+}
+
+/// Opens a netlink connection, driven by a task on the current runtime.
+pub fn connect() -> std::io::Result<Handle> {
+    let (connection, handle, _) = rtnetlink::new_connection()?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+/// Index of interface `name`, or None.
+pub async fn link_index(handle: &Handle, name: &str) -> Option<u32> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    links
+        .try_next()
+        .await
+        .ok()
+        .flatten()
+        .map(|l| l.header.index)
+}
+
+/// Sets `index` up, with `mtu` if given.
+pub async fn set_up(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+    mtu: Option<u32>,
+) -> Result<(), NetlinkError> {
+    let mut msg = LinkUnspec::new_with_index(index).up();
+    if let Some(mtu) = mtu {
+        msg = msg.mtu(mtu);
+    }
+    handle
+        .link()
+        .set(msg.build())
+        .execute()
+        .await
+        .map_err(ctx(format!("set {name} up")))
+}
+
+/// Sets `index` down.
+pub async fn set_down(handle: &Handle, index: u32, name: &str) -> Result<(), NetlinkError> {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).down().build())
+        .execute()
+        .await
+        .map_err(ctx(format!("set {name} down")))
+}
+
+/// Enslaves `index` to bridge `bridge_index`.
+pub async fn set_master(
+    handle: &Handle,
+    index: u32,
+    bridge_index: u32,
+    name: &str,
+) -> Result<(), NetlinkError> {
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .controller(bridge_index)
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(ctx(format!("attach {name} to its bridge")))
+}
+
+/// Releases `index` from its bridge.
+pub async fn no_master(handle: &Handle, index: u32, name: &str) -> Result<(), NetlinkError> {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).nocontroller().build())
+        .execute()
+        .await
+        .map_err(ctx(format!("detach {name} from its bridge")))
+}
+
+/// Adds `addr/prefix` to `index`.
+pub async fn add_address(
+    handle: &Handle,
+    index: u32,
+    addr: Ipv4Addr,
+    prefix: u8,
+    name: &str,
+) -> Result<(), NetlinkError> {
+    handle
+        .address()
+        .add(index, addr.into(), prefix)
+        .execute()
+        .await
+        .map_err(ctx(format!("add {addr}/{prefix} to {name} (is the subnet already used by another interface? choose another --subnet)")))
+}
+
+/// Removes `addr/prefix` from `index` if present.
+pub async fn del_address(
+    handle: &Handle,
+    index: u32,
+    addr: Ipv4Addr,
+    prefix: u8,
+    name: &str,
+) -> Result<(), NetlinkError> {
+    let mut addrs = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    while let Some(msg) = addrs
+        .try_next()
+        .await
+        .map_err(ctx(format!("list addresses of {name}")))?
+    {
+        let matches = msg.header.prefix_len == prefix
+            && msg.attributes.iter().any(|a| matches!(a, rtnetlink::packet_route::address::AddressAttribute::Address(std::net::IpAddr::V4(ip)) if *ip == addr));
+        if matches {
+            handle
+                .address()
+                .del(msg)
+                .execute()
+                .await
+                .map_err(ctx(format!("remove {addr}/{prefix} from {name}")))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! The data plane: one thread per core, each with its own io_uring, listener, TAP queue,
+//! clients and switch replica (ARCHITECTURE.md decisions 1–8). All `unsafe` of the data path
+//! lives in this module, each block with its `// SAFETY:` reason.
+
+mod bufpool;
+mod client;
+mod core;
+mod crosscore;
+mod forward;
+pub mod ops;
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::counters::CoreCounters;
+use crate::switch::Ownership;
+
+pub use ops::Features;
+
+/// Messages one core may have outstanding to another before frames are dropped.
+const CROSS_CORE_QUEUE: usize = 8192;
+
+/// What the engine needs from the configuration, in the units it uses.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub max_frame: usize,
+    pub max_clients: usize,
+    pub send_queue: usize,
+    pub handshake_timeout_ms: u64,
+    pub slow_client_timeout_ms: u64,
+    pub ping_interval_ms: Option<u64>,
+    pub mac_ageing_ms: u64,
+    pub max_macs_per_client: usize,
+    pub io_fallback: bool,
+    /// Submission queue entries per ring (completion queue: 4×).
+    pub ring_entries: u32,
+    /// Receive buffers per core (power of two) and their size.
+    pub recv_buffers: u16,
+    pub recv_buffer_size: usize,
+    /// TAP read buffers per core (power of two; at least the TAP's txqueuelen of 1000).
+    pub tap_buffers: u16,
+    /// Frame slots per core.
+    pub frame_slots: u32,
+}
+
+impl EngineConfig {
+    /// Engine settings for a validated configuration.
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        let jumbo = cfg.max_frame > 9_018;
+        EngineConfig {
+            max_frame: cfg.max_frame,
+            max_clients: cfg.max_clients,
+            send_queue: cfg.send_queue,
+            handshake_timeout_ms: cfg.handshake_timeout.as_millis() as u64,
+            slow_client_timeout_ms: cfg.slow_client_timeout.as_millis() as u64,
+            ping_interval_ms: cfg.ping_interval.map(|d| d.as_millis() as u64),
+            mac_ageing_ms: cfg.mac_ageing.as_millis() as u64,
+            max_macs_per_client: cfg.max_macs_per_client,
+            io_fallback: cfg.io_fallback,
+            ring_entries: 4096,
+            recv_buffers: 2048,
+            recv_buffer_size: 16 * 1024,
+            // Jumbo frames make every TAP buffer and slot 64 KiB: keep their number modest.
+            tap_buffers: if jumbo { 1024 } else { 4096 },
+            frame_slots: if jumbo { 2048 } else { 8192 },
+        }
+    }
+}
+
+/// State shared by all cores.
+pub struct Shared {
+    pub cores: usize,
+    /// queues[from * cores + to]
+    queues: Vec<ArrayQueue<crosscore::CoreMsg>>,
+    /// One eventfd per core, to wake it when messages arrive or at shutdown.
+    pub wake_fds: Vec<OwnedFd>,
+    /// Who owns which MAC (taken only when a core meets an unknown source address).
+    pub authority: Mutex<Ownership>,
+    /// Set once to stop: every core drains its clients and returns.
+    pub shutdown: AtomicBool,
+    /// Clients connected across cores (for --max-clients).
+    pub clients: AtomicUsize,
+    pub counters: Vec<Arc<CoreCounters>>,
+}
+
+impl Shared {
+    /// State for `cores` cores.
+    pub fn new(cores: usize, max_macs_per_client: usize) -> io::Result<Arc<Self>> {
+        let wake_fds = (0..cores)
+            .map(|_| {
+                // SAFETY: eventfd with valid flags; the result is checked before use.
+                let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: a fresh descriptor we own.
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Arc::new(Shared {
+            cores,
+            queues: (0..cores * cores)
+                .map(|_| ArrayQueue::new(CROSS_CORE_QUEUE))
+                .collect(),
+            wake_fds,
+            authority: Mutex::new(Ownership::new(max_macs_per_client)),
+            shutdown: AtomicBool::new(false),
+            clients: AtomicUsize::new(0),
+            counters: (0..cores)
+                .map(|_| Arc::new(CoreCounters::default()))
+                .collect(),
+        }))
+    }
+
+    fn queue(&self, from: usize, to: usize) -> &ArrayQueue<crosscore::CoreMsg> {
+        &self.queues[from * self.cores + to]
+    }
+
+    /// Asks every core to drain and stop.
+    pub fn request_shutdown(&self) {
+        self.shutdown
+            .store(true, std::sync::atomic::Ordering::Release);
+        for fd in &self.wake_fds {
+            let one: u64 = 1;
+            // SAFETY: 8-byte write from a local to an eventfd we own.
+            unsafe {
+                libc::write(
+                    std::os::fd::AsRawFd::as_raw_fd(fd),
+                    (&one as *const u64).cast(),
+                    8,
+                )
+            };
+        }
+    }
+}
+
+/// A running engine: its threads, joined by [`Engine::join`].
+pub struct Engine {
+    threads: Vec<JoinHandle<io::Result<Option<Box<core::Core>>>>>,
+    ready: std::sync::mpsc::Receiver<io::Result<Features>>,
+    cores: usize,
+}
+
+impl Engine {
+    /// Starts one pinned thread per (listener, TAP queue) pair.
+    pub fn start(
+        cfg: EngineConfig,
+        shared: Arc<Shared>,
+        listeners: Vec<OwnedFd>,
+        taps: Vec<OwnedFd>,
+    ) -> io::Result<Self> {
+        let cfg = Arc::new(cfg);
+        let cores = listeners.len();
+        let cpus = core_affinity::get_core_ids().unwrap_or_default();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let mut threads = Vec::new();
+        for (id, (listener, tap)) in listeners.into_iter().zip(taps).enumerate() {
+            let cfg = cfg.clone();
+            let shared = shared.clone();
+            let cpu = (cpus.len() >= cores).then(|| cpus[id]);
+            let ready_tx = ready_tx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("tapwire-core{id}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        core_affinity::set_for_current(cpu);
+                    }
+                    let mut core = match core::Core::new(id, cfg, shared.clone(), listener, tap) {
+                        Ok(core) => core,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(io::Error::new(
+                                e.kind(),
+                                format!("core {id}: cannot set up io_uring: {e}"),
+                            )));
+                            return Err(e);
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(core.features()));
+                    let result = core.run();
+                    if let Err(e) = &result {
+                        log::error!("core {id} stopped: {e}; stopping tapwire");
+                        shared.request_shutdown();
+                    }
+                    // Hand the core back so its pool outlives every other core's references.
+                    result.map(|()| Some(Box::new(core)))
+                })?;
+            threads.push(thread);
+        }
+        Ok(Engine {
+            threads,
+            ready,
+            cores,
+        })
+    }
+
+    /// Waits until every core has set up its ring; returns the features in use.
+    pub fn wait_ready(&self) -> io::Result<Features> {
+        let mut features = None;
+        for _ in 0..self.cores {
+            let f = self
+                .ready
+                .recv()
+                .map_err(|_| io::Error::other("a core thread died during start-up"))??;
+            features = Some(f);
+        }
+        features.ok_or_else(|| io::Error::other("no cores"))
+    }
+
+    /// Waits for every core to stop; the first error, if any.
+    pub fn join(self) -> io::Result<()> {
+        let mut first_err = None;
+        let mut finished = Vec::new();
+        for t in self.threads {
+            match t.join() {
+                Ok(Ok(core)) => finished.push(core),
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(io::Error::other("a core thread panicked"));
+                }
+            }
+        }
+        drop(finished);
+        first_err.map_or(Ok(()), Err)
+    }
+}

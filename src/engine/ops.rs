@@ -1,0 +1,121 @@
+//! `user_data` encoding of io_uring operations, and kernel feature probing.
+//!
+//! `user_data` = kind (8 bits) | generation (24 bits) | index (32 bits). For client operations
+//! the index is the client slot and the generation tells a completion for a client that has
+//! since gone (its slot reused) from one for the current client. For TAP writes the index is
+//! the buffer written from.
+
+use io_uring::{opcode, IoUring, Probe};
+
+/// Operation kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Accept = 1,
+    TapRead = 2,
+    Wake = 3,
+    Timer = 4,
+    Recv = 5,
+    Send = 6,
+    TapWrite = 7,
+    Cancel = 8,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Kind> {
+        Some(match v {
+            1 => Kind::Accept,
+            2 => Kind::TapRead,
+            3 => Kind::Wake,
+            4 => Kind::Timer,
+            5 => Kind::Recv,
+            6 => Kind::Send,
+            7 => Kind::TapWrite,
+            8 => Kind::Cancel,
+            _ => return None,
+        })
+    }
+}
+
+/// Packs an operation's identity.
+pub fn user_data(kind: Kind, generation: u32, index: u32) -> u64 {
+    (u64::from(kind as u8) << 56) | (u64::from(generation & 0xFF_FFFF) << 32) | u64::from(index)
+}
+
+/// Unpacks [`user_data`].
+pub fn decode(ud: u64) -> Option<(Kind, u32, u32)> {
+    // Truncations intended: fields are extracted by shifting and masking.
+    Some((
+        Kind::from_u8((ud >> 56) as u8)?,
+        ((ud >> 32) & 0xFF_FFFF) as u32,
+        ud as u32,
+    ))
+}
+
+/// Which io_uring features the engine uses on this kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    /// Multishot accept (Linux 5.19).
+    pub multishot_accept: bool,
+    /// Multishot receive with provided buffers (Linux 6.0).
+    pub multishot_recv: bool,
+    /// Multishot read of the TAP (IORING_OP_READ_MULTISHOT, Linux 6.7).
+    pub multishot_tap_read: bool,
+}
+
+/// The running kernel's (major, minor) version.
+pub fn kernel_version() -> (u32, u32) {
+    // SAFETY: utsname is plain data; uname fills it.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `uts` is a valid, writable utsname.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return (0, 0);
+    }
+    let release: String = uts
+        .release
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8 as char)
+        .collect();
+    parse_release(&release)
+}
+
+/// Parses "6.1.0-18-amd64" into (6, 1).
+pub fn parse_release(release: &str) -> (u32, u32) {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor)
+}
+
+/// Probes `ring`'s kernel; `force_fallback` turns every multishot operation off.
+pub fn probe(ring: &IoUring, force_fallback: bool) -> Features {
+    let version = kernel_version();
+    let mut probe = Probe::new();
+    let has_read_multishot = ring.submitter().register_probe(&mut probe).is_ok()
+        && probe.is_supported(opcode::ReadMulti::CODE);
+    Features {
+        multishot_accept: !force_fallback && version >= (5, 19),
+        multishot_recv: !force_fallback && version >= (6, 0),
+        multishot_tap_read: !force_fallback && has_read_multishot,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let ud = user_data(Kind::Send, 0xABCDEF, 0xFFFF_FFFF);
+        assert_eq!(decode(ud), Some((Kind::Send, 0xABCDEF, 0xFFFF_FFFF)));
+        assert_eq!(decode(0), None);
+    }
+
+    #[test]
+    fn releases() {
+        assert_eq!(parse_release("6.1.0-18-amd64"), (6, 1));
+        assert_eq!(parse_release("6.18.44-fc-v657"), (6, 18));
+        assert_eq!(parse_release("garbage"), (0, 0));
+    }
+}
