@@ -45,6 +45,16 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 
 /// Opens a client WebSocket to `url` (plain ws://), optionally from `source_port`.
 pub fn connect(url: &str, source_port: Option<u16>) -> io::Result<TcpStream> {
+    connect_with(url, source_port, None)
+}
+
+/// [`connect`] with a receive buffer size set before connecting (a small one makes a client
+/// that stops reading stall the relay's sends quickly, as a slow browser tab would).
+pub fn connect_with(
+    url: &str,
+    source_port: Option<u16>,
+    recv_buffer: Option<usize>,
+) -> io::Result<TcpStream> {
     let rest = url
         .strip_prefix("ws://")
         .ok_or_else(|| io::Error::other(format!("{url}: only ws:// URLs are supported")))?;
@@ -60,6 +70,9 @@ pub fn connect(url: &str, source_port: Option<u16>) -> io::Result<TcpStream> {
         socket2::Type::STREAM,
         None,
     )?;
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
     if let Some(port) = source_port {
         socket.set_reuse_address(true)?;
         let local: SocketAddr = if addr.is_ipv4() {

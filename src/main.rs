@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the relay (what a bare `tapwire` does).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check that this machine can run tapwire, with the fix for each problem.
     Check,
     /// Undo what a crashed or killed run left behind (from its ledger).
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         None => run(cli.run),
-        Some(Command::Run(args)) => run(args),
+        Some(Command::Run(args)) => run(*args),
         Some(Command::Check) => {
             let mut fatal = false;
             for f in check::run_checks() {

@@ -56,7 +56,7 @@ impl Model {
         }
     }
 
-    fn from_uplink(&self, dst: Mac) -> Forward {
+    fn uplink_frame(&self, dst: Mac) -> Forward {
         if dst.0[0] & 1 == 1 {
             return Forward::Flood;
         }
@@ -120,7 +120,7 @@ proptest! {
                 }
                 Op::FromUplink { dst } => {
                     let got = ingress(&mut sw, &mut own, Source::Uplink, mac(dst), mac(2), now);
-                    prop_assert_eq!(got.map(|d| d.forward), Ok(model.from_uplink(mac(dst))));
+                    prop_assert_eq!(got.map(|d| d.forward), Ok(model.uplink_frame(mac(dst))));
                 }
                 Op::Advance(ms) => {
                     now += ms;

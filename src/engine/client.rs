@@ -76,8 +76,9 @@ pub struct Client {
     /// Last time anything arrived, and when an unanswered ping was sent (ms).
     pub last_rx_ms: u64,
     pub ping_sent_ms: Option<u64>,
-    /// Since when copies to this client are being dropped because its queue is full.
-    pub queue_full_since_ms: Option<u64>,
+    /// Since when output has been waiting without the socket taking any of it (None: queue
+    /// empty). A client stalled past the slow-client timeout is closed.
+    pub stalled_since_ms: Option<u64>,
     /// Drop reasons already logged for this client in the current log interval (bit set).
     pub logged: u64,
     /// Index in the core's list of open ports (for O(1) removal), when open.
@@ -114,7 +115,7 @@ impl Client {
             input_done: false,
             last_rx_ms: now_ms,
             ping_sent_ms: None,
-            queue_full_since_ms: None,
+            stalled_since_ms: None,
             logged: 0,
             open_index: None,
         }
@@ -143,12 +144,12 @@ impl Client {
         Some(&*self.msg as *const libc::msghdr)
     }
 
-    /// Accounts `sent` bytes of a completed send; returns the pool buffers fully sent (to
-    /// release) through `done`.
-    pub fn advance(&mut self, mut sent: usize, mut done: impl FnMut(BufId)) {
+    /// Accounts `sent` bytes of a completed send at `now_ms`; returns the pool buffers fully
+    /// sent (to release) through `done`.
+    pub fn advance(&mut self, mut sent: usize, now_ms: u64, mut done: impl FnMut(BufId)) {
         self.send_in_flight = false;
         if sent > 0 {
-            self.queue_full_since_ms = None;
+            self.stalled_since_ms = Some(now_ms);
         }
         while sent > 0 {
             let Some(front) = self.queue.front() else {
@@ -165,5 +166,13 @@ impl Client {
                 done(buf);
             }
         }
+        if self.queue.is_empty() {
+            self.stalled_since_ms = None;
+        }
+    }
+
+    /// Notes that output was queued at `now_ms` (starts the stall clock if it was idle).
+    pub fn output_queued(&mut self, now_ms: u64) {
+        self.stalled_since_ms.get_or_insert(now_ms);
     }
 }

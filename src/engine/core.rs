@@ -528,15 +528,15 @@ impl Core {
             match c.session.next(bytes, &mut pos) {
                 Ok(None) => return,
                 Ok(Some(Event::Message(range))) => match buf {
-                    Some(id) => self.from_client(port, id, range.start, range.len()),
-                    None => self.from_client_copy(port, &bytes[range]),
+                    Some(id) => self.switch_client_frame(port, id, range.start, range.len()),
+                    None => self.switch_client_copy(port, &bytes[range]),
                 },
                 Ok(Some(Event::Piece { range, first })) => {
                     self.append_piece(slot, &bytes[range], first)
                 }
                 Ok(Some(Event::Assembled)) => {
                     if let Some((id, len)) = c.assembly.take() {
-                        self.from_client(port, id, super::bufpool::HEADROOM, len);
+                        self.switch_client_frame(port, id, super::bufpool::HEADROOM, len);
                         self.pool.release(id);
                     }
                 }
@@ -625,7 +625,7 @@ impl Core {
         }
         let pool = &mut self.pool;
         // Lossless: res ≥ 0.
-        c.advance(res as usize, |id| pool.release(id));
+        c.advance(res as usize, self.now_ms, |id| pool.release(id));
         if !c.queue.is_empty() {
             if !c.dirty {
                 c.dirty = true;
@@ -746,7 +746,7 @@ impl Core {
             self.pool.received(id);
             if res > 0 {
                 // Lossless: res > 0.
-                self.from_tap(id, res as usize);
+                self.switch_tap_frame(id, res as usize);
             }
             self.pool.release(id);
         }
@@ -797,7 +797,7 @@ impl Core {
                     to_close.push((slot, Some(DropReason::HandshakeTimeout)))
                 }
                 Phase::Open => {
-                    if c.queue_full_since_ms
+                    if c.stalled_since_ms
                         .is_some_and(|since| now - since >= self.cfg.slow_client_timeout_ms)
                     {
                         to_close.push((slot, Some(DropReason::SlowClient)));

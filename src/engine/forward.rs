@@ -36,7 +36,13 @@ fn switch_drop_reason(d: SwitchDrop) -> DropReason {
 
 impl Core {
     /// A frame from client `port`, `len` bytes at `offset` of pool buffer `id` (unmasked).
-    pub(super) fn from_client(&mut self, port: PortId, id: BufId, offset: usize, len: usize) {
+    pub(super) fn switch_client_frame(
+        &mut self,
+        port: PortId,
+        id: BufId,
+        offset: usize,
+        len: usize,
+    ) {
         // SAFETY: the caller holds a reference on `id`; these bytes are not written meanwhile.
         let bytes = unsafe { self.pool.bytes_mut(id, offset, len) };
         let (Some(dst), Some(src)) = (Mac::destination(bytes), Mac::source(bytes)) else {
@@ -69,7 +75,7 @@ impl Core {
             Forward::Uplink => self.tap_write(id, offset, len),
             Forward::Port(to) => {
                 if let Some(slot) = self.frame_buffer(id, offset, len) {
-                    self.to_port(to, slot, len);
+                    self.send_to_port(to, slot, len);
                     self.pool.release(slot);
                 }
             }
@@ -84,11 +90,11 @@ impl Core {
     }
 
     /// A frame from a private copy (frames that arrived with the handshake).
-    pub(super) fn from_client_copy(&mut self, port: PortId, bytes: &[u8]) {
+    pub(super) fn switch_client_copy(&mut self, port: PortId, bytes: &[u8]) {
         let Some(slot) = self.copy_to_slot(bytes) else {
             return;
         };
-        self.from_client(port, slot, HEADROOM, bytes.len());
+        self.switch_client_frame(port, slot, HEADROOM, bytes.len());
         self.pool.release(slot);
     }
 
@@ -136,7 +142,7 @@ impl Core {
     }
 
     /// Sends frame buffer `id` (frame of `len` at HEADROOM) to port `to`, wherever it lives.
-    fn to_port(&mut self, to: PortId, id: BufId, len: usize) {
+    fn send_to_port(&mut self, to: PortId, id: BufId, len: usize) {
         if to.core() == self.id {
             let (ptr, total) = self.write_server_header(id, len);
             self.enqueue_frame(to.slot(), to.generation(), id, ptr, total, len);
@@ -190,7 +196,7 @@ impl Core {
     }
 
     /// A frame read from the TAP: `len` bytes at HEADROOM of `id`.
-    pub(super) fn from_tap(&mut self, id: BufId, len: usize) {
+    pub(super) fn switch_tap_frame(&mut self, id: BufId, len: usize) {
         self.counters.tap_rx_frames.inc();
         self.counters.tap_rx_bytes.add(len as u64);
         // SAFETY: the kernel handed us this buffer; read-only view.
@@ -212,7 +218,7 @@ impl Core {
             self.now_ms,
         ) {
             Ok(d) => match d.forward {
-                Forward::Port(to) => self.to_port(to, id, len),
+                Forward::Port(to) => self.send_to_port(to, id, len),
                 Forward::Flood => self.flood(id, len, None),
                 Forward::Uplink => {}
             },
@@ -259,7 +265,6 @@ impl Core {
             return;
         }
         if c.queue.len() >= limit {
-            c.queue_full_since_ms.get_or_insert(now);
             self.counters.dropped(DropReason::SendQueueFull);
             self.log_once(
                 slot,
@@ -274,6 +279,7 @@ impl Core {
             ptr,
             len: total as u32,
         });
+        c.output_queued(now);
         if !c.dirty {
             c.dirty = true;
             self.dirty.push(slot);
@@ -286,6 +292,7 @@ impl Core {
     /// Queues a small frame or HTTP response for the client in `slot` (not subject to the
     /// queue limit: control traffic is small and bounded by the peer's own requests).
     pub(super) fn enqueue_owned(&mut self, slot: u32, bytes: Vec<u8>) {
+        let now = self.now_ms;
         let Some(c) = self.clients[slot as usize].as_mut() else {
             return;
         };
@@ -293,6 +300,7 @@ impl Core {
             return;
         }
         c.queue.push_back(OutData::Owned(bytes.into_boxed_slice()));
+        c.output_queued(now);
         if !c.dirty {
             c.dirty = true;
             self.dirty.push(slot);
@@ -367,7 +375,7 @@ impl Core {
                         self.backlog[from].push_back(CoreMsg::Release(buf));
                         let Some(slot) = slot else { continue };
                         match target {
-                            Target::Port(to) => self.to_port(to, slot, len as usize),
+                            Target::Port(to) => self.send_to_port(to, slot, len as usize),
                             Target::Flood => {
                                 // Flood locally only: the sender already covered other cores.
                                 let (ptr, total) = self.write_server_header(slot, len as usize);

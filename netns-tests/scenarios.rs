@@ -1,0 +1,440 @@
+//! Root-only scenarios: a tapwire relay with 2 cores in its own namespace, kernel-stack guests
+//! in theirs (real DHCP, ARP, ICMP), synthetic WebSocket guests for exact frames and bad input.
+//! When not root each test prints `skipped: needs root` and passes.
+
+#[path = "harness.rs"]
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::*;
+
+const GATEWAY: &str = "10.86.0.1";
+
+fn three_guests_lease_and_ping(extra: &[&str]) {
+    let relay = Relay::start(extra);
+    let mut guests = [relay.guest(0), relay.guest(1), relay.guest(0)];
+    let ips: Vec<String> = guests.iter_mut().map(|g| g.dhcp(&relay.dir.0)).collect();
+    assert_eq!(ips.len(), 3);
+    assert!(ips.iter().all(|ip| ip.starts_with("10.86.")), "{ips:?}");
+    for (i, g) in guests.iter().enumerate() {
+        assert_eq!(g.ping(GATEWAY, 3), 3, "guest {i} → gateway");
+    }
+    // 0 → 1 and 1 → 2 cross cores; 0 → 2 stays on core 0.
+    assert_eq!(
+        guests[0].ping(&ips[1], 3),
+        3,
+        "guest 0 → guest 1 (across cores)"
+    );
+    assert_eq!(
+        guests[1].ping(&ips[2], 3),
+        3,
+        "guest 1 → guest 2 (across cores)"
+    );
+    assert_eq!(
+        guests[0].ping(&ips[2], 3),
+        3,
+        "guest 0 → guest 2 (same core)"
+    );
+    let c = relay.counters();
+    assert_eq!(counter(&c, "tapwire_clients_open{core=\"0\"}"), 2, "{c:?}");
+    assert_eq!(counter(&c, "tapwire_clients_open{core=\"1\"}"), 1);
+    assert!(counter(&c, "tapwire_cross_core_frames_total") > 0);
+}
+
+#[test]
+fn guests_lease_and_ping_across_cores_multishot() {
+    if skip_unless_root("guests_lease_and_ping_across_cores_multishot") {
+        return;
+    }
+    three_guests_lease_and_ping(&[]);
+}
+
+#[test]
+fn guests_lease_and_ping_across_cores_fallback() {
+    if skip_unless_root("guests_lease_and_ping_across_cores_fallback") {
+        return;
+    }
+    three_guests_lease_and_ping(&["--io-fallback"]);
+}
+
+/// Waits for a frame whose payload ends with `tag` (other traffic, e.g. the host's IPv6
+/// neighbour discovery, may come first).
+fn wait_for_tag(client: &mut WsClient, tag: &[u8], limit: Duration) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        match client.recv_frame(deadline.saturating_duration_since(Instant::now())) {
+            Some(f) if f.ends_with(tag) => return Some(f),
+            Some(_) => {}
+            None => return None,
+        }
+    }
+    None
+}
+
+#[test]
+fn broadcast_reaches_every_other_guest_and_not_its_sender() {
+    if skip_unless_root("broadcast_reaches_every_other_guest_and_not_its_sender") {
+        return;
+    }
+    let relay = Relay::start(&[]);
+    let mut a = relay.client(Some(source_port_for_core(0)));
+    let mut b = relay.client(Some(source_port_for_core(1)));
+    let mut c = relay.client(Some(source_port_for_core(0)));
+    let frame = eth(BROADCAST, mac(1), b"broadcast-from-a");
+    a.send_frame(&frame);
+    assert_eq!(
+        wait_for_tag(&mut b, b"broadcast-from-a", Duration::from_secs(5)).as_deref(),
+        Some(&frame[..]),
+        "other core"
+    );
+    assert_eq!(
+        wait_for_tag(&mut c, b"broadcast-from-a", Duration::from_secs(5)).as_deref(),
+        Some(&frame[..]),
+        "same core"
+    );
+    assert_eq!(
+        wait_for_tag(&mut a, b"broadcast-from-a", Duration::from_secs(1)),
+        None,
+        "a frame never returns to its sender"
+    );
+    // Known unicast goes only to its owner: b learns mac(2), a sends to it.
+    b.send_frame(&eth(BROADCAST, mac(2), b"hello-from-b"));
+    wait_for_tag(&mut a, b"hello-from-b", Duration::from_secs(5)).expect("b's broadcast");
+    a.send_frame(&eth(mac(2), mac(1), b"unicast-to-b"));
+    assert!(wait_for_tag(&mut b, b"unicast-to-b", Duration::from_secs(5)).is_some());
+    assert_eq!(
+        wait_for_tag(&mut c, b"unicast-to-b", Duration::from_secs(1)),
+        None,
+        "unicast is not flooded"
+    );
+}
+
+#[test]
+fn slow_guest_does_not_delay_others() {
+    if skip_unless_root("slow_guest_does_not_delay_others") {
+        return;
+    }
+    let relay = Relay::start(&["--slow-client-timeout", "2s", "--send-queue", "64"]);
+    let mut guest = relay.guest(0);
+    guest.dhcp(&relay.dir.0);
+    let mut slow = relay.client_with(Some(source_port_for_core(1)), Some(4096));
+    slow.send_frame(&eth(BROADCAST, mac(7), b"claim"));
+    let pinger = guest.ping_background(GATEWAY, 25, relay.dir.0.join("ping.log"));
+    let mut flooder = relay.client(Some(source_port_for_core(0)));
+    let payload = vec![0x5Au8; 1400];
+    let frame = tapwire::guest::client_frame(2, &eth(BROADCAST, mac(8), &payload));
+    let mut burst = Vec::with_capacity(frame.len() * 500);
+    for _ in 0..500 {
+        burst.extend_from_slice(&frame);
+    }
+    // 40 × 500 frames of 1.4 KB over about 2 s, bounded in count.
+    for _ in 0..40 {
+        flooder.send_raw(&burst);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut pinger = pinger;
+    pinger
+        .wait_exit(Duration::from_secs(30))
+        .expect("ping finished");
+    let (sent, got) = ping_result(&pinger.log_text());
+    assert_eq!(
+        (sent, got),
+        (25, 25),
+        "pings from the other guest must all be answered:\n{}",
+        pinger.log_text()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut c = relay.counters();
+    while drops(&c, "slow_client") == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        c = relay.counters();
+    }
+    assert!(
+        drops(&c, "send_queue_full") > 0,
+        "copies to the stuck guest are dropped and counted: {c:?}"
+    );
+    assert_eq!(
+        drops(&c, "slow_client"),
+        1,
+        "the stuck guest is closed after the timeout"
+    );
+    drop(slow);
+}
+
+fn http_status(relay: &Relay, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = relay.raw();
+    s.write_all(request).expect("send");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = tapwire::guest::client_frame(first & 0x0F, payload);
+    f[0] = first;
+    f
+}
+
+#[test]
+fn every_bad_input_gets_its_reaction_while_another_guest_pings() {
+    if skip_unless_root("every_bad_input_gets_its_reaction_while_another_guest_pings") {
+        return;
+    }
+    let relay = Relay::start(&["--handshake-timeout", "1s"]);
+    let mut guest = relay.guest(0);
+    guest.dhcp(&relay.dir.0);
+    let mut pinger = guest.ping_background(GATEWAY, 50, relay.dir.0.join("ping.log"));
+
+    // HTTP rows.
+    assert!(http_status(&relay, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").starts_with("HTTP/1.1 426"));
+    assert!(http_status(
+        &relay,
+        b"POST / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    .starts_with("HTTP/1.1 400"));
+    assert!(http_status(&relay, b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n").starts_with("HTTP/1.1 400"));
+    assert!(http_status(&relay, b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").starts_with("HTTP/1.1 426"));
+    let mut big = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 9000));
+    assert!(http_status(&relay, &big).starts_with("HTTP/1.1 431"));
+    {
+        use std::io::{Read, Write};
+        let mut s = relay.raw();
+        s.write_all(b"GET / HTTP/1.1\r\n").expect("send");
+        let started = Instant::now();
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "unfinished handshake closed after the deadline"
+        );
+    }
+
+    // Frame rows that close the connection.
+    let close_cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "unmasked",
+            vec![0x82, 0x0E, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            1002,
+        ),
+        ("rsv bits", masked(0xC2, &[0u8; 20]), 1002),
+        ("reserved opcode", masked(0x83, &[0u8; 20]), 1002),
+        (
+            "non-minimal length",
+            vec![0x82, 0xFE, 0x00, 0x14, 1, 2, 3, 4],
+            1002,
+        ),
+        ("text", masked(0x81, b"hello"), 1003),
+        (
+            "too large",
+            vec![0x82, 0xFF, 0, 0, 0, 0, 0, 1, 0x86, 0xA0, 1, 2, 3, 4],
+            1009,
+        ),
+        (
+            "control too long",
+            vec![0x89, 0xFE, 0x00, 0x7E, 1, 2, 3, 4],
+            1002,
+        ),
+        ("fragmented control", masked(0x09, b"x"), 1002),
+    ];
+    for (name, bytes, code) in close_cases {
+        let mut c = relay.client(None);
+        c.send_raw(&bytes);
+        assert_eq!(c.expect_close(Duration::from_secs(5)), Some(code), "{name}");
+    }
+    {
+        let mut c = relay.client(None);
+        c.send_raw(&masked(0x02, &[0u8; 1000]));
+        c.send_raw(&masked(0x80, &[0u8; 1000]));
+        assert_eq!(
+            c.expect_close(Duration::from_secs(5)),
+            Some(1009),
+            "fragmented over the maximum"
+        );
+    }
+
+    // Rows that keep the connection.
+    let mut a = relay.client(Some(source_port_for_core(0)));
+    let mut b = relay.client(Some(source_port_for_core(1)));
+    a.send_frame(&[1, 2, 3, 4, 5]);
+    a.send_raw(&masked(0x89, b"still-there?"));
+    assert_eq!(
+        a.recv(Duration::from_secs(5)),
+        Got::Pong(b"still-there?".to_vec()),
+        "runt dropped, client kept, ping answered"
+    );
+    let whole = eth(BROADCAST, mac(20), b"reassembled-fragments");
+    a.send_raw(&masked(0x02, &whole[..10]));
+    a.send_raw(&masked(0x89, b"between"));
+    a.send_raw(&masked(0x00, &whole[10..20]));
+    a.send_raw(&masked(0x80, &whole[20..]));
+    assert_eq!(
+        wait_for_tag(&mut b, b"reassembled-fragments", Duration::from_secs(5)),
+        Some(whole),
+        "fragmented message reassembled"
+    );
+    // MAC conflict: b claims a's MAC; its frame is dropped.
+    b.send_frame(&eth(BROADCAST, mac(20), b"stolen-mac"));
+    assert_eq!(
+        wait_for_tag(&mut a, b"stolen-mac", Duration::from_secs(1)),
+        None,
+        "conflicting source MAC dropped"
+    );
+    // Close: echoed, then the socket closes.
+    a.send_raw(&masked(0x88, &1000u16.to_be_bytes()));
+    assert_eq!(a.expect_close(Duration::from_secs(5)), Some(1000));
+
+    pinger
+        .wait_exit(Duration::from_secs(40))
+        .expect("ping finished");
+    let (sent, got) = ping_result(&pinger.log_text());
+    assert_eq!(
+        (sent, got),
+        (50, 50),
+        "the other guest kept pinging:\n{}",
+        pinger.log_text()
+    );
+    let c = relay.counters();
+    for (reason, at_least) in [
+        ("not_websocket", 4),
+        ("head_too_large", 1),
+        ("handshake_timeout", 1),
+        ("protocol_violation", 4),
+        ("text_message", 1),
+        ("frame_too_large", 1),
+        ("fragmented_too_large", 1),
+        ("control_frame_invalid", 2),
+        ("runt_frame", 1),
+        ("mac_conflict", 1),
+    ] {
+        assert!(
+            drops(&c, reason) >= at_least,
+            "{reason}: {} < {at_least}",
+            drops(&c, reason)
+        );
+    }
+    assert!(counter(&c, "tapwire_pings_answered_total") >= 2);
+}
+
+#[test]
+fn connections_beyond_max_clients_get_503() {
+    if skip_unless_root("connections_beyond_max_clients_get_503") {
+        return;
+    }
+    let relay = Relay::start(&["--max-clients", "2"]);
+    let _a = relay.client(None);
+    let _b = relay.client(None);
+    let status = http_status(&relay, b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n");
+    assert!(status.starts_with("HTTP/1.1 503"), "{status}");
+    assert_eq!(drops(&relay.counters(), "too_many_clients"), 1);
+}
+
+#[test]
+fn sigterm_closes_clients_with_1001_and_leaves_nothing() {
+    if skip_unless_root("sigterm_closes_clients_with_1001_and_leaves_nothing") {
+        return;
+    }
+    let mut relay = Relay::start(&[]);
+    let mut guest = relay.guest(1);
+    guest.dhcp(&relay.dir.0);
+    let mut client = relay.client(None);
+    let dnsmasq = dnsmasq_pids(&relay.proc.log_text());
+    assert!(
+        !dnsmasq.is_empty() && dnsmasq.iter().all(|p| pid_alive(*p)),
+        "dnsmasq runs"
+    );
+    assert!(links(&relay.ns).contains(&relay.tap));
+    relay.proc.signal(libc::SIGTERM);
+    assert_eq!(client.expect_close(Duration::from_secs(10)), Some(1001));
+    let status = relay
+        .proc
+        .wait_exit(Duration::from_secs(15))
+        .expect("relay exits");
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        relay.proc.log_text()
+    );
+    assert!(
+        guest.proc.wait_exit(Duration::from_secs(5)).is_some(),
+        "guest saw the close"
+    );
+    assert_eq!(links(&relay.ns), Vec::<String>::new(), "no link left");
+    assert!(
+        relay
+            .ns
+            .exec_ok(&["ip", "-4", "-o", "addr", "show"])
+            .lines()
+            .all(|l| l.contains(" lo ")),
+        "no address left"
+    );
+    assert!(dnsmasq.iter().all(|p| !pid_alive(*p)), "dnsmasq stopped");
+    assert!(!relay.runtime_dir.join(&relay.tap).exists(), "no file left");
+    assert!(
+        relay
+            .proc
+            .log_text()
+            .contains("tapwire_connections_closed_total"),
+        "summary printed at exit"
+    );
+}
+
+#[test]
+fn sigkill_then_cleanup_leaves_nothing() {
+    if skip_unless_root("sigkill_then_cleanup_leaves_nothing") {
+        return;
+    }
+    let mut relay = Relay::start(&[]);
+    let mut guest = relay.guest(0);
+    guest.dhcp(&relay.dir.0);
+    let dnsmasq = dnsmasq_pids(&relay.proc.log_text());
+    relay.proc.signal(libc::SIGKILL);
+    relay
+        .proc
+        .wait_exit(Duration::from_secs(10))
+        .expect("killed");
+    let ledger = relay.runtime_dir.join(&relay.tap).join("ledger");
+    assert!(ledger.exists(), "a killed run leaves its ledger");
+    let out = relay
+        .ns
+        .cmd(&[tapwire_bin(), "cleanup"])
+        .arg("--runtime-dir")
+        .arg(&relay.runtime_dir)
+        .output()
+        .expect("cleanup");
+    assert!(
+        out.status.success(),
+        "cleanup failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("undid"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !relay.runtime_dir.join(&relay.tap).exists(),
+        "ledger and files removed"
+    );
+    assert_eq!(links(&relay.ns), Vec::<String>::new(), "no link left");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dnsmasq.iter().any(|p| pid_alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(dnsmasq.iter().all(|p| !pid_alive(*p)), "dnsmasq gone");
+    // A second cleanup finds nothing to do.
+    let again = relay
+        .ns
+        .cmd(&[tapwire_bin(), "cleanup"])
+        .arg("--runtime-dir")
+        .arg(&relay.runtime_dir)
+        .output()
+        .expect("cleanup");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to clean up"));
+}
