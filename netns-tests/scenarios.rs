@@ -438,3 +438,37 @@ fn sigkill_then_cleanup_leaves_nothing() {
         .expect("cleanup");
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to clean up"));
 }
+
+#[test]
+fn flood_over_the_client_limit_is_dropped_and_counted() {
+    if skip_unless_root("flood_over_the_client_limit_is_dropped_and_counted") {
+        return;
+    }
+    let relay = Relay::start(&["--client-broadcast-pps", "20"]);
+    let mut flooder = relay.client(Some(source_port_for_core(0)));
+    let mut other = relay.client(Some(source_port_for_core(1)));
+    for i in 0..200u32 {
+        flooder.send_frame(&eth(BROADCAST, mac(30), format!("storm-{i:04}").as_bytes()));
+    }
+    flooder.send_frame(&eth(mac(31), mac(30), b"storm-unicast-still-passes"));
+    let mut storm = 0;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut unicast_seen = false;
+    while let Some(f) = other.recv_frame(deadline.saturating_duration_since(Instant::now())) {
+        if f.windows(6).any(|w| w == b"storm-") && !f.ends_with(b"storm-unicast-still-passes") {
+            storm += 1;
+        }
+        unicast_seen |= f.ends_with(b"storm-unicast-still-passes");
+    }
+    // One second of burst (20) plus what refills while the 200 frames arrive.
+    assert!(
+        (20..=40).contains(&storm),
+        "{storm} broadcasts passed a 20/s limit"
+    );
+    assert!(
+        !unicast_seen,
+        "unknown unicast goes to the uplink, not to other clients"
+    );
+    let c = relay.counters();
+    assert!(drops(&c, "rate_limited") >= 160, "{c:?}");
+}

@@ -64,12 +64,19 @@ pub struct RunArgs {
     /// Close a connection that has not completed the WebSocket handshake within this time.
     #[arg(long, env = "TAPWIRE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
-    /// Close a client whose send queue stays full this long.
+    /// Close a client that takes none of its pending output for this long (it stopped
+    /// reading); frames to it meanwhile are dropped once its send queue is full.
     #[arg(long, env = "TAPWIRE_SLOW_CLIENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub slow_client_timeout: Duration,
     /// Frames queued per client before further copies to it are dropped.
     #[arg(long, env = "TAPWIRE_SEND_QUEUE", default_value_t = 128)]
     pub send_queue: usize,
+    /// Most bytes per second one client may send (frames over it are dropped); 0: no limit.
+    #[arg(long, env = "TAPWIRE_CLIENT_RATE", default_value_t = 0)]
+    pub client_rate: u64,
+    /// Most broadcast/multicast frames per second one client may send; 0: no limit.
+    #[arg(long, env = "TAPWIRE_CLIENT_BROADCAST_PPS", default_value_t = 0)]
+    pub client_broadcast_pps: u64,
     /// MAC addresses one client may own.
     #[arg(long, env = "TAPWIRE_MAX_MACS_PER_CLIENT", default_value_t = 4)]
     pub max_macs_per_client: usize,
@@ -189,6 +196,8 @@ pub struct Config {
     pub send_queue: usize,
     pub max_macs_per_client: usize,
     pub mac_ageing: Duration,
+    pub client_rate: Option<u64>,
+    pub client_broadcast_pps: Option<u64>,
     pub io_fallback: bool,
     pub runtime_dir: PathBuf,
     pub log_level: log::LevelFilter,
@@ -319,6 +328,9 @@ impl RunArgs {
             send_queue: self.send_queue,
             max_macs_per_client: self.max_macs_per_client,
             mac_ageing: self.mac_ageing,
+            client_rate: (self.client_rate > 0).then_some(self.client_rate),
+            client_broadcast_pps: (self.client_broadcast_pps > 0)
+                .then_some(self.client_broadcast_pps),
             io_fallback: self.io_fallback,
             runtime_dir: self.runtime_dir.clone(),
             log_level,

@@ -65,6 +65,7 @@ drop_reasons! {
     MacLimit => "mac_limit", "Client already owns its maximum number of MACs.";
     BadSourceMac => "bad_source_mac", "Source MAC is a group address.";
     Hairpin => "hairpin", "Destination is the sender itself.";
+    RateLimited => "rate_limited", "Client over --client-rate or --client-broadcast-pps.";
     SendQueueFull => "send_queue_full", "Client's send queue full: its copy dropped.";
     SlowClient => "slow_client", "Client closed after its send queue stayed full past the timeout (1008).";
     TooManyClients => "too_many_clients", "Connection beyond --max-clients (503).";

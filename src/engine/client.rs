@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 
+use crate::switch::limit::TokenBucket;
 use crate::switch::PortId;
 use crate::ws::Session;
 
@@ -83,6 +84,9 @@ pub struct Client {
     pub logged: u64,
     /// Index in the core's list of open ports (for O(1) removal), when open.
     pub open_index: Option<usize>,
+    /// Limits on what this client may send, when configured.
+    pub byte_limit: Option<TokenBucket>,
+    pub broadcast_limit: Option<TokenBucket>,
 }
 
 impl Client {
@@ -118,6 +122,8 @@ impl Client {
             stalled_since_ms: None,
             logged: 0,
             open_index: None,
+            byte_limit: None,
+            broadcast_limit: None,
         }
     }
 

@@ -12,6 +12,7 @@ use std::time::Instant;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::counters::{CoreCounters, DropReason};
+use crate::switch::limit::TokenBucket;
 use crate::switch::{PortId, Switch};
 use crate::ws::handshake::{self, Upgrade};
 use crate::ws::session::{server_close_frame, server_control_frame};
@@ -501,6 +502,16 @@ impl Core {
             } => {
                 log::debug!("core {}: client {:?} upgraded on {path}", self.id, c.port);
                 c.phase = Phase::Open;
+                let now = self.now_ms;
+                // Byte bursts of at least one maximum frame, so a limit never blocks every frame.
+                c.byte_limit = self
+                    .cfg
+                    .client_rate
+                    .map(|r| TokenBucket::new(r, self.cfg.max_frame as u64, now));
+                c.broadcast_limit = self
+                    .cfg
+                    .client_broadcast_pps
+                    .map(|r| TokenBucket::new(r, 1, now));
                 c.open_index = Some(self.open_ports.len());
                 self.open_ports.push(slot);
                 self.counters.connections_upgraded.inc();

@@ -50,6 +50,9 @@ impl Core {
         };
         self.counters.client_rx_frames.inc();
         self.counters.client_rx_bytes.add(len as u64);
+        if !self.within_limits(port, len, dst.is_group()) {
+            return;
+        }
         let decision = match ingress(
             &mut self.switch,
             &mut &self.shared.authority,
@@ -87,6 +90,30 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Charges a frame to its client's limits; false (and counted) when over one.
+    fn within_limits(&mut self, port: PortId, len: usize, group: bool) -> bool {
+        let now = self.now_ms;
+        let Some(c) = self.client_mut(port.slot(), port.generation()) else {
+            return true;
+        };
+        let bytes_ok = c
+            .byte_limit
+            .as_mut()
+            .is_none_or(|b| b.allow(len as u64, now));
+        let broadcast_ok = !group || c.broadcast_limit.as_mut().is_none_or(|b| b.allow(1, now));
+        if bytes_ok && broadcast_ok {
+            return true;
+        }
+        self.counters.dropped(DropReason::RateLimited);
+        let what = if bytes_ok {
+            "over --client-broadcast-pps"
+        } else {
+            "over --client-rate"
+        };
+        self.log_once(port.slot(), DropReason::RateLimited, what);
+        false
     }
 
     /// A frame from a private copy (frames that arrived with the handshake).

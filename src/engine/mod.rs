@@ -36,6 +36,9 @@ pub struct EngineConfig {
     pub ping_interval_ms: Option<u64>,
     pub mac_ageing_ms: u64,
     pub max_macs_per_client: usize,
+    /// Per-client limits: bytes per second, broadcast frames per second.
+    pub client_rate: Option<u64>,
+    pub client_broadcast_pps: Option<u64>,
     pub io_fallback: bool,
     /// Submission queue entries per ring (completion queue: 4×).
     pub ring_entries: u32,
@@ -61,6 +64,8 @@ impl EngineConfig {
             ping_interval_ms: cfg.ping_interval.map(|d| d.as_millis() as u64),
             mac_ageing_ms: cfg.mac_ageing.as_millis() as u64,
             max_macs_per_client: cfg.max_macs_per_client,
+            client_rate: cfg.client_rate,
+            client_broadcast_pps: cfg.client_broadcast_pps,
             io_fallback: cfg.io_fallback,
             ring_entries: 4096,
             recv_buffers: 2048,

@@ -1,6 +1,7 @@
 //! The userspace MAC-learning switch behind the uplink TAP (ARCHITECTURE.md, decision 4).
 //! Pure: no I/O, no clocks, no `unsafe`.
 
+pub mod limit;
 mod mac;
 mod ownership;
 mod table;

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian packages tapwire and its tests use, if any is missing (needs root).
+# Usage: scripts/deps.sh run|test
+set -euo pipefail
+want=(dnsmasq-base iproute2)
+if [ "${1:-run}" = test ]; then
+  want+=(busybox iputils-ping procps)
+fi
+missing=()
+for pkg in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing Debian packages: ${missing[*]} — run as root, or: apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
