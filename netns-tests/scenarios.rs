@@ -472,3 +472,52 @@ fn flood_over_the_client_limit_is_dropped_and_counted() {
     let c = relay.counters();
     assert!(drops(&c, "rate_limited") >= 160, "{c:?}");
 }
+
+#[test]
+fn idle_clients_are_pinged_and_silent_ones_closed() {
+    if skip_unless_root("idle_clients_are_pinged_and_silent_ones_closed") {
+        return;
+    }
+    let relay = Relay::start(&["--ping-interval", "1s"]);
+    let mut silent = relay.client(None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let pinged = loop {
+        match silent.recv(deadline.saturating_duration_since(Instant::now())) {
+            Got::Frame(_) => continue, // the host's own multicast (IPv6 neighbour discovery)
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(pinged, Got::Ping(_)),
+        "idle client pinged, got {pinged:?}"
+    );
+    assert_eq!(
+        silent.expect_close(Duration::from_secs(5)),
+        Some(1001),
+        "no pong: closed with 1001"
+    );
+    // A client that answers stays open for several intervals.
+    let mut alive = relay.client(None);
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        match alive.recv(until.saturating_duration_since(Instant::now())) {
+            Got::Ping(p) => alive.send_raw(&masked(0x8A, &p)),
+            Got::Close(code) => panic!("answering client closed with {code:?}"),
+            Got::Eof => panic!("answering client disconnected"),
+            _ => {}
+        }
+    }
+    alive.send_raw(&masked(0x89, b"are-you-there"));
+    let answer = loop {
+        match alive.recv(Duration::from_secs(5)) {
+            Got::Frame(_) | Got::Ping(_) => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(
+        answer,
+        Got::Pong(b"are-you-there".to_vec()),
+        "the answering client is still open"
+    );
+    assert!(drops(&relay.counters(), "pong_timeout") >= 1);
+}

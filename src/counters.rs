@@ -67,7 +67,7 @@ drop_reasons! {
     Hairpin => "hairpin", "Destination is the sender itself.";
     RateLimited => "rate_limited", "Client over --client-rate or --client-broadcast-pps.";
     SendQueueFull => "send_queue_full", "Client's send queue full: its copy dropped.";
-    SlowClient => "slow_client", "Client closed after its send queue stayed full past the timeout (1008).";
+    SlowClient => "slow_client", "Client shut down after taking none of its output for the slow-client timeout.";
     TooManyClients => "too_many_clients", "Connection beyond --max-clients (503).";
     PongTimeout => "pong_timeout", "Client did not answer pings.";
     TapBacklog => "tap_backlog", "Too many TAP writes in flight on this core.";

@@ -805,17 +805,17 @@ impl Core {
             let slot = slot as u32;
             match &c.phase {
                 Phase::Handshake { deadline_ms, .. } if now >= *deadline_ms => {
-                    to_close.push((slot, Some(DropReason::HandshakeTimeout)))
+                    to_close.push((slot, DropReason::HandshakeTimeout))
                 }
                 Phase::Open => {
                     if c.stalled_since_ms
                         .is_some_and(|since| now - since >= self.cfg.slow_client_timeout_ms)
                     {
-                        to_close.push((slot, Some(DropReason::SlowClient)));
+                        to_close.push((slot, DropReason::SlowClient));
                     } else if let Some(interval) = self.cfg.ping_interval_ms {
                         match c.ping_sent_ms {
                             Some(sent) if now - sent >= interval => {
-                                to_close.push((slot, Some(DropReason::PongTimeout)))
+                                to_close.push((slot, DropReason::PongTimeout))
                             }
                             None if now - c.last_rx_ms >= interval => to_ping.push(slot),
                             _ => {}
@@ -832,23 +832,22 @@ impl Core {
             self.enqueue_owned(slot, server_control_frame(frame::OP_PING, b"tapwire"));
         }
         for (slot, reason) in to_close {
-            if let Some(reason) = reason {
-                self.counters.dropped(reason);
-                self.log_once(slot, reason, "closing the connection");
+            self.counters.dropped(reason);
+            self.log_once(slot, reason, "closing the connection");
+            if reason == DropReason::PongTimeout {
+                // The peer may still read: close gracefully. If it does not, the stall rule
+                // shuts it down later.
+                if let Some(c) = self.clients[slot as usize].as_mut() {
+                    c.input_done = true;
+                    c.close_after_flush = true;
+                }
+                self.enqueue_owned(slot, server_close_frame(1001));
+            } else {
+                // Handshake timeout, or a stalled client: its stream is stuck mid-frame, so no
+                // close frame (1008) could reach it; shut the connection down.
+                self.begin_close(slot);
+                self.maybe_free(slot);
             }
-            if reason == Some(DropReason::SlowClient) || reason == Some(DropReason::PongTimeout) {
-                // Best effort: the close frame goes out only if the stream is not stuck.
-                self.enqueue_owned(
-                    slot,
-                    server_close_frame(if reason == Some(DropReason::SlowClient) {
-                        1008
-                    } else {
-                        1001
-                    }),
-                );
-            }
-            self.begin_close(slot);
-            self.maybe_free(slot);
         }
         if now - self.last_ageing_ms >= 1_000 {
             self.last_ageing_ms = now;
