@@ -8,6 +8,8 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
+# A short fuzz pass over every parser (longer: scripts/fuzz.sh SECONDS).
+bash scripts/fuzz.sh "${TAPWIRE_FUZZ_SECONDS:-20}"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast
 else

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs each cargo-fuzz target for SECONDS (default 20), starting from the committed seeds.
+# Usage: scripts/fuzz.sh [SECONDS] [TARGET...]   e.g. scripts/fuzz.sh 3600 ws_stream
+# cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP=1 enables them on the stable toolchain.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+seconds="${1:-20}"
+shift || true
+targets=("$@")
+[ "${#targets[@]}" -gt 0 ] || targets=(ws_stream http_upgrade switch_ops header_differential)
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "installing cargo-fuzz"
+  cargo install cargo-fuzz --locked --quiet
+fi
+export RUSTC_BOOTSTRAP=1
+cargo fuzz build -O
+for target in "${targets[@]}"; do
+  mkdir -p "corpus/$target"
+  echo "fuzzing $target for ${seconds}s"
+  if ! cargo fuzz run -O "$target" "corpus/$target" "seeds/$target" -- -max_total_time="$seconds" -print_final_stats=1 >"corpus/$target.log" 2>&1; then
+    tail -n 40 "corpus/$target.log" >&2
+    echo "fuzz target $target failed; the input is under fuzz/artifacts/$target/" >&2
+    exit 1
+  fi
+  grep -E "^Done [0-9]+ runs" "corpus/$target.log" || true
+done
