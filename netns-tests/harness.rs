@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,75 +32,16 @@ pub fn tapwire_bin() -> &'static str {
     env!("CARGO_BIN_EXE_tapwire")
 }
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
+pub use tapwire::testkit::{unique, Netns};
 
-/// A unique short name (interface and namespace names are limited to 15 bytes).
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}{}{}",
-        std::process::id() % 100_000,
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+/// A namespace for a test (panics if it cannot be made).
+pub fn netns(prefix: &str) -> Netns {
+    Netns::new(prefix).expect("ip netns add")
 }
 
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace, deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(prefix: &str) -> Self {
-        let name = unique(prefix);
-        run_ok(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns { name };
-        ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// A command run inside the namespace.
-    pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).args(args);
-        c
-    }
-
-    pub fn exec_ok(&self, args: &[&str]) -> String {
-        run_ok(&mut self.cmd(args))
-    }
-
-    /// Runs `f` on a thread inside this namespace (sockets it opens stay in it).
-    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("open netns");
-            // SAFETY: setns on an open namespace file; affects only this new thread.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("netns thread panicked")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
+/// Runs a command inside `ns`, panicking with its stderr on failure.
+pub fn exec_ok(ns: &Netns, args: &[&str]) -> String {
+    ns.run(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A child process, killed (SIGKILL by its pid) and reaped on drop unless already waited.
@@ -199,7 +139,7 @@ pub struct Relay {
 
 impl Relay {
     pub fn start(extra: &[&str]) -> Self {
-        let ns = Netns::new("twr");
+        let ns = netns("twr");
         let dir = TempDir::new();
         let tap = unique("twt");
         let runtime_dir = dir.0.join("run");
@@ -302,7 +242,7 @@ impl Relay {
 
     /// Starts a kernel-stack guest in a new namespace, placed on `core` of 2.
     pub fn guest(&self, core: usize) -> Guest {
-        let ns = Netns::new("twg");
+        let ns = netns("twg");
         let port = source_port_for_core(core);
         let url = self.url();
         let cmd = self.ns.cmd(&[
@@ -624,7 +564,7 @@ pub fn mac(n: u8) -> [u8; 6] {
 
 /// Names of links in a namespace (besides lo).
 pub fn links(ns: &Netns) -> Vec<String> {
-    ns.exec_ok(&["ip", "-o", "link", "show"])
+    exec_ok(ns, &["ip", "-o", "link", "show"])
         .lines()
         .filter_map(|l| {
             l.split(": ")

@@ -367,9 +367,7 @@ fn sigterm_closes_clients_with_1001_and_leaves_nothing() {
     );
     assert_eq!(links(&relay.ns), Vec::<String>::new(), "no link left");
     assert!(
-        relay
-            .ns
-            .exec_ok(&["ip", "-4", "-o", "addr", "show"])
+        exec_ok(&relay.ns, &["ip", "-4", "-o", "addr", "show"])
             .lines()
             .all(|l| l.contains(" lo ")),
         "no address left"

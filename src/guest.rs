@@ -128,12 +128,7 @@ fn enter_netns(name: &str) -> io::Result<()> {
             "network namespace {name} not found (create it with `ip netns add {name}`)"
         ))
     })?;
-    let ns = std::fs::File::open(&path)?;
-    // SAFETY: setns on an open namespace file; affects only this (still single) thread.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    crate::testkit::enter_path(&path)
 }
 
 fn set_up(name: &str) -> io::Result<()> {

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod guest;
 pub mod switch;
 pub mod tap;
+pub mod testkit;
 pub mod ws;
 
 pub use config::Config;

@@ -130,6 +130,7 @@ async fn run_async(
             cfg.cores
         )));
     }
+    raise_fd_limit(cfg.max_clients);
     clear_stale_ledger(&cfg).await?;
     let dnsmasq_binary = match &cfg.host {
         HostSide::Routed { dhcp: Some(_), .. } => {
@@ -182,6 +183,32 @@ async fn run_async(
         Ok(Ok(())) => Ok(RunReport { summary, features }),
         Ok(Err(e)) => Err(RunError::Io(e)),
         Err(e) => Err(RunError::Setup(format!("engine join failed: {e}"))),
+    }
+}
+
+/// Raises the open-file limit to its hard maximum: every client is a descriptor. Warns when
+/// even that is short of `--max-clients`.
+fn raise_fd_limit(max_clients: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    let needed = max_clients as u64 + 256;
+    if lim.rlim_cur < needed {
+        log::warn!(
+            "the open-file limit is {}: fewer than --max-clients {max_clients} clients can connect — raise it (ulimit -n {needed}, or LimitNOFILE={needed} in a systemd unit)",
+            lim.rlim_cur
+        );
     }
 }
 

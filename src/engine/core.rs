@@ -30,6 +30,8 @@ const FALLBACK_TAP_READS: usize = 64;
 const TICK_MS: u64 = 250;
 /// How long a shutdown waits for clients to take their close frames.
 const DRAIN_MS: u64 = 2_000;
+/// TAP writes in flight above which client input is held until they complete.
+const TAP_HIGH_WATER: usize = 512;
 /// Interval after which per-client log suppression resets.
 const LOG_INTERVAL_MS: u64 = 10_000;
 
@@ -54,6 +56,8 @@ pub struct Core {
     pub(super) dirty: Vec<u32>,
     /// Clients whose receive stopped because the receive ring ran dry.
     recv_starved: Vec<u32>,
+    /// Receive results held while the TAP is behind: (slot, generation, result, buffer).
+    pending_input: std::collections::VecDeque<(u32, u32, i32, Option<BufId>)>,
     pub(super) switch: Switch,
     pub(super) tap_writes_in_flight: usize,
     tap_reads_armed: usize,
@@ -117,6 +121,7 @@ impl Core {
             open_ports: Vec::new(),
             dirty: Vec::new(),
             recv_starved: Vec::new(),
+            pending_input: std::collections::VecDeque::new(),
             switch: Switch::new(cfg.mac_ageing_ms),
             tap_writes_in_flight: 0,
             tap_reads_armed: 0,
@@ -189,6 +194,7 @@ impl Core {
                 self.complete(ud, res, flags);
             }
             self.drain_inbox();
+            self.process_pending_input();
         }
     }
 
@@ -409,7 +415,6 @@ impl Core {
             self.pool.received(id);
         }
         let more = cqueue::more(flags);
-        let now = self.now_ms;
         let Some(c) = self.client_mut(slot, generation) else {
             if let Some(id) = buf {
                 self.pool.release(id);
@@ -419,34 +424,61 @@ impl Core {
         if !more {
             c.recv_armed = false;
         }
-        if res > 0 {
-            c.last_rx_ms = now;
-            if let Some(id) = buf {
-                // Lossless: res > 0.
-                self.on_bytes(slot, id, res as usize);
-                self.pool.release(id);
-            }
-        } else if res == -libc::ENOBUFS {
+        if res == -libc::ENOBUFS {
             self.counters.buffer_ring_empty.inc();
             self.recv_starved.push(slot);
-        } else if res == 0
-            || res == -libc::ECONNRESET
-            || res == -libc::ECANCELED
-            || res == -libc::EPIPE
-        {
-            self.begin_close(slot);
+        } else if self.pending_input.is_empty() && self.tap_writes_in_flight < TAP_HIGH_WATER {
+            self.handle_input(slot, generation, res, buf);
         } else {
-            self.counters.dropped(DropReason::ClientError);
-            log::debug!(
-                "core {}: receive failed: {}",
-                self.id,
-                io::Error::from_raw_os_error(-res)
-            );
-            self.begin_close(slot);
+            // The TAP is behind: hold the input (in order) until its writes complete. Held
+            // buffers drain the receive ring, which stops receives and lets TCP push back.
+            self.pending_input.push_back((slot, generation, res, buf));
         }
         if !more {
             self.arm_recv(slot);
             self.maybe_free(slot);
+        }
+    }
+
+    /// Handles one receive result (data, end of stream or error) of a client.
+    fn handle_input(&mut self, slot: u32, generation: u32, res: i32, buf: Option<BufId>) {
+        let now = self.now_ms;
+        if let Some(c) = self.client_mut(slot, generation) {
+            if res > 0 {
+                c.last_rx_ms = now;
+                if let Some(id) = buf {
+                    // Lossless: res > 0.
+                    self.on_bytes(slot, id, res as usize);
+                }
+            } else if res == 0
+                || res == -libc::ECONNRESET
+                || res == -libc::ECANCELED
+                || res == -libc::EPIPE
+            {
+                self.begin_close(slot);
+            } else {
+                self.counters.dropped(DropReason::ClientError);
+                log::debug!(
+                    "core {}: receive failed: {}",
+                    self.id,
+                    io::Error::from_raw_os_error(-res)
+                );
+                self.begin_close(slot);
+            }
+            self.maybe_free(slot);
+        }
+        if let Some(id) = buf {
+            self.pool.release(id);
+        }
+    }
+
+    /// Handles held input while the TAP has room.
+    fn process_pending_input(&mut self) {
+        while self.tap_writes_in_flight < TAP_HIGH_WATER {
+            let Some((slot, generation, res, buf)) = self.pending_input.pop_front() else {
+                break;
+            };
+            self.handle_input(slot, generation, res, buf);
         }
     }
 
@@ -912,6 +944,7 @@ impl Core {
 
     fn drained(&self) -> bool {
         self.drain_deadline_ms.is_some()
+            && self.pending_input.is_empty()
             && self.clients.iter().all(|c| c.is_none())
             && self.tap_writes_in_flight == 0
     }

@@ -1,0 +1,1032 @@
+//! relay-bench: end-to-end numbers for tapwire, each next to the kernel's own limit measured
+//! in the same run on the same cores. Needs root (namespaces, TAPs). Everything runs inside a
+//! namespace made here and deleted at the end; every loop is bounded in time.
+//!
+//! Placement: the relay (`--cores 1`) and the kernel-limit loops on CPU 0; load generators,
+//! sinks and receivers on CPU 1.
+//!
+//! Usage: relay-bench [--seconds S] [--reps N] [--sizes 64,512,1514] [--clients 1,64]
+//!                    [--idle 100,1000,10000] [--out DIR]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tapwire::testkit::{self, icmp_echo, icmp_echo_reply, udp_frame, Netns};
+use tapwire::ws::{frame, Event, Session};
+
+const RELAY_CPU: usize = 0;
+const LOAD_CPU: usize = 1;
+const SINK_PORT: u16 = 9999;
+const GUEST_MAC_BASE: [u8; 6] = [0x02, 0x00, 0x0a, 0x56, 0, 0];
+
+struct Opts {
+    seconds: f64,
+    reps: usize,
+    sizes: Vec<usize>,
+    clients: Vec<usize>,
+    idle: Vec<usize>,
+    out: PathBuf,
+}
+
+fn parse_opts() -> Opts {
+    let mut o = Opts {
+        seconds: 3.0,
+        reps: 3,
+        sizes: vec![64, 512, 1514],
+        clients: vec![1, 64],
+        idle: vec![100, 1000, 10_000],
+        out: PathBuf::from("bench/results"),
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let list = |s: &str| {
+        s.split(',')
+            .filter_map(|x| x.trim().parse().ok())
+            .collect::<Vec<usize>>()
+    };
+    let mut i = 0;
+    while i < args.len() {
+        let v = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--seconds" => o.seconds = v.parse().expect("--seconds"),
+            "--reps" => o.reps = v.parse().expect("--reps"),
+            "--sizes" => o.sizes = list(&v),
+            "--clients" => o.clients = list(&v),
+            "--idle" => o.idle = list(&v),
+            "--out" => o.out = PathBuf::from(v),
+            other => panic!("unknown option {other}; see the usage in bench/relay_bench.rs"),
+        }
+        i += 2;
+    }
+    o
+}
+
+fn pin(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity on the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Runs `f` on a thread inside `ns`, pinned to `cpu`.
+fn spawn_in<T: Send + 'static>(
+    ns: &Netns,
+    cpu: usize,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{}", ns.name);
+    std::thread::spawn(move || {
+        testkit::enter_path(&path).expect("setns");
+        pin(cpu);
+        f()
+    })
+}
+
+/// /proc/net/snmp Udp counters of the namespace: datagrams that reached a socket
+/// (InDatagrams + InErrors, the latter counting full receive buffers).
+fn udp_arrivals(ns: &Netns) -> u64 {
+    ns.enter(|| {
+        let text = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap_or_default();
+        let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+        let names: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+        let values: Vec<u64> = lines
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let get = |n: &str| {
+            names
+                .iter()
+                .skip(1)
+                .position(|x| *x == n)
+                .and_then(|i| values.get(i))
+                .copied()
+                .unwrap_or(0)
+        };
+        get("InDatagrams") + get("InErrors")
+    })
+}
+
+/// /proc/net/dev counters of an interface: (rx_packets, tx_packets, tx_dropped).
+fn dev_counters(ns: &Netns, ifname: &str) -> (u64, u64, u64) {
+    let ifname = ifname.to_string();
+    ns.enter(move || {
+        let text = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap_or_default();
+        for line in text.lines() {
+            if let Some((name, rest)) = line.split_once(':') {
+                if name.trim() == ifname {
+                    let v: Vec<u64> = rest
+                        .split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect();
+                    return (v[1], v[9], v[11]);
+                }
+            }
+        }
+        (0, 0, 0)
+    })
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+    // After the command name: field 3 (state) is at index 0, utime (14) and stime (15) at 11, 12.
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// The relay under test.
+struct Relay {
+    child: Child,
+    log: PathBuf,
+    tap: String,
+    tap_mac: [u8; 6],
+}
+
+impl Relay {
+    fn start(ns: &Netns, dir: &std::path::Path, extra: &[&str]) -> Relay {
+        let tap = testkit::unique("twb");
+        let log = dir.join(format!("{tap}.log"));
+        let file = std::fs::File::create(&log).expect("log");
+        let bin = std::env::var("TAPWIRE_BIN").unwrap_or_else(|_| sibling_binary("tapwire"));
+        let run_dir = dir.join("run");
+        let mut cmd = ns.cmd(&[
+            "taskset",
+            "-c",
+            &RELAY_CPU.to_string(),
+            &bin,
+            "run",
+            "--cores",
+            "1",
+            "--no-dhcp",
+            "--tap",
+            &tap,
+            "--send-queue",
+            "1024",
+            "--max-clients",
+            "16000",
+            "--ping-interval",
+            "0",
+        ]);
+        cmd.arg("--runtime-dir").arg(&run_dir).args(extra);
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start tapwire");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("relaying ws://")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "tapwire did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mac = ns
+            .run(&["cat", &format!("/sys/class/net/{tap}/address")])
+            .expect("tap mac");
+        let tap_mac = testkit::parse_mac(&mac).expect("mac");
+        Relay {
+            child,
+            log,
+            tap,
+            tap_mac,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        // `ip netns exec` execs its command, and taskset execs tapwire: same pid.
+        self.child.id()
+    }
+
+    /// Stops the relay; returns its drop counters.
+    fn stop(mut self) -> HashMap<String, u64> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with("tapwire_drops_total{reason=") && !l.contains("core="))
+            .filter_map(|l| {
+                let (name, v) = l.rsplit_once(' ')?;
+                let reason = name.split('"').nth(1)?.to_string();
+                let v: u64 = v.parse().ok()?;
+                (v > 0).then_some((reason, v))
+            })
+            .collect()
+    }
+}
+
+fn sibling_binary(name: &str) -> String {
+    let me = std::env::current_exe().expect("current exe");
+    me.with_file_name(name).display().to_string()
+}
+
+fn guest_mac(i: usize) -> [u8; 6] {
+    let mut m = GUEST_MAC_BASE;
+    m[4] = (i >> 8) as u8;
+    m[5] = i as u8;
+    m
+}
+
+fn guest_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 86, 1 + (i >> 8) as u8, (i & 0xFF) as u8 + 1)
+}
+
+/// Connects `n` WebSocket clients from CPU `LOAD_CPU` inside `ns`.
+fn connect_clients(ns: &Netns, n: usize) -> Vec<TcpStream> {
+    spawn_in(ns, LOAD_CPU, move || {
+        (0..n)
+            .map(|_| tapwire::guest::connect("ws://127.0.0.1:8086/", None).expect("connect"))
+            .collect()
+    })
+    .join()
+    .expect("connect thread")
+}
+
+/// One measurement: frames/s and the numbers around it.
+#[derive(Clone, Debug, Default)]
+struct Sample {
+    fps: f64,
+    offered_fps: f64,
+    loss: f64,
+    cpu_ns_per_frame: f64,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// Median and spread (min, max) of repeated samples.
+#[derive(Clone, Debug, Default)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn stat(values: &[f64]) -> Stat {
+    let mut v = values.to_vec();
+    let m = median(&mut v);
+    Stat {
+        median: m,
+        min: v.first().copied().unwrap_or(0.0),
+        max: v.last().copied().unwrap_or(0.0),
+    }
+}
+
+// ---------------------------------------------------------------- kernel limits
+
+/// A single-queue TAP with the gateway address and a UDP sink, for the kernel-limit loops.
+fn kernel_tap(ns: &Netns) -> (std::os::fd::OwnedFd, [u8; 6], String) {
+    let name = testkit::unique("twk");
+    let n2 = name.clone();
+    let fd = ns.enter(move || tapwire::tap::open_single(&n2, false).expect("tap"));
+    ns.run(&["ip", "addr", "add", "10.87.0.1/24", "dev", &name])
+        .expect("addr");
+    ns.run(&["ip", "link", "set", &name, "up"]).expect("up");
+    ns.run(&[
+        "ip",
+        "neigh",
+        "replace",
+        "10.87.0.2",
+        "lladdr",
+        "02:00:00:00:00:02",
+        "dev",
+        &name,
+    ])
+    .expect("neigh");
+    let mac = testkit::parse_mac(
+        &ns.run(&["cat", &format!("/sys/class/net/{name}/address")])
+            .expect("mac"),
+    )
+    .expect("mac");
+    (fd, mac, name)
+}
+
+/// The kernel's TAP write limit: one thread writing pre-built UDP frames to the sink.
+fn kernel_tap_write(ns: &Netns, size: usize, seconds: f64) -> f64 {
+    let (fd, mac, _name) = kernel_tap(ns);
+    let sink = ns.enter(|| UdpSocket::bind(("10.87.0.1", SINK_PORT)).expect("sink"));
+    let frame = udp_frame(
+        mac,
+        [2, 0, 0, 0, 0, 2],
+        ("10.87.0.2".parse().unwrap(), 1000),
+        ("10.87.0.1".parse().unwrap(), SINK_PORT),
+        size,
+    );
+    let before = udp_arrivals(ns);
+    let fd_raw = fd.as_raw_fd();
+    let writes = spawn_in(ns, RELAY_CPU, move || {
+        let end = Instant::now() + Duration::from_secs_f64(seconds);
+        let mut n = 0u64;
+        while Instant::now() < end {
+            for _ in 0..64 {
+                // SAFETY: writing our frame buffer to the TAP descriptor kept open by `fd`.
+                if unsafe { libc::write(fd_raw, frame.as_ptr().cast(), frame.len()) } > 0 {
+                    n += 1;
+                }
+            }
+        }
+        n
+    })
+    .join()
+    .expect("writer");
+    let arrived = udp_arrivals(ns) - before;
+    drop(sink);
+    drop(fd);
+    (writes.min(arrived)) as f64 / seconds
+}
+
+/// The kernel's TAP read limit: a UDP sender on the load CPU, one thread reading the TAP.
+fn kernel_tap_read(ns: &Netns, size: usize, seconds: f64) -> f64 {
+    let (fd, _mac, _name) = kernel_tap(ns);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let payload = vec![0x5Au8; size.max(42) - 42];
+    let sender = spawn_in(ns, LOAD_CPU, move || {
+        let s = UdpSocket::bind("10.87.0.1:0").expect("udp");
+        s.connect("10.87.0.2:9").expect("connect");
+        while !stop2.load(Ordering::Relaxed) {
+            for _ in 0..64 {
+                let _ = s.send(&payload);
+            }
+        }
+    });
+    let fd_raw = fd.as_raw_fd();
+    // Non-blocking reads so the loop ends on time even if the sender stalls.
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(fd_raw, libc::F_SETFL, libc::O_RDWR | libc::O_NONBLOCK) };
+    let reads = spawn_in(ns, RELAY_CPU, move || {
+        let mut buf = vec![0u8; 65_600];
+        std::thread::sleep(Duration::from_millis(200));
+        let end = Instant::now() + Duration::from_secs_f64(seconds);
+        let mut n = 0u64;
+        while Instant::now() < end {
+            // SAFETY: reading into our buffer from the TAP descriptor kept open by `fd`.
+            if unsafe { libc::read(fd_raw, buf.as_mut_ptr().cast(), buf.len()) } > 0 {
+                n += 1;
+            }
+        }
+        n
+    })
+    .join()
+    .expect("reader");
+    stop.store(true, Ordering::Relaxed);
+    let _ = sender.join();
+    drop(fd);
+    reads as f64 / seconds
+}
+
+/// Loopback TCP with the same message sizes (plus a 2–4 byte WebSocket header).
+fn kernel_loopback_tcp(ns: &Netns, size: usize, seconds: f64) -> f64 {
+    let msg = frame::header_len(size, false) + size;
+    let listener = ns.enter(|| TcpListener::bind("127.0.0.1:0").expect("listen"));
+    let addr = listener.local_addr().expect("addr");
+    let writer = spawn_in(ns, LOAD_CPU, move || {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        let chunk = vec![0u8; msg * 64];
+        let end = Instant::now() + Duration::from_secs_f64(seconds + 0.5);
+        while Instant::now() < end {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut conn, _) = listener.accept().expect("accept");
+    let bytes = spawn_in(ns, RELAY_CPU, move || {
+        let mut buf = vec![0u8; 256 * 1024];
+        let end = Instant::now() + Duration::from_secs_f64(seconds);
+        let mut total = 0u64;
+        while Instant::now() < end {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n as u64,
+            }
+        }
+        total
+    })
+    .join()
+    .expect("reader");
+    let _ = writer.join();
+    bytes as f64 / msg as f64 / seconds
+}
+
+// ---------------------------------------------------------------- relay scenarios
+
+/// Pre-built masked WebSocket messages: `batch` UDP frames from guest `i` to the sink.
+fn up_batch(i: usize, relay_mac: [u8; 6], size: usize, batch: usize) -> Vec<u8> {
+    let f = udp_frame(
+        relay_mac,
+        guest_mac(i),
+        (guest_ip(i), 1000),
+        (Ipv4Addr::new(10, 86, 0, 1), SINK_PORT),
+        size,
+    );
+    let one = tapwire::guest::client_frame(frame::OP_BINARY, &f);
+    one.repeat(batch)
+}
+
+/// up: guests → a UDP sink on the host side, as fast as the generator can write.
+fn scenario_up(
+    ns: &Netns,
+    dir: &std::path::Path,
+    size: usize,
+    clients: usize,
+    seconds: f64,
+) -> (Sample, HashMap<String, u64>) {
+    let relay = Relay::start(ns, dir, &[]);
+    let sink = ns.enter(|| UdpSocket::bind(("10.86.0.1", SINK_PORT)).expect("sink"));
+    let streams = connect_clients(ns, clients);
+    let batches: Vec<Vec<u8>> = (0..clients)
+        .map(|i| up_batch(i, relay.tap_mac, size, 64))
+        .collect();
+    let wire_frame = batches[0].len() / 64;
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent2, stop2) = (sent.clone(), stop.clone());
+    let generator = spawn_in(ns, LOAD_CPU, move || {
+        let mut streams = streams;
+        while !stop2.load(Ordering::Relaxed) {
+            for (s, b) in streams.iter_mut().zip(&batches) {
+                if s.write_all(b).is_ok() {
+                    sent2.fetch_add(64, Ordering::Relaxed);
+                }
+            }
+        }
+        streams
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (a0, c0, s0, t0) = (
+        udp_arrivals(ns),
+        cpu_ticks(relay.pid()),
+        sent.load(Ordering::Relaxed),
+        Instant::now(),
+    );
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let (a1, c1, s1, dt) = (
+        udp_arrivals(ns),
+        cpu_ticks(relay.pid()),
+        sent.load(Ordering::Relaxed),
+        t0.elapsed().as_secs_f64(),
+    );
+    stop.store(true, Ordering::Relaxed);
+    let streams = generator.join().expect("generator");
+    std::thread::sleep(Duration::from_millis(500));
+    let total_sent = sent.load(Ordering::Relaxed);
+    let total_arrived = udp_arrivals(ns);
+    drop(streams);
+    drop(sink);
+    let drops = relay.stop();
+    let frames = (a1 - a0) as f64;
+    let _ = wire_frame;
+    let loss = if total_sent > 0 {
+        1.0 - (total_arrived.min(total_sent) as f64 / total_sent as f64)
+    } else {
+        0.0
+    };
+    (
+        Sample {
+            fps: frames / dt,
+            offered_fps: (s1 - s0) as f64 / dt,
+            loss,
+            cpu_ns_per_frame: (c1 - c0) as f64 / ticks_per_second() * 1e9 / frames.max(1.0),
+        },
+        drops,
+    )
+}
+
+/// Counts binary messages arriving on `streams` (non-blocking, round robin) until `stop`.
+fn receive_loop(streams: &mut [TcpStream], stop: &AtomicBool, received: &AtomicU64) {
+    let mut sessions: Vec<Session> = streams
+        .iter()
+        .map(|_| Session::new(70_000, false))
+        .collect();
+    for s in streams.iter() {
+        s.set_nonblocking(true).expect("nonblocking");
+    }
+    let mut buf = vec![0u8; 256 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        let mut idle = true;
+        for (s, session) in streams.iter_mut().zip(sessions.iter_mut()) {
+            if let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    continue;
+                }
+                idle = false;
+                let mut pos = 0;
+                let chunk = &mut buf[..n];
+                let mut count = 0;
+                while let Ok(Some(ev)) = session.next(chunk, &mut pos) {
+                    if matches!(ev, Event::Message(_) | Event::Assembled) {
+                        count += 1;
+                    }
+                }
+                received.fetch_add(count, Ordering::Relaxed);
+            }
+        }
+        if idle {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// down: a UDP sender on the host side → guests.
+fn scenario_down(
+    ns: &Netns,
+    dir: &std::path::Path,
+    size: usize,
+    clients: usize,
+    seconds: f64,
+) -> (Sample, HashMap<String, u64>) {
+    let relay = Relay::start(ns, dir, &[]);
+    let mut streams = connect_clients(ns, clients);
+    // Each guest announces its MAC (one frame), and the host learns it statically.
+    for (i, s) in streams.iter_mut().enumerate() {
+        let hello = udp_frame(
+            [0xFF; 6],
+            guest_mac(i),
+            (guest_ip(i), 1),
+            (Ipv4Addr::new(10, 86, 0, 1), 7),
+            64,
+        );
+        s.write_all(&tapwire::guest::client_frame(frame::OP_BINARY, &hello))
+            .expect("hello");
+        let mac = guest_mac(i)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        ns.run(&[
+            "ip",
+            "neigh",
+            "replace",
+            &guest_ip(i).to_string(),
+            "lladdr",
+            &mac,
+            "dev",
+            &relay.tap,
+        ])
+        .expect("neigh");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (r2, st2) = (received.clone(), stop.clone());
+    let receiver = spawn_in(ns, LOAD_CPU, move || {
+        receive_loop(&mut streams, &st2, &r2);
+        streams
+    });
+    let st3 = stop.clone();
+    let payload = vec![0x5Au8; size.max(42) - 42];
+    let targets: Vec<Ipv4Addr> = (0..clients).map(guest_ip).collect();
+    let sender = spawn_in(ns, LOAD_CPU, move || {
+        let s = UdpSocket::bind("10.86.0.1:0").expect("udp");
+        let mut n = 0u64;
+        while !st3.load(Ordering::Relaxed) {
+            for t in &targets {
+                for _ in 0..8 {
+                    if s.send_to(&payload, (*t, 9)).is_ok() {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (d0, r0, c0, t0) = (
+        dev_counters(ns, &relay.tap),
+        received.load(Ordering::Relaxed),
+        cpu_ticks(relay.pid()),
+        Instant::now(),
+    );
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let (d1, r1, c1, dt) = (
+        dev_counters(ns, &relay.tap),
+        received.load(Ordering::Relaxed),
+        cpu_ticks(relay.pid()),
+        t0.elapsed().as_secs_f64(),
+    );
+    stop.store(true, Ordering::Relaxed);
+    let _ = sender.join();
+    let streams = receiver.join().expect("receiver");
+    drop(streams);
+    let drops = relay.stop();
+    let delivered = (r1 - r0) as f64;
+    // Offered: what the kernel queued to the TAP (read by the relay, or dropped at its queue).
+    let offered = ((d1.1 - d0.1) + (d1.2 - d0.2)) as f64;
+    let loss = if offered > 0.0 {
+        (1.0 - delivered / offered).max(0.0)
+    } else {
+        0.0
+    };
+    (
+        Sample {
+            fps: delivered / dt,
+            offered_fps: offered / dt,
+            loss,
+            cpu_ns_per_frame: (c1 - c0) as f64 / ticks_per_second() * 1e9 / delivered.max(1.0),
+        },
+        drops,
+    )
+}
+
+/// rtt: ICMP echo to the gateway through the relay, and the same echo through a bare TAP.
+fn scenario_rtt(ns: &Netns, dir: &std::path::Path, count: usize) -> (Vec<f64>, Vec<f64>) {
+    // Through the relay.
+    let relay = Relay::start(ns, dir, &[]);
+    let mac = guest_mac(0)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    ns.run(&[
+        "ip",
+        "neigh",
+        "replace",
+        &guest_ip(0).to_string(),
+        "lladdr",
+        &mac,
+        "dev",
+        &relay.tap,
+    ])
+    .expect("neigh");
+    let tap_mac = relay.tap_mac;
+    let mut stream = connect_clients(ns, 1).pop().expect("client");
+    let relay_rtts = spawn_in(ns, LOAD_CPU, move || {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let mut session = Session::new(70_000, false);
+        let mut buf = vec![0u8; 65_536];
+        let mut rtts = Vec::with_capacity(count);
+        let start = Instant::now();
+        for seq in 0..count {
+            let sent = start.elapsed().as_nanos() as u64;
+            let ping = icmp_echo(
+                tap_mac,
+                guest_mac(0),
+                guest_ip(0),
+                Ipv4Addr::new(10, 86, 0, 1),
+                0x7777,
+                seq as u16,
+                sent,
+            );
+            stream
+                .write_all(&tapwire::guest::client_frame(frame::OP_BINARY, &ping))
+                .expect("ping");
+            'wait: loop {
+                let Ok(n) = stream.read(&mut buf) else { break };
+                let mut pos = 0;
+                let chunk = &mut buf[..n];
+                while let Ok(Some(ev)) = session.next(chunk, &mut pos) {
+                    if let Event::Message(r) = ev {
+                        if let Some((0x7777, s, stamp)) = icmp_echo_reply(&chunk[r]) {
+                            if usize::from(s) == seq {
+                                rtts.push(
+                                    (start.elapsed().as_nanos() as u64 - stamp) as f64 / 1000.0,
+                                );
+                                break 'wait;
+                            }
+                        }
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        rtts
+    })
+    .join()
+    .expect("rtt");
+    relay.stop();
+    // The same echo written to and read from a bare TAP by one thread.
+    let (fd, tmac, name) = kernel_tap(ns);
+    ns.run(&[
+        "ip",
+        "neigh",
+        "replace",
+        "10.87.0.2",
+        "lladdr",
+        "02:00:0a:56:00:00",
+        "dev",
+        &name,
+    ])
+    .expect("neigh");
+    let fd_raw = fd.as_raw_fd();
+    let tap_rtts = spawn_in(ns, LOAD_CPU, move || {
+        let mut buf = vec![0u8; 65_600];
+        let mut rtts = Vec::with_capacity(count);
+        let start = Instant::now();
+        for seq in 0..count {
+            let sent = start.elapsed().as_nanos() as u64;
+            let ping = icmp_echo(
+                tmac,
+                guest_mac(0),
+                "10.87.0.2".parse().unwrap(),
+                "10.87.0.1".parse().unwrap(),
+                0x7777,
+                seq as u16,
+                sent,
+            );
+            // SAFETY: writing/reading our buffers on the TAP descriptor kept open by `fd`.
+            unsafe { libc::write(fd_raw, ping.as_ptr().cast(), ping.len()) };
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < deadline {
+                // SAFETY: as above.
+                let n = unsafe { libc::read(fd_raw, buf.as_mut_ptr().cast(), buf.len()) };
+                if n > 0 {
+                    if let Some((0x7777, s, stamp)) = icmp_echo_reply(&buf[..n as usize]) {
+                        if usize::from(s) == seq {
+                            rtts.push((start.elapsed().as_nanos() as u64 - stamp) as f64 / 1000.0);
+                            break;
+                        }
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        rtts
+    })
+    .join()
+    .expect("tap rtt");
+    drop(fd);
+    (relay_rtts, tap_rtts)
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// conn: connections per second (upgrade, then an ICMP echo answered through the gateway), and
+/// relay RSS per idle client.
+fn scenario_conn(
+    ns: &Netns,
+    dir: &std::path::Path,
+    idle: &[usize],
+) -> (f64, f64, Vec<(usize, f64)>) {
+    let relay = Relay::start(ns, dir, &[]);
+    let tap_mac = relay.tap_mac;
+    // Static neighbours for the guests that ping, so the gateway answers without ARP.
+    let pingers = 200usize;
+    for i in 0..pingers {
+        let mac = guest_mac(i)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        ns.run(&[
+            "ip",
+            "neigh",
+            "replace",
+            &guest_ip(i).to_string(),
+            "lladdr",
+            &mac,
+            "dev",
+            &relay.tap,
+        ])
+        .expect("neigh");
+    }
+    let (upgraded_per_s, pinged_per_s) = spawn_in(ns, LOAD_CPU, move || {
+        let t0 = Instant::now();
+        let mut streams: Vec<TcpStream> = (0..pingers)
+            .map(|_| tapwire::guest::connect("ws://127.0.0.1:8086/", None).expect("connect"))
+            .collect();
+        let upgraded = pingers as f64 / t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        for (i, s) in streams.iter_mut().enumerate() {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut session = Session::new(70_000, false);
+            let ping = icmp_echo(
+                tap_mac,
+                guest_mac(i),
+                guest_ip(i),
+                Ipv4Addr::new(10, 86, 0, 1),
+                i as u16,
+                1,
+                0,
+            );
+            s.write_all(&tapwire::guest::client_frame(frame::OP_BINARY, &ping))
+                .expect("ping");
+            let mut buf = vec![0u8; 65_536];
+            'wait: while let Ok(n) = s.read(&mut buf) {
+                let mut pos = 0;
+                let chunk = &mut buf[..n];
+                while let Ok(Some(ev)) = session.next(chunk, &mut pos) {
+                    if let Event::Message(r) = ev {
+                        if icmp_echo_reply(&chunk[r]).is_some_and(|(id, _, _)| usize::from(id) == i)
+                        {
+                            break 'wait;
+                        }
+                    }
+                }
+            }
+        }
+        let with_ping = pingers as f64 / (t0.elapsed().as_secs_f64());
+        let _ = t1;
+        (upgraded, with_ping)
+    })
+    .join()
+    .expect("conn");
+    let mut rss = Vec::new();
+    for &n in idle {
+        std::thread::sleep(Duration::from_millis(300));
+        let before = rss_kib(relay.pid());
+        let streams = connect_clients(ns, n);
+        std::thread::sleep(Duration::from_millis(500));
+        let after = rss_kib(relay.pid());
+        rss.push((n, (after.saturating_sub(before)) as f64 / n as f64));
+        drop(streams);
+    }
+    relay.stop();
+    (upgraded_per_s, pinged_per_s, rss)
+}
+
+// ---------------------------------------------------------------- report
+
+fn fmt_rate(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2} M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.0} k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn main() {
+    let o = parse_opts();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("relay-bench needs root (network namespaces and TAPs)");
+        std::process::exit(2);
+    }
+    let ns = Netns::new("twbench").expect("netns");
+    let dir = std::env::temp_dir().join(testkit::unique("relay-bench-"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut md = String::new();
+    let mut json = Vec::new();
+    let host = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    md.push_str(&format!(
+        "Machine: {host}, {} CPUs, kernel {kernel}. Relay and kernel loops on CPU {RELAY_CPU}, load on CPU {LOAD_CPU}. {} s windows, {} repetitions: median (min–max).\n\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        o.seconds,
+        o.reps
+    ));
+    md.push_str("| scenario | frame | clients | relay frames/s | Mbit/s | kernel limit frames/s | relay / kernel | offered frames/s | loss | relay CPU ns/frame | drops |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for &size in &o.sizes {
+        let kw: Vec<f64> = (0..o.reps)
+            .map(|_| kernel_tap_write(&ns, size, o.seconds))
+            .collect();
+        let kr: Vec<f64> = (0..o.reps)
+            .map(|_| kernel_tap_read(&ns, size, o.seconds))
+            .collect();
+        let kt: Vec<f64> = (0..o.reps)
+            .map(|_| kernel_loopback_tcp(&ns, size, o.seconds))
+            .collect();
+        let (kw, kr, kt) = (stat(&kw), stat(&kr), stat(&kt));
+        md.push_str(&format!(
+            "| kernel TAP write | {size} | – | {} ({}–{}) | {:.0} | – | – | – | – | – | – |\n| kernel TAP read | {size} | – | {} ({}–{}) | {:.0} | – | – | – | – | – | – |\n| kernel loopback TCP | {size} | – | {} ({}–{}) | {:.0} | – | – | – | – | – | – |\n",
+            fmt_rate(kw.median), fmt_rate(kw.min), fmt_rate(kw.max), kw.median * size as f64 * 8.0 / 1e6,
+            fmt_rate(kr.median), fmt_rate(kr.min), fmt_rate(kr.max), kr.median * size as f64 * 8.0 / 1e6,
+            fmt_rate(kt.median), fmt_rate(kt.min), fmt_rate(kt.max), kt.median * size as f64 * 8.0 / 1e6,
+        ));
+        json.push(format!("{{\"scenario\":\"kernel_tap_write\",\"size\":{size},\"fps_median\":{:.0},\"fps_min\":{:.0},\"fps_max\":{:.0}}}", kw.median, kw.min, kw.max));
+        json.push(format!("{{\"scenario\":\"kernel_tap_read\",\"size\":{size},\"fps_median\":{:.0},\"fps_min\":{:.0},\"fps_max\":{:.0}}}", kr.median, kr.min, kr.max));
+        json.push(format!("{{\"scenario\":\"kernel_loopback_tcp\",\"size\":{size},\"fps_median\":{:.0},\"fps_min\":{:.0},\"fps_max\":{:.0}}}", kt.median, kt.min, kt.max));
+        for &clients in &o.clients {
+            for (name, limit) in [("up", kw.median), ("down", kr.median)] {
+                let mut samples = Vec::new();
+                let mut all_drops: HashMap<String, u64> = HashMap::new();
+                for _ in 0..o.reps {
+                    let (s, d) = if name == "up" {
+                        scenario_up(&ns, &dir, size, clients, o.seconds)
+                    } else {
+                        scenario_down(&ns, &dir, size, clients, o.seconds)
+                    };
+                    for (k, v) in d {
+                        *all_drops.entry(k).or_default() += v;
+                    }
+                    samples.push(s);
+                }
+                let fps = stat(&samples.iter().map(|s| s.fps).collect::<Vec<_>>());
+                let offered = stat(&samples.iter().map(|s| s.offered_fps).collect::<Vec<_>>());
+                let loss = stat(&samples.iter().map(|s| s.loss).collect::<Vec<_>>());
+                let cpu = stat(
+                    &samples
+                        .iter()
+                        .map(|s| s.cpu_ns_per_frame)
+                        .collect::<Vec<_>>(),
+                );
+                let mut drops: Vec<String> =
+                    all_drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                drops.sort();
+                md.push_str(&format!(
+                    "| {name} | {size} | {clients} | {} ({}–{}) | {:.0} | {} | {:.2} | {} | {:.2} % | {:.0} | {} |\n",
+                    fmt_rate(fps.median), fmt_rate(fps.min), fmt_rate(fps.max), fps.median * size as f64 * 8.0 / 1e6, fmt_rate(limit), fps.median / limit.max(1.0), fmt_rate(offered.median), loss.median * 100.0, cpu.median, if drops.is_empty() { "–".to_string() } else { drops.join(", ") }
+                ));
+                json.push(format!(
+                    "{{\"scenario\":\"{name}\",\"size\":{size},\"clients\":{clients},\"fps_median\":{:.0},\"fps_min\":{:.0},\"fps_max\":{:.0},\"kernel_limit_fps\":{limit:.0},\"ratio\":{:.3},\"offered_fps\":{:.0},\"loss\":{:.5},\"cpu_ns_per_frame\":{:.0},\"drops\":{{{}}}}}",
+                    fps.median, fps.min, fps.max, fps.median / limit.max(1.0), offered.median, loss.median, cpu.median,
+                    all_drops.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(",")
+                ));
+                eprintln!(
+                    "{name} {size} B × {clients}: {} frames/s ({:.2} of the kernel limit)",
+                    fmt_rate(fps.median),
+                    fps.median / limit.max(1.0)
+                );
+            }
+        }
+    }
+    let (mut relay_rtt, mut tap_rtt) = scenario_rtt(&ns, &dir, 2000);
+    let (r50, r99, t50, t99) = (
+        percentile(&mut relay_rtt, 0.5),
+        percentile(&mut relay_rtt, 0.99),
+        percentile(&mut tap_rtt, 0.5),
+        percentile(&mut tap_rtt, 0.99),
+    );
+    md.push_str(&format!(
+        "\nIdle RTT of an ICMP echo to the gateway (2000 echoes): through tapwire p50 {r50:.0} µs, p99 {r99:.0} µs; through a bare TAP p50 {t50:.0} µs, p99 {t99:.0} µs; added by tapwire p50 {:.0} µs, p99 {:.0} µs.\n",
+        r50 - t50, r99 - t99
+    ));
+    json.push(format!("{{\"scenario\":\"rtt_idle\",\"relay_p50_us\":{r50:.1},\"relay_p99_us\":{r99:.1},\"tap_p50_us\":{t50:.1},\"tap_p99_us\":{t99:.1}}}"));
+    let (upgraded, pinged, rss) = scenario_conn(&ns, &dir, &o.idle);
+    md.push_str(&format!("\nConnections: {upgraded:.0}/s upgraded; {pinged:.0}/s upgraded and answered an ICMP echo from the gateway (200 guests, one at a time).\n\nRelay RSS per idle client: "));
+    md.push_str(
+        &rss.iter()
+            .map(|(n, kib)| format!("{kib:.1} KiB at {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    md.push_str(".\n");
+    json.push(format!(
+        "{{\"scenario\":\"conn\",\"upgrades_per_s\":{upgraded:.0},\"upgrade_and_ping_per_s\":{pinged:.0},\"rss_kib_per_idle_client\":{{{}}}}}",
+        rss.iter().map(|(n, k)| format!("\"{n}\":{k:.2}")).collect::<Vec<_>>().join(",")
+    ));
+    std::fs::create_dir_all(&o.out).expect("out dir");
+    let date = Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let stem = o.out.join(format!("relay-bench-{date}"));
+    std::fs::write(stem.with_extension("md"), &md).expect("write md");
+    std::fs::write(
+        stem.with_extension("json"),
+        format!("[\n{}\n]\n", json.join(",\n")),
+    )
+    .expect("write json");
+    println!("{md}");
+    eprintln!("written to {}.{{md,json}}", stem.display());
+    let _ = std::fs::remove_dir_all(&dir);
+}
