@@ -711,8 +711,7 @@ fn scenario_rtt(ns: &Netns, dir: &std::path::Path, count: usize) -> (Vec<f64>, V
             stream
                 .write_all(&tapwire::guest::client_frame(frame::OP_BINARY, &ping))
                 .expect("ping");
-            'wait: loop {
-                let Ok(n) = stream.read(&mut buf) else { break };
+            'wait: while let Ok(n) = stream.read(&mut buf) {
                 let mut pos = 0;
                 let chunk = &mut buf[..n];
                 while let Ok(Some(ev)) = session.next(chunk, &mut pos) {
