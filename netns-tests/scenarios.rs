@@ -519,3 +519,45 @@ fn idle_clients_are_pinged_and_silent_ones_closed() {
     );
     assert!(drops(&relay.counters(), "pong_timeout") >= 1);
 }
+
+#[test]
+fn kernel_guest_runs_iperf3_tcp_and_udp_against_the_host() {
+    if skip_unless_root("kernel_guest_runs_iperf3_tcp_and_udp_against_the_host") {
+        return;
+    }
+    let relay = Relay::start(&[]);
+    let mut guest = relay.guest(0);
+    guest.dhcp(&relay.dir.0);
+    let server = Proc::spawn(
+        relay.ns.cmd(&["iperf3", "-s", "-B", GATEWAY, "-p", "5201"]),
+        relay.dir.0.join("iperf3-server.log"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !exec_ok(&relay.ns, &["ss", "-ltn"]).contains(":5201") {
+        assert!(
+            Instant::now() < deadline,
+            "iperf3 server did not start: {}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (label, extra) in [("tcp", vec![]), ("udp", vec!["-u", "-b", "50M"])] {
+        let mut args = vec![
+            "timeout", "30", "iperf3", "-c", GATEWAY, "-p", "5201", "-t", "2", "-J",
+        ];
+        args.extend(extra);
+        let out = guest.ns.cmd(&args).output().expect("iperf3");
+        let json = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "iperf3 {label} failed: {json}");
+        let bits = json
+            .split("\"sum_received\"")
+            .nth(1)
+            .or_else(|| json.split("\"sum\"").last())
+            .and_then(|s| s.split("\"bits_per_second\":").nth(1))
+            .and_then(|s| s.split([',', '}']).next())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        println!("iperf3 {label}: {:.1} Mbit/s through tapwire", bits / 1e6);
+        assert!(bits > 1e6, "iperf3 {label} moved {bits} bit/s");
+    }
+}

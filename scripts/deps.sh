@@ -4,7 +4,7 @@
 set -euo pipefail
 want=(dnsmasq-base iproute2)
 if [ "${1:-run}" = test ]; then
-  want+=(busybox iputils-ping procps)
+  want+=(busybox iputils-ping procps iperf3)
 fi
 missing=()
 for pkg in "${want[@]}"; do
@@ -17,6 +17,6 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
+  apt-get update -qq || echo "apt-get update reported errors (a mirror mid-sync?); continuing" >&2
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit and property tests, and (as root) the
-# network-namespace scenarios. Not root: the scenarios print "skipped: needs root".
+# The whole test suite: formatting, lints, a short fuzz pass, unit and property tests, and (as
+# root) the network-namespace scenarios and real v86 guests. Not root: those print
+# "skipped: needs root".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -eq 0 ]; then
   bash scripts/deps.sh test
+  # Real v86 guests: pinned npm packages and a guest image built from Debian packages
+  # (cached in e2e/v86/cache). With them in place, their tests must run, not skip.
+  bash e2e/v86/setup.sh
+  export TAPWIRE_V86_REQUIRED=1
 fi
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -1,0 +1,308 @@
+//! Real v86 guests end to end (root): boot the test guest under Node with its ne2k or virtio
+//! NIC on tapwire; it must take a DHCP lease from tapwire's dnsmasq, ping the gateway, download
+//! 4 MiB over HTTP from the host side with the right checksum, and two guests must ping each
+//! other. A negative control runs the same check against a WebSocket server that drops every
+//! frame, and that check must fail.
+//!
+//! Needs `e2e/v86/setup.sh` (npm packages and the guest image). Without them the tests print
+//! `skipped: ...`, unless TAPWIRE_V86_REQUIRED=1 (as in CI), where they fail.
+
+#[path = "harness.rs"]
+mod harness;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use harness::*;
+
+const BOOT_LIMIT: Duration = Duration::from_secs(240);
+
+fn e2e_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/v86")
+}
+
+/// Whether the test can run; prints why not.
+fn ready(test: &str) -> bool {
+    if skip_unless_root(test) {
+        return false;
+    }
+    let dir = e2e_dir();
+    let missing: Vec<&str> = [
+        "cache/bzImage",
+        "cache/initrd.gz",
+        "cache/bios.bin",
+        "node_modules/v86/build/libv86.mjs",
+        "node_modules/ws/package.json",
+    ]
+    .into_iter()
+    .filter(|p| !dir.join(p).exists())
+    .collect();
+    let node = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if missing.is_empty() && node {
+        return true;
+    }
+    let why = format!("v86 assets missing ({missing:?}, node: {node}); run e2e/v86/setup.sh");
+    if std::env::var_os("TAPWIRE_V86_REQUIRED").is_some() {
+        panic!("{why}");
+    }
+    println!("skipped: {why} ({test})");
+    false
+}
+
+/// A 4 MiB file served over HTTP on the gateway address, and its SHA-256.
+struct Blob {
+    server: Proc,
+    sha256: String,
+}
+
+fn serve_blob(relay: &Relay) -> Blob {
+    let root = relay.dir.0.join("www");
+    std::fs::create_dir_all(&root).expect("www");
+    let mut data = vec![0u8; 4 * 1024 * 1024];
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(root.join("blob"), &data).expect("blob");
+    let out = Command::new("sha256sum")
+        .arg(root.join("blob"))
+        .output()
+        .expect("sha256sum");
+    let sha256 = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let mut cmd = relay
+        .ns
+        .cmd(&["busybox", "httpd", "-f", "-p", "10.86.0.1:8000", "-h"]);
+    cmd.arg(&root);
+    Blob {
+        server: Proc::spawn(cmd, relay.dir.0.join("httpd.log")),
+        sha256,
+    }
+}
+
+/// A booting v86 guest: its runner process and the serial lines it prints.
+struct V86Guest {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    label: String,
+}
+
+impl V86Guest {
+    fn boot(relay: &Relay, url: &str, nic: &str) -> V86Guest {
+        let script = e2e_dir().join("boot.mjs");
+        let mut child = relay
+            .ns
+            .cmd(&[
+                "node",
+                &script.display().to_string(),
+                "--relay",
+                url,
+                "--nic",
+                nic,
+                "--host",
+                "10.86.0.1",
+                "--timeout",
+                &BOOT_LIMIT.as_secs().to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        V86Guest {
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+            label: nic.to_string(),
+        }
+    }
+
+    /// Waits for a line starting with `prefix`; Err with everything seen when the guest fails,
+    /// exits or the limit passes.
+    fn wait_for(&mut self, prefix: &str, limit: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => {
+                    println!("[{}] {line}", self.label);
+                    self.seen.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return Ok(line);
+                    }
+                    if line.starts_with("TW-FAIL") || line.starts_with("TW-TIMEOUT") {
+                        return Err(format!(
+                            "{} guest failed waiting for {prefix}: {line}",
+                            self.label
+                        ));
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(format!(
+                        "{} guest: no {prefix} within {limit:?}; saw {:?}",
+                        self.label, self.seen
+                    ))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(format!(
+                        "{} guest exited before {prefix}; saw {:?}",
+                        self.label, self.seen
+                    ))
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        let _ = writeln!(self.stdin, "{line}");
+    }
+}
+
+impl Drop for V86Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The full check on one guest: lease, gateway ping, download with the right checksum.
+/// Returns the guest's address.
+fn check_guest(guest: &mut V86Guest, sha256: &str) -> Result<String, String> {
+    let lease = guest.wait_for("TW-LEASE ", BOOT_LIMIT)?;
+    let ip = lease.trim_start_matches("TW-LEASE ").trim().to_string();
+    if !ip.starts_with("10.86.") {
+        return Err(format!("lease {ip} is not from tapwire's subnet"));
+    }
+    guest.wait_for("TW-PING-OK", Duration::from_secs(30))?;
+    let download = guest.wait_for("TW-DOWNLOAD ", Duration::from_secs(120))?;
+    let got = download.trim_start_matches("TW-DOWNLOAD ").trim();
+    if got != sha256 {
+        return Err(format!(
+            "downloaded blob has SHA-256 {got}, expected {sha256}"
+        ));
+    }
+    guest.wait_for("TW-READY", Duration::from_secs(10))?;
+    Ok(ip)
+}
+
+fn one_guest(nic: &str) {
+    let relay = Relay::start(&[]);
+    let blob = serve_blob(&relay);
+    let mut guest = V86Guest::boot(&relay, &relay.url(), nic);
+    check_guest(&mut guest, &blob.sha256)
+        .unwrap_or_else(|e| panic!("{e}\nrelay log:\n{}", relay.proc.log_text()));
+    drop(blob.server);
+}
+
+#[test]
+fn v86_ne2k_guest_leases_pings_and_downloads() {
+    if ready("v86_ne2k_guest_leases_pings_and_downloads") {
+        one_guest("ne2k");
+    }
+}
+
+#[test]
+fn v86_virtio_guest_leases_pings_and_downloads() {
+    if ready("v86_virtio_guest_leases_pings_and_downloads") {
+        one_guest("virtio");
+    }
+}
+
+#[test]
+fn two_v86_guests_ping_each_other() {
+    if !ready("two_v86_guests_ping_each_other") {
+        return;
+    }
+    let relay = Relay::start(&[]);
+    let blob = serve_blob(&relay);
+    let mut a = V86Guest::boot(&relay, &relay.url(), "ne2k");
+    let mut b = V86Guest::boot(&relay, &relay.url(), "virtio");
+    let ip_a = check_guest(&mut a, &blob.sha256).unwrap_or_else(|e| panic!("{e}"));
+    let ip_b = check_guest(&mut b, &blob.sha256).unwrap_or_else(|e| panic!("{e}"));
+    a.send(&format!("PEER {ip_b}"));
+    b.send(&format!("PEER {ip_a}"));
+    a.wait_for("TW-PEER-OK", Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
+    b.wait_for("TW-PEER-OK", Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A WebSocket server that completes the handshake and then drops every frame.
+fn blackhole(relay: &Relay) -> String {
+    let listener = relay
+        .ns
+        .enter(|| TcpListener::bind("127.0.0.1:0").expect("bind"));
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = std::io::Read::read(&mut stream, &mut buf).unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                    if let tapwire::ws::Upgrade::Accept { response, .. } =
+                        tapwire::ws::parse_upgrade(&head)
+                    {
+                        let _ = stream.write_all(response.as_bytes());
+                        break;
+                    }
+                }
+                while std::io::Read::read(&mut stream, &mut buf).unwrap_or(0) > 0 {}
+            });
+        }
+    });
+    format!("ws://127.0.0.1:{port}/")
+}
+
+#[test]
+fn negative_control_a_relay_that_drops_every_frame_fails_the_check() {
+    if !ready("negative_control_a_relay_that_drops_every_frame_fails_the_check") {
+        return;
+    }
+    let relay = Relay::start(&[]);
+    let blob = serve_blob(&relay);
+    let url = blackhole(&relay);
+    let mut guest = V86Guest::boot(&relay, &url, "ne2k");
+    let result = check_guest(&mut guest, &blob.sha256);
+    assert!(
+        result.is_err(),
+        "the check passed against a relay that drops every frame: {result:?}"
+    );
+    println!(
+        "negative control failed as it must: {}",
+        result.unwrap_err()
+    );
+}
