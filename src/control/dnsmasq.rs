@@ -63,6 +63,11 @@ pub fn arguments(
             dhcp.lease_time.as_secs()
         ),
         format!("--dhcp-option=option:router,{}", subnet.gateway()),
+        // dnsmasq stops at 1000 leases by default; a farm has as many guests as addresses.
+        format!(
+            "--dhcp-lease-max={}",
+            u32::from(dhcp.range.1) - u32::from(dhcp.range.0) + 1
+        ),
     ];
     if !dhcp.dns.is_empty() {
         let list: Vec<String> = dhcp.dns.iter().map(|ip| ip.to_string()).collect();
@@ -164,6 +169,7 @@ mod tests {
         );
         assert!(args.contains(&"--dhcp-leasefile=/run/tapwire/tapwire0/leases".to_string()));
         assert!(args.contains(&"--dhcp-option=option:dns-server,10.86.0.1".to_string()));
+        assert!(args.contains(&"--dhcp-lease-max=65525".to_string()));
         assert_eq!(backoff(0), Duration::from_secs(1));
         assert_eq!(backoff(10), Duration::from_secs(30));
     }
