@@ -561,3 +561,43 @@ fn kernel_guest_runs_iperf3_tcp_and_udp_against_the_host() {
         assert!(bits > 1e6, "iperf3 {label} moved {bits} bit/s");
     }
 }
+
+#[test]
+fn swarm_of_synthetic_guests_each_lease_and_ping() {
+    if skip_unless_root("swarm_of_synthetic_guests_each_lease_and_ping") {
+        return;
+    }
+    let relay = Relay::start(&[]);
+    let out = relay
+        .ns
+        .cmd(&[
+            tapwire_bin(),
+            "swarm",
+            "--url",
+            &relay.url(),
+            "--guests",
+            "300",
+            "--timeout",
+            "90",
+        ])
+        .output()
+        .expect("swarm");
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("300 guests, 300 upgraded, 300 leased, 300 pinged the gateway"),
+        "{text}"
+    );
+    let leases = std::fs::read_to_string(relay.runtime_dir.join(&relay.tap).join("dnsmasq.leases"))
+        .unwrap_or_default();
+    assert_eq!(
+        leases.lines().filter(|l| l.contains(" 02:53:")).count(),
+        300,
+        "dnsmasq recorded a lease per guest"
+    );
+}

@@ -32,6 +32,8 @@ enum Command {
     },
     /// Test tool: a fake guest with a real Linux network stack behind a TAP in a namespace.
     Guest(tapwire::guest::GuestArgs),
+    /// Test tool: many synthetic guests in one process (DHCP lease, ARP, ping the gateway).
+    Swarm(tapwire::swarm::SwarmArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +84,23 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Some(Command::Swarm(args)) => match tapwire::swarm::run(&args) {
+            Ok(r) => {
+                println!(
+                    "swarm: {} guests, {} upgraded, {} leased, {} pinged the gateway, {:.1} s, {} retransmits, {} echoes answered",
+                    r.guests, r.upgraded, r.leased, r.pinged, r.elapsed, r.retransmits, r.echoes_answered
+                );
+                if r.pinged == r.guests {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("tapwire swarm: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some(Command::Guest(args)) => match tapwire::guest::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
