@@ -43,6 +43,21 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
+/// Splits `ws://HOST:PORT/PATH` into the resolved address, `HOST:PORT` and `/PATH`.
+pub fn parse_ws_url(url: &str) -> io::Result<(SocketAddr, String, String)> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| io::Error::other(format!("{url}: only ws:// URLs are supported")))?;
+    let (hostport, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let addr = hostport
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::other(format!("cannot resolve {hostport}")))?;
+    Ok((addr, hostport.to_string(), path))
+}
+
 /// Opens a client WebSocket to `url` (plain ws://), optionally from `source_port`.
 pub fn connect(url: &str, source_port: Option<u16>) -> io::Result<TcpStream> {
     connect_with(url, source_port, None)
@@ -55,16 +70,7 @@ pub fn connect_with(
     source_port: Option<u16>,
     recv_buffer: Option<usize>,
 ) -> io::Result<TcpStream> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| io::Error::other(format!("{url}: only ws:// URLs are supported")))?;
-    let (hostport, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    let addr: SocketAddr = hostport
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| io::Error::other(format!("cannot resolve {hostport}")))?;
+    let (addr, hostport, path) = parse_ws_url(url)?;
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,

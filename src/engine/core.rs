@@ -893,13 +893,7 @@ impl Core {
         }
         if let Some(deadline) = self.drain_deadline_ms {
             if now >= deadline {
-                let slots: Vec<u32> = self
-                    .clients
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| c.is_some())
-                    .map(|(i, _)| i as u32)
-                    .collect();
+                let slots = self.occupied_slots();
                 for slot in slots {
                     self.begin_close(slot);
                     self.maybe_free(slot);
@@ -917,13 +911,7 @@ impl Core {
                     .user_data(ops::user_data(Kind::Cancel, 0, 0)),
             );
         }
-        let slots: Vec<u32> = self
-            .clients
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.is_some())
-            .map(|(i, _)| i as u32)
-            .collect();
+        let slots = self.occupied_slots();
         for slot in slots {
             let Some(c) = self.clients[slot as usize].as_mut() else {
                 continue;
@@ -940,6 +928,16 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Slots that hold a client (snapshot, so the caller may close them while iterating).
+    fn occupied_slots(&self) -> Vec<u32> {
+        self.clients
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_some())
+            .map(|(i, _)| i as u32)
+            .collect()
     }
 
     fn drained(&self) -> bool {

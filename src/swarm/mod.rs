@@ -9,7 +9,7 @@ pub mod wire;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -101,19 +101,6 @@ fn random_mac(seed: &mut u64, taken: &mut std::collections::HashSet<[u8; 6]>) ->
 
 fn ws_frame(payload: &[u8]) -> Vec<u8> {
     crate::guest::client_frame(frame::OP_BINARY, payload)
-}
-
-fn parse_url(url: &str) -> io::Result<(SocketAddr, String, String)> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| io::Error::other(format!("{url}: only ws:// URLs are supported")))?;
-    let (hostport, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(hostport)?
-        .next()
-        .ok_or_else(|| io::Error::other(format!("cannot resolve {hostport}")))?;
-    Ok((addr, hostport.to_string(), path))
 }
 
 impl Guest {
@@ -208,7 +195,7 @@ impl Guest {
 
 /// Runs the swarm until every guest has pinged the gateway or the timeout passes.
 pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
-    let (addr, host, path) = parse_url(&args.url)?;
+    let (addr, host, path) = crate::guest::parse_ws_url(&args.url)?;
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(4096);
     let mut guests: HashMap<usize, Guest> = HashMap::new();
