@@ -139,13 +139,20 @@ pub struct Relay {
 
 impl Relay {
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_wrapped(&[], extra)
+    }
+
+    /// Starts the relay under a wrapper command (e.g. `prlimit --nofile=64:64`).
+    pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Self {
         let ns = netns("twr");
         let dir = TempDir::new();
         let tap = unique("twt");
         let runtime_dir = dir.0.join("run");
         let port = 8086;
-        let mut cmd = ns.cmd(&[
-            tapwire_bin(),
+        let mut args: Vec<&str> = wrapper.to_vec();
+        args.push(tapwire_bin());
+        let mut cmd = ns.cmd(&args);
+        cmd.args([
             "run",
             "--listen",
             "127.0.0.1:8086",

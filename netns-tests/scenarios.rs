@@ -601,3 +601,42 @@ fn swarm_of_synthetic_guests_each_lease_and_ping() {
         "dnsmasq recorded a lease per guest"
     );
 }
+
+#[test]
+fn running_out_of_descriptors_does_not_stop_the_relay() {
+    if skip_unless_root("running_out_of_descriptors_does_not_stop_the_relay") {
+        return;
+    }
+    let relay = Relay::start_wrapped(&["prlimit", "--nofile=64:64"], &["--no-dhcp"]);
+    // Far more connections than descriptors: accept fails with EMFILE for the rest.
+    let port = relay.port;
+    let flood: Vec<std::net::TcpStream> = relay.ns.enter(move || {
+        (0..120)
+            .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+            .collect()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        relay.proc.log_text().contains("out of file descriptors"),
+        "EMFILE logged with its fix"
+    );
+    drop(flood);
+    // Once descriptors are free again, new clients are served.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut client = loop {
+        let url = relay.url();
+        if let Ok(s) = relay.ns.enter(move || tapwire::guest::connect(&url, None)) {
+            break WsClient::new(s);
+        }
+        assert!(Instant::now() < deadline, "relay never accepted again");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    client.send_raw(&masked(0x89, b"after-emfile"));
+    let answer = loop {
+        match client.recv(Duration::from_secs(5)) {
+            Got::Frame(_) | Got::Ping(_) => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(answer, Got::Pong(b"after-emfile".to_vec()));
+}

@@ -65,6 +65,8 @@ pub struct Core {
     /// A TAP read failed with an unexpected error: re-arm on the next tick, not at once.
     tap_retry_on_tick: bool,
     accept_armed: bool,
+    /// Accept failed: re-arm it from the next tick rather than at once.
+    accept_retry_on_tick: bool,
     /// Control messages to other cores that did not fit their queue yet.
     pub(super) backlog: Vec<std::collections::VecDeque<CoreMsg>>,
     /// Cores that got messages this iteration and must be woken.
@@ -128,6 +130,7 @@ impl Core {
             tap_starved: false,
             tap_retry_on_tick: false,
             accept_armed: false,
+            accept_retry_on_tick: false,
             backlog: (0..shared.cores).map(|_| Default::default()).collect(),
             wake_pending: vec![false; shared.cores],
             wake_buf: Box::new(0),
@@ -189,9 +192,13 @@ impl Core {
                 self.completions
                     .push((cqe.user_data(), cqe.result(), cqe.flags()));
             }
-            for i in 0..self.completions.len() {
+            // Handlers may reap more completions into the backlog (see `push`): read its length
+            // each time round.
+            let mut i = 0;
+            while i < self.completions.len() {
                 let (ud, res, flags) = self.completions[i];
                 self.complete(ud, res, flags);
+                i += 1;
             }
             self.drain_inbox();
             self.process_pending_input();
@@ -207,11 +214,25 @@ impl Core {
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
-            if let Err(e) = self.ring.submit() {
-                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
+            match self.ring.submit() {
+                Ok(_) => {}
+                // The completion queue is full: move its entries to the backlog the loop is
+                // working through, which makes room.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => self.reap(),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => {
                     log::error!("core {}: io_uring submit failed: {e}", self.id);
+                    self.reap();
                 }
             }
+        }
+    }
+
+    /// Moves every available completion to the backlog handled by the loop.
+    fn reap(&mut self) {
+        for cqe in self.ring.completion() {
+            self.completions
+                .push((cqe.user_data(), cqe.result(), cqe.flags()));
         }
     }
 
@@ -334,11 +355,21 @@ impl Core {
             self.counters.connections_accepted.inc();
             self.new_client(fd);
         } else if res != -libc::ECANCELED {
+            let err = io::Error::from_raw_os_error(-res);
+            let hint = if res == -libc::EMFILE || res == -libc::ENFILE {
+                " — out of file descriptors: raise the open-file limit (ulimit -n) or lower --max-clients"
+            } else {
+                ""
+            };
             log::warn!(
-                "core {}: accept failed: {}",
-                self.id,
-                io::Error::from_raw_os_error(-res)
+                "core {}: accept failed: {err}{hint}; retrying on the next tick",
+                self.id
             );
+            // An error that repeats at once (EMFILE) must not spin the loop: retry from the timer.
+            if !self.accept_armed {
+                self.accept_retry_on_tick = true;
+            }
+            return;
         }
         if !self.accept_armed && self.drain_deadline_ms.is_none() {
             self.arm_accept();
@@ -823,6 +854,12 @@ impl Core {
         let now = self.now_ms;
         if std::mem::take(&mut self.tap_retry_on_tick) && self.drain_deadline_ms.is_none() {
             self.arm_tap_reads();
+        }
+        if std::mem::take(&mut self.accept_retry_on_tick)
+            && !self.accept_armed
+            && self.drain_deadline_ms.is_none()
+        {
+            self.arm_accept();
         }
         if now - self.last_log_reset_ms >= LOG_INTERVAL_MS {
             self.last_log_reset_ms = now;
