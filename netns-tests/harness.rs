@@ -105,6 +105,19 @@ impl Drop for Proc {
     }
 }
 
+impl Drop for Relay {
+    /// Stops the relay the way a user does (SIGTERM: clients closed, host state undone), and
+    /// only kills it if it hangs.
+    fn drop(&mut self) {
+        if self.proc.child.is_some() {
+            self.proc.signal(libc::SIGTERM);
+            if self.proc.wait_exit(Duration::from_secs(10)).is_none() {
+                eprintln!("relay ignored SIGTERM for 10 s; killing it");
+            }
+        }
+    }
+}
+
 /// A scratch directory, removed on drop.
 pub struct TempDir(pub PathBuf);
 

@@ -399,6 +399,15 @@ fn sigkill_then_cleanup_leaves_nothing() {
         .expect("killed");
     let ledger = relay.runtime_dir.join(&relay.tap).join("ledger");
     assert!(ledger.exists(), "a killed run leaves its ledger");
+    // dnsmasq dies with tapwire even on SIGKILL (its guard holds the parent-death signal).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dnsmasq.iter().any(|p| pid_alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        dnsmasq.iter().all(|p| !pid_alive(*p)),
+        "dnsmasq outlived a SIGKILLed tapwire"
+    );
     let out = relay
         .ns
         .cmd(&[tapwire_bin(), "cleanup"])

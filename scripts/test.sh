@@ -27,4 +27,9 @@ if [ "$(id -u)" -eq 0 ]; then
     echo "tests left network namespaces behind: $left" >&2
     exit 1
   fi
+  stray=$(pgrep -a dnsmasq | grep -E -- '--interface=twt[0-9]' || true)
+  if [ -n "$stray" ]; then
+    echo "tests left dnsmasq processes behind: $stray" >&2
+    exit 1
+  fi
 fi

@@ -60,25 +60,51 @@ pub async fn undo(changes: &[Change]) -> Vec<String> {
     failures
 }
 
-/// Stops a dnsmasq left by a dead run, if `pid` is still that dnsmasq.
+/// Stops what is left of a dead run's dnsmasq serving `ifname`: its guard if `pid` is still
+/// that guard, and any dnsmasq whose command line names `--interface=IFNAME` and a lease file
+/// under tapwire's runtime directory (found in /proc, so a lost pid does not matter).
 async fn stop_stray_dnsmasq(pid: u32, ifname: &str) {
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let ours = comm.trim() == "dnsmasq"
-        && String::from_utf8_lossy(&cmdline).contains(&format!("--interface={ifname}"));
-    if !ours {
-        return;
+    let interface = format!("--interface={ifname}");
+    let ours = |p: u32| {
+        let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&cmdline);
+        text.contains("dnsmasq")
+            && text.split('\0').any(|a| a == interface)
+            && text.contains("--dhcp-leasefile=")
+    };
+    let mut targets: Vec<u32> = Vec::new();
+    if ours(pid) {
+        targets.push(pid);
     }
-    // SAFETY: signalling a process we verified is the dnsmasq this ledger started.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Some(p) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            if comm.trim() == "dnsmasq" && ours(p) && !targets.contains(&p) {
+                targets.push(p);
+            }
+        }
+    }
+    for p in &targets {
+        // SAFETY: signalling a process whose command line shows it serves this run's TAP.
+        unsafe { libc::kill(*p as libc::pid_t, libc::SIGTERM) };
+    }
     for _ in 0..20 {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if targets
+            .iter()
+            .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // SAFETY: as above; it ignored SIGTERM for 2 s.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    for p in &targets {
+        // SAFETY: as above; it ignored SIGTERM for 2 s.
+        unsafe { libc::kill(*p as libc::pid_t, libc::SIGKILL) };
+    }
 }
 
 /// Removes a ledger and its directory (if empty).

@@ -82,16 +82,29 @@ pub fn arguments(
     args
 }
 
-/// Starts dnsmasq; its output goes to tapwire's log.
+/// The guard around dnsmasq. dnsmasq drops to its own user, and a change of credentials
+/// clears the parent-death signal (prctl(2)), so it would outlive a SIGKILLed tapwire. This
+/// `sh` keeps root and the parent-death signal, and its trap takes dnsmasq down with it; if
+/// dnsmasq exits by itself, the guard exits with its status.
+const GUARD: &str = r#"trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 0' TERM INT HUP
+"$0" "$@" &
+child=$!
+wait "$child""#;
+
+/// Starts dnsmasq under its guard; its output goes to tapwire's log. The returned child is
+/// the guard: stopping it stops dnsmasq.
 pub fn spawn(binary: &Path, args: &[String]) -> std::io::Result<Child> {
-    let mut cmd = Command::new(binary);
-    cmd.args(args)
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(GUARD)
+        .arg(binary)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
-    // async-signal-safe.
+    // async-signal-safe. The guard never changes credentials, so the setting holds.
     unsafe {
         cmd.pre_exec(|| {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
@@ -125,7 +138,7 @@ pub fn spawn(binary: &Path, args: &[String]) -> std::io::Result<Child> {
     Ok(child)
 }
 
-/// Stops a child: SIGTERM, then SIGKILL after `grace`.
+/// Stops the guard (and with it dnsmasq): SIGTERM, then SIGKILL after `grace`.
 pub async fn stop(child: &mut Child, grace: Duration) {
     if let Some(pid) = child.id() {
         // SAFETY: signalling our own child by pid.
