@@ -123,7 +123,8 @@ fn slow_guest_does_not_delay_others() {
     let pinger = guest.ping_background(GATEWAY, 25, relay.dir.0.join("ping.log"));
     let mut flooder = relay.client(Some(source_port_for_core(0)));
     let payload = vec![0x5Au8; 1400];
-    let frame = tapwire::guest::client_frame(2, &eth(BROADCAST, mac(8), &payload));
+    // Unicast to the stuck guest only: the pinging guest must not be flooded itself.
+    let frame = tapwire::guest::client_frame(2, &eth(mac(7), mac(8), &payload));
     let mut burst = Vec::with_capacity(frame.len() * 500);
     for _ in 0..500 {
         burst.extend_from_slice(&frame);
