@@ -274,6 +274,26 @@ fn guest_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 86, 1 + (i >> 8) as u8, (i & 0xFF) as u8 + 1)
 }
 
+/// Tells the host guest `i`'s MAC, so the gateway answers it without ARP.
+fn static_neighbour(ns: &Netns, tap: &str, i: usize) {
+    let mac = guest_mac(i)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    ns.run(&[
+        "ip",
+        "neigh",
+        "replace",
+        &guest_ip(i).to_string(),
+        "lladdr",
+        &mac,
+        "dev",
+        tap,
+    ])
+    .expect("neigh");
+}
+
 /// Connects `n` WebSocket clients from CPU `LOAD_CPU` inside `ns`.
 fn connect_clients(ns: &Netns, n: usize) -> Vec<TcpStream> {
     spawn_in(ns, LOAD_CPU, move || {
@@ -610,22 +630,7 @@ fn scenario_down(
         );
         s.write_all(&tapwire::guest::client_frame(frame::OP_BINARY, &hello))
             .expect("hello");
-        let mac = guest_mac(i)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
-        ns.run(&[
-            "ip",
-            "neigh",
-            "replace",
-            &guest_ip(i).to_string(),
-            "lladdr",
-            &mac,
-            "dev",
-            &relay.tap,
-        ])
-        .expect("neigh");
+        static_neighbour(ns, &relay.tap, i);
     }
     std::thread::sleep(Duration::from_millis(200));
     let received = Arc::new(AtomicU64::new(0));
@@ -694,22 +699,7 @@ fn scenario_down(
 fn scenario_rtt(ns: &Netns, dir: &std::path::Path, count: usize) -> (Vec<f64>, Vec<f64>) {
     // Through the relay.
     let relay = Relay::start(ns, dir, &[]);
-    let mac = guest_mac(0)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
-    ns.run(&[
-        "ip",
-        "neigh",
-        "replace",
-        &guest_ip(0).to_string(),
-        "lladdr",
-        &mac,
-        "dev",
-        &relay.tap,
-    ])
-    .expect("neigh");
+    static_neighbour(ns, &relay.tap, 0);
     let tap_mac = relay.tap_mac;
     let mut stream = connect_clients(ns, 1).pop().expect("client");
     let relay_rtts = spawn_in(ns, LOAD_CPU, move || {
@@ -866,22 +856,7 @@ fn scenario_conn(
     // Static neighbours for the guests that ping, so the gateway answers without ARP.
     let pingers = 200usize;
     for i in 0..pingers {
-        let mac = guest_mac(i)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
-        ns.run(&[
-            "ip",
-            "neigh",
-            "replace",
-            &guest_ip(i).to_string(),
-            "lladdr",
-            &mac,
-            "dev",
-            &relay.tap,
-        ])
-        .expect("neigh");
+        static_neighbour(ns, &relay.tap, i);
     }
     let (upgraded_per_s, pinged_per_s) = spawn_in(ns, LOAD_CPU, move || {
         let t0 = Instant::now();
