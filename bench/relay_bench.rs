@@ -39,7 +39,7 @@ fn parse_opts() -> Opts {
     let mut o = Opts {
         seconds: 3.0,
         reps: 3,
-        sizes: vec![64, 512, 1514],
+        sizes: vec![64, 512, 1514, 9000],
         clients: vec![1, 64],
         idle: vec![100, 1000, 10_000],
         out: PathBuf::from("bench/results"),
@@ -181,6 +181,17 @@ struct Relay {
 
 impl Relay {
     fn start(ns: &Netns, dir: &std::path::Path, extra: &[&str]) -> Relay {
+        Self::start_on(ns, dir, &RELAY_CPU.to_string(), "1", extra)
+    }
+
+    /// The relay with `cores` cores, allowed on CPUs `cpus` (a taskset list).
+    fn start_on(
+        ns: &Netns,
+        dir: &std::path::Path,
+        cpus: &str,
+        cores: &str,
+        extra: &[&str],
+    ) -> Relay {
         let tap = testkit::unique("twb");
         let log = dir.join(format!("{tap}.log"));
         let file = std::fs::File::create(&log).expect("log");
@@ -189,11 +200,11 @@ impl Relay {
         let mut cmd = ns.cmd(&[
             "taskset",
             "-c",
-            &RELAY_CPU.to_string(),
+            cpus,
             &bin,
             "run",
             "--cores",
-            "1",
+            cores,
             "--no-dhcp",
             "--tap",
             &tap,
@@ -305,6 +316,19 @@ fn connect_clients(ns: &Netns, n: usize) -> Vec<TcpStream> {
     .expect("connect thread")
 }
 
+/// Relay options for frames of `size` bytes: jumbo sizes need a larger MTU.
+fn mtu_args(size: usize) -> Vec<String> {
+    if size > 1514 {
+        vec!["--mtu".into(), (size - 14).to_string()]
+    } else {
+        Vec::new()
+    }
+}
+
+fn str_refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 /// One measurement: frames/s and the numbers around it.
 #[derive(Clone, Debug, Default)]
 struct Sample {
@@ -346,13 +370,15 @@ fn stat(values: &[f64]) -> Stat {
 // ---------------------------------------------------------------- kernel limits
 
 /// A single-queue TAP with the gateway address and a UDP sink, for the kernel-limit loops.
-fn kernel_tap(ns: &Netns) -> (std::os::fd::OwnedFd, [u8; 6], String) {
+fn kernel_tap(ns: &Netns, size: usize) -> (std::os::fd::OwnedFd, [u8; 6], String) {
     let name = testkit::unique("twk");
     let n2 = name.clone();
     let fd = ns.enter(move || tapwire::tap::open_single(&n2, false).expect("tap"));
     ns.run(&["ip", "addr", "add", "10.87.0.1/24", "dev", &name])
         .expect("addr");
-    ns.run(&["ip", "link", "set", &name, "up"]).expect("up");
+    let mtu = (size.max(1514) - 14).to_string();
+    ns.run(&["ip", "link", "set", &name, "mtu", &mtu, "up"])
+        .expect("up");
     ns.run(&[
         "ip",
         "neigh",
@@ -374,7 +400,7 @@ fn kernel_tap(ns: &Netns) -> (std::os::fd::OwnedFd, [u8; 6], String) {
 
 /// The kernel's TAP write limit: one thread writing pre-built UDP frames to the sink.
 fn kernel_tap_write(ns: &Netns, size: usize, seconds: f64) -> f64 {
-    let (fd, mac, _name) = kernel_tap(ns);
+    let (fd, mac, _name) = kernel_tap(ns, size);
     let sink = ns.enter(|| UdpSocket::bind(("10.87.0.1", SINK_PORT)).expect("sink"));
     let frame = udp_frame(
         mac,
@@ -407,7 +433,7 @@ fn kernel_tap_write(ns: &Netns, size: usize, seconds: f64) -> f64 {
 
 /// The kernel's TAP read limit: a UDP sender on the load CPU, one thread reading the TAP.
 fn kernel_tap_read(ns: &Netns, size: usize, seconds: f64) -> f64 {
-    let (fd, _mac, _name) = kernel_tap(ns);
+    let (fd, _mac, _name) = kernel_tap(ns, size);
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let payload = vec![0x5Au8; size.max(42) - 42];
@@ -502,7 +528,8 @@ fn scenario_up(
     clients: usize,
     seconds: f64,
 ) -> (Sample, HashMap<String, u64>) {
-    let relay = Relay::start(ns, dir, &[]);
+    let mtu = mtu_args(size);
+    let relay = Relay::start(ns, dir, &str_refs(&mtu));
     let sink = ns.enter(|| UdpSocket::bind(("10.86.0.1", SINK_PORT)).expect("sink"));
     let streams = connect_clients(ns, clients);
     let arrivals_at_start = udp_arrivals(ns);
@@ -617,7 +644,8 @@ fn scenario_down(
     clients: usize,
     seconds: f64,
 ) -> (Sample, HashMap<String, u64>) {
-    let relay = Relay::start(ns, dir, &[]);
+    let mtu = mtu_args(size);
+    let relay = Relay::start(ns, dir, &str_refs(&mtu));
     let mut streams = connect_clients(ns, clients);
     // Each guest announces its MAC (one frame), and the host learns it statically.
     for (i, s) in streams.iter_mut().enumerate() {
@@ -695,6 +723,111 @@ fn scenario_down(
     )
 }
 
+/// g2g: guest pairs across cores (A on core 0 sends to B on core 1), relay on both CPUs with
+/// `--cores 2`; load shares the CPUs with it.
+fn scenario_g2g(
+    ns: &Netns,
+    dir: &std::path::Path,
+    size: usize,
+    pairs: usize,
+    seconds: f64,
+) -> (Sample, HashMap<String, u64>) {
+    let mtu = mtu_args(size);
+    let relay = Relay::start_on(ns, dir, "0,1", "2", &str_refs(&mtu));
+    let base = 30_000 + (std::process::id() as usize % 1000) * 16;
+    let ports_on = |core: usize, n: usize| -> Vec<u16> {
+        (base..)
+            .map(|p| p as u16)
+            .filter(|p| tapwire::control::listen::steer(*p, 2) == core)
+            .take(n)
+            .collect()
+    };
+    let (senders_ports, receivers_ports) = (ports_on(0, pairs), ports_on(1, pairs + pairs));
+    let receivers_ports: Vec<u16> = receivers_ports
+        .into_iter()
+        .filter(|p| !senders_ports.contains(p))
+        .take(pairs)
+        .collect();
+    let (sp, rp) = (senders_ports.clone(), receivers_ports.clone());
+    let (mut senders, mut receivers) = spawn_in(ns, LOAD_CPU, move || {
+        let c =
+            |p: &u16| tapwire::guest::connect("ws://127.0.0.1:8086/", Some(*p)).expect("connect");
+        (
+            sp.iter().map(c).collect::<Vec<_>>(),
+            rp.iter().map(c).collect::<Vec<_>>(),
+        )
+    })
+    .join()
+    .expect("connect");
+    // Receivers announce their MACs (guest numbers 1000+i), then senders target them.
+    for (i, r) in receivers.iter_mut().enumerate() {
+        let hello = udp_frame(
+            [0xFF; 6],
+            guest_mac(1000 + i),
+            (guest_ip(1000 + i), 1),
+            (Ipv4Addr::new(10, 86, 0, 1), 7),
+            64,
+        );
+        r.write_all(&tapwire::guest::client_frame(frame::OP_BINARY, &hello))
+            .expect("hello");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let batches: Vec<Vec<u8>> = (0..pairs)
+        .map(|i| {
+            let f = udp_frame(
+                guest_mac(1000 + i),
+                guest_mac(i),
+                (guest_ip(i), 1000),
+                (guest_ip(1000 + i), 9),
+                size,
+            );
+            tapwire::guest::client_frame(frame::OP_BINARY, &f).repeat(64)
+        })
+        .collect();
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (r2, st2) = (received.clone(), stop.clone());
+    let receiver = spawn_in(ns, LOAD_CPU, move || {
+        receive_loop(&mut receivers, &st2, &r2);
+        receivers
+    });
+    let st3 = stop.clone();
+    let generator = spawn_in(ns, RELAY_CPU, move || {
+        while !st3.load(Ordering::Relaxed) {
+            for (s, b) in senders.iter_mut().zip(&batches) {
+                let _ = s.write_all(b);
+            }
+        }
+        senders
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (r0, c0, t0) = (
+        received.load(Ordering::Relaxed),
+        cpu_ticks(relay.pid()),
+        Instant::now(),
+    );
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let (r1, c1, dt) = (
+        received.load(Ordering::Relaxed),
+        cpu_ticks(relay.pid()),
+        t0.elapsed().as_secs_f64(),
+    );
+    stop.store(true, Ordering::Relaxed);
+    drop(generator.join());
+    drop(receiver.join());
+    let drops = relay.stop();
+    let frames = (r1 - r0) as f64;
+    (
+        Sample {
+            fps: frames / dt,
+            offered_fps: 0.0,
+            loss: 0.0,
+            cpu_ns_per_frame: (c1 - c0) as f64 / ticks_per_second() * 1e9 / frames.max(1.0),
+        },
+        drops,
+    )
+}
+
 /// rtt: ICMP echo to the gateway through the relay, and the same echo through a bare TAP.
 fn scenario_rtt(ns: &Netns, dir: &std::path::Path, count: usize) -> (Vec<f64>, Vec<f64>) {
     // Through the relay.
@@ -748,7 +881,7 @@ fn scenario_rtt(ns: &Netns, dir: &std::path::Path, count: usize) -> (Vec<f64>, V
     .expect("rtt");
     relay.stop();
     // The same echo written to and read from a bare TAP by one thread.
-    let (fd, tmac, name) = kernel_tap(ns);
+    let (fd, tmac, name) = kernel_tap(ns, 64);
     ns.run(&[
         "ip",
         "neigh",
@@ -1031,6 +1164,56 @@ fn main() {
                     fps.median / limit.max(1.0)
                 );
             }
+        }
+    }
+    md.push_str("\n| g2g (relay on both CPUs, `--cores 2`) | frame | pairs | frames/s delivered | Mbit/s | loopback TCP messages/s | relay / TCP | relay CPU ns/frame | drops |\n|---|---|---|---|---|---|---|---|---|\n");
+    for &size in &o.sizes {
+        let tcp = stat(
+            &(0..o.reps)
+                .map(|_| kernel_loopback_tcp(&ns, size, o.seconds))
+                .collect::<Vec<_>>(),
+        )
+        .median;
+        for &pairs in &[1usize, 32] {
+            let mut samples = Vec::new();
+            let mut all_drops: HashMap<String, u64> = HashMap::new();
+            for _ in 0..o.reps {
+                let (smp, d) = scenario_g2g(&ns, &dir, size, pairs, o.seconds);
+                for (k, v) in d {
+                    *all_drops.entry(k).or_default() += v;
+                }
+                samples.push(smp);
+            }
+            let fps = stat(&samples.iter().map(|x| x.fps).collect::<Vec<_>>());
+            let cpu = stat(
+                &samples
+                    .iter()
+                    .map(|x| x.cpu_ns_per_frame)
+                    .collect::<Vec<_>>(),
+            );
+            let mut drops: Vec<String> =
+                all_drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            drops.sort();
+            md.push_str(&format!(
+                "| g2g | {size} | {pairs} | {} ({}–{}) | {:.0} | {} | {:.3} | {:.0} | {} |\n",
+                fmt_rate(fps.median),
+                fmt_rate(fps.min),
+                fmt_rate(fps.max),
+                fps.median * size as f64 * 8.0 / 1e6,
+                fmt_rate(tcp),
+                fps.median / tcp.max(1.0),
+                cpu.median,
+                if drops.is_empty() {
+                    "–".to_string()
+                } else {
+                    drops.join(", ")
+                }
+            ));
+            json.push(format!("{{\"scenario\":\"g2g\",\"size\":{size},\"pairs\":{pairs},\"fps_median\":{:.0},\"fps_min\":{:.0},\"fps_max\":{:.0},\"loopback_tcp_msgs\":{tcp:.0},\"cpu_ns_per_frame\":{:.0}}}", fps.median, fps.min, fps.max, cpu.median));
+            eprintln!(
+                "g2g {size} B × {pairs} pairs: {} frames/s",
+                fmt_rate(fps.median)
+            );
         }
     }
     let (mut relay_rtt, mut tap_rtt) = scenario_rtt(&ns, &dir, 2000);
