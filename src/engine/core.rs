@@ -622,7 +622,9 @@ impl Core {
                     self.log_once(
                         slot,
                         DropReason::RuntFrame,
-                        &format!("dropped a {len}-byte message (shorter than an Ethernet header)"),
+                        format_args!(
+                            "dropped a {len}-byte message (shorter than an Ethernet header)"
+                        ),
                     );
                 }
                 Ok(Some(Event::Ping)) => {
@@ -649,7 +651,7 @@ impl Core {
                     self.log_once(
                         slot,
                         reason,
-                        &format!("closing with {}: {violation}", violation.close_code()),
+                        format_args!("closing with {}: {violation}", violation.close_code()),
                     );
                     self.enqueue_owned(slot, server_close_frame(violation.close_code()));
                     return;
@@ -902,7 +904,7 @@ impl Core {
         }
         for (slot, reason) in to_close {
             self.counters.dropped(reason);
-            self.log_once(slot, reason, "closing the connection");
+            self.log_once(slot, reason, format_args!("closing the connection"));
             if reason == DropReason::PongTimeout {
                 // The peer may still read: close gracefully. If it does not, the stall rule
                 // shuts it down later.
@@ -985,7 +987,14 @@ impl Core {
     }
 
     /// Logs `what` for the client in `slot` at most once per reason per log interval.
-    pub(super) fn log_once(&mut self, slot: u32, reason: DropReason, what: &str) {
+    /// `what` is formatted only when it is logged: drop paths run per frame and must not
+    /// allocate.
+    pub(super) fn log_once(
+        &mut self,
+        slot: u32,
+        reason: DropReason,
+        what: std::fmt::Arguments<'_>,
+    ) {
         let Some(c) = self.clients[slot as usize].as_mut() else {
             return;
         };

@@ -66,7 +66,7 @@ impl Core {
                 let reason = switch_drop_reason(drop);
                 self.counters.dropped(reason);
                 if drop != SwitchDrop::Hairpin {
-                    self.log_once(port.slot(), reason, &format!("source {src}"));
+                    self.log_once(port.slot(), reason, format_args!("source {src}"));
                 }
                 return;
             }
@@ -112,7 +112,7 @@ impl Core {
         } else {
             "over --client-rate"
         };
-        self.log_once(port.slot(), DropReason::RateLimited, what);
+        self.log_once(port.slot(), DropReason::RateLimited, format_args!("{what}"));
         false
     }
 
@@ -180,6 +180,16 @@ impl Core {
 
     /// Sends frame buffer `id` to every port but `except`, on every core.
     fn flood(&mut self, id: BufId, len: usize, except: Option<PortId>) {
+        self.flood_local(id, len, except);
+        for core in 0..self.shared.cores {
+            if core != self.id {
+                self.send_to_core(core, id, len, Target::Flood);
+            }
+        }
+    }
+
+    /// Sends frame buffer `id` to every open port of this core but `except`.
+    fn flood_local(&mut self, id: BufId, len: usize, except: Option<PortId>) {
         let (ptr, total) = self.write_server_header(id, len);
         for i in 0..self.open_ports.len() {
             let slot = self.open_ports[i];
@@ -191,11 +201,6 @@ impl Core {
             }
             let generation = c.port.generation();
             self.enqueue_frame(slot, generation, id, ptr, total, len);
-        }
-        for core in 0..self.shared.cores {
-            if core != self.id {
-                self.send_to_core(core, id, len, Target::Flood);
-            }
         }
     }
 
@@ -296,7 +301,7 @@ impl Core {
             self.log_once(
                 slot,
                 DropReason::SendQueueFull,
-                "client is not reading fast enough",
+                format_args!("client is not reading fast enough"),
             );
             return;
         }
@@ -403,26 +408,8 @@ impl Core {
                         let Some(slot) = slot else { continue };
                         match target {
                             Target::Port(to) => self.send_to_port(to, slot, len as usize),
-                            Target::Flood => {
-                                // Flood locally only: the sender already covered other cores.
-                                let (ptr, total) = self.write_server_header(slot, len as usize);
-                                for i in 0..self.open_ports.len() {
-                                    let s = self.open_ports[i];
-                                    if let Some(generation) = self.clients[s as usize]
-                                        .as_ref()
-                                        .map(|c| c.port.generation())
-                                    {
-                                        self.enqueue_frame(
-                                            s,
-                                            generation,
-                                            slot,
-                                            ptr,
-                                            total,
-                                            len as usize,
-                                        );
-                                    }
-                                }
-                            }
+                            // Flood locally only: the sender already covered other cores.
+                            Target::Flood => self.flood_local(slot, len as usize, None),
                         }
                         self.pool.release(slot);
                     }
