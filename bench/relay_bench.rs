@@ -5,8 +5,9 @@
 //! Placement: the relay (`--cores 1`) and the kernel-limit loops on CPU 0; load generators,
 //! sinks and receivers on CPU 1.
 //!
-//! Usage: relay-bench [--seconds S] [--reps N] [--sizes 64,512,1514] [--clients 1,64]
-//!                    [--idle 100,1000,10000] [--out DIR]
+//! Usage: relay-bench [--seconds S] [--reps N] [--sizes 64,512,1514,9000] [--clients 1,64,1000]
+//!                    [--pairs 1,32] [--idle 100,1000,10000] [--only up,down,g2g,rtt,conn]
+//!                    [--out DIR]
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -32,7 +33,16 @@ struct Opts {
     sizes: Vec<usize>,
     clients: Vec<usize>,
     idle: Vec<usize>,
+    pairs: Vec<usize>,
+    /// Scenario groups to run (default: all).
+    only: Vec<String>,
     out: PathBuf,
+}
+
+impl Opts {
+    fn runs(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
 }
 
 fn parse_opts() -> Opts {
@@ -42,6 +52,8 @@ fn parse_opts() -> Opts {
         sizes: vec![64, 512, 1514, 9000],
         clients: vec![1, 64],
         idle: vec![100, 1000, 10_000],
+        pairs: vec![1, 32],
+        only: Vec::new(),
         out: PathBuf::from("bench/results"),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -59,6 +71,16 @@ fn parse_opts() -> Opts {
             "--sizes" => o.sizes = list(&v),
             "--clients" => o.clients = list(&v),
             "--idle" => o.idle = list(&v),
+            "--pairs" => o.pairs = list(&v),
+            "--only" => {
+                o.only = v.split(',').map(|x| x.trim().to_string()).collect();
+                for g in &o.only {
+                    assert!(
+                        ["up", "down", "g2g", "rtt", "conn"].contains(&g.as_str()),
+                        "--only takes up, down, g2g, rtt, conn; not {g}"
+                    );
+                }
+            }
             "--out" => o.out = PathBuf::from(v),
             other => panic!("unknown option {other}; see the usage in bench/relay_bench.rs"),
         }
@@ -1103,6 +1125,9 @@ fn main() {
     ));
     md.push_str("| scenario | frame | clients | relay frames/s | Mbit/s | kernel limit frames/s | relay / kernel | load (see below) | loss | relay CPU ns/frame | drops |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     for &size in &o.sizes {
+        if !o.runs("up") && !o.runs("down") {
+            break;
+        }
         let kw: Vec<f64> = (0..o.reps)
             .map(|_| kernel_tap_write(&ns, size, o.seconds))
             .collect();
@@ -1124,6 +1149,9 @@ fn main() {
         json.push(format!("{{\"scenario\":\"kernel_loopback_tcp\",\"size\":{size},\"fps_median\":{:.0},\"fps_min\":{:.0},\"fps_max\":{:.0}}}", kt.median, kt.min, kt.max));
         for &clients in &o.clients {
             for (name, limit) in [("up", kw.median), ("down", kr.median)] {
+                if !o.runs(name) {
+                    continue;
+                }
                 let mut samples = Vec::new();
                 let mut all_drops: HashMap<String, u64> = HashMap::new();
                 for _ in 0..o.reps {
@@ -1168,13 +1196,16 @@ fn main() {
     }
     md.push_str("\n| g2g (relay on both CPUs, `--cores 2`) | frame | pairs | frames/s delivered | Mbit/s | loopback TCP messages/s | relay / TCP | relay CPU ns/frame | drops |\n|---|---|---|---|---|---|---|---|---|\n");
     for &size in &o.sizes {
+        if !o.runs("g2g") {
+            break;
+        }
         let tcp = stat(
             &(0..o.reps)
                 .map(|_| kernel_loopback_tcp(&ns, size, o.seconds))
                 .collect::<Vec<_>>(),
         )
         .median;
-        for &pairs in &[1usize, 32] {
+        for &pairs in &o.pairs {
             let mut samples = Vec::new();
             let mut all_drops: HashMap<String, u64> = HashMap::new();
             for _ in 0..o.reps {
@@ -1216,41 +1247,45 @@ fn main() {
             );
         }
     }
-    let (mut relay_rtt, mut tap_rtt) = scenario_rtt(&ns, &dir, 2000);
-    let mut echo_rtt = tcp_echo_rtt(&ns, 2000);
-    let (r50, r99) = (
-        percentile(&mut relay_rtt, 0.5),
-        percentile(&mut relay_rtt, 0.99),
-    );
-    let (t50, t99) = (
-        percentile(&mut tap_rtt, 0.5),
-        percentile(&mut tap_rtt, 0.99),
-    );
-    let (e50, e99) = (
-        percentile(&mut echo_rtt, 0.5),
-        percentile(&mut echo_rtt, 0.99),
-    );
-    md.push_str("\n**Load column**: for *up*, frames the generator had queued ahead of the relay when the window closed (positive: the relay set the pace); for *down*, frames/s the kernel queued to the TAP (relay reads plus drops at the TAP queue).\n");
-    md.push_str(&format!(
-        "\nIdle RTT of an ICMP echo from a guest to the gateway (2000 echoes, 0.5 ms apart): through tapwire p50 {r50:.0} µs, p99 {r99:.0} µs. The same echo written to and read from a bare TAP by one thread: p50 {t50:.0} µs, p99 {t99:.0} µs. A 64-byte TCP echo between the same two CPUs (the two cross-core wakeups a ping through the relay also pays): p50 {e50:.0} µs, p99 {e99:.0} µs. Added by tapwire beyond the bare TAP and that echo, at the median: {:.0} µs. (Tails do not subtract: at p99 compare the raw figures.)\n",
-        r50 - t50 - e50
-    ));
-    json.push(format!(
-        "{{\"scenario\":\"rtt_idle\",\"relay_p50_us\":{r50:.1},\"relay_p99_us\":{r99:.1},\"tap_p50_us\":{t50:.1},\"tap_p99_us\":{t99:.1},\"tcp_echo_p50_us\":{e50:.1},\"tcp_echo_p99_us\":{e99:.1}}}"
-    ));
-    let (upgraded, pinged, rss) = scenario_conn(&ns, &dir, &o.idle);
-    md.push_str(&format!("\nConnections: {upgraded:.0}/s upgraded (200 guests, 8 connecting at once); {pinged:.0}/s counting until each of them got an answer to an ICMP echo to the gateway.\n\nRelay RSS per idle client: "));
-    md.push_str(
-        &rss.iter()
-            .map(|(n, kib)| format!("{kib:.1} KiB at {n}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
-    md.push_str(".\n");
-    json.push(format!(
-        "{{\"scenario\":\"conn\",\"upgrades_per_s\":{upgraded:.0},\"upgrade_and_ping_per_s\":{pinged:.0},\"rss_kib_per_idle_client\":{{{}}}}}",
-        rss.iter().map(|(n, k)| format!("\"{n}\":{k:.2}")).collect::<Vec<_>>().join(",")
-    ));
+    if o.runs("rtt") {
+        let (mut relay_rtt, mut tap_rtt) = scenario_rtt(&ns, &dir, 2000);
+        let mut echo_rtt = tcp_echo_rtt(&ns, 2000);
+        let (r50, r99) = (
+            percentile(&mut relay_rtt, 0.5),
+            percentile(&mut relay_rtt, 0.99),
+        );
+        let (t50, t99) = (
+            percentile(&mut tap_rtt, 0.5),
+            percentile(&mut tap_rtt, 0.99),
+        );
+        let (e50, e99) = (
+            percentile(&mut echo_rtt, 0.5),
+            percentile(&mut echo_rtt, 0.99),
+        );
+        md.push_str("\n**Load column**: for *up*, frames the generator had queued ahead of the relay when the window closed (positive: the relay set the pace); for *down*, frames/s the kernel queued to the TAP (relay reads plus drops at the TAP queue).\n");
+        md.push_str(&format!(
+            "\nIdle RTT of an ICMP echo from a guest to the gateway (2000 echoes, 0.5 ms apart): through tapwire p50 {r50:.0} µs, p99 {r99:.0} µs. The same echo written to and read from a bare TAP by one thread: p50 {t50:.0} µs, p99 {t99:.0} µs. A 64-byte TCP echo between the same two CPUs (the two cross-core wakeups a ping through the relay also pays): p50 {e50:.0} µs, p99 {e99:.0} µs. Added by tapwire beyond the bare TAP and that echo, at the median: {:.0} µs. (Tails do not subtract: at p99 compare the raw figures.)\n",
+            r50 - t50 - e50
+        ));
+        json.push(format!(
+            "{{\"scenario\":\"rtt_idle\",\"relay_p50_us\":{r50:.1},\"relay_p99_us\":{r99:.1},\"tap_p50_us\":{t50:.1},\"tap_p99_us\":{t99:.1},\"tcp_echo_p50_us\":{e50:.1},\"tcp_echo_p99_us\":{e99:.1}}}"
+        ));
+    }
+    if o.runs("conn") {
+        let (upgraded, pinged, rss) = scenario_conn(&ns, &dir, &o.idle);
+        md.push_str(&format!("\nConnections: {upgraded:.0}/s upgraded (200 guests, 8 connecting at once); {pinged:.0}/s counting until each of them got an answer to an ICMP echo to the gateway.\n\nRelay RSS per idle client: "));
+        md.push_str(
+            &rss.iter()
+                .map(|(n, kib)| format!("{kib:.1} KiB at {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        md.push_str(".\n");
+        json.push(format!(
+            "{{\"scenario\":\"conn\",\"upgrades_per_s\":{upgraded:.0},\"upgrade_and_ping_per_s\":{pinged:.0},\"rss_kib_per_idle_client\":{{{}}}}}",
+            rss.iter().map(|(n, k)| format!("\"{n}\":{k:.2}")).collect::<Vec<_>>().join(",")
+        ));
+    }
     std::fs::create_dir_all(&o.out).expect("out dir");
     let date = Command::new("date")
         .arg("+%Y-%m-%d")

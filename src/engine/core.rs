@@ -32,6 +32,15 @@ const TICK_MS: u64 = 250;
 const DRAIN_MS: u64 = 2_000;
 /// TAP writes in flight above which client input is held until they complete.
 const TAP_HIGH_WATER: usize = 512;
+/// Client input is also held while the frames this core sent to other cores, and has not got
+/// back, exceed 1/CROSS_HIGH_WATER_DIV of its slots. Each such frame pins a slot of the sender
+/// until the receiver has copied it; without this bound an overloaded receiver let a sender's
+/// clients pin every slot of the sender, and both cores then dropped nearly everything as
+/// `no_frame_buffer`. Frames arriving from other cores are never held: two cores whose slots
+/// are pinned in each other's queues would wait for each other forever. Slots pinned by slow
+/// local recipients do not hold input (that would let a few non-reading clients stall a core's
+/// TAP traffic); they are bounded by `--send-queue` and the slow-client timeout instead.
+const CROSS_HIGH_WATER_DIV: usize = 8;
 /// Interval after which per-client log suppression resets.
 const LOG_INTERVAL_MS: u64 = 10_000;
 
@@ -60,6 +69,8 @@ pub struct Core {
     pending_input: std::collections::VecDeque<(u32, u32, i32, Option<BufId>)>,
     pub(super) switch: Switch,
     pub(super) tap_writes_in_flight: usize,
+    /// Frames sent to other cores whose Release has not come back.
+    pub(super) cross_in_flight: usize,
     tap_reads_armed: usize,
     tap_starved: bool,
     /// A TAP read failed with an unexpected error: re-arm on the next tick, not at once.
@@ -126,6 +137,7 @@ impl Core {
             pending_input: std::collections::VecDeque::new(),
             switch: Switch::new(cfg.mac_ageing_ms),
             tap_writes_in_flight: 0,
+            cross_in_flight: 0,
             tap_reads_armed: 0,
             tap_starved: false,
             tap_retry_on_tick: false,
@@ -458,11 +470,13 @@ impl Core {
         if res == -libc::ENOBUFS {
             self.counters.buffer_ring_empty.inc();
             self.recv_starved.push(slot);
-        } else if self.pending_input.is_empty() && self.tap_writes_in_flight < TAP_HIGH_WATER {
+        } else if self.pending_input.is_empty() && !self.backpressured() {
             self.handle_input(slot, generation, res, buf);
         } else {
-            // The TAP is behind: hold the input (in order) until its writes complete. Held
-            // buffers drain the receive ring, which stops receives and lets TCP push back.
+            // The TAP or another core is behind: hold the input (in order) until they catch
+            // up. Held buffers drain the receive ring, which stops receives and lets TCP push
+            // back.
+            self.counters.input_held.inc();
             self.pending_input.push_back((slot, generation, res, buf));
         }
         if !more {
@@ -503,9 +517,15 @@ impl Core {
         }
     }
 
-    /// Handles held input while the TAP has room.
+    /// True while client input must wait: too many TAP writes or cross-core frames in flight.
+    fn backpressured(&self) -> bool {
+        self.tap_writes_in_flight >= TAP_HIGH_WATER
+            || self.cross_in_flight >= self.cfg.frame_slots as usize / CROSS_HIGH_WATER_DIV
+    }
+
+    /// Handles held input while the TAP and the other cores have room.
     fn process_pending_input(&mut self) {
-        while self.tap_writes_in_flight < TAP_HIGH_WATER {
+        while !self.backpressured() {
             let Some((slot, generation, res, buf)) = self.pending_input.pop_front() else {
                 break;
             };

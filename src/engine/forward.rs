@@ -217,6 +217,7 @@ impl Core {
         self.pool.retain(id);
         match self.shared.queue(self.id, core).push(msg) {
             Ok(()) => {
+                self.cross_in_flight += 1;
                 self.counters.cross_core_frames.inc();
                 self.wake_pending[core] = true;
             }
@@ -413,7 +414,10 @@ impl Core {
                         }
                         self.pool.release(slot);
                     }
-                    CoreMsg::Release(buf) => self.pool.release(buf),
+                    CoreMsg::Release(buf) => {
+                        self.cross_in_flight -= 1;
+                        self.pool.release(buf);
+                    }
                     CoreMsg::Learn(mac, port) => self.switch.learn(mac, port, self.now_ms),
                     CoreMsg::Forget(mac, port) => self.switch.forget(mac, port),
                 }
