@@ -650,3 +650,88 @@ fn running_out_of_descriptors_does_not_stop_the_relay() {
     };
     assert_eq!(answer, Got::Pong(b"after-emfile".to_vec()));
 }
+
+#[test]
+fn cross_core_overload_is_held_back_not_dropped_for_want_of_buffers() {
+    if skip_unless_root("cross_core_overload_is_held_back_not_dropped_for_want_of_buffers") {
+        return;
+    }
+    let relay = Relay::start(&[]);
+    // 8 pairs each way: senders on one core, their receivers on the other.
+    let pairs = 8u8;
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    for i in 0..pairs * 2 {
+        let (send_core, recv_core) = if i < pairs { (0, 1) } else { (1, 0) };
+        let mut r = relay.client(Some(source_port_for_core(recv_core)));
+        r.send_frame(&eth(BROADCAST, mac(100 + i), b"claim"));
+        receivers.push(r);
+        senders.push((i, relay.client(Some(source_port_for_core(send_core)))));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = receivers
+        .into_iter()
+        .map(|mut r| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut got = 0u64;
+                r.stream
+                    .set_read_timeout(Some(Duration::from_millis(200)))
+                    .expect("timeout");
+                let mut buf = vec![0u8; 256 * 1024];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(n) = std::io::Read::read(&mut r.stream, &mut buf) {
+                        got += n as u64;
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    // Each sender: 64-byte frames in bursts of 512, for at most 3 s or 400 bursts.
+    let writers: Vec<_> = senders
+        .into_iter()
+        .map(|(i, mut s)| {
+            let frame = tapwire::guest::client_frame(2, &eth(mac(100 + i), mac(150 + i), &[0; 50]));
+            let burst = frame.repeat(512);
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(3);
+                for _ in 0..400 {
+                    if Instant::now() > deadline
+                        || std::io::Write::write_all(&mut s.stream, &burst).is_err()
+                    {
+                        break;
+                    }
+                }
+                s
+            })
+        })
+        .collect();
+    let _senders: Vec<_> = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let got: Vec<u64> = readers
+        .into_iter()
+        .map(|r| r.join().expect("reader"))
+        .collect();
+    let c = relay.counters();
+    println!("bytes per receiver {got:?}; counters {c:?}");
+    assert!(
+        got.iter().all(|&b| b > 0),
+        "every receiver got frames: {got:?}"
+    );
+    assert!(
+        counter(&c, "tapwire_cross_core_frames_total") > 100_000,
+        "the load crossed cores: {c:?}"
+    );
+    assert_eq!(
+        drops(&c, "no_frame_buffer"),
+        0,
+        "an overloaded core must hold its clients back, not run out of frame buffers: {c:?}"
+    );
+    assert_eq!(drops(&c, "cross_core_full"), 0, "{c:?}");
+}
