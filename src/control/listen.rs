@@ -31,6 +31,10 @@ pub fn bind_listeners(addr: SocketAddr, cores: usize) -> io::Result<Vec<TcpListe
         )?;
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
+        // Accepted sockets inherit it: a frame goes out when it is queued, not after the peer
+        // acknowledged the previous one (Nagle), which would add up to a round trip of delay
+        // to every frame sent to a client that is also receiving a stream.
+        socket.set_tcp_nodelay(true)?;
         socket.bind(&addr.into()).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot listen on {addr}: {e} — is another tapwire or program using it? choose another --listen"))
         })?;
@@ -105,6 +109,15 @@ mod tests {
             per_core[steer(port, 2)] += 1;
         }
         assert!(per_core.iter().all(|n| *n > 200), "{per_core:?}");
+    }
+
+    #[test]
+    fn accepted_connections_send_without_nagle_delay() {
+        let listeners = bind_listeners("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let (accepted, _) = listeners[0].accept().unwrap();
+        assert!(socket2::SockRef::from(&accepted).tcp_nodelay().unwrap());
     }
 
     #[test]

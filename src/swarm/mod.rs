@@ -1,13 +1,15 @@
 //! `tapwire swarm`: one process playing many synthetic guests, each on its own WebSocket.
 //!
 //! Every guest connects, upgrades, takes a DHCP lease (DISCOVER/OFFER/REQUEST/ACK with
-//! retransmits), resolves the gateway with ARP, pings it once, and from then on answers ARP
-//! requests and ICMP echoes for its address. One thread, one `mio` poll over all sockets:
-//! 10 000 guests fit in one process. Test and benchmark tooling.
+//! retransmits) or a static address, resolves the gateway with ARP, pings it once, and from
+//! then on answers ARP requests and ICMP echoes for its address. With `--udp-to`, once every
+//! guest has pinged, each sends UDP at a given rate (or as fast as the relay takes it) for a
+//! bounded time; every datagram carries a timestamp, and replies from a UDP echo server give
+//! round-trip times. One thread, one `mio` poll over all sockets: 10 000 guests fit in one
+//! process. Test and benchmark tooling.
 
 pub mod wire;
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -16,7 +18,7 @@ use base64::Engine as _;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::testkit::{icmp_echo, icmp_echo_reply};
+use crate::testkit::{icmp_echo, icmp_echo_reply, udp_frame};
 use crate::ws::{frame, handshake, Event, Session};
 use wire::{DHCPACK, DHCPDISCOVER, DHCPNAK, DHCPOFFER, DHCPREQUEST};
 
@@ -38,6 +40,22 @@ pub struct SwarmArgs {
     /// Connections opened at once (the rest wait for a free place).
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
+    /// Skip DHCP: guest i takes this address plus i (it must be on the gateway's subnet).
+    #[arg(long)]
+    pub static_from: Option<Ipv4Addr>,
+    /// Once every guest has pinged, each sends UDP datagrams to this IP:PORT (via the gateway's
+    /// MAC) for --udp-seconds. Payload: "TWSW", guest number, sequence, send time in ns.
+    #[arg(long)]
+    pub udp_to: Option<std::net::SocketAddrV4>,
+    /// UDP frames per second per guest; 0 sends as fast as the relay takes them.
+    #[arg(long, default_value_t = 10)]
+    pub udp_pps: u64,
+    /// Ethernet frame size of each UDP frame, 62 to 1514 bytes.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(62..=1514))]
+    pub udp_size: u16,
+    /// How long the UDP phase lasts (replies are collected for one more second).
+    #[arg(long, default_value_t = 5.0)]
+    pub udp_seconds: f64,
 }
 
 /// What became of the guests.
@@ -53,7 +71,42 @@ pub struct SwarmReport {
     pub echoes_answered: u64,
     /// Retransmissions (DHCP, ARP or echo sent again after a timeout).
     pub retransmits: u64,
+    /// UDP phase: datagrams written to the relay, and how long the phase took.
+    pub udp_sent: u64,
+    pub udp_seconds: f64,
+    /// UDP datagrams that reached a guest (any source), and those that were our own
+    /// datagrams echoed back.
+    pub udp_received: u64,
+    pub udp_echoes: u64,
+    /// Round-trip times of echoed datagrams, in µs (at most [`MAX_RTT_SAMPLES`]).
+    pub rtt_us: Vec<u32>,
+    /// Datagrams a paced guest fell behind its schedule (its unsent data had reached
+    /// [`OUTBOX_CAP`]): the relay did not take them as fast as asked.
+    pub udp_behind: u64,
+    /// Times a guest's socket write would have blocked: the relay was pushing back.
+    pub write_blocked: u64,
 }
+
+impl SwarmReport {
+    /// The `p`-quantile (0..=1) of the round-trip times, in µs.
+    pub fn rtt_percentile(&self, p: f64) -> Option<u32> {
+        let mut v = self.rtt_us.clone();
+        v.sort_unstable();
+        let i = ((v.len().checked_sub(1)?) as f64 * p).round() as usize;
+        v.get(i).copied()
+    }
+}
+
+/// Unsent bytes a guest may hold before it stops generating datagrams.
+pub const OUTBOX_CAP: usize = 64 * 1024;
+/// Round-trip samples kept.
+pub const MAX_RTT_SAMPLES: usize = 4_000_000;
+/// Marks the swarm's own UDP payloads.
+const UDP_MAGIC: [u8; 4] = *b"TWSW";
+/// Where the payload starts in a UDP frame (Ethernet 14 + IPv4 20 + UDP 8).
+const UDP_PAYLOAD: usize = 42;
+/// Source port of the swarm's datagrams.
+const UDP_SOURCE_PORT: u16 = 40_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
@@ -67,6 +120,7 @@ enum Stage {
 }
 
 struct Guest {
+    index: u32,
     stream: TcpStream,
     stage: Stage,
     mac: [u8; 6],
@@ -78,9 +132,20 @@ struct Guest {
     assembly: Vec<u8>,
     inbox: Vec<u8>,
     outbox: Vec<u8>,
+    /// Bytes of `outbox` already written.
+    out_pos: usize,
+    /// The last write would have blocked; cleared by the next writable event.
+    blocked: bool,
     key: String,
     last_sent: Instant,
     tries: u32,
+    /// UDP phase: one WebSocket frame (zero masking key, so the payload is plain and can be
+    /// stamped in place) holding the guest's datagram, and how many were generated.
+    udp_template: Vec<u8>,
+    /// Ethernet frame size in the template.
+    udp_size: usize,
+    udp_generated: u64,
+    udp_received: u64,
 }
 
 /// A random, locally administered MAC (prefix 02:53). Random, as v86's are: dnsmasq picks a
@@ -103,10 +168,82 @@ fn ws_frame(payload: &[u8]) -> Vec<u8> {
     crate::guest::client_frame(frame::OP_BINARY, payload)
 }
 
+/// A client frame with an all-zero masking key (legal, RFC 6455 §5.3): the payload is sent as
+/// it is, so a template can be stamped without re-masking.
+fn ws_frame_unmasked_key(payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; frame::header_len(payload.len(), true)];
+    frame::encode_header(&mut out, true, frame::OP_BINARY, payload.len(), Some([0; 4]));
+    out.extend_from_slice(payload);
+    out
+}
+
+/// UDP frame `f` to `ip`: its payload.
+fn udp_payload_to(f: &[u8], ip: Ipv4Addr) -> Option<&[u8]> {
+    (f.len() >= UDP_PAYLOAD
+        && f[12..14] == [0x08, 0x00]
+        && f[14] == 0x45
+        && f[23] == 17
+        && f[30..34] == ip.octets())
+    .then(|| &f[UDP_PAYLOAD..])
+}
+
 impl Guest {
     fn send(&mut self, eth: &[u8]) {
         self.outbox.extend_from_slice(&ws_frame(eth));
         self.last_sent = Instant::now();
+    }
+
+    /// Prepares the UDP phase (the guest has its address and the gateway's MAC).
+    fn start_udp(&mut self, to: std::net::SocketAddrV4, size: usize) {
+        let (Some(ip), Some(gw)) = (self.ip, self.gateway_mac) else {
+            return;
+        };
+        let mut f = udp_frame(gw, self.mac, (ip, UDP_SOURCE_PORT), (*to.ip(), to.port()), size);
+        f[UDP_PAYLOAD..UDP_PAYLOAD + 4].copy_from_slice(&UDP_MAGIC);
+        f[UDP_PAYLOAD + 4..UDP_PAYLOAD + 8].copy_from_slice(&self.index.to_be_bytes());
+        self.udp_template = ws_frame_unmasked_key(&f);
+        self.udp_size = size;
+    }
+
+    /// Appends UDP frames until `target` were generated or the outbox is full; each carries
+    /// its sequence number and `stamp_ns`.
+    fn generate_udp(&mut self, target: u64, stamp_ns: u64) {
+        if self.udp_template.is_empty() {
+            return;
+        }
+        // Where the payload starts in the template: after the WebSocket and UDP headers.
+        let header = self.udp_template.len() - self.udp_size;
+        let payload = header + UDP_PAYLOAD;
+        while self.udp_generated < target && self.outbox.len() - self.out_pos < OUTBOX_CAP {
+            let at = self.outbox.len() + payload;
+            self.outbox.extend_from_slice(&self.udp_template);
+            // Lossless: a phase of more than 2^32 datagrams per guest would wrap, harmlessly.
+            self.outbox[at + 8..at + 12].copy_from_slice(&(self.udp_generated as u32).to_be_bytes());
+            self.outbox[at + 12..at + 20].copy_from_slice(&stamp_ns.to_be_bytes());
+            self.udp_generated += 1;
+        }
+    }
+
+    /// Writes what the outbox holds until it is empty or the socket would block.
+    fn flush(&mut self, blocked_count: &mut u64) {
+        while !self.blocked && self.out_pos < self.outbox.len() {
+            match self.stream.write(&self.outbox[self.out_pos..]) {
+                Ok(0) => break,
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.blocked = true;
+                    *blocked_count += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        if self.out_pos == self.outbox.len() {
+            self.outbox.clear();
+            self.out_pos = 0;
+        } else if self.out_pos >= OUTBOX_CAP {
+            self.outbox.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
     }
 
     /// Advances after a timeout (retransmits) or a stage change.
@@ -139,7 +276,25 @@ impl Guest {
     }
 
     /// Handles one Ethernet frame; returns whether an echo request was answered.
-    fn on_frame(&mut self, f: &[u8], gateway: Ipv4Addr) -> bool {
+    fn on_frame(&mut self, f: &[u8], gateway: Ipv4Addr, udp: &mut UdpStats) -> bool {
+        if let Some(payload) = self.ip.and_then(|ip| udp_payload_to(f, ip)) {
+            self.udp_received += 1;
+            if payload.len() >= 20
+                && payload[..4] == UDP_MAGIC
+                && payload[4..8] == self.index.to_be_bytes()
+            {
+                let mut stamp = [0u8; 8];
+                stamp.copy_from_slice(&payload[12..20]);
+                let now = udp.epoch.elapsed().as_nanos() as u64;
+                udp.echoes += 1;
+                if udp.rtt_us.len() < MAX_RTT_SAMPLES {
+                    // Lossless enough: an RTT above 71 minutes saturates.
+                    let us = now.saturating_sub(u64::from_be_bytes(stamp)) / 1000;
+                    udp.rtt_us.push(us.min(u64::from(u32::MAX)) as u32);
+                }
+            }
+            return false;
+        }
         if let Some((op, sender_mac, sender_ip, target)) = wire::parse_arp(f) {
             if op == 1 && Some(target) == self.ip {
                 let ip = self.ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
@@ -193,13 +348,60 @@ impl Guest {
     }
 }
 
-/// Runs the swarm until every guest has pinged the gateway or the timeout passes.
+/// Round-trip bookkeeping of the UDP phase.
+struct UdpStats {
+    epoch: Instant,
+    rtt_us: Vec<u32>,
+    echoes: u64,
+}
+
+/// Handles the bytes a guest received since last time.
+fn process_input(g: &mut Guest, gateway: Ipv4Addr, udp: &mut UdpStats, answered: &mut u64) {
+    let mut data = std::mem::take(&mut g.inbox);
+    let mut pos = 0;
+    loop {
+        let frame_range = match g.session.next(&mut data, &mut pos) {
+            Ok(Some(Event::Message(r))) => Some(r),
+            Ok(Some(Event::Piece { range, first })) => {
+                if first {
+                    g.assembly.clear();
+                }
+                g.assembly.extend_from_slice(&data[range]);
+                None
+            }
+            Ok(Some(Event::Assembled)) => {
+                let whole = std::mem::take(&mut g.assembly);
+                if g.on_frame(&whole, gateway, udp) {
+                    *answered += 1;
+                }
+                None
+            }
+            Ok(Some(Event::Ping)) => {
+                let pong = crate::guest::client_frame(frame::OP_PONG, g.session.control_payload());
+                g.outbox.extend_from_slice(&pong);
+                None
+            }
+            Ok(Some(_)) => None,
+            Ok(None) | Err(_) => break,
+        };
+        // Frames are handled where they lie: a swarm reads millions of broadcasts.
+        if let Some(r) = frame_range {
+            if g.on_frame(&data[r], gateway, udp) {
+                *answered += 1;
+            }
+        }
+    }
+    data.clear();
+    g.inbox = data;
+}
+
+/// Runs the swarm until every guest has pinged the gateway (and the UDP phase, if asked for,
+/// is over) or the timeout passes.
 pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
     let (addr, host, path) = crate::guest::parse_ws_url(&args.url)?;
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(4096);
-    let mut guests: HashMap<usize, Guest> = HashMap::new();
-    let mut next = 0usize;
+    let mut guests: Vec<Guest> = Vec::with_capacity(args.guests);
     let mut report = SwarmReport {
         guests: args.guests,
         ..Default::default()
@@ -209,19 +411,30 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
     let mut buf = vec![0u8; 256 * 1024];
     let mut seed = 0x2545_F491_4F6C_DD1Du64 ^ u64::from(std::process::id());
     let mut macs = std::collections::HashSet::new();
+    let mut udp = UdpStats {
+        epoch: start,
+        rtt_us: Vec::new(),
+        echoes: 0,
+    };
+    // The UDP phase: when it started, and when every guest had pinged.
+    let mut udp_start: Option<Instant> = None;
+    let mut all_pinged_at: Option<f64> = None;
+    // Datagrams per paced guest owed at the last generation (before phases).
+    let mut last_owed = 0f64;
+    let udp_len = Duration::from_secs_f64(args.udp_seconds.max(0.0));
+    // Done guests are not revisited until the UDP phase: `active` holds the others.
+    let mut active: Vec<usize> = Vec::new();
+    let mut done = 0usize;
     loop {
-        // Open connections up to the concurrency limit (guests past their lease do not count).
+        // Open connections up to the concurrency limit (guests past their ping do not count).
         // Every broadcast a guest sends (DHCPDISCOVER, ARP) reaches all others: keep the number
         // of guests between connecting and their answered ping bounded.
-        let active = guests.values().filter(|g| g.stage != Stage::Done).count();
-        for _ in active..args.concurrency {
-            if next >= args.guests {
-                break;
-            }
+        while active.len() < args.concurrency && guests.len() < args.guests {
+            let index = guests.len();
             let mut stream = TcpStream::connect(addr)?;
             poll.registry().register(
                 &mut stream,
-                Token(next),
+                Token(index),
                 Interest::READABLE | Interest::WRITABLE,
             )?;
             seed ^= seed << 13;
@@ -229,7 +442,9 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
             seed ^= seed << 17;
             let key =
                 base64::engine::general_purpose::STANDARD.encode(seed.to_be_bytes().repeat(2));
-            let g = Guest {
+            guests.push(Guest {
+                // Lossless: --guests is far below 2^32.
+                index: index as u32,
                 stream,
                 stage: Stage::Connecting,
                 mac: random_mac(&mut seed, &mut macs),
@@ -240,22 +455,47 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
                 assembly: Vec::new(),
                 inbox: Vec::new(),
                 outbox: Vec::new(),
+                out_pos: 0,
+                blocked: false,
                 key,
                 last_sent: Instant::now(),
                 tries: 0,
-            };
-            guests.insert(next, g);
-            next += 1;
+                udp_template: Vec::new(),
+                udp_size: 0,
+                udp_generated: 0,
+                udp_received: 0,
+            });
+            active.push(index);
         }
-        let done = guests.values().filter(|g| g.stage == Stage::Done).count();
-        if (done == args.guests) || Instant::now() >= deadline {
+        let now = Instant::now();
+        if done == args.guests && all_pinged_at.is_none() {
+            all_pinged_at = Some(start.elapsed().as_secs_f64());
+            if let Some(to) = args.udp_to {
+                for g in guests.iter_mut() {
+                    g.start_udp(to, usize::from(args.udp_size));
+                }
+                active = (0..guests.len()).collect();
+                udp_start = Some(now);
+            }
+        }
+        let finished = match (args.udp_to, udp_start) {
+            (None, _) => done == args.guests,
+            (Some(_), Some(t)) => now >= t + udp_len + Duration::from_secs(1),
+            (Some(_), None) => false,
+        };
+        if finished || now >= deadline {
             break;
         }
-        poll.poll(&mut events, Some(Duration::from_millis(100)))?;
+        let sending = udp_start.is_some_and(|t| now < t + udp_len);
+        let timeout = if udp_start.is_some() { 1 } else { 100 };
+        poll.poll(&mut events, Some(Duration::from_millis(timeout)))?;
         for ev in events.iter() {
-            let Some(g) = guests.get_mut(&ev.token().0) else {
+            let Some(g) = guests.get_mut(ev.token().0) else {
                 continue;
             };
+            if ev.is_writable() {
+                g.blocked = false;
+            }
             if g.stage == Stage::Connecting && ev.is_writable() {
                 if g.stream.peer_addr().is_err() {
                     continue;
@@ -274,9 +514,26 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
                     }
                 }
             }
+            // Done guests are not in `active` before the UDP phase: answer them here.
+            if g.stage == Stage::Done && udp_start.is_none() {
+                process_input(g, args.gateway, &mut udp, &mut report.echoes_answered);
+                g.flush(&mut report.write_blocked);
+            }
+        }
+        // Every paced guest owes floor(elapsed × pps + its phase) datagrams, phases spread
+        // evenly over one interval so the guests do not send in bursts; flooding guests fill up.
+        let udp_elapsed = match udp_start {
+            Some(t) if sending => Some(t.elapsed().as_secs_f64() * args.udp_pps as f64),
+            _ => None,
+        };
+        let guest_count = guests.len().max(1) as f64;
+        if let Some(owed) = udp_elapsed {
+            last_owed = owed;
         }
         // Process input and timers for every guest with something to do.
-        for g in guests.values_mut() {
+        let mut i = 0;
+        while i < active.len() {
+            let g = &mut guests[active[i]];
             if g.stage == Stage::Upgrading {
                 if let Some(end) = g.inbox.windows(4).position(|w| w == b"\r\n\r\n") {
                     let head = String::from_utf8_lossy(&g.inbox[..end]).into_owned();
@@ -290,50 +547,18 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
                     }
                     g.inbox.drain(..end + 4);
                     report.upgraded += 1;
-                    g.stage = Stage::Discovering;
+                    if let Some(base) = args.static_from {
+                        // Lossless: --guests is far below 2^32.
+                        g.ip = Some(Ipv4Addr::from(u32::from(base) + g.index));
+                        g.stage = Stage::Resolving;
+                    } else {
+                        g.stage = Stage::Discovering;
+                    }
                     g.kick(args.gateway);
                 }
             }
             if !matches!(g.stage, Stage::Connecting | Stage::Upgrading) && !g.inbox.is_empty() {
-                let mut data = std::mem::take(&mut g.inbox);
-                let mut pos = 0;
-                loop {
-                    let frame_range = match g.session.next(&mut data, &mut pos) {
-                        Ok(Some(Event::Message(r))) => Some(r),
-                        Ok(Some(Event::Piece { range, first })) => {
-                            if first {
-                                g.assembly.clear();
-                            }
-                            g.assembly.extend_from_slice(&data[range]);
-                            None
-                        }
-                        Ok(Some(Event::Assembled)) => {
-                            let whole = std::mem::take(&mut g.assembly);
-                            if g.on_frame(&whole, args.gateway) {
-                                report.echoes_answered += 1;
-                            }
-                            None
-                        }
-                        Ok(Some(Event::Ping)) => {
-                            let pong = crate::guest::client_frame(
-                                frame::OP_PONG,
-                                g.session.control_payload(),
-                            );
-                            g.outbox.extend_from_slice(&pong);
-                            None
-                        }
-                        Ok(Some(_)) => None,
-                        Ok(None) | Err(_) => break,
-                    };
-                    // Frames are handled where they lie: a swarm reads millions of broadcasts.
-                    if let Some(r) = frame_range {
-                        if g.on_frame(&data[r], args.gateway) {
-                            report.echoes_answered += 1;
-                        }
-                    }
-                }
-                data.clear();
-                g.inbox = data;
+                process_input(g, args.gateway, &mut udp, &mut report.echoes_answered);
             }
             let waiting = matches!(
                 g.stage,
@@ -345,19 +570,44 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
                 report.retransmits += 1;
                 g.kick(args.gateway);
             }
-            if !g.outbox.is_empty() {
-                match g.stream.write(&g.outbox) {
-                    Ok(n) => {
-                        g.outbox.drain(..n);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => {}
+            if let Some(owed) = udp_elapsed {
+                let target = if args.udp_pps == 0 {
+                    u64::MAX
+                } else {
+                    (owed + f64::from(g.index) / guest_count) as u64
+                };
+                if target > g.udp_generated {
+                    g.generate_udp(target, start.elapsed().as_nanos() as u64);
                 }
+            }
+            g.flush(&mut report.write_blocked);
+            if g.stage == Stage::Done && udp_start.is_none() {
+                done += 1;
+                active.swap_remove(i);
+            } else {
+                i += 1;
             }
         }
     }
-    report.leased = guests.values().filter(|g| g.ip.is_some()).count();
-    report.pinged = guests.values().filter(|g| g.stage == Stage::Done).count();
-    report.elapsed = start.elapsed().as_secs_f64();
+    report.leased = guests.iter().filter(|g| g.ip.is_some()).count();
+    report.pinged = guests.iter().filter(|g| g.stage == Stage::Done).count();
+    report.elapsed = all_pinged_at.unwrap_or_else(|| start.elapsed().as_secs_f64());
+    if let Some(t) = udp_start {
+        report.udp_seconds = t.elapsed().as_secs_f64().min(udp_len.as_secs_f64());
+        for g in &guests {
+            // Generated minus what is still unwritten.
+            let frame = g.udp_template.len().max(1) as u64;
+            let unsent = ((g.outbox.len() - g.out_pos) as u64).div_ceil(frame);
+            report.udp_sent += g.udp_generated.saturating_sub(unsent);
+            report.udp_received += g.udp_received;
+            if args.udp_pps > 0 {
+                let phase = f64::from(g.index) / guests.len().max(1) as f64;
+                let owed = (last_owed + phase) as u64;
+                report.udp_behind += owed.saturating_sub(g.udp_generated);
+            }
+        }
+    }
+    report.udp_echoes = udp.echoes;
+    report.rtt_us = udp.rtt_us;
     Ok(report)
 }
