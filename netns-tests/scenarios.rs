@@ -735,3 +735,72 @@ fn cross_core_overload_is_held_back_not_dropped_for_want_of_buffers() {
     );
     assert_eq!(drops(&c, "cross_core_full"), 0, "{c:?}");
 }
+
+/// The number before `label` in `text` ("... 123 sent ..." → 123 for " sent").
+fn number_before(text: &str, label: &str) -> u64 {
+    let at = text
+        .find(label)
+        .unwrap_or_else(|| panic!("no {label:?} in {text}"));
+    text[..at]
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number before {label:?} in {text}"))
+}
+
+#[test]
+fn swarm_guests_send_timestamped_udp_and_every_echo_comes_back() {
+    if skip_unless_root("swarm_guests_send_timestamped_udp_and_every_echo_comes_back") {
+        return;
+    }
+    let relay = Relay::start(&["--no-dhcp"]);
+    let echo = tapwire::testkit::UdpEcho::start(&relay.ns, "10.86.0.1:7777".parse().unwrap(), None);
+    let out = relay
+        .ns
+        .cmd(&[
+            tapwire_bin(),
+            "swarm",
+            "--url",
+            &relay.url(),
+            "--guests",
+            "200",
+            "--static-from",
+            "10.86.1.1",
+            "--udp-to",
+            "10.86.0.1:7777",
+            "--udp-pps",
+            "20",
+            "--udp-seconds",
+            "3",
+            "--timeout",
+            "60",
+        ])
+        .output()
+        .expect("swarm");
+    let echoed = echo.stop();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("200 guests, 200 upgraded, 200 leased, 200 pinged the gateway"),
+        "{text}"
+    );
+    let sent = number_before(&text, " sent in");
+    let echoes = number_before(&text, " of them echoes");
+    // 200 guests × 20/s × 3 s = 12 000, plus at most one per guest at the window's start. A
+    // stalled machine may end the window between two rounds: only bound it loosely below.
+    assert!(
+        (6_000..=12_200).contains(&sent),
+        "paced guests send on schedule: {text}"
+    );
+    assert_eq!(echoed, sent, "the echo server saw every datagram: {text}");
+    assert_eq!(echoes, sent, "every echo came back to its guest: {text}");
+    assert!(
+        text.contains("rtt p50 ") && !text.contains("rtt p50 –"),
+        "{text}"
+    );
+}

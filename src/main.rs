@@ -87,7 +87,7 @@ fn main() -> ExitCode {
         Some(Command::Swarm(args)) => match tapwire::swarm::run(&args) {
             Ok(r) => {
                 println!(
-                    "swarm: {} guests, {} upgraded, {} leased, {} pinged the gateway, {:.1} s, {} retransmits, {} echoes answered",
+                    "swarm: {} guests, {} upgraded, {} leased, {} pinged the gateway, {:.2} s, {} retransmits, {} echoes answered",
                     r.guests, r.upgraded, r.leased, r.pinged, r.elapsed, r.retransmits, r.echoes_answered
                 );
                 if args.udp_to.is_some() {

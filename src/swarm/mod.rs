@@ -172,7 +172,13 @@ fn ws_frame(payload: &[u8]) -> Vec<u8> {
 /// it is, so a template can be stamped without re-masking.
 fn ws_frame_unmasked_key(payload: &[u8]) -> Vec<u8> {
     let mut out = vec![0u8; frame::header_len(payload.len(), true)];
-    frame::encode_header(&mut out, true, frame::OP_BINARY, payload.len(), Some([0; 4]));
+    frame::encode_header(
+        &mut out,
+        true,
+        frame::OP_BINARY,
+        payload.len(),
+        Some([0; 4]),
+    );
     out.extend_from_slice(payload);
     out
 }
@@ -198,7 +204,13 @@ impl Guest {
         let (Some(ip), Some(gw)) = (self.ip, self.gateway_mac) else {
             return;
         };
-        let mut f = udp_frame(gw, self.mac, (ip, UDP_SOURCE_PORT), (*to.ip(), to.port()), size);
+        let mut f = udp_frame(
+            gw,
+            self.mac,
+            (ip, UDP_SOURCE_PORT),
+            (*to.ip(), to.port()),
+            size,
+        );
         f[UDP_PAYLOAD..UDP_PAYLOAD + 4].copy_from_slice(&UDP_MAGIC);
         f[UDP_PAYLOAD + 4..UDP_PAYLOAD + 8].copy_from_slice(&self.index.to_be_bytes());
         self.udp_template = ws_frame_unmasked_key(&f);
@@ -218,7 +230,8 @@ impl Guest {
             let at = self.outbox.len() + payload;
             self.outbox.extend_from_slice(&self.udp_template);
             // Lossless: a phase of more than 2^32 datagrams per guest would wrap, harmlessly.
-            self.outbox[at + 8..at + 12].copy_from_slice(&(self.udp_generated as u32).to_be_bytes());
+            self.outbox[at + 8..at + 12]
+                .copy_from_slice(&(self.udp_generated as u32).to_be_bytes());
             self.outbox[at + 12..at + 20].copy_from_slice(&stamp_ns.to_be_bytes());
             self.udp_generated += 1;
         }
