@@ -191,42 +191,6 @@ pub fn icmp_echo_reply(frame: &[u8]) -> Option<(u16, u16, u64)> {
     Some((id, seq, u64::from_be_bytes(stamp)))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_have_valid_checksums_and_sizes() {
-        let f = udp_frame(
-            [1; 6],
-            [2; 6],
-            ("10.0.0.2".parse().unwrap(), 5),
-            ("10.0.0.1".parse().unwrap(), 9),
-            1514,
-        );
-        assert_eq!(f.len(), 1514);
-        assert_eq!(
-            checksum(&f[14..34]),
-            0,
-            "IPv4 header checksum verifies to zero"
-        );
-        let e = icmp_echo(
-            [1; 6],
-            [2; 6],
-            "10.0.0.2".parse().unwrap(),
-            "10.0.0.1".parse().unwrap(),
-            7,
-            9,
-            42,
-        );
-        assert_eq!(checksum(&e[34..]), 0);
-        let mut reply = e.clone();
-        reply[34] = 0;
-        assert_eq!(icmp_echo_reply(&reply), Some((7, 9, 42)));
-        assert_eq!(parse_mac("02:00:0a:ff:00:01"), Some([2, 0, 10, 255, 0, 1]));
-    }
-}
-
 /// A UDP echo server on a thread (sends every datagram back to its sender) until dropped.
 pub struct UdpEcho {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -297,5 +261,41 @@ impl UdpEcho {
 impl Drop for UdpEcho {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_have_valid_checksums_and_sizes() {
+        let f = udp_frame(
+            [1; 6],
+            [2; 6],
+            ("10.0.0.2".parse().unwrap(), 5),
+            ("10.0.0.1".parse().unwrap(), 9),
+            1514,
+        );
+        assert_eq!(f.len(), 1514);
+        assert_eq!(
+            checksum(&f[14..34]),
+            0,
+            "IPv4 header checksum verifies to zero"
+        );
+        let e = icmp_echo(
+            [1; 6],
+            [2; 6],
+            "10.0.0.2".parse().unwrap(),
+            "10.0.0.1".parse().unwrap(),
+            7,
+            9,
+            42,
+        );
+        assert_eq!(checksum(&e[34..]), 0);
+        let mut reply = e.clone();
+        reply[34] = 0;
+        assert_eq!(icmp_echo_reply(&reply), Some((7, 9, 42)));
+        assert_eq!(parse_mac("02:00:0a:ff:00:01"), Some([2, 0, 10, 255, 0, 1]));
     }
 }
