@@ -804,3 +804,83 @@ fn swarm_guests_send_timestamped_udp_and_every_echo_comes_back() {
         "{text}"
     );
 }
+
+#[test]
+fn host_frames_reach_each_guest_on_its_own_core() {
+    if skip_unless_root("host_frames_reach_each_guest_on_its_own_core") {
+        return;
+    }
+    // A deep send queue: the 400-frame bursts below must not meet the per-client limit.
+    let relay = Relay::start(&["--no-dhcp", "--send-queue", "2048"]);
+    assert!(
+        !relay.proc.log_text().contains("cannot steer TAP queues"),
+        "{}",
+        relay.proc.log_text()
+    );
+    // One guest per core; each announces its MAC, and the host knows its address statically.
+    let mut guests = Vec::new();
+    for core in 0..2u8 {
+        let mut g = relay.client(Some(source_port_for_core(usize::from(core))));
+        g.send_frame(&eth(BROADCAST, mac(60 + core), b"hello"));
+        exec_ok(
+            &relay.ns,
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                &format!("10.86.3.{}", core + 1),
+                "lladdr",
+                &tapwire::testkit::format_mac(mac(60 + core)),
+                "dev",
+                &relay.tap,
+            ],
+        );
+        guests.push(g);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let before = relay.counters();
+    // 8 flows per guest (different source ports), 50 datagrams each: a flow hash alone would
+    // put some of them on the other core's queue.
+    relay.ns.enter(|| {
+        for port in 0..8u16 {
+            let s = std::net::UdpSocket::bind(("10.86.0.1", 41_000 + port)).expect("udp");
+            for core in 0..2 {
+                for _ in 0..50 {
+                    s.send_to(b"steered", (format!("10.86.3.{}", core + 1).as_str(), 9))
+                        .expect("send");
+                }
+            }
+        }
+    });
+    for (core, g) in guests.iter_mut().enumerate() {
+        let mut got = 0;
+        while let Some(f) = g.recv_frame(Duration::from_secs(2)) {
+            if f.ends_with(b"steered") && f[..6] == mac(60 + core as u8) {
+                got += 1;
+                if got == 400 {
+                    break;
+                }
+            }
+        }
+        assert_eq!(
+            got,
+            400,
+            "guest on core {core} got every datagram: {:?}",
+            relay.counters()
+        );
+    }
+    let after = relay.counters();
+    let delta = |name: &str| counter(&after, name) - counter(&before, name);
+    let crossed = delta("tapwire_cross_core_frames_total");
+    let read0 = delta("tapwire_tap_rx_frames_total{core=\"0\"}");
+    let read1 = delta("tapwire_tap_rx_frames_total{core=\"1\"}");
+    println!("TAP reads per core {read0}/{read1}, cross-core frames {crossed}");
+    assert!(
+        read0 >= 400 && read1 >= 400,
+        "each core read its own guest's frames from the TAP: {read0}/{read1}"
+    );
+    assert!(
+        crossed < 40,
+        "host → guest frames do not cross cores ({crossed} did)"
+    );
+}

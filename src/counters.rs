@@ -104,6 +104,9 @@ pub struct CoreCounters {
     pub pings_answered: Counter,
     /// Times a provided-buffer ring ran dry (receives paused until buffers came back).
     pub buffer_ring_empty: Counter,
+    /// Learned addresses the TAP steering map could not take (their frames are handed over
+    /// between cores instead).
+    pub steering_failed: Counter,
     /// Receive results held back because the TAP or another core was behind (backpressure).
     pub input_held: Counter,
     /// Clients currently open on this core (a gauge, same single writer).
@@ -131,7 +134,7 @@ impl CoreCounters {
             .store(v.saturating_sub(1), Ordering::Relaxed);
     }
 
-    fn plain(&self) -> [(&'static str, &Counter); 16] {
+    fn plain(&self) -> [(&'static str, &Counter); 17] {
         [
             ("tapwire_client_rx_frames_total", &self.client_rx_frames),
             ("tapwire_client_rx_bytes_total", &self.client_rx_bytes),
@@ -154,6 +157,7 @@ impl CoreCounters {
             ("tapwire_pings_answered_total", &self.pings_answered),
             ("tapwire_buffer_ring_empty_total", &self.buffer_ring_empty),
             ("tapwire_input_held_total", &self.input_held),
+            ("tapwire_steering_failed_total", &self.steering_failed),
             ("tapwire_clients_open", &self.clients_open),
         ]
     }

@@ -11,6 +11,7 @@ pub mod control;
 pub mod counters;
 pub mod engine;
 pub mod guest;
+pub mod steering;
 pub mod swarm;
 pub mod switch;
 pub mod tap;

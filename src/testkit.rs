@@ -87,6 +87,14 @@ impl Drop for Netns {
     }
 }
 
+/// `aa:bb:cc:dd:ee:ff`, as `ip` takes it.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// Parses "aa:bb:cc:dd:ee:ff".
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];

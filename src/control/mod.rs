@@ -293,7 +293,21 @@ async fn start(
             netlink::set_up(&handle, index, &cfg.tap, Some(cfg.mtu)).await?;
         }
     }
-    let shared = Shared::new(cfg.cores, cfg.max_macs_per_client)?;
+    // Host → guest frames on the queue of the guest's core (a hint: without it the kernel's
+    // flow hash picks the queue and the cores hand frames over).
+    let steering = if cfg.cores > 1 {
+        let entries = (cfg.max_clients * cfg.max_macs_per_client).min(1 << 20) as u32;
+        match crate::steering::Steering::attach(&taps[0], entries) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::warn!("cannot steer TAP queues by destination MAC ({e}); the kernel's flow hash picks them and frames for a guest on another core are handed over");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let shared = Shared::new(cfg.cores, cfg.max_macs_per_client, steering)?;
     let listener_fds: Vec<OwnedFd> = listeners.into_iter().map(OwnedFd::from).collect();
     let engine = Engine::start(
         EngineConfig::from_config(cfg),

@@ -785,6 +785,9 @@ impl Core {
         for mac in macs {
             self.switch.forget(mac, port);
             self.broadcast(CoreMsg::Forget(mac, port));
+            if let Some(s) = &self.shared.steering {
+                s.remove(mac);
+            }
         }
         // SAFETY: shutdown on a socket we own; wakes any receive or send still in flight.
         unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
@@ -948,6 +951,9 @@ impl Core {
                 .expire(now, |p| p.core() == me, &mut &self.shared.authority);
             for (mac, port) in aged {
                 self.broadcast(CoreMsg::Forget(mac, port));
+                if let Some(s) = &self.shared.steering {
+                    s.remove(mac);
+                }
             }
         }
         if let Some(deadline) = self.drain_deadline_ms {

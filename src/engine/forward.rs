@@ -73,6 +73,7 @@ impl Core {
         };
         if let Some(mac) = decision.learned {
             self.broadcast(CoreMsg::Learn(mac, port));
+            self.steer(mac);
         }
         match decision.forward {
             Forward::Uplink => self.tap_write(id, offset, len),
@@ -89,6 +90,18 @@ impl Core {
                     self.pool.release(slot);
                 }
             }
+        }
+    }
+
+    /// Points TAP queue steering for `mac` at this core (once per learned address).
+    fn steer(&mut self, mac: Mac) {
+        let Some(steering) = &self.shared.steering else {
+            return;
+        };
+        // Lossless: core ids are small.
+        if let Err(e) = steering.set(mac, self.id as u32) {
+            self.counters.steering_failed.inc();
+            log::debug!("core {}: cannot steer {mac} to this core: {e}", self.id);
         }
     }
 

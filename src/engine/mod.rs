@@ -91,11 +91,17 @@ pub struct Shared {
     /// Clients connected across cores (for --max-clients).
     pub clients: AtomicUsize,
     pub counters: Vec<Arc<CoreCounters>>,
+    /// TAP queue steering by destination MAC (multi-core relays, where the kernel allows it).
+    pub steering: Option<crate::steering::Steering>,
 }
 
 impl Shared {
     /// State for `cores` cores.
-    pub fn new(cores: usize, max_macs_per_client: usize) -> io::Result<Arc<Self>> {
+    pub fn new(
+        cores: usize,
+        max_macs_per_client: usize,
+        steering: Option<crate::steering::Steering>,
+    ) -> io::Result<Arc<Self>> {
         let wake_fds = (0..cores)
             .map(|_| {
                 // SAFETY: eventfd with valid flags; the result is checked before use.
@@ -116,6 +122,7 @@ impl Shared {
             authority: Mutex::new(Ownership::new(max_macs_per_client)),
             shutdown: AtomicBool::new(false),
             clients: AtomicUsize::new(0),
+            steering,
             counters: (0..cores)
                 .map(|_| Arc::new(CoreCounters::default()))
                 .collect(),
