@@ -116,9 +116,20 @@ fn pair(low: u32, high: u32) -> u64 {
     u64::from(low) | (u64::from(high) << 32)
 }
 
-/// The steering map of a TAP; the program stays attached to the TAP until it is closed.
+/// The steering map of a TAP. The program is detached again on drop: a persistent TAP that
+/// tapwire only attached to must not keep a program nobody feeds.
 pub struct Steering {
     map: OwnedFd,
+    /// A queue descriptor of the TAP, for detaching.
+    tap: OwnedFd,
+}
+
+impl Drop for Steering {
+    fn drop(&mut self) {
+        let none: libc::c_int = -1;
+        // SAFETY: TUNSETSTEERINGEBPF reads one int; -1 detaches the program.
+        unsafe { libc::ioctl(self.tap.as_raw_fd(), TUNSETSTEERINGEBPF, &none) };
+    }
 }
 
 impl Steering {
@@ -165,6 +176,7 @@ impl Steering {
         })?;
         // SAFETY: a fresh descriptor the kernel just gave us.
         let prog = unsafe { OwnedFd::from_raw_fd(prog) };
+        let tap = tap.try_clone()?;
         let fd: libc::c_int = prog.as_raw_fd();
         // SAFETY: TUNSETSTEERINGEBPF reads one int (the program descriptor) from the pointer.
         // The TAP keeps its own reference to the program; ours may close afterwards.
@@ -172,7 +184,7 @@ impl Steering {
             let e = io::Error::last_os_error();
             return Err(io::Error::new(e.kind(), format!("TUNSETSTEERINGEBPF: {e}")));
         }
-        Ok(Steering { map })
+        Ok(Steering { map, tap })
     }
 
     /// Frames for `mac` go to TAP queue `queue` from now on.
