@@ -117,6 +117,9 @@ pub fn run_checks() -> Vec<Finding> {
             ),
         )),
     }
+    if net_admin {
+        out.push(check_steering());
+    }
     if let Some(v) =
         read_trim("/proc/sys/net/ipv4/neigh/default/gc_thresh3").and_then(|v| v.parse::<u64>().ok())
     {
@@ -132,6 +135,34 @@ pub fn run_checks() -> Vec<Finding> {
         ));
     }
     out
+}
+
+/// Whether TAP queue steering attaches: on a throwaway single-queue TAP, which vanishes when
+/// its descriptor closes (it is not made persistent).
+fn check_steering() -> Finding {
+    let name = format!("twchk{}", std::process::id() % 100_000);
+    let tap = match crate::tap::open_single(&name, true) {
+        Ok(t) => t,
+        Err(e) => {
+            return finding(
+                false,
+                false,
+                format!("TAP queue steering not tested: cannot make a test TAP ({e})"),
+            )
+        }
+    };
+    match crate::steering::Steering::attach(&tap, 16) {
+        Ok(_) => finding(
+            true,
+            false,
+            "TAP queue steering by destination MAC (eBPF) attaches: host frames reach a guest's own core",
+        ),
+        Err(e) => finding(
+            false,
+            false,
+            format!("TAP queue steering unavailable ({e}): with --cores > 1, host frames for a guest on another core are handed over between cores (slower, nothing lost)"),
+        ),
+    }
 }
 
 fn check_ops(ring: &IoUring, out: &mut Vec<Finding>) {
