@@ -1295,6 +1295,28 @@ fn scenario_conn(
 
 // ---------------------------------------------------------------- report
 
+/// Runs a scenario `reps` times: its samples, and its drop counters summed over the runs.
+fn repeat(
+    reps: usize,
+    mut run: impl FnMut() -> (Sample, HashMap<String, u64>),
+) -> (Vec<Sample>, HashMap<String, u64>) {
+    let mut samples = Vec::with_capacity(reps);
+    let mut drops: HashMap<String, u64> = HashMap::new();
+    for _ in 0..reps {
+        let (sample, d) = run();
+        for (k, v) in d {
+            *drops.entry(k).or_default() += v;
+        }
+        samples.push(sample);
+    }
+    (samples, drops)
+}
+
+/// `field` of every sample: median, min and max.
+fn stat_of(samples: &[Sample], field: impl Fn(&Sample) -> f64) -> Stat {
+    stat(&samples.iter().map(field).collect::<Vec<_>>())
+}
+
 /// Drop counters as "reason=n, …", or "–".
 fn drop_list(drops: &HashMap<String, u64>) -> String {
     let mut v: Vec<String> = drops.iter().map(|(k, n)| format!("{k}={n}")).collect();
@@ -1377,35 +1399,21 @@ fn main() {
                 if !o.runs(name) {
                     continue;
                 }
-                let mut samples = Vec::new();
-                let mut all_drops: HashMap<String, u64> = HashMap::new();
-                for _ in 0..o.reps {
-                    let (s, d) = if name == "up" {
+                let (samples, all_drops) = repeat(o.reps, || {
+                    if name == "up" {
                         scenario_up(&ns, &dir, size, clients, o.seconds, 1)
                     } else {
                         scenario_down(&ns, &dir, size, clients, o.seconds, 1)
-                    };
-                    for (k, v) in d {
-                        *all_drops.entry(k).or_default() += v;
                     }
-                    samples.push(s);
-                }
-                let fps = stat(&samples.iter().map(|s| s.fps).collect::<Vec<_>>());
+                });
+                let fps = stat_of(&samples, |s| s.fps);
                 one_core.insert((name, size, clients), fps.median);
-                let offered = stat(&samples.iter().map(|s| s.offered_fps).collect::<Vec<_>>());
-                let loss = stat(&samples.iter().map(|s| s.loss).collect::<Vec<_>>());
-                let cpu = stat(
-                    &samples
-                        .iter()
-                        .map(|s| s.cpu_ns_per_frame)
-                        .collect::<Vec<_>>(),
-                );
-                let mut drops: Vec<String> =
-                    all_drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                drops.sort();
+                let offered = stat_of(&samples, |s| s.offered_fps);
+                let loss = stat_of(&samples, |s| s.loss);
+                let cpu = stat_of(&samples, |s| s.cpu_ns_per_frame);
                 md.push_str(&format!(
                     "| {name} | {size} | {clients} | {} ({}–{}) | {:.0} | {} | {:.2} | {} | {:.2} % | {:.0} | {} |\n",
-                    fmt_rate(fps.median), fmt_rate(fps.min), fmt_rate(fps.max), fps.median * size as f64 * 8.0 / 1e6, fmt_rate(limit), fps.median / limit.max(1.0), fmt_rate(offered.median), loss.median * 100.0, cpu.median, if drops.is_empty() { "–".to_string() } else { drops.join(", ") }
+                    fmt_rate(fps.median), fmt_rate(fps.min), fmt_rate(fps.max), fps.median * size as f64 * 8.0 / 1e6, fmt_rate(limit), fps.median / limit.max(1.0), fmt_rate(offered.median), loss.median * 100.0, cpu.median, drop_list(&all_drops)
                 ));
                 json.push(format!(
                     "{{\"scenario\":\"{name}\",\"size\":{size},\"clients\":{clients},\"fps_median\":{:.0},\"fps_min\":{:.0},\"fps_max\":{:.0},\"kernel_limit_fps\":{limit:.0},\"ratio\":{:.3},\"offered_fps\":{:.0},\"loss\":{:.5},\"cpu_ns_per_frame\":{:.0},\"drops\":{{{}}}}}",
@@ -1424,26 +1432,15 @@ fn main() {
         md.push_str("\n**Second core** (`--cores 2` on CPUs 0 and 1, 64 clients spread over both cores; the load shares CPU 1 with the second relay core, so this is a lower bound on what a second free core gives):\n\n| scenario | frame | clients | relay frames/s, 2 cores | 1 core (above) | gain | relay CPU ns/frame | drops |\n|---|---|---|---|---|---|---|---|\n");
         for &size in o.sizes.iter().filter(|s| **s <= 1514) {
             for name in ["up", "down"] {
-                let mut samples = Vec::new();
-                let mut all_drops: HashMap<String, u64> = HashMap::new();
-                for _ in 0..o.reps {
-                    let (smp, d) = if name == "up" {
+                let (samples, all_drops) = repeat(o.reps, || {
+                    if name == "up" {
                         scenario_up(&ns, &dir, size, 64, o.seconds, 2)
                     } else {
                         scenario_down(&ns, &dir, size, 64, o.seconds, 2)
-                    };
-                    for (k, v) in d {
-                        *all_drops.entry(k).or_default() += v;
                     }
-                    samples.push(smp);
-                }
-                let fps = stat(&samples.iter().map(|x| x.fps).collect::<Vec<_>>());
-                let cpu = stat(
-                    &samples
-                        .iter()
-                        .map(|x| x.cpu_ns_per_frame)
-                        .collect::<Vec<_>>(),
-                );
+                });
+                let fps = stat_of(&samples, |x| x.fps);
+                let cpu = stat_of(&samples, |x| x.cpu_ns_per_frame);
                 let base = one_core.get(&(name, size, 64)).copied();
                 md.push_str(&format!(
                     "| {name} | {size} | 64 | {} ({}–{}) | {} | {} | {:.0} | {} |\n",
@@ -1478,25 +1475,10 @@ fn main() {
         )
         .median;
         for &pairs in &o.pairs {
-            let mut samples = Vec::new();
-            let mut all_drops: HashMap<String, u64> = HashMap::new();
-            for _ in 0..o.reps {
-                let (smp, d) = scenario_g2g(&ns, &dir, size, pairs, o.seconds);
-                for (k, v) in d {
-                    *all_drops.entry(k).or_default() += v;
-                }
-                samples.push(smp);
-            }
-            let fps = stat(&samples.iter().map(|x| x.fps).collect::<Vec<_>>());
-            let cpu = stat(
-                &samples
-                    .iter()
-                    .map(|x| x.cpu_ns_per_frame)
-                    .collect::<Vec<_>>(),
-            );
-            let mut drops: Vec<String> =
-                all_drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            drops.sort();
+            let (samples, all_drops) =
+                repeat(o.reps, || scenario_g2g(&ns, &dir, size, pairs, o.seconds));
+            let fps = stat_of(&samples, |x| x.fps);
+            let cpu = stat_of(&samples, |x| x.cpu_ns_per_frame);
             md.push_str(&format!(
                 "| g2g | {size} | {pairs} | {} ({}–{}) | {:.0} | {} | {:.3} | {:.0} | {} |\n",
                 fmt_rate(fps.median),
@@ -1506,11 +1488,7 @@ fn main() {
                 fmt_rate(tcp),
                 fps.median / tcp.max(1.0),
                 cpu.median,
-                if drops.is_empty() {
-                    "–".to_string()
-                } else {
-                    drops.join(", ")
-                }
+                drop_list(&all_drops)
             ));
             json.push(format!("{{\"scenario\":\"g2g\",\"size\":{size},\"pairs\":{pairs},\"fps_median\":{:.0},\"fps_min\":{:.0},\"fps_max\":{:.0},\"loopback_tcp_msgs\":{tcp:.0},\"cpu_ns_per_frame\":{:.0}}}", fps.median, fps.min, fps.max, cpu.median));
             eprintln!(
