@@ -349,11 +349,7 @@ fn guest_ip(i: usize) -> Ipv4Addr {
 
 /// Tells the host guest `i`'s MAC, so the gateway answers it without ARP.
 fn static_neighbour(ns: &Netns, tap: &str, i: usize) {
-    let mac = guest_mac(i)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
+    let mac = testkit::format_mac(guest_mac(i));
     ns.run(&[
         "ip",
         "neigh",
@@ -949,22 +945,12 @@ fn ping_through_relay(ns: &Netns, relay: &Relay, count: usize) -> Vec<f64> {
 
 // ---------------------------------------------------------------- synthetic guests (swarm)
 
-/// What `tapwire swarm` reported about its UDP phase.
-#[derive(Debug, Default)]
-struct SwarmUdp {
-    blocked: u64,
-}
-
-fn parse_swarm(text: &str) -> SwarmUdp {
+/// How often the swarm's writes would have blocked, from its `udp:` report line.
+fn swarm_writes_blocked(text: &str) -> u64 {
     let line = text.lines().find(|l| l.starts_with("udp: ")).unwrap_or("");
-    let before = |label: &str| -> f64 {
-        line.find(label)
-            .and_then(|at| line[..at].rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
-    };
-    SwarmUdp {
-        blocked: before(" writes blocked") as u64,
-    }
+    line.find(" writes blocked")
+        .and_then(|at| line[..at].rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Starts `tapwire swarm` on `LOAD_CPU`: `guests` guests with static addresses from
@@ -1062,7 +1048,7 @@ fn scenario_swarm_flood(
     let _ = swarm.wait();
     drop(sink);
     let (drops, log) = relay.stop_with_log();
-    let report = parse_swarm(&std::fs::read_to_string(&out).unwrap_or_default());
+    let blocked = swarm_writes_blocked(&std::fs::read_to_string(&out).unwrap_or_default());
     let frames = (d1.0 - d0.0) as f64;
     (
         SwarmFlood {
@@ -1072,7 +1058,7 @@ fn scenario_swarm_flood(
                 loss: 0.0,
                 cpu_ns_per_frame: (c1 - c0) as f64 / ticks_per_second() * 1e9 / frames.max(1.0),
             },
-            blocked: report.blocked,
+            blocked,
             input_held: summary_value(&log, "tapwire_input_held_total"),
         },
         drops,

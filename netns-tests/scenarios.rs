@@ -572,33 +572,30 @@ fn kernel_guest_runs_iperf3_tcp_and_udp_against_the_host() {
     }
 }
 
-#[test]
-fn swarm_of_synthetic_guests_each_lease_and_ping() {
-    if skip_unless_root("swarm_of_synthetic_guests_each_lease_and_ping") {
-        return;
-    }
-    let relay = Relay::start(&[]);
-    let out = relay
-        .ns
-        .cmd(&[
-            tapwire_bin(),
-            "swarm",
-            "--url",
-            &relay.url(),
-            "--guests",
-            "300",
-            "--timeout",
-            "90",
-        ])
-        .output()
-        .expect("swarm");
-    let text = String::from_utf8_lossy(&out.stdout);
+/// Runs `tapwire swarm` against `relay` with `args` (after --url) and returns what it printed;
+/// fails the test if the swarm fails.
+fn run_swarm(relay: &Relay, args: &[&str]) -> String {
+    let url = relay.url();
+    let mut all = vec![tapwire_bin(), "swarm", "--url", &url];
+    all.extend_from_slice(args);
+    let out = relay.ns.cmd(&all).output().expect("swarm");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     println!("{text}");
     assert!(
         out.status.success(),
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    text
+}
+
+#[test]
+fn swarm_of_synthetic_guests_each_lease_and_ping() {
+    if skip_unless_root("swarm_of_synthetic_guests_each_lease_and_ping") {
+        return;
+    }
+    let relay = Relay::start(&[]);
+    let text = run_swarm(&relay, &["--guests", "300", "--timeout", "90"]);
     assert!(
         text.contains("300 guests, 300 upgraded, 300 leased, 300 pinged the gateway"),
         "{text}"
@@ -734,6 +731,10 @@ fn cross_core_overload_is_held_back_not_dropped_for_want_of_buffers() {
         "an overloaded core must hold its clients back, not run out of frame buffers: {c:?}"
     );
     assert_eq!(drops(&c, "cross_core_full"), 0, "{c:?}");
+    assert!(
+        counter(&c, "tapwire_input_held_total") > 0,
+        "the overloaded cores held their clients' input back: {c:?}"
+    );
 }
 
 /// The number before `label` in `text` ("... 123 sent ..." → 123 for " sent").
@@ -755,13 +756,9 @@ fn swarm_guests_send_timestamped_udp_and_every_echo_comes_back() {
     }
     let relay = Relay::start(&["--no-dhcp"]);
     let echo = tapwire::testkit::UdpEcho::start(&relay.ns, "10.86.0.1:7777".parse().unwrap(), None);
-    let out = relay
-        .ns
-        .cmd(&[
-            tapwire_bin(),
-            "swarm",
-            "--url",
-            &relay.url(),
+    let text = run_swarm(
+        &relay,
+        &[
             "--guests",
             "200",
             "--static-from",
@@ -774,17 +771,9 @@ fn swarm_guests_send_timestamped_udp_and_every_echo_comes_back() {
             "3",
             "--timeout",
             "60",
-        ])
-        .output()
-        .expect("swarm");
-    let echoed = echo.stop();
-    let text = String::from_utf8_lossy(&out.stdout);
-    println!("{text}");
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
+    let echoed = echo.stop();
     assert!(
         text.contains("200 guests, 200 upgraded, 200 leased, 200 pinged the gateway"),
         "{text}"

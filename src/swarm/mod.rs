@@ -78,7 +78,7 @@ pub struct SwarmReport {
     /// datagrams echoed back.
     pub udp_received: u64,
     pub udp_echoes: u64,
-    /// Round-trip times of echoed datagrams, in µs (at most [`MAX_RTT_SAMPLES`]).
+    /// Round-trip times of echoed datagrams in µs, sorted (at most [`MAX_RTT_SAMPLES`]).
     pub rtt_us: Vec<u32>,
     /// Datagrams a paced guest fell behind its schedule (its unsent data had reached
     /// [`OUTBOX_CAP`]): the relay did not take them as fast as asked.
@@ -90,10 +90,8 @@ pub struct SwarmReport {
 impl SwarmReport {
     /// The `p`-quantile (0..=1) of the round-trip times, in µs.
     pub fn rtt_percentile(&self, p: f64) -> Option<u32> {
-        let mut v = self.rtt_us.clone();
-        v.sort_unstable();
-        let i = ((v.len().checked_sub(1)?) as f64 * p).round() as usize;
-        v.get(i).copied()
+        let i = ((self.rtt_us.len().checked_sub(1)?) as f64 * p).round() as usize;
+        self.rtt_us.get(i).copied()
     }
 }
 
@@ -622,5 +620,6 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
     }
     report.udp_echoes = udp.echoes;
     report.rtt_us = udp.rtt_us;
+    report.rtt_us.sort_unstable();
     Ok(report)
 }
