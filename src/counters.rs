@@ -79,6 +79,18 @@ drop_reasons! {
     PortGone => "port_gone", "Frame for a client that disconnected while it was on its way.";
 }
 
+impl From<crate::switch::SwitchDrop> for DropReason {
+    fn from(d: crate::switch::SwitchDrop) -> Self {
+        use crate::switch::SwitchDrop;
+        match d {
+            SwitchDrop::MacConflict => DropReason::MacConflict,
+            SwitchDrop::MacLimit => DropReason::MacLimit,
+            SwitchDrop::BadSourceMac => DropReason::BadSourceMac,
+            SwitchDrop::Hairpin => DropReason::Hairpin,
+        }
+    }
+}
+
 /// Counters of one core.
 #[derive(Debug, Default)]
 pub struct CoreCounters {

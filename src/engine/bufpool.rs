@@ -1,37 +1,31 @@
-//! Per-core buffer memory: one anonymous mapping split into three pools.
+//! Per-core buffer accounting over one [`Arena`]: three pools and their reference counts.
 //!
 //! - **recv**: client receive buffers, lent to the kernel through provided-buffer ring
 //!   [`RECV_GROUP`]; several WebSocket frames land in one, unmasked in place and written to
 //!   the TAP from there.
 //! - **tap**: TAP read buffers, lent through ring [`TAP_GROUP`] with [`HEADROOM`] bytes kept
 //!   free in front, so the server WebSocket header is written in place before sending.
-//! - **slot**: frame slots (same shape as tap buffers) on a free list, for frames that must
+//! - **slot**: frame slots (same shape as TAP buffers) on a free list, for frames that must
 //!   outlive their receive buffer: reassembled messages, frames to other clients, frames
 //!   copied from another core.
 //!
-//! Every buffer has a reference count; when it drops to zero the buffer goes back to its
-//! ring (published once per loop iteration) or free list. Buffers are addressed by [`BufId`].
+//! Every buffer has a reference count ([`Refs`]); when it drops to zero the buffer goes back
+//! to its ring (published once per loop iteration) or to the free list.
 
 use std::io;
-use std::ptr::NonNull;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::types::BufRingEntry;
 use io_uring::Submitter;
 
-use crate::ws::frame::MAX_SERVER_HEADER_LEN;
+use super::arena::{Arena, BufClass, Ids, Mapping};
+pub use super::arena::{BufId, HEADROOM};
 
 /// Provided-buffer group of client receive buffers.
 pub const RECV_GROUP: u16 = 0;
 /// Provided-buffer group of TAP read buffers.
 pub const TAP_GROUP: u16 = 1;
-/// Free bytes in front of TAP buffers and slots for the server header (≥ 10, kept aligned).
-pub const HEADROOM: usize = 16;
-const _: () = assert!(HEADROOM >= MAX_SERVER_HEADER_LEN);
-
-/// A buffer of one core's pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BufId(pub u32);
 
 /// Sizes of the three pools.
 #[derive(Debug, Clone, Copy)]
@@ -47,39 +41,40 @@ pub struct PoolSizes {
     pub max_frame: usize,
 }
 
-/// An anonymous private mapping, unmapped on drop.
-struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-}
+/// Reference counts of every buffer. Pure.
+#[derive(Debug)]
+pub struct Refs(Vec<u32>);
 
-impl Mapping {
-    fn new(len: usize) -> io::Result<Self> {
-        // SAFETY: anonymous private mapping with no address hint; the result is checked.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        NonNull::new(ptr.cast())
-            .map(|ptr| Mapping { ptr, len })
-            .ok_or_else(|| io::Error::other("mmap returned null"))
+impl Refs {
+    /// `n` buffers, all free.
+    pub fn new(n: u32) -> Self {
+        Refs(vec![0; n as usize])
     }
-}
 
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` describe a mapping we made and nobody uses after drop (the ring
-        // that lent buffers to the kernel is dropped before the pool: see Core's field order).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    /// The buffer became ours (from the kernel or the free list): one reference.
+    pub fn take(&mut self, id: BufId) {
+        debug_assert_eq!(self.0[id.0 as usize], 0, "{id:?} taken twice");
+        self.0[id.0 as usize] = 1;
+    }
+
+    /// Adds a reference.
+    pub fn retain(&mut self, id: BufId) {
+        self.0[id.0 as usize] += 1;
+    }
+
+    /// Drops a reference; true when it was the last.
+    #[must_use]
+    pub fn release(&mut self, id: BufId) -> bool {
+        let r = &mut self.0[id.0 as usize];
+        assert!(*r > 0, "release of a free buffer {id:?}");
+        *r -= 1;
+        *r == 0
+    }
+
+    /// References held on `id`.
+    #[cfg(test)]
+    pub fn count(&self, id: BufId) -> u32 {
+        self.0[id.0 as usize]
     }
 }
 
@@ -96,9 +91,9 @@ impl ProvidedRing {
     fn new(submitter: &Submitter<'_>, count: u16, group: u16) -> io::Result<Self> {
         let entries = Mapping::new(usize::from(count) * std::mem::size_of::<BufRingEntry>())?;
         // SAFETY: the mapping is page aligned, sized for `count` entries and lives as long as
-        // this ring; the io_uring (dropped first, see Core) is the only other user.
+        // this ring; the io_uring (dropped first, see the worker) is the only other user.
         unsafe {
-            submitter.register_buf_ring_with_flags(entries.ptr.as_ptr() as u64, count, group, 0)?
+            submitter.register_buf_ring_with_flags(entries.as_ptr() as u64, count, group, 0)?
         };
         Ok(ProvidedRing {
             entries,
@@ -109,7 +104,7 @@ impl ProvidedRing {
     }
 
     fn push(&mut self, addr: *mut u8, len: usize, bid: u16) {
-        let base = self.entries.ptr.as_ptr().cast::<BufRingEntry>();
+        let base = self.entries.as_ptr().cast::<BufRingEntry>();
         // SAFETY: the index is masked into the ring; the entry is ours to write until the
         // tail is published past it.
         let entry = unsafe { &mut *base.add(usize::from(self.tail & self.mask)) };
@@ -124,7 +119,7 @@ impl ProvidedRing {
         if self.tail == self.published {
             return;
         }
-        let base = self.entries.ptr.as_ptr().cast::<BufRingEntry>();
+        let base = self.entries.as_ptr().cast::<BufRingEntry>();
         // SAFETY: `base` is the first entry of a registered ring; the tail field lives in it and
         // is shared with the kernel, so it is written atomically with release ordering.
         let tail = unsafe { &*(BufRingEntry::tail(base) as *const AtomicU16) };
@@ -135,17 +130,16 @@ impl ProvidedRing {
 
 /// One core's buffers.
 pub struct BufferPool {
-    memory: Mapping,
-    sizes: PoolSizes,
-    /// Bytes per tap buffer or slot: HEADROOM + max_frame rounded up to 64.
-    frame_stride: usize,
+    arena: Rc<Arena>,
+    ids: Ids,
+    max_frame: usize,
     recv_ring: ProvidedRing,
     tap_ring: ProvidedRing,
     free_slots: Vec<u32>,
-    refs: Vec<u32>,
+    refs: Refs,
     /// Buffers lent to the kernel right now, per ring (to know when a dry ring refilled).
-    recv_free: usize,
-    tap_free: usize,
+    recv_lent: usize,
+    tap_lent: usize,
 }
 
 impl BufferPool {
@@ -153,128 +147,126 @@ impl BufferPool {
     pub fn new(submitter: &Submitter<'_>, sizes: PoolSizes) -> io::Result<Self> {
         assert!(sizes.recv_count.is_power_of_two() && sizes.tap_count.is_power_of_two());
         assert!(sizes.recv_size <= u32::MAX as usize && sizes.max_frame <= 65_553);
-        let frame_stride = (HEADROOM + sizes.max_frame).div_ceil(64) * 64;
-        let total_frames = usize::from(sizes.tap_count) + sizes.slot_count as usize;
-        let len = usize::from(sizes.recv_count) * sizes.recv_size + total_frames * frame_stride;
-        let memory = Mapping::new(len)?;
-        let recv_ring = ProvidedRing::new(submitter, sizes.recv_count, RECV_GROUP)?;
-        let tap_ring = ProvidedRing::new(submitter, sizes.tap_count, TAP_GROUP)?;
-        let ids = u32::from(sizes.recv_count) + u32::from(sizes.tap_count) + sizes.slot_count;
+        let ids = Ids {
+            recv_count: sizes.recv_count,
+            tap_count: sizes.tap_count,
+            slot_count: sizes.slot_count,
+        };
+        let arena = Rc::new(Arena::new(ids, sizes.recv_size, sizes.max_frame)?);
         let mut pool = BufferPool {
-            memory,
-            sizes,
-            frame_stride,
-            recv_ring,
-            tap_ring,
+            arena,
+            ids,
+            max_frame: sizes.max_frame,
+            recv_ring: ProvidedRing::new(submitter, sizes.recv_count, RECV_GROUP)?,
+            tap_ring: ProvidedRing::new(submitter, sizes.tap_count, TAP_GROUP)?,
             free_slots: (0..sizes.slot_count).rev().collect(),
-            refs: vec![0; ids as usize],
-            recv_free: 0,
-            tap_free: 0,
+            refs: Refs::new(ids.total()),
+            recv_lent: 0,
+            tap_lent: 0,
         };
         for bid in 0..sizes.recv_count {
-            pool.give_back(BufId(u32::from(bid)));
+            pool.give_back(ids.recv(bid));
         }
         for bid in 0..sizes.tap_count {
-            pool.give_back(BufId(u32::from(sizes.recv_count) + u32::from(bid)));
+            pool.give_back(ids.tap(bid));
         }
         pool.publish();
         Ok(pool)
     }
 
-    fn tap_base(&self) -> u32 {
-        u32::from(self.sizes.recv_count)
-    }
-
-    fn slot_base(&self) -> u32 {
-        self.tap_base() + u32::from(self.sizes.tap_count)
+    /// The memory, for views and pointers (clone it to hold views while using the pool).
+    pub fn arena(&self) -> Rc<Arena> {
+        self.arena.clone()
     }
 
     /// The pool buffer of a receive completion's buffer id.
     pub fn recv_buf(&self, bid: u16) -> BufId {
-        BufId(u32::from(bid))
+        self.ids.recv(bid)
     }
 
     /// The pool buffer of a TAP read completion's buffer id.
     pub fn tap_buf(&self, bid: u16) -> BufId {
-        BufId(self.tap_base() + u32::from(bid))
+        self.ids.tap(bid)
+    }
+
+    /// TAP buffers and slots keep [`HEADROOM`] in front of their frame.
+    pub fn has_headroom(&self, id: BufId) -> bool {
+        self.ids.has_headroom(id)
     }
 
     /// Size of a receive buffer.
     pub fn recv_size(&self) -> usize {
-        self.sizes.recv_size
+        self.arena.recv_size()
     }
 
-    /// Start of a buffer's memory (for tap buffers and slots: the start of the headroom).
-    pub fn base(&self, id: BufId) -> *mut u8 {
-        let recv_bytes = usize::from(self.sizes.recv_count) * self.sizes.recv_size;
-        let offset = if id.0 < self.tap_base() {
-            id.0 as usize * self.sizes.recv_size
-        } else {
-            recv_bytes + (id.0 - self.tap_base()) as usize * self.frame_stride
-        };
-        debug_assert!(offset < self.memory.len);
-        // SAFETY: the offset is inside the mapping (ids are bounded by construction).
-        unsafe { self.memory.ptr.as_ptr().add(offset) }
-    }
-
-    /// Mutable view of `len` bytes at `offset` of buffer `id`.
-    ///
-    /// # Safety
-    /// The caller must own the buffer's contents now (received from the kernel or taken from
-    /// the free list, not yet given back), must not hold another view of the same bytes, and
-    /// must not use the slice after giving the buffer back (its lifetime is not tied to the pool).
-    pub unsafe fn bytes_mut<'a>(&self, id: BufId, offset: usize, len: usize) -> &'a mut [u8] {
-        // SAFETY: forwarded to the caller's contract; the range lies inside one buffer.
-        unsafe { std::slice::from_raw_parts_mut(self.base(id).add(offset), len) }
+    /// Pointer to byte `offset` of buffer `id`.
+    pub fn ptr(&self, id: BufId, offset: usize) -> *mut u8 {
+        self.arena.ptr(id, offset)
     }
 
     /// Takes a frame slot (reference count 1), or `None` when all are in use.
     pub fn alloc_slot(&mut self) -> Option<BufId> {
-        let index = self.free_slots.pop()?;
-        let id = BufId(self.slot_base() + index);
-        self.refs[id.0 as usize] = 1;
+        let id = self.ids.slot(self.free_slots.pop()?);
+        self.refs.take(id);
         Some(id)
+    }
+
+    /// A new slot holding a copy of `frame` at [`HEADROOM`] (reference count 1), or `None`
+    /// when all slots are in use.
+    pub fn copy_to_slot(&mut self, frame: &[u8]) -> Option<BufId> {
+        let slot = self.alloc_slot()?;
+        // SAFETY: a slot just taken from the free list is ours alone, and `frame` (≤ max_frame,
+        // which the slot holds after its headroom) cannot lie in it.
+        unsafe { self.arena.bytes_mut(slot, HEADROOM, frame.len()) }.copy_from_slice(frame);
+        Some(slot)
+    }
+
+    /// Appends `piece` at byte `at` of the frame in slot `id` (reassembly).
+    ///
+    /// # Safety
+    /// The slot is the caller's reassembly slot: referenced once, by the caller, and not yet
+    /// queued anywhere, so nobody else reads or writes it.
+    pub unsafe fn append_to_slot(&mut self, id: BufId, at: usize, piece: &[u8]) {
+        assert!(at + piece.len() <= self.max_frame);
+        // SAFETY: the caller's promise; in bounds (asserted against max_frame).
+        unsafe { self.arena.bytes_mut(id, HEADROOM + at, piece.len()) }.copy_from_slice(piece);
     }
 
     /// Takes a reference to a buffer the kernel just handed over (count becomes 1).
     pub fn received(&mut self, id: BufId) {
-        self.refs[id.0 as usize] = 1;
-        if id.0 < self.tap_base() {
-            self.recv_free -= 1;
-        } else {
-            self.tap_free -= 1;
+        self.refs.take(id);
+        match self.ids.class(id) {
+            BufClass::Recv(_) => self.recv_lent -= 1,
+            BufClass::Tap(_) => self.tap_lent -= 1,
+            BufClass::Slot(_) => debug_assert!(false, "the kernel never holds slots"),
         }
     }
 
     /// Adds a reference.
     pub fn retain(&mut self, id: BufId) {
-        self.refs[id.0 as usize] += 1;
+        self.refs.retain(id);
     }
 
     /// Drops a reference; the last one returns the buffer.
     pub fn release(&mut self, id: BufId) {
-        let r = &mut self.refs[id.0 as usize];
-        debug_assert!(*r > 0, "release of a free buffer {id:?}");
-        *r -= 1;
-        if *r == 0 {
+        if self.refs.release(id) {
             self.give_back(id);
         }
     }
 
     fn give_back(&mut self, id: BufId) {
-        let base = self.base(id);
-        if id.0 < self.tap_base() {
-            // Lossless: bid < recv_count ≤ u16::MAX.
-            self.recv_ring.push(base, self.sizes.recv_size, id.0 as u16);
-            self.recv_free += 1;
-        } else if id.0 < self.slot_base() {
-            // SAFETY: HEADROOM < frame_stride, inside this buffer.
-            let data = unsafe { base.add(HEADROOM) };
-            self.tap_ring
-                .push(data, self.sizes.max_frame, (id.0 - self.tap_base()) as u16);
-            self.tap_free += 1;
-        } else {
-            self.free_slots.push(id.0 - self.slot_base());
+        match self.ids.class(id) {
+            BufClass::Recv(bid) => {
+                self.recv_ring
+                    .push(self.arena.ptr(id, 0), self.arena.recv_size(), bid);
+                self.recv_lent += 1;
+            }
+            BufClass::Tap(bid) => {
+                self.tap_ring
+                    .push(self.arena.ptr(id, HEADROOM), self.max_frame, bid);
+                self.tap_lent += 1;
+            }
+            BufClass::Slot(index) => self.free_slots.push(index),
         }
     }
 
@@ -286,11 +278,89 @@ impl BufferPool {
 
     /// Receive buffers currently lent to the kernel.
     pub fn recv_available(&self) -> usize {
-        self.recv_free
+        self.recv_lent
     }
 
     /// TAP buffers currently lent to the kernel.
     pub fn tap_available(&self) -> usize {
-        self.tap_free
+        self.tap_lent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_release_frees() {
+        let mut refs = Refs::new(3);
+        let id = BufId(1);
+        refs.take(id);
+        refs.retain(id);
+        refs.retain(id);
+        assert_eq!(refs.count(id), 3);
+        assert!(!refs.release(id));
+        assert!(!refs.release(id));
+        assert!(refs.release(id));
+        assert_eq!(refs.count(id), 0);
+        refs.take(id);
+        assert_eq!(refs.count(id), 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "release of a free buffer")]
+    fn releasing_a_free_buffer_is_caught() {
+        let mut refs = Refs::new(1);
+        let _ = refs.release(BufId(0));
+    }
+
+    /// The pool against a real ring: buffers lent, taken, copied into, and given back.
+    /// Needs io_uring with provided-buffer rings (not root); says so when it is missing.
+    #[test]
+    fn slots_and_lent_buffers_balance() {
+        let ring = match io_uring::IoUring::new(8) {
+            Ok(ring) => ring,
+            Err(e) => {
+                eprintln!("skipped: io_uring unavailable here: {e}");
+                return;
+            }
+        };
+        let sizes = PoolSizes {
+            recv_count: 4,
+            recv_size: 256,
+            tap_count: 2,
+            slot_count: 2,
+            max_frame: 1514,
+        };
+        let mut pool = match BufferPool::new(&ring.submitter(), sizes) {
+            Ok(pool) => pool,
+            Err(e) => {
+                eprintln!("skipped: provided-buffer rings unavailable here: {e}");
+                return;
+            }
+        };
+        assert_eq!((pool.recv_available(), pool.tap_available()), (4, 2));
+        let a = pool.copy_to_slot(&[1, 2, 3]).unwrap();
+        let b = pool.alloc_slot().unwrap();
+        assert!(pool.alloc_slot().is_none(), "two slots only");
+        // SAFETY: `b` was just taken and is used by nobody else.
+        unsafe { pool.append_to_slot(b, 0, &[9; 10]) };
+        let arena = pool.arena();
+        // SAFETY: both slots are referenced and nobody writes them.
+        assert_eq!(unsafe { arena.bytes(a, HEADROOM, 3) }, &[1, 2, 3]);
+        // SAFETY: as above.
+        assert_eq!(unsafe { arena.bytes(b, HEADROOM, 10) }, &[9; 10]);
+        pool.retain(a);
+        pool.release(a);
+        assert!(pool.alloc_slot().is_none(), "still referenced");
+        pool.release(a);
+        assert_eq!(pool.alloc_slot(), Some(a));
+        // A receive buffer handed over and given back returns to the ring.
+        let r = pool.recv_buf(3);
+        pool.received(r);
+        assert_eq!(pool.recv_available(), 3);
+        pool.release(r);
+        assert_eq!(pool.recv_available(), 4);
+        assert!(pool.has_headroom(pool.tap_buf(0)) && !pool.has_headroom(r));
     }
 }

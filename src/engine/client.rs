@@ -1,146 +1,75 @@
-//! One WebSocket client on a core: its socket, decoder, reassembly slot and send queue.
+//! One WebSocket client on a core: its socket and the operations the kernel has in flight on
+//! it, its protocol state ([`Conn`]), its send queue ([`OutQueue`]) and its reassembly slot.
 //!
-//! The send queue holds references to pool buffers (or small owned control frames) and is
-//! sent with one `sendmsg` of up to [`MAX_IOV`] entries at a time, so a burst of frames to one
-//! client costs one submission. At most one send is in flight per client: a short send is
-//! continued from where it stopped, so frames are never interleaved on the stream.
+//! The send queue goes out with one `sendmsg` of up to [`MAX_IOV`] runs at a time, so a burst
+//! of frames to one client costs one submission. At most one send is in flight per client: a
+//! short send is continued from where it stopped, so frames never interleave on the stream.
 
-use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
-use crate::switch::limit::TokenBucket;
 use crate::switch::PortId;
-use crate::ws::Session;
 
 use super::bufpool::BufId;
+use super::conn::Conn;
+use super::outqueue::OutQueue;
 
-/// Frames per `sendmsg`.
+/// Runs per `sendmsg`.
 pub const MAX_IOV: usize = 32;
 
-/// Bytes queued to a client.
-pub enum OutData {
-    /// A slice of a pool buffer: server header and payload, contiguous.
-    Pool {
-        buf: BufId,
-        ptr: *const u8,
-        len: u32,
-    },
-    /// A small frame or HTTP response built for this client (control frames, handshake).
-    Owned(Box<[u8]>),
-}
-
-impl OutData {
-    /// Pointer and length of the bytes to send.
-    pub fn bytes(&self) -> (*const u8, usize) {
-        match self {
-            OutData::Pool { ptr, len, .. } => (*ptr, *len as usize),
-            OutData::Owned(b) => (b.as_ptr(), b.len()),
-        }
-    }
-}
-
-/// Where the connection is in its life.
-pub enum Phase {
-    /// Reading the HTTP upgrade; bytes gathered here (bounded by the 8 KiB head limit).
-    Handshake { head: Vec<u8>, deadline_ms: u64 },
-    /// WebSocket open: frames flow.
-    Open,
-    /// Shutting down: no more reads or new frames; freed once no operation is in flight.
-    Closing,
-}
-
-/// A client connection.
-pub struct Client {
-    pub fd: OwnedFd,
-    /// The switch port of this client (core, generation, slot).
-    pub port: PortId,
-    pub phase: Phase,
-    pub session: Session,
-    /// Frame slot holding a message being reassembled, and its length so far.
-    pub assembly: Option<(BufId, usize)>,
-    /// The message being reassembled lost its slot (pool empty): discard its pieces.
-    pub assembly_lost: bool,
-    pub queue: VecDeque<OutData>,
-    /// Bytes of the queue's first entry already sent.
-    pub front_sent: usize,
-    /// iovec array and header of the `sendmsg` in flight (heap: stable while in flight).
-    pub iov: Box<[libc::iovec; MAX_IOV]>,
-    pub msg: Box<libc::msghdr>,
+/// A client's socket and the operations in flight on it.
+pub struct Socket {
+    fd: OwnedFd,
+    /// iovec array and header of the `sendmsg` in flight (boxed: the kernel reads them until
+    /// the send completes, and the client may move in its table meanwhile).
+    iov: Box<[libc::iovec; MAX_IOV]>,
+    msg: Box<libc::msghdr>,
+    /// A send is in flight; the slot cannot be freed and no second send may start.
     pub send_in_flight: bool,
+    /// A receive is armed; the slot cannot be freed until it completes.
     pub recv_armed: bool,
-    /// Waiting in the core's dirty list for a flush.
-    pub dirty: bool,
-    /// Close the socket once the queue is sent (after a close frame or an HTTP error).
-    pub close_after_flush: bool,
-    /// Stop decoding input (a close was received or sent).
-    pub input_done: bool,
-    /// Last time anything arrived, and when an unanswered ping was sent (ms).
-    pub last_rx_ms: u64,
-    pub ping_sent_ms: Option<u64>,
-    /// Since when output has been waiting without the socket taking any of it (None: queue
-    /// empty). A client stalled past the slow-client timeout is closed.
-    pub stalled_since_ms: Option<u64>,
-    /// Drop reasons already logged for this client in the current log interval (bit set).
-    pub logged: u64,
-    /// Index in the core's list of open ports (for O(1) removal), when open.
-    pub open_index: Option<usize>,
-    /// Limits on what this client may send, when configured.
-    pub byte_limit: Option<TokenBucket>,
-    pub broadcast_limit: Option<TokenBucket>,
 }
 
-impl Client {
-    /// A new connection waiting for its upgrade.
-    pub fn new(fd: OwnedFd, port: PortId, max_frame: usize, now_ms: u64, deadline_ms: u64) -> Self {
+impl Socket {
+    /// Wraps an accepted connection.
+    pub fn new(fd: OwnedFd) -> Self {
         let empty_iov = libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
         };
         // SAFETY: msghdr is a plain C struct for which all-zero is a valid (empty) value.
         let msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        Client {
+        Socket {
             fd,
-            port,
-            phase: Phase::Handshake {
-                head: Vec::new(),
-                deadline_ms,
-            },
-            session: Session::new(max_frame, true),
-            assembly: None,
-            assembly_lost: false,
-            queue: VecDeque::new(),
-            front_sent: 0,
             iov: Box::new([empty_iov; MAX_IOV]),
             msg: Box::new(msg),
             send_in_flight: false,
             recv_armed: false,
-            dirty: false,
-            close_after_flush: false,
-            input_done: false,
-            last_rx_ms: now_ms,
-            ping_sent_ms: None,
-            stalled_since_ms: None,
-            logged: 0,
-            open_index: None,
-            byte_limit: None,
-            broadcast_limit: None,
         }
     }
 
-    /// Fills the iovec array from the queue and returns the msghdr to submit, or `None` when
-    /// there is nothing to send or a send is already in flight.
-    pub fn prepare_send(&mut self) -> Option<*const libc::msghdr> {
-        if self.send_in_flight || self.queue.is_empty() {
+    /// The descriptor, for submissions.
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// The descriptor, for plain calls.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Fills the iovecs from `out` and returns the msghdr to submit, or `None` when there is
+    /// nothing to send or a send is already in flight. The msghdr stays valid until the
+    /// next call (it lives in this socket's boxes).
+    pub fn prepare_send(&mut self, out: &OutQueue) -> Option<*const libc::msghdr> {
+        if self.send_in_flight || out.is_empty() {
             return None;
         }
         let mut n = 0;
-        for (i, out) in self.queue.iter().take(MAX_IOV).enumerate() {
-            let (ptr, len) = out.bytes();
-            let skip = if i == 0 { self.front_sent } else { 0 };
-            self.iov[i] = libc::iovec {
+        for (slot, (ptr, len)) in self.iov.iter_mut().zip(out.pending(MAX_IOV)) {
+            *slot = libc::iovec {
                 // The kernel only reads through this pointer (sendmsg); the cast is what iovec wants.
-                iov_base: ptr.wrapping_add(skip) as *mut libc::c_void,
-                iov_len: len - skip,
+                iov_base: ptr as *mut libc::c_void,
+                iov_len: len,
             };
             n += 1;
         }
@@ -149,36 +78,61 @@ impl Client {
         self.send_in_flight = true;
         Some(&*self.msg as *const libc::msghdr)
     }
+}
 
-    /// Accounts `sent` bytes of a completed send at `now_ms`; returns the pool buffers fully
-    /// sent (to release) through `done`.
-    pub fn advance(&mut self, mut sent: usize, now_ms: u64, mut done: impl FnMut(BufId)) {
-        self.send_in_flight = false;
-        if sent > 0 {
-            self.stalled_since_ms = Some(now_ms);
-        }
-        while sent > 0 {
-            let Some(front) = self.queue.front() else {
-                break;
-            };
-            let remaining = front.bytes().1 - self.front_sent;
-            if sent < remaining {
-                self.front_sent += sent;
-                return;
-            }
-            sent -= remaining;
-            self.front_sent = 0;
-            if let Some(OutData::Pool { buf, .. }) = self.queue.pop_front() {
-                done(buf);
-            }
-        }
-        if self.queue.is_empty() {
-            self.stalled_since_ms = None;
+/// A client connection.
+pub struct Client {
+    /// Its switch port (core, generation, slot): also its handle in the client table.
+    pub port: PortId,
+    pub socket: Socket,
+    pub conn: Conn,
+    pub out: OutQueue,
+    /// Frame slot holding a message being reassembled, and its length so far. `None` also
+    /// when the slot could not be had: the message's pieces are then discarded.
+    pub assembly: Option<(BufId, usize)>,
+}
+
+impl Client {
+    /// A new connection on `port`.
+    pub fn new(fd: OwnedFd, port: PortId, conn: Conn) -> Self {
+        Client {
+            port,
+            socket: Socket::new(fd),
+            conn,
+            out: OutQueue::default(),
+            assembly: None,
         }
     }
 
-    /// Notes that output was queued at `now_ms` (starts the stall clock if it was idle).
-    pub fn output_queued(&mut self, now_ms: u64) {
-        self.stalled_since_ms.get_or_insert(now_ms);
+    /// Nothing in flight and closed: the slot can be freed.
+    pub fn finished(&self) -> bool {
+        self.conn.is_closed() && !self.socket.recv_armed && !self.socket.send_in_flight
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::outqueue::OutData;
+
+    #[test]
+    fn one_send_at_a_time_over_at_most_max_iov_runs() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut socket = Socket::new(a.into());
+        let mut out = OutQueue::default();
+        assert!(socket.prepare_send(&out).is_none());
+        for _ in 0..MAX_IOV + 5 {
+            out.push(OutData::Owned(vec![1, 2, 3].into_boxed_slice()), 0);
+        }
+        let msg = socket.prepare_send(&out).expect("a send");
+        // SAFETY: the msghdr lives in the socket, which is alive.
+        assert_eq!(unsafe { (*msg).msg_iovlen }, MAX_IOV);
+        assert!(socket.prepare_send(&out).is_none(), "a send is in flight");
+        socket.send_in_flight = false;
+        out.advance(3 * MAX_IOV + 1, 1, |_| {});
+        let msg = socket.prepare_send(&out).expect("the rest");
+        // SAFETY: as above; the first run starts one byte into the partly sent entry.
+        let (first, n) = unsafe { (*(*msg).msg_iov, (*msg).msg_iovlen) };
+        assert_eq!((n, first.iov_len), (5, 2));
     }
 }

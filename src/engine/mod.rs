@@ -1,16 +1,28 @@
 //! The data plane: one thread per core, each with its own io_uring, listener, TAP queue,
-//! clients and switch replica (ARCHITECTURE.md decisions 1–8). All `unsafe` of the data path
-//! lives in this module, each block with its `// SAFETY:` reason.
+//! clients and switch replica (docs/design.md). All `unsafe` of the data path lives in this
+//! module, each block with its `// SAFETY:` reason, and guards only what the kernel or
+//! another core shares: submissions, buffer views, cross-core frame pointers.
+//!
+//! The rooms: [`worker`] runs one core's loop and reads top to bottom along the frame paths;
+//! it drives a [`ring`], a [`clients`] table whose clients each hold a pure [`conn`] protocol
+//! state and an [`outqueue`], a [`mailbox`] to the other cores, a [`tapq`] TAP queue, an
+//! [`acceptor`], and a [`bufpool`] over an [`arena`].
 
+mod acceptor;
+mod arena;
 mod bufpool;
 mod client;
-mod core;
-mod crosscore;
-mod forward;
+mod clients;
+mod conn;
+mod mailbox;
 pub mod ops;
+mod outqueue;
+mod ring;
+mod tapq;
+mod worker;
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -81,7 +93,7 @@ impl EngineConfig {
 pub struct Shared {
     pub cores: usize,
     /// queues[from * cores + to]
-    queues: Vec<ArrayQueue<crosscore::CoreMsg>>,
+    queues: Vec<ArrayQueue<mailbox::CoreMsg>>,
     /// One eventfd per core, to wake it when messages arrive or at shutdown.
     pub wake_fds: Vec<OwnedFd>,
     /// Who owns which MAC (taken only when a core meets an unknown source address).
@@ -104,15 +116,12 @@ impl Shared {
     ) -> io::Result<Arc<Self>> {
         let wake_fds = (0..cores)
             .map(|_| {
-                // SAFETY: eventfd with valid flags; the result is checked before use.
-                let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // SAFETY: a fresh descriptor we own.
-                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+                rustix::event::eventfd(
+                    0,
+                    rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+                )
             })
-            .collect::<io::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Arc::new(Shared {
             cores,
             queues: (0..cores * cores)
@@ -129,31 +138,29 @@ impl Shared {
         }))
     }
 
-    fn queue(&self, from: usize, to: usize) -> &ArrayQueue<crosscore::CoreMsg> {
+    fn queue(&self, from: usize, to: usize) -> &ArrayQueue<mailbox::CoreMsg> {
         &self.queues[from * self.cores + to]
+    }
+
+    /// Wakes core `core` (its loop reads its eventfd).
+    fn wake(&self, core: usize) {
+        // A full eventfd counter (EAGAIN) still wakes the reader: nothing to do on error.
+        let _ = rustix::io::write(&self.wake_fds[core], &1u64.to_ne_bytes());
     }
 
     /// Asks every core to drain and stop.
     pub fn request_shutdown(&self) {
         self.shutdown
             .store(true, std::sync::atomic::Ordering::Release);
-        for fd in &self.wake_fds {
-            let one: u64 = 1;
-            // SAFETY: 8-byte write from a local to an eventfd we own.
-            unsafe {
-                libc::write(
-                    std::os::fd::AsRawFd::as_raw_fd(fd),
-                    (&one as *const u64).cast(),
-                    8,
-                )
-            };
+        for core in 0..self.cores {
+            self.wake(core);
         }
     }
 }
 
 /// A running engine: its threads, joined by [`Engine::join`].
 pub struct Engine {
-    threads: Vec<JoinHandle<io::Result<Option<Box<core::Core>>>>>,
+    threads: Vec<JoinHandle<io::Result<Option<Box<worker::Worker>>>>>,
     ready: std::sync::mpsc::Receiver<io::Result<Features>>,
     cores: usize,
 }
@@ -182,7 +189,8 @@ impl Engine {
                     if let Some(cpu) = cpu {
                         core_affinity::set_for_current(cpu);
                     }
-                    let mut core = match core::Core::new(id, cfg, shared.clone(), listener, tap) {
+                    let mut core = match worker::Worker::new(id, cfg, shared.clone(), listener, tap)
+                    {
                         Ok(core) => core,
                         Err(e) => {
                             let _ = ready_tx.send(Err(io::Error::new(

@@ -1,11 +1,13 @@
 //! `user_data` encoding of io_uring operations, and kernel feature probing.
 //!
-//! `user_data` = kind (8 bits) | generation (24 bits) | index (32 bits). For client operations
-//! the index is the client slot and the generation tells a completion for a client that has
-//! since gone (its slot reused) from one for the current client. For TAP writes the index is
-//! the buffer written from.
+//! `user_data` = kind (8 bits) | the low 56 bits of a [`PortId`] (generation and slot). For
+//! client operations that names the client, and the generation tells a completion for a
+//! client that has since gone (its slot reused) from one for the current client. For TAP
+//! writes the slot field carries the buffer written from.
 
 use io_uring::{opcode, IoUring, Probe};
+
+use crate::switch::PortId;
 
 /// Operation kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,19 +39,22 @@ impl Kind {
     }
 }
 
-/// Packs an operation's identity.
-pub fn user_data(kind: Kind, generation: u32, index: u32) -> u64 {
-    (u64::from(kind as u8) << 56) | (u64::from(generation & 0xFF_FFFF) << 32) | u64::from(index)
+/// An operation on client `port`.
+pub fn for_port(kind: Kind, port: PortId) -> u64 {
+    (u64::from(kind as u8) << 56) | port.local()
 }
 
-/// Unpacks [`user_data`].
-pub fn decode(ud: u64) -> Option<(Kind, u32, u32)> {
-    // Truncations intended: fields are extracted by shifting and masking.
-    Some((
-        Kind::from_u8((ud >> 56) as u8)?,
-        ((ud >> 32) & 0xFF_FFFF) as u32,
-        ud as u32,
-    ))
+/// An operation that names no client (`index`: a buffer for TAP writes, else 0).
+pub fn for_index(kind: Kind, index: u32) -> u64 {
+    for_port(kind, PortId::new(0, 0, index))
+}
+
+/// Unpacks [`for_port`]/[`for_index`] on core `core`: the kind and the port (whose slot is
+/// the index).
+pub fn decode(ud: u64, core: usize) -> Option<(Kind, PortId)> {
+    // Truncation intended: the kind is the top byte.
+    let kind = Kind::from_u8((ud >> 56) as u8)?;
+    Some((kind, PortId::from_local(core, ud)))
 }
 
 /// Which io_uring features the engine uses on this kernel.
@@ -65,19 +70,8 @@ pub struct Features {
 
 /// The running kernel's (major, minor) version.
 pub fn kernel_version() -> (u32, u32) {
-    // SAFETY: utsname is plain data; uname fills it.
-    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `uts` is a valid, writable utsname.
-    if unsafe { libc::uname(&mut uts) } != 0 {
-        return (0, 0);
-    }
-    let release: String = uts
-        .release
-        .iter()
-        .take_while(|c| **c != 0)
-        .map(|c| *c as u8 as char)
-        .collect();
-    parse_release(&release)
+    let uname = rustix::system::uname();
+    parse_release(&uname.release().to_string_lossy())
 }
 
 /// Parses "6.1.0-18-amd64" into (6, 1).
@@ -107,9 +101,14 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let ud = user_data(Kind::Send, 0xABCDEF, 0xFFFF_FFFF);
-        assert_eq!(decode(ud), Some((Kind::Send, 0xABCDEF, 0xFFFF_FFFF)));
-        assert_eq!(decode(0), None);
+        let port = PortId::new(2, 0xABCDEF, 0xFFFF_FFFF);
+        assert_eq!(
+            decode(for_port(Kind::Send, port), 2),
+            Some((Kind::Send, port))
+        );
+        let (kind, p) = decode(for_index(Kind::TapWrite, 77), 1).unwrap();
+        assert_eq!((kind, p.slot(), p.generation()), (Kind::TapWrite, 77, 0));
+        assert_eq!(decode(0, 0), None);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The userspace MAC-learning switch behind the uplink TAP (ARCHITECTURE.md, decision 4).
+//! The userspace MAC-learning switch behind the uplink TAP (docs/design.md, "Switch").
 //! Pure: no I/O, no clocks, no `unsafe`.
 
 pub mod limit;
@@ -12,17 +12,40 @@ pub use table::{ingress, Decision, Forward, OwnershipAccess, Source, Switch, Swi
 
 /// A switch port: one client, named by its core, a generation and its slot on that core, so
 /// that a reused slot is never confused with the client that had it before.
+///
+/// Layout: core (8 bits) | generation (24 bits) | slot (32 bits). The low 56 bits (the port
+/// on its core) also name a client's io_uring operations (see `engine::ops`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortId(pub u64);
 
 impl PortId {
+    /// Bits of a generation.
+    pub const GENERATION_MASK: u32 = 0xFF_FFFF;
+    /// The bits that name a port on its own core (generation and slot).
+    pub const LOCAL_MASK: u64 = (1 << 56) - 1;
+
     /// Packs core (8 bits), generation (24 bits) and slot (32 bits).
     pub fn new(core: usize, generation: u32, slot: u32) -> Self {
         PortId(
             ((core as u64 & 0xFF) << 56)
-                | ((u64::from(generation) & 0xFF_FFFF) << 32)
+                | ((u64::from(generation & Self::GENERATION_MASK)) << 32)
                 | u64::from(slot),
         )
+    }
+
+    /// The port on core `core` whose local bits are `local` (see [`PortId::local`]).
+    pub fn from_local(core: usize, local: u64) -> Self {
+        PortId(((core as u64 & 0xFF) << 56) | (local & Self::LOCAL_MASK))
+    }
+
+    /// The generation and slot, without the core.
+    pub fn local(self) -> u64 {
+        self.0 & Self::LOCAL_MASK
+    }
+
+    /// The generation that follows `generation` when a slot is reused.
+    pub fn next_generation(generation: u32) -> u32 {
+        generation.wrapping_add(1) & Self::GENERATION_MASK
     }
 
     /// The core the port lives on.
@@ -38,6 +61,24 @@ impl PortId {
 
     /// The slot's generation when the port was made.
     pub fn generation(self) -> u32 {
-        ((self.0 >> 32) & 0xFF_FFFF) as u32
+        // Truncation intended after the shift: 24 bits remain under the mask.
+        ((self.0 >> 32) as u32) & Self::GENERATION_MASK
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PortId;
+
+    #[test]
+    fn port_fields_round_trip() {
+        let p = PortId::new(3, 0xABCDEF, 0xFFFF_FFFE);
+        assert_eq!(
+            (p.core(), p.generation(), p.slot()),
+            (3, 0xABCDEF, 0xFFFF_FFFE)
+        );
+        assert_eq!(PortId::from_local(3, p.local()), p);
+        assert_eq!(PortId::from_local(4, p.local()).core(), 4);
+        assert_eq!(PortId::new(0, 0x1_000_001, 0).generation(), 1);
     }
 }

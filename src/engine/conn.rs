@@ -1,0 +1,655 @@
+//! The protocol of one client connection, sans-io: bytes and `now` in, actions out.
+//!
+//! Contract: the engine feeds every received byte once, in order: while the connection is in
+//! its handshake through [`Conn::on_handshake_bytes`], afterwards through [`Conn::next_input`]
+//! with the buffer the bytes arrived in (payloads are unmasked in that buffer and named by
+//! range, so the engine forwards them without copying). On every housekeeping tick the engine
+//! asks [`Conn::poll_timeout`] whether a ping is due or the connection must go. The engine
+//! does what the returned value says (queue a reply, forward a frame, count a drop, shut the
+//! socket down); nothing here touches a socket, a buffer pool or a clock.
+//!
+//! The connection's life is one [`Lifecycle`]:
+//!
+//! ```text
+//! Handshake ──upgrade──▶ Open ──close / violation / pong timeout──▶ Flushing ──queue sent──▶ Closed
+//!     │                                                                ▲                       ▲
+//!     └──────── bad request: HTTP error queued ────────────────────────┘                       │
+//!     └──────── reset, error, handshake timeout, stalled output, shutdown ─────────────────────┘
+//! ```
+
+use std::ops::Range;
+
+use crate::counters::DropReason;
+use crate::switch::limit::TokenBucket;
+use crate::ws::frame::{self, HeaderError};
+use crate::ws::handshake::{self, Rejection, Upgrade};
+use crate::ws::session::{server_close_frame, server_control_frame};
+use crate::ws::{Event, Session, Violation};
+
+/// The payload of the server's keep-alive pings.
+const PING_PAYLOAD: &[u8] = b"tapwire";
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Reading the HTTP upgrade; bytes gathered here (bounded by the 8 KiB head limit).
+    Handshake { head: Vec<u8>, deadline_ms: u64 },
+    /// Upgraded: frames flow both ways.
+    Open,
+    /// No more input is decoded and no frames are queued; what is queued (a close frame or an
+    /// HTTP error) is sent, then the socket is shut down. A connection refused during its
+    /// handshake keeps the handshake deadline.
+    Flushing { deadline_ms: Option<u64> },
+    /// The socket is shut down; the slot is freed once no operation is in flight.
+    Closed,
+}
+
+/// Per-client settings, in the units the protocol uses.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Largest binary message accepted (the configured maximum Ethernet frame).
+    pub max_frame: usize,
+    /// Bytes per second a client may send, when limited.
+    pub client_rate: Option<u64>,
+    /// Broadcast/multicast frames per second a client may send, when limited.
+    pub client_broadcast_pps: Option<u64>,
+    /// Ping a client idle this long; close it if the next interval passes without an answer.
+    pub ping_interval_ms: Option<u64>,
+    /// Shut down a client that takes none of its pending output for this long.
+    pub slow_client_timeout_ms: u64,
+}
+
+/// The outcome of handshake bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HandshakeStep {
+    /// Not a whole request head yet (or the connection is no longer in its handshake).
+    Incomplete,
+    /// Refused: queue `response`; the connection is flushing.
+    Rejected {
+        reason: DropReason,
+        rejection: Rejection,
+        response: Vec<u8>,
+    },
+    /// Upgraded: queue `response`; the connection is open. `early` holds bytes the client
+    /// sent right behind its request (frames), to be decoded as input.
+    Upgraded {
+        response: Vec<u8>,
+        path: String,
+        early: Option<Vec<u8>>,
+    },
+}
+
+/// What the engine must do with decoded input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Input {
+    /// A whole Ethernet frame lies unmasked in `bytes[range]`: switch it.
+    Frame(Range<usize>),
+    /// Append `bytes[range]` to the reassembly buffer (`first`: start a new one).
+    Piece { range: Range<usize>, first: bool },
+    /// The reassembled frame is complete: switch it.
+    Assembled,
+    /// A message shorter than an Ethernet header: discard it and any reassembly; count it.
+    Runt { len: usize },
+    /// A ping: queue this pong.
+    Pong(Vec<u8>),
+    /// The connection ends: queue `reply` (a close frame); it is now flushing. `violation`
+    /// says why when the client broke the protocol (count and log it).
+    Close {
+        reply: Vec<u8>,
+        violation: Option<(DropReason, Violation)>,
+    },
+}
+
+/// What a housekeeping tick found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Timeout {
+    /// Idle for a ping interval: queue this ping.
+    Ping(Vec<u8>),
+    /// No pong for a ping interval: queue this close frame (1001); the connection is flushing.
+    PongMissed(Vec<u8>),
+    /// The connection must be shut down at once (handshake deadline passed, or output stalled:
+    /// a stream stuck mid-frame cannot carry a close frame).
+    ShutDown(DropReason),
+}
+
+/// One client's protocol state.
+#[derive(Debug)]
+pub struct Conn {
+    lifecycle: Lifecycle,
+    /// The WebSocket decoder (RFC 6455), used once open.
+    session: Session,
+    limits: ConnLimits,
+    /// Last time anything arrived (ms), for pings.
+    last_rx_ms: u64,
+    /// When the unanswered ping was sent.
+    ping_sent_ms: Option<u64>,
+    /// Limits on what this client may send, when configured (set at the upgrade).
+    byte_limit: Option<TokenBucket>,
+    broadcast_limit: Option<TokenBucket>,
+    /// Drop reasons already logged for this client in the current log interval (bit set).
+    logged: u64,
+}
+
+impl Conn {
+    /// A connection accepted at `now_ms`, in its handshake until `deadline_ms`.
+    pub fn new(limits: ConnLimits, now_ms: u64, deadline_ms: u64) -> Self {
+        Conn {
+            lifecycle: Lifecycle::Handshake {
+                head: Vec::new(),
+                deadline_ms,
+            },
+            session: Session::new(limits.max_frame, true),
+            limits,
+            last_rx_ms: now_ms,
+            ping_sent_ms: None,
+            byte_limit: None,
+            broadcast_limit: None,
+            logged: 0,
+        }
+    }
+
+    /// The connection's state.
+    #[cfg(test)]
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
+    }
+
+    /// Upgraded and not closing: frames may be queued to it and flood reaches it.
+    pub fn is_open(&self) -> bool {
+        self.lifecycle == Lifecycle::Open
+    }
+
+    /// Input is still read (handshake or open).
+    pub fn wants_input(&self) -> bool {
+        matches!(
+            self.lifecycle,
+            Lifecycle::Handshake { .. } | Lifecycle::Open
+        )
+    }
+
+    /// Output is still sent (anything but closed).
+    pub fn wants_output(&self) -> bool {
+        self.lifecycle != Lifecycle::Closed
+    }
+
+    /// Sending what is queued, then closing.
+    pub fn is_flushing(&self) -> bool {
+        matches!(self.lifecycle, Lifecycle::Flushing { .. })
+    }
+
+    /// Shut down (the socket is being closed).
+    pub fn is_closed(&self) -> bool {
+        self.lifecycle == Lifecycle::Closed
+    }
+
+    /// Something arrived at `now_ms` (any bytes count as proof of life).
+    pub fn received(&mut self, now_ms: u64) {
+        self.last_rx_ms = now_ms;
+    }
+
+    /// Stops reading and queues `reply` as the last output (a close frame, shutdown 1001).
+    /// Returns the frame to queue, or `None` when the connection is not open.
+    pub fn close_gracefully(&mut self, code: u16) -> Option<Vec<u8>> {
+        if !self.is_open() {
+            return None;
+        }
+        self.lifecycle = Lifecycle::Flushing { deadline_ms: None };
+        Some(server_close_frame(code))
+    }
+
+    /// The socket is being shut down.
+    pub fn close(&mut self) {
+        self.lifecycle = Lifecycle::Closed;
+    }
+
+    /// Takes handshake bytes; see [`HandshakeStep`].
+    pub fn on_handshake_bytes(&mut self, bytes: &[u8], now_ms: u64) -> HandshakeStep {
+        let Lifecycle::Handshake { head, deadline_ms } = &mut self.lifecycle else {
+            return HandshakeStep::Incomplete;
+        };
+        // Keep at most one byte beyond the limit: enough to know the head is too large.
+        let room = (handshake::MAX_HEAD_LEN + 1).saturating_sub(head.len());
+        head.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        match handshake::parse_upgrade(head) {
+            Upgrade::Incomplete => HandshakeStep::Incomplete,
+            Upgrade::Reject(rejection) => {
+                let reason = if rejection == Rejection::HeadTooLarge {
+                    DropReason::HeadTooLarge
+                } else {
+                    DropReason::NotWebsocket
+                };
+                self.lifecycle = Lifecycle::Flushing {
+                    deadline_ms: Some(*deadline_ms),
+                };
+                HandshakeStep::Rejected {
+                    reason,
+                    rejection,
+                    response: rejection.response().into_bytes(),
+                }
+            }
+            Upgrade::Accept {
+                response,
+                head_len,
+                path,
+            } => {
+                let early = (head.len() > head_len).then(|| head.split_off(head_len));
+                self.lifecycle = Lifecycle::Open;
+                // Byte bursts of at least one maximum frame, so a limit never blocks every frame.
+                self.byte_limit = self
+                    .limits
+                    .client_rate
+                    .map(|r| TokenBucket::new(r, self.limits.max_frame as u64, now_ms));
+                self.broadcast_limit = self
+                    .limits
+                    .client_broadcast_pps
+                    .map(|r| TokenBucket::new(r, 1, now_ms));
+                HandshakeStep::Upgraded {
+                    response: response.into_bytes(),
+                    path,
+                    early,
+                }
+            }
+        }
+    }
+
+    /// Decodes the next input from `bytes[*pos..]` (unmasking it in place); `None` when the
+    /// bytes are used up or the connection no longer reads.
+    pub fn next_input(&mut self, bytes: &mut [u8], pos: &mut usize) -> Option<Input> {
+        loop {
+            if !self.is_open() {
+                return None;
+            }
+            let event = match self.session.next(bytes, pos) {
+                Ok(None) => return None,
+                Ok(Some(event)) => event,
+                Err(violation) => {
+                    self.lifecycle = Lifecycle::Flushing { deadline_ms: None };
+                    return Some(Input::Close {
+                        reply: server_close_frame(violation.close_code()),
+                        violation: Some((violation_reason(&violation), violation)),
+                    });
+                }
+            };
+            return Some(match event {
+                Event::Message(range) => Input::Frame(range),
+                Event::Piece { range, first } => Input::Piece { range, first },
+                Event::Assembled => Input::Assembled,
+                Event::Runt { len } => Input::Runt { len },
+                Event::Ping => Input::Pong(server_control_frame(
+                    frame::OP_PONG,
+                    self.session.control_payload(),
+                )),
+                Event::Pong => {
+                    self.ping_sent_ms = None;
+                    continue;
+                }
+                Event::Close { code } => {
+                    self.lifecycle = Lifecycle::Flushing { deadline_ms: None };
+                    let reply = match code {
+                        Some(code) => server_close_frame(code),
+                        None => server_control_frame(frame::OP_CLOSE, &[]),
+                    };
+                    Input::Close {
+                        reply,
+                        violation: None,
+                    }
+                }
+            });
+        }
+    }
+
+    /// Charges a frame of `len` bytes (a group address when `group`) to the client's limits.
+    /// `Err` names the limit it is over.
+    pub fn charge(&mut self, len: usize, group: bool, now_ms: u64) -> Result<(), &'static str> {
+        let bytes_ok = self
+            .byte_limit
+            .as_mut()
+            .is_none_or(|b| b.allow(len as u64, now_ms));
+        if !bytes_ok {
+            return Err("over --client-rate");
+        }
+        let broadcast_ok = !group
+            || self
+                .broadcast_limit
+                .as_mut()
+                .is_none_or(|b| b.allow(1, now_ms));
+        if !broadcast_ok {
+            return Err("over --client-broadcast-pps");
+        }
+        Ok(())
+    }
+
+    /// What is due at `now_ms`, given since when the client's output has waited without the
+    /// socket taking any (`stalled_since_ms`).
+    pub fn poll_timeout(&mut self, now_ms: u64, stalled_since_ms: Option<u64>) -> Option<Timeout> {
+        let stalled = stalled_since_ms.is_some_and(|since| {
+            now_ms.saturating_sub(since) >= self.limits.slow_client_timeout_ms
+        });
+        match &self.lifecycle {
+            Lifecycle::Handshake { deadline_ms, .. }
+            | Lifecycle::Flushing {
+                deadline_ms: Some(deadline_ms),
+            } if now_ms >= *deadline_ms => Some(Timeout::ShutDown(DropReason::HandshakeTimeout)),
+            Lifecycle::Open | Lifecycle::Flushing { deadline_ms: None } if stalled => {
+                Some(Timeout::ShutDown(DropReason::SlowClient))
+            }
+            Lifecycle::Open => {
+                let interval = self.limits.ping_interval_ms?;
+                match self.ping_sent_ms {
+                    Some(sent) if now_ms.saturating_sub(sent) >= interval => {
+                        // The peer may still read: close gracefully. If it does not, the stall
+                        // rule shuts it down later.
+                        self.close_gracefully(1001).map(Timeout::PongMissed)
+                    }
+                    None if now_ms.saturating_sub(self.last_rx_ms) >= interval => {
+                        self.ping_sent_ms = Some(now_ms);
+                        Some(Timeout::Ping(server_control_frame(
+                            frame::OP_PING,
+                            PING_PAYLOAD,
+                        )))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// True the first time `reason` is logged for this client in the current log interval.
+    pub fn first_log(&mut self, reason: DropReason) -> bool {
+        let bit = 1u64 << (reason as usize);
+        let first = self.logged & bit == 0;
+        self.logged |= bit;
+        first
+    }
+
+    /// Starts a new log interval.
+    pub fn reset_log(&mut self) {
+        self.logged = 0;
+    }
+}
+
+/// The counter of a protocol violation.
+fn violation_reason(v: &Violation) -> DropReason {
+    match v {
+        Violation::Text => DropReason::TextMessage,
+        Violation::TooLarge { .. } => DropReason::FrameTooLarge,
+        Violation::FragmentedTooLarge { .. } => DropReason::FragmentedTooLarge,
+        Violation::Header(HeaderError::ControlTooLong | HeaderError::ControlFragmented) => {
+            DropReason::ControlFrameInvalid
+        }
+        _ => DropReason::ProtocolViolation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    fn limits() -> ConnLimits {
+        ConnLimits {
+            max_frame: 1518,
+            client_rate: None,
+            client_broadcast_pps: None,
+            ping_interval_ms: Some(1_000),
+            slow_client_timeout_ms: 5_000,
+        }
+    }
+
+    /// A masked client frame (mask key 1, 2, 3, 4).
+    fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let key = [1, 2, 3, 4];
+        let mut out = vec![0; frame::header_len(payload.len(), true)];
+        frame::encode_header(&mut out, true, opcode, payload.len(), Some(key));
+        let start = out.len();
+        out.extend_from_slice(payload);
+        frame::apply_mask(&mut out[start..], key, 0);
+        out
+    }
+
+    fn open_conn() -> Conn {
+        let mut c = Conn::new(limits(), 0, 10_000);
+        assert!(matches!(
+            c.on_handshake_bytes(UPGRADE, 0),
+            HandshakeStep::Upgraded { early: None, .. }
+        ));
+        c
+    }
+
+    fn inputs(c: &mut Conn, bytes: &mut [u8]) -> Vec<Input> {
+        let mut pos = 0;
+        std::iter::from_fn(|| c.next_input(bytes, &mut pos)).collect()
+    }
+
+    #[test]
+    fn handshake_split_then_open_with_early_frame() {
+        let mut c = Conn::new(limits(), 0, 10_000);
+        assert_eq!(
+            c.on_handshake_bytes(&UPGRADE[..20], 0),
+            HandshakeStep::Incomplete
+        );
+        let mut rest = UPGRADE[20..].to_vec();
+        let frame = masked(frame::OP_BINARY, &[0xAB; 60]);
+        rest.extend_from_slice(&frame);
+        let HandshakeStep::Upgraded {
+            response, early, ..
+        } = c.on_handshake_bytes(&rest, 5)
+        else {
+            panic!("not upgraded");
+        };
+        assert!(response.starts_with(b"HTTP/1.1 101"));
+        assert!(c.is_open() && c.wants_input());
+        let mut early = early.expect("early frame");
+        assert_eq!(early, frame);
+        let got = inputs(&mut c, &mut early);
+        let [Input::Frame(range)] = &got[..] else {
+            panic!("{got:?}");
+        };
+        assert_eq!(&early[range.clone()], &[0xAB; 60][..]);
+    }
+
+    #[test]
+    fn bad_request_flushes_and_keeps_the_deadline() {
+        let mut c = Conn::new(limits(), 0, 10_000);
+        let step = c.on_handshake_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0);
+        assert!(matches!(
+            step,
+            HandshakeStep::Rejected {
+                reason: DropReason::NotWebsocket,
+                ..
+            }
+        ));
+        assert_eq!(
+            c.lifecycle(),
+            &Lifecycle::Flushing {
+                deadline_ms: Some(10_000)
+            }
+        );
+        assert!(!c.wants_input() && c.wants_output() && !c.is_open());
+        assert_eq!(c.poll_timeout(9_999, None), None);
+        assert_eq!(
+            c.poll_timeout(10_000, None),
+            Some(Timeout::ShutDown(DropReason::HandshakeTimeout))
+        );
+    }
+
+    #[test]
+    fn oversized_head_is_refused() {
+        let mut c = Conn::new(limits(), 0, 10_000);
+        let junk = vec![b'a'; handshake::MAX_HEAD_LEN + 100];
+        assert!(matches!(
+            c.on_handshake_bytes(&junk, 0),
+            HandshakeStep::Rejected {
+                reason: DropReason::HeadTooLarge,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn handshake_deadline() {
+        let mut c = Conn::new(limits(), 0, 10_000);
+        assert_eq!(c.poll_timeout(9_999, None), None);
+        assert_eq!(
+            c.poll_timeout(10_000, None),
+            Some(Timeout::ShutDown(DropReason::HandshakeTimeout))
+        );
+    }
+
+    #[test]
+    fn ping_pong_and_pong_timeout() {
+        let mut c = open_conn();
+        assert_eq!(c.poll_timeout(500, None), None);
+        let Some(Timeout::Ping(ping)) = c.poll_timeout(1_000, None) else {
+            panic!("no ping");
+        };
+        assert_eq!(ping[0], 0x80 | frame::OP_PING);
+        // Pinged: no second ping while waiting.
+        assert_eq!(c.poll_timeout(1_500, None), None);
+        // The pong answers it; the clock restarts from the last input.
+        let mut pong = masked(frame::OP_PONG, b"tapwire");
+        assert!(inputs(&mut c, &mut pong).is_empty());
+        c.received(1_600);
+        assert_eq!(c.poll_timeout(2_000, None), None);
+        assert!(matches!(
+            c.poll_timeout(2_600, None),
+            Some(Timeout::Ping(_))
+        ));
+        // No answer for an interval: a graceful 1001, once.
+        let Some(Timeout::PongMissed(close)) = c.poll_timeout(3_600, None) else {
+            panic!("no pong timeout");
+        };
+        assert_eq!(close, server_close_frame(1001));
+        assert!(c.is_flushing());
+        assert_eq!(c.poll_timeout(4_600, None), None);
+    }
+
+    #[test]
+    fn client_ping_is_answered_with_its_payload() {
+        let mut c = open_conn();
+        let mut ping = masked(frame::OP_PING, b"hello");
+        let got = inputs(&mut c, &mut ping);
+        assert_eq!(
+            got,
+            vec![Input::Pong(server_control_frame(frame::OP_PONG, b"hello"))]
+        );
+        assert!(c.is_open());
+    }
+
+    #[test]
+    fn violation_closes_with_its_code_and_stops_decoding() {
+        let mut c = open_conn();
+        let mut bytes = masked(frame::OP_TEXT, b"hi there");
+        bytes.extend_from_slice(&masked(frame::OP_BINARY, &[1; 20]));
+        let got = inputs(&mut c, &mut bytes);
+        let [Input::Close {
+            reply,
+            violation: Some((DropReason::TextMessage, _)),
+        }] = &got[..]
+        else {
+            panic!("{got:?}");
+        };
+        assert_eq!(reply, &server_close_frame(1003));
+        assert!(c.is_flushing() && !c.wants_input());
+        // Flushing, then the queue is sent and the socket shut down.
+        c.close();
+        assert!(c.is_closed() && !c.wants_output());
+    }
+
+    #[test]
+    fn unmasked_frame_is_1002() {
+        let mut c = open_conn();
+        let mut bytes = vec![0x82, 14];
+        bytes.extend_from_slice(&[0; 14]);
+        let got = inputs(&mut c, &mut bytes);
+        assert!(matches!(
+            &got[..],
+            [Input::Close { violation: Some((DropReason::ProtocolViolation, v)), .. }] if v.close_code() == 1002
+        ));
+    }
+
+    #[test]
+    fn close_is_echoed() {
+        let mut c = open_conn();
+        let mut bytes = masked(frame::OP_CLOSE, &1000u16.to_be_bytes());
+        let got = inputs(&mut c, &mut bytes);
+        assert_eq!(
+            got,
+            vec![Input::Close {
+                reply: server_close_frame(1000),
+                violation: None
+            }]
+        );
+    }
+
+    #[test]
+    fn runt_is_reported_and_the_client_kept() {
+        let mut c = open_conn();
+        let mut bytes = masked(frame::OP_BINARY, &[1; 5]);
+        assert_eq!(inputs(&mut c, &mut bytes), vec![Input::Runt { len: 5 }]);
+        assert!(c.is_open());
+    }
+
+    #[test]
+    fn stalled_output_shuts_down() {
+        let mut c = Conn::new(
+            ConnLimits {
+                ping_interval_ms: None,
+                ..limits()
+            },
+            0,
+            10_000,
+        );
+        let _ = c.on_handshake_bytes(UPGRADE, 0);
+        assert_eq!(c.poll_timeout(4_999, Some(0)), None);
+        assert_eq!(
+            c.poll_timeout(5_000, Some(0)),
+            Some(Timeout::ShutDown(DropReason::SlowClient))
+        );
+        // Also while flushing a close frame the client does not take.
+        let _ = c.close_gracefully(1001);
+        assert_eq!(
+            c.poll_timeout(6_000, Some(1_000)),
+            Some(Timeout::ShutDown(DropReason::SlowClient))
+        );
+    }
+
+    #[test]
+    fn graceful_close_only_when_open() {
+        let mut c = Conn::new(limits(), 0, 10_000);
+        assert_eq!(c.close_gracefully(1001), None);
+        let mut c = open_conn();
+        assert_eq!(c.close_gracefully(1001), Some(server_close_frame(1001)));
+        assert_eq!(c.close_gracefully(1001), None);
+    }
+
+    #[test]
+    fn limits_name_what_was_exceeded() {
+        let mut c = Conn::new(
+            ConnLimits {
+                client_rate: Some(2_000),
+                client_broadcast_pps: Some(1),
+                ..limits()
+            },
+            0,
+            10_000,
+        );
+        let _ = c.on_handshake_bytes(UPGRADE, 0);
+        assert_eq!(c.charge(1_518, true, 0), Ok(()));
+        assert_eq!(c.charge(60, true, 0), Err("over --client-broadcast-pps"));
+        assert_eq!(c.charge(1_518, false, 0), Err("over --client-rate"));
+        assert_eq!(c.charge(60, false, 1_000), Ok(()));
+    }
+
+    #[test]
+    fn log_suppression_per_reason() {
+        let mut c = open_conn();
+        assert!(c.first_log(DropReason::RuntFrame));
+        assert!(!c.first_log(DropReason::RuntFrame));
+        assert!(c.first_log(DropReason::RateLimited));
+        c.reset_log();
+        assert!(c.first_log(DropReason::RuntFrame));
+    }
+}

@@ -1,0 +1,171 @@
+//! One core's queue of the multi-queue TAP: reads armed on it and writes in flight.
+//!
+//! Contract: reads use provided buffers from the TAP group, multishot where the kernel has
+//! it (one armed read) or up to [`FALLBACK_READS`] single-shot reads. A read that stops is
+//! re-armed at once, after the ring refilled (it ran dry), or from the next tick (an
+//! unexpected error, so a persistent one cannot spin the loop). Writes are counted in flight
+//! until they complete; above [`HIGH_WATER`] the engine holds client input, and at
+//! [`MAX_WRITES`] a write is refused (the caller counts the drop).
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use io_uring::{cqueue, opcode, squeue, types};
+
+use super::bufpool::{BufferPool, TAP_GROUP};
+use super::ops::{self, Kind};
+use super::ring::Ring;
+
+/// Single-shot TAP reads kept armed when multishot read is unavailable.
+pub const FALLBACK_READS: usize = 64;
+/// TAP writes in flight above which client input is held until they complete.
+pub const HIGH_WATER: usize = 512;
+/// TAP writes in flight per core before further frames to the host are dropped.
+pub const MAX_WRITES: usize = 1024;
+
+/// What a TAP read completion means for the reader.
+#[derive(Debug)]
+pub enum ReadEnd {
+    /// The read stays armed: more completions follow.
+    Armed,
+    /// The read ended normally: re-arm it (unless the core is draining).
+    Stopped,
+    /// The ring ran dry: re-arm once buffers come back.
+    Starved,
+    /// An unexpected error: re-arm from the next tick.
+    RetryLater(io::Error),
+}
+
+/// A core's TAP queue.
+pub struct TapQueue {
+    fd: OwnedFd,
+    /// Multishot read is in use (turned off if the kernel refuses it).
+    multishot: bool,
+    /// Length of a single-shot read (the largest frame).
+    read_len: u32,
+    reads_armed: usize,
+    /// Reads stopped because the ring ran dry.
+    starved: bool,
+    /// A read failed unexpectedly: re-arm from the next tick.
+    retry_on_tick: bool,
+    writes_in_flight: usize,
+}
+
+impl TapQueue {
+    /// The queue `fd`, reading frames up to `max_frame` bytes.
+    pub fn new(fd: OwnedFd, multishot: bool, max_frame: usize) -> Self {
+        TapQueue {
+            fd,
+            multishot,
+            // Lossless: max_frame ≤ 65553.
+            read_len: max_frame as u32,
+            reads_armed: 0,
+            starved: false,
+            retry_on_tick: false,
+            writes_in_flight: 0,
+        }
+    }
+
+    /// Arms reads up to the target (one multishot read, or single-shot ones while buffers
+    /// are lent to the kernel).
+    pub fn arm_reads(&mut self, ring: &mut Ring, pool: &BufferPool) {
+        let fd = types::Fd(self.fd.as_raw_fd());
+        let ud = ops::for_index(Kind::TapRead, 0);
+        if self.multishot {
+            if self.reads_armed == 0 {
+                // The kernel takes the length from the provided buffer: len must be 0.
+                let entry = opcode::ReadMulti::new(fd, 0, TAP_GROUP)
+                    .build()
+                    .user_data(ud);
+                // SAFETY: the read fills provided buffers of the pool, which outlives the ring.
+                unsafe { ring.push(&entry) };
+                self.reads_armed = 1;
+            }
+        } else {
+            while self.reads_armed < FALLBACK_READS.min(pool.tap_available()) {
+                let entry = opcode::Read::new(fd, std::ptr::null_mut(), self.read_len)
+                    .buf_group(TAP_GROUP)
+                    .build()
+                    .flags(squeue::Flags::BUFFER_SELECT)
+                    .user_data(ud);
+                // SAFETY: as above: the kernel picks a provided buffer; no pointer of ours.
+                unsafe { ring.push(&entry) };
+                self.reads_armed += 1;
+            }
+        }
+    }
+
+    /// Accounts a read completion (its frame, if any, is the caller's to handle first).
+    pub fn on_read(&mut self, res: i32, flags: u32) -> ReadEnd {
+        let more = self.multishot && cqueue::more(flags);
+        if !more {
+            self.reads_armed -= 1;
+        }
+        if res == -libc::ENOBUFS {
+            self.starved = true;
+            return ReadEnd::Starved;
+        }
+        if res == -libc::EINVAL && self.multishot {
+            log::warn!("multishot TAP read refused (EINVAL); using single-shot reads");
+            self.multishot = false;
+        } else if res < 0 && res != -libc::EAGAIN && res != -libc::ECANCELED {
+            self.retry_on_tick = true;
+            return ReadEnd::RetryLater(io::Error::from_raw_os_error(-res));
+        }
+        if more {
+            ReadEnd::Armed
+        } else {
+            ReadEnd::Stopped
+        }
+    }
+
+    /// Reads stopped for lack of buffers and buffers are back: re-arm them.
+    pub fn rearm_if_refilled(&mut self, ring: &mut Ring, pool: &BufferPool) {
+        if self.starved && pool.tap_available() > 0 {
+            self.starved = false;
+            self.arm_reads(ring, pool);
+        }
+    }
+
+    /// From the tick: re-arm reads that failed unexpectedly.
+    pub fn retry(&mut self, ring: &mut Ring, pool: &BufferPool) {
+        if std::mem::take(&mut self.retry_on_tick) {
+            self.arm_reads(ring, pool);
+        }
+    }
+
+    /// Submits a write of `len` bytes at `ptr`, which lie in buffer `buf` (the completion
+    /// names it). False when too many writes are in flight.
+    ///
+    /// # Safety
+    /// The bytes stay valid and unmodified until the completion (the caller holds a
+    /// reference on `buf` for it).
+    pub unsafe fn write(&mut self, ring: &mut Ring, ptr: *const u8, len: usize, buf: u32) -> bool {
+        if self.writes_in_flight >= MAX_WRITES {
+            return false;
+        }
+        self.writes_in_flight += 1;
+        // Lossless: frames are at most 65553 bytes.
+        let entry = opcode::Write::new(types::Fd(self.fd.as_raw_fd()), ptr, len as u32)
+            .build()
+            .user_data(ops::for_index(Kind::TapWrite, buf));
+        // SAFETY: the caller's promise about the bytes.
+        unsafe { ring.push(&entry) };
+        true
+    }
+
+    /// Accounts a write completion.
+    pub fn on_write(&mut self) {
+        self.writes_in_flight -= 1;
+    }
+
+    /// Writes in flight.
+    pub fn writes_in_flight(&self) -> usize {
+        self.writes_in_flight
+    }
+
+    /// Enough writes in flight that client input should wait.
+    pub fn behind(&self) -> bool {
+        self.writes_in_flight >= HIGH_WATER
+    }
+}

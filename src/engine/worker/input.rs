@@ -1,0 +1,442 @@
+//! Client → host: receives, the client protocol, the switch, TAP writes.
+//!
+//! A frame to the host is written to the TAP from the receive buffer it arrived in (unmasked
+//! in place): no copy. A frame to other clients is copied once into a frame slot whose
+//! headroom takes the server header (not sent from the receive buffer: one receive buffer
+//! holds many frames, and a slow recipient would pin all of it and starve the receive ring).
+
+use std::io;
+
+use io_uring::{cqueue, opcode, squeue, types};
+
+use crate::counters::DropReason;
+use crate::switch::{ingress, Forward, Mac, PortId, Source};
+
+use super::super::bufpool::{BufId, HEADROOM, RECV_GROUP};
+use super::super::conn::{HandshakeStep, Input};
+use super::super::mailbox::Control;
+use super::super::ops::{self, Kind};
+use super::output::Ready;
+use super::{Held, Worker};
+
+/// Client input is also held while the frames this core sent to other cores, and has not got
+/// back, exceed 1/CROSS_HIGH_WATER_DIV of its slots. Each such frame pins a slot of the sender
+/// until the receiver has copied it; without this bound an overloaded receiver let a sender's
+/// clients pin every slot of the sender, and both cores then dropped nearly everything as
+/// `no_frame_buffer`. Frames arriving from other cores are never held: two cores whose slots
+/// are pinned in each other's queues would wait for each other forever. Slots pinned by slow
+/// local recipients do not hold input (that would let a few non-reading clients stall a core's
+/// TAP traffic); they are bounded by `--send-queue` and the slow-client timeout instead.
+const CROSS_HIGH_WATER_DIV: usize = 8;
+
+/// A client frame, unmasked, and where it lives in the pool.
+#[derive(Clone, Copy)]
+pub(super) struct ClientFrame<'a> {
+    pub bytes: &'a [u8],
+    /// The buffer holding `bytes` (the caller holds a reference on it).
+    pub buf: BufId,
+    /// `bytes` start at the buffer's [`HEADROOM`] (a slot that can be sent as it is).
+    pub at_headroom: bool,
+}
+
+impl Worker {
+    /// Arms a receive on the client of `port` unless one is armed or it reads no more.
+    pub(super) fn arm_recv(&mut self, port: PortId) {
+        let multishot = self.features.multishot_recv;
+        let recv_size = self.pool.recv_size();
+        let Some(c) = self.clients.get_mut(port) else {
+            return;
+        };
+        if c.socket.recv_armed || !c.conn.wants_input() {
+            return;
+        }
+        c.socket.recv_armed = true;
+        let fd = types::Fd(c.socket.raw_fd());
+        let entry = if multishot {
+            opcode::RecvMulti::new(fd, RECV_GROUP).build()
+        } else {
+            // Lossless: receive buffers are a few KiB.
+            opcode::Recv::new(fd, std::ptr::null_mut(), recv_size as u32)
+                .buf_group(RECV_GROUP)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+        };
+        // SAFETY: the kernel picks a provided buffer of the pool; the socket stays open until
+        // the receive has completed (the slot is freed only then).
+        unsafe {
+            self.ring
+                .push(&entry.user_data(ops::for_port(Kind::Recv, port)))
+        };
+    }
+
+    /// A receive completed: handle it now, or hold it while the TAP or other cores are behind.
+    pub(super) fn on_recv(&mut self, port: PortId, res: i32, flags: u32) {
+        let buf = cqueue::buffer_select(flags).map(|bid| self.pool.recv_buf(bid));
+        if let Some(id) = buf {
+            self.pool.received(id);
+        }
+        let more = cqueue::more(flags);
+        let Some(c) = self.clients.get_mut(port) else {
+            if let Some(id) = buf {
+                self.pool.release(id);
+            }
+            return;
+        };
+        if !more {
+            c.socket.recv_armed = false;
+        }
+        if res == -libc::ENOBUFS {
+            self.counters.buffer_ring_empty.inc();
+            self.recv_starved.push(port);
+        } else if self.held.is_empty() && !self.backpressured() {
+            self.handle_input(port, res, buf);
+        } else {
+            // Held buffers drain the receive ring, which stops receives and lets TCP push back.
+            self.counters.input_held.inc();
+            self.held.push_back(Held {
+                port,
+                result: res,
+                buf,
+            });
+        }
+        if !more {
+            self.arm_recv(port);
+            self.maybe_free(port);
+        }
+    }
+
+    /// True while client input must wait: too many TAP writes or cross-core frames in flight.
+    fn backpressured(&self) -> bool {
+        self.tap.behind()
+            || self.mailbox.in_flight() >= self.cfg.frame_slots as usize / CROSS_HIGH_WATER_DIV
+    }
+
+    /// Handles held input while the TAP and the other cores have room.
+    pub(super) fn process_held_input(&mut self) {
+        while !self.backpressured() {
+            let Some(h) = self.held.pop_front() else {
+                break;
+            };
+            self.handle_input(h.port, h.result, h.buf);
+        }
+    }
+
+    /// Handles one receive result (data, end of stream or error) of a client.
+    fn handle_input(&mut self, port: PortId, res: i32, buf: Option<BufId>) {
+        if let Some(c) = self.clients.get_mut(port) {
+            if res > 0 {
+                c.conn.received(self.now_ms);
+                if let Some(id) = buf {
+                    // Lossless: res > 0.
+                    self.on_bytes(port, id, res as usize);
+                }
+            } else if res == 0
+                || res == -libc::ECONNRESET
+                || res == -libc::ECANCELED
+                || res == -libc::EPIPE
+            {
+                self.begin_close(port);
+            } else {
+                self.counters.dropped(DropReason::ClientError);
+                log::debug!(
+                    "core {}: receive failed: {}",
+                    self.id,
+                    io::Error::from_raw_os_error(-res)
+                );
+                self.begin_close(port);
+            }
+            self.maybe_free(port);
+        }
+        if let Some(id) = buf {
+            self.pool.release(id);
+        }
+    }
+
+    /// `len` received bytes in receive buffer `id`.
+    fn on_bytes(&mut self, port: PortId, id: BufId, len: usize) {
+        let arena = self.pool.arena();
+        // SAFETY: the kernel handed this receive buffer over; it stays referenced until the
+        // caller releases it after this call, and this is the only view of it (frames passed
+        // on below are re-borrows of this view).
+        let bytes = unsafe { arena.bytes_mut(id, 0, len) };
+        let now = self.now_ms;
+        let Some(c) = self.clients.get_mut(port) else {
+            return;
+        };
+        if c.conn.is_open() {
+            self.on_frames(port, bytes, Some(id));
+            return;
+        }
+        match c.conn.on_handshake_bytes(bytes, now) {
+            HandshakeStep::Incomplete => {}
+            HandshakeStep::Rejected {
+                reason,
+                rejection,
+                response,
+            } => {
+                self.counters.dropped(reason);
+                log::info!("core {}: refused a connection: {rejection:?}", self.id);
+                self.enqueue_owned(port, response);
+            }
+            HandshakeStep::Upgraded {
+                response,
+                path,
+                early,
+            } => {
+                log::debug!("core {}: client {port:?} upgraded on {path}", self.id);
+                self.clients.set_open(port);
+                self.counters.connections_upgraded.inc();
+                self.enqueue_owned(port, response);
+                if let Some(mut early) = early {
+                    // Frames sent right behind the request: decode them from this copy.
+                    self.on_frames(port, &mut early, None);
+                }
+            }
+        }
+    }
+
+    /// Decodes frames in `bytes`; `buf` is the receive buffer they lie in (`None`: a private
+    /// copy).
+    fn on_frames(&mut self, port: PortId, bytes: &mut [u8], buf: Option<BufId>) {
+        let mut pos = 0;
+        loop {
+            let Some(c) = self.clients.get_mut(port) else {
+                return;
+            };
+            let Some(input) = c.conn.next_input(bytes, &mut pos) else {
+                return;
+            };
+            match input {
+                Input::Frame(range) => {
+                    let frame = &bytes[range];
+                    match buf {
+                        Some(buf) => self.client_frame(
+                            port,
+                            ClientFrame {
+                                bytes: frame,
+                                buf,
+                                at_headroom: false,
+                            },
+                        ),
+                        None => self.client_frame_copy(port, frame),
+                    }
+                }
+                Input::Piece { range, first } => self.append_piece(port, &bytes[range], first),
+                Input::Assembled => {
+                    if let Some((slot, len)) = c.assembly.take() {
+                        let arena = self.pool.arena();
+                        // SAFETY: the reassembly slot is referenced by us alone and complete;
+                        // nothing writes it while it is switched.
+                        let bytes = unsafe { arena.bytes(slot, HEADROOM, len) };
+                        self.client_frame(
+                            port,
+                            ClientFrame {
+                                bytes,
+                                buf: slot,
+                                at_headroom: true,
+                            },
+                        );
+                        self.pool.release(slot);
+                    }
+                }
+                Input::Runt { len } => {
+                    if let Some((slot, _)) = c.assembly.take() {
+                        self.pool.release(slot);
+                    }
+                    self.counters.dropped(DropReason::RuntFrame);
+                    self.log_once(
+                        port,
+                        DropReason::RuntFrame,
+                        format_args!(
+                            "dropped a {len}-byte message (shorter than an Ethernet header)"
+                        ),
+                    );
+                }
+                Input::Pong(pong) => {
+                    self.counters.pings_answered.inc();
+                    self.enqueue_owned(port, pong);
+                }
+                Input::Close { reply, violation } => {
+                    if let Some((reason, violation)) = violation {
+                        self.counters.dropped(reason);
+                        self.log_once(
+                            port,
+                            reason,
+                            format_args!("closing with {}: {violation}", violation.close_code()),
+                        );
+                    }
+                    self.enqueue_owned(port, reply);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Appends a piece of a message that spans frames or buffers to the client's reassembly
+    /// slot (a new one when `first`).
+    fn append_piece(&mut self, port: PortId, piece: &[u8], first: bool) {
+        let Some(c) = self.clients.get_mut(port) else {
+            return;
+        };
+        if first {
+            if let Some((old, _)) = c.assembly.take() {
+                self.pool.release(old);
+            }
+            c.assembly = self.pool.alloc_slot().map(|id| (id, 0));
+            if c.assembly.is_none() {
+                self.counters.dropped(DropReason::NoFrameBuffer);
+            }
+        }
+        if let Some((id, len)) = c.assembly.as_mut() {
+            // SAFETY: the reassembly slot is ours alone until the message is complete; the
+            // session bounds a message by max_frame.
+            unsafe { self.pool.append_to_slot(*id, *len, piece) };
+            *len += piece.len();
+        }
+    }
+
+    /// A frame from a private copy (frames that arrived with the handshake).
+    fn client_frame_copy(&mut self, port: PortId, frame: &[u8]) {
+        let Some(slot) = self.pool.copy_to_slot(frame) else {
+            self.counters.dropped(DropReason::NoFrameBuffer);
+            return;
+        };
+        let arena = self.pool.arena();
+        // SAFETY: the slot was just filled and is referenced by us alone.
+        let bytes = unsafe { arena.bytes(slot, HEADROOM, frame.len()) };
+        self.client_frame(
+            port,
+            ClientFrame {
+                bytes,
+                buf: slot,
+                at_headroom: true,
+            },
+        );
+        self.pool.release(slot);
+    }
+
+    /// Switches a frame from the client of `port`.
+    pub(super) fn client_frame(&mut self, port: PortId, frame: ClientFrame<'_>) {
+        let (Some(dst), Some(src)) = (Mac::destination(frame.bytes), Mac::source(frame.bytes))
+        else {
+            return;
+        };
+        let len = frame.bytes.len();
+        self.counters.client_rx_frames.inc();
+        self.counters.client_rx_bytes.add(len as u64);
+        if !self.within_limits(port, len, dst.is_group()) {
+            return;
+        }
+        let decision = match ingress(
+            &mut self.switch,
+            &mut &self.shared.authority,
+            Source::Port(port),
+            dst,
+            src,
+            self.now_ms,
+        ) {
+            Ok(d) => d,
+            Err(drop) => {
+                let reason = DropReason::from(drop);
+                self.counters.dropped(reason);
+                if reason != DropReason::Hairpin {
+                    self.log_once(port, reason, format_args!("source {src}"));
+                }
+                return;
+            }
+        };
+        if let Some(mac) = decision.learned {
+            self.mailbox.broadcast(Control::Learn(mac, port));
+            self.steer(mac);
+        }
+        match decision.forward {
+            Forward::Uplink => self.tap_write(frame),
+            Forward::Port(to) => {
+                if let Some(ready) = self.ready_copy(frame) {
+                    self.deliver(to, ready);
+                    self.pool.release(ready.buf);
+                }
+            }
+            Forward::Flood => {
+                self.tap_write(frame);
+                if let Some(ready) = self.ready_copy(frame) {
+                    self.flood(ready, Some(port));
+                    self.pool.release(ready.buf);
+                }
+            }
+        }
+    }
+
+    /// Charges a frame to its client's limits; false (and counted) when over one.
+    fn within_limits(&mut self, port: PortId, len: usize, group: bool) -> bool {
+        let now = self.now_ms;
+        let Some(c) = self.clients.get_mut(port) else {
+            return true;
+        };
+        let Err(what) = c.conn.charge(len, group, now) else {
+            return true;
+        };
+        self.counters.dropped(DropReason::RateLimited);
+        self.log_once(port, DropReason::RateLimited, format_args!("{what}"));
+        false
+    }
+
+    /// The frame in a buffer ready to send to clients (the caller owns one reference): the
+    /// frame's own slot when it already has headroom, else a copy in a new slot.
+    fn ready_copy(&mut self, frame: ClientFrame<'_>) -> Option<Ready> {
+        let len = frame.bytes.len();
+        if frame.at_headroom && self.pool.has_headroom(frame.buf) {
+            self.pool.retain(frame.buf);
+            return Some(self.ready(frame.buf, len));
+        }
+        let Some(slot) = self.pool.copy_to_slot(frame.bytes) else {
+            self.counters.dropped(DropReason::NoFrameBuffer);
+            return None;
+        };
+        Some(self.ready(slot, len))
+    }
+
+    /// Writes a client frame to the TAP from the buffer it lies in.
+    fn tap_write(&mut self, frame: ClientFrame<'_>) {
+        let len = frame.bytes.len();
+        // SAFETY: the bytes lie in `frame.buf`, on which the reference taken below is held
+        // until the write completes; nobody writes a frame's bytes once it is decoded.
+        let accepted = unsafe {
+            self.tap
+                .write(&mut self.ring, frame.bytes.as_ptr(), len, frame.buf.0)
+        };
+        if !accepted {
+            self.counters.dropped(DropReason::TapBacklog);
+            return;
+        }
+        self.pool.retain(frame.buf);
+        self.counters.tap_tx_frames.inc();
+        self.counters.tap_tx_bytes.add(len as u64);
+    }
+
+    /// A TAP write completed.
+    pub(super) fn on_tap_write(&mut self, buf: BufId, res: i32) {
+        self.tap.on_write();
+        self.pool.release(buf);
+        if res < 0 {
+            self.counters.dropped(DropReason::TapWriteError);
+            log::debug!(
+                "core {}: TAP write failed: {}",
+                self.id,
+                io::Error::from_raw_os_error(-res)
+            );
+        }
+    }
+
+    /// Points TAP queue steering for `mac` at this core (once per learned address).
+    fn steer(&mut self, mac: Mac) {
+        let Some(steering) = &self.shared.steering else {
+            return;
+        };
+        // Lossless: core ids are small.
+        if let Err(e) = steering.set(mac, self.id as u32) {
+            self.counters.steering_failed.inc();
+            log::debug!("core {}: cannot steer {mac} to this core: {e}", self.id);
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Connections coming and going: accept, admission against `--max-clients`, shutdown of a
+//! socket, and freeing a slot once the kernel is done with it.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+
+use io_uring::{opcode, types};
+
+use crate::counters::DropReason;
+use crate::switch::PortId;
+use crate::ws::handshake;
+
+use super::super::client::Client;
+use super::super::conn::Conn;
+use super::super::mailbox::Control;
+use super::super::ops::{self, Kind};
+use super::Worker;
+
+impl Worker {
+    /// An accept completed.
+    pub(super) fn on_accept(&mut self, res: i32, flags: u32) {
+        let (fd, rearm) = self.acceptor.on_completion(res, flags, self.id);
+        if let Some(fd) = fd {
+            self.counters.connections_accepted.inc();
+            self.admit(fd);
+        }
+        if rearm && !self.draining() {
+            self.acceptor.arm(&mut self.ring);
+        }
+    }
+
+    /// Takes a new connection as a client, or refuses it with `503` beyond `--max-clients`.
+    /// Accepted sockets inherit `TCP_NODELAY` from the listener.
+    fn admit(&mut self, fd: OwnedFd) {
+        if self.draining() {
+            return;
+        }
+        let total = self.shared.clients.fetch_add(1, Ordering::AcqRel);
+        if total >= self.cfg.max_clients {
+            self.shared.clients.fetch_sub(1, Ordering::AcqRel);
+            self.counters.dropped(DropReason::TooManyClients);
+            let response = handshake::too_many_clients_response();
+            // One non-blocking send on a fresh socket; if it does not fit, the peer gets a reset.
+            let _ = rustix::net::send(
+                &fd,
+                response.as_bytes(),
+                rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+            );
+            return;
+        }
+        let deadline = self.now_ms + self.cfg.handshake_timeout_ms;
+        let conn = Conn::new(self.limits, self.now_ms, deadline);
+        let port = self.clients.insert(|port| Client::new(fd, port, conn));
+        self.counters.clients_open.inc();
+        self.arm_recv(port);
+    }
+
+    /// Stops a client: no more input or output, its MACs released, its socket shut down. The
+    /// slot is freed once its operations have completed ([`Worker::maybe_free`]).
+    pub(super) fn begin_close(&mut self, port: PortId) {
+        let Some(c) = self.clients.get_mut(port) else {
+            return;
+        };
+        if c.conn.is_closed() {
+            return;
+        }
+        c.conn.close();
+        // Wakes any receive or send still in flight; an error means the peer is gone already.
+        let _ = rustix::net::shutdown(c.socket.fd(), rustix::net::Shutdown::Both);
+        let fd = types::Fd(c.socket.raw_fd());
+        self.clients.set_closed(port);
+        let macs = self
+            .shared
+            .authority
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release_port(port);
+        for mac in macs {
+            self.switch.forget(mac, port);
+            self.mailbox.broadcast(Control::Forget(mac, port));
+            if let Some(s) = &self.shared.steering {
+                s.remove(mac);
+            }
+        }
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd).all())
+            .build()
+            .user_data(ops::for_index(Kind::Cancel, 0));
+        // SAFETY: a cancel names operations by descriptor; the descriptor stays open until
+        // the slot is freed, after every operation on it has completed.
+        unsafe { self.ring.push(&cancel) };
+    }
+
+    /// Frees a closed client whose operations have all completed.
+    pub(super) fn maybe_free(&mut self, port: PortId) {
+        if !self.clients.get_mut(port).is_some_and(|c| c.finished()) {
+            return;
+        }
+        let Some(mut c) = self.clients.remove(port) else {
+            return;
+        };
+        let pool = &mut self.pool;
+        c.out.clear(|id| pool.release(id));
+        if let Some((id, _)) = c.assembly.take() {
+            self.pool.release(id);
+        }
+        drop(c);
+        self.shared.clients.fetch_sub(1, Ordering::AcqRel);
+        self.counters.connections_closed.inc();
+        self.counters.client_gone();
+    }
+}

@@ -1,0 +1,259 @@
+//! One core's event loop: a ring, a listener, a TAP queue, its clients and its switch replica.
+//!
+//! Each iteration publishes returned buffers, submits every pending send, TAP write and
+//! re-arm with one `io_uring_enter` that also waits for at least one completion, then handles
+//! all completions and the messages from other cores. Nothing here blocks except that wait.
+//!
+//! The per-frame paths, top to bottom:
+//!
+//! - **client → host** ([`input`]): a receive completes ([`Worker::on_recv`]) → the bytes are
+//!   decoded in place by the client's [`Conn`] ([`Worker::on_frames`]) → each frame is
+//!   switched ([`Worker::client_frame`]) → written to the TAP from the receive buffer
+//!   ([`Worker::tap_write`]).
+//! - **host → clients** ([`output`]): a TAP read completes ([`Worker::on_tap_read`]) → the
+//!   frame is switched ([`Worker::tap_frame`]) → delivered to a port or flooded
+//!   ([`Worker::deliver`], [`Worker::flood`]) → queued on each client ([`Worker::enqueue`]) →
+//!   sent with one `sendmsg` per client per iteration ([`Worker::flush_sends`]).
+//! - client → client and across cores go through the same delivery, from a frame slot.
+//!
+//! Connections come and go in [`lifecycle`]; timers and shutdown in [`housekeeping`].
+//!
+//! [`Conn`]: super::conn::Conn
+
+mod housekeeping;
+mod input;
+mod lifecycle;
+mod output;
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+use io_uring::{opcode, types};
+
+use crate::counters::{CoreCounters, DropReason};
+use crate::switch::{PortId, Switch};
+
+use super::acceptor::Acceptor;
+use super::bufpool::{BufId, BufferPool, PoolSizes};
+use super::clients::ClientTable;
+use super::conn::ConnLimits;
+use super::mailbox::Mailbox;
+use super::ops::{self, Features, Kind};
+use super::ring::{Completion, Ring};
+use super::tapq::TapQueue;
+use super::{EngineConfig, Shared};
+
+/// Housekeeping tick.
+const TICK_MS: u64 = 250;
+
+/// A receive result held back while the TAP or another core is behind.
+struct Held {
+    port: PortId,
+    result: i32,
+    buf: Option<BufId>,
+}
+
+/// A core. Field order matters: the ring is dropped before the pool whose buffers it lends.
+pub struct Worker {
+    ring: Ring,
+    pool: BufferPool,
+    id: usize,
+    cfg: Arc<EngineConfig>,
+    shared: Arc<Shared>,
+    counters: Arc<CoreCounters>,
+    features: Features,
+    acceptor: Acceptor,
+    tap: TapQueue,
+    clients: ClientTable,
+    mailbox: Mailbox,
+    switch: Switch,
+    /// What every new connection is allowed.
+    limits: ConnLimits,
+    /// Receive results held while the TAP or another core is behind, in arrival order.
+    held: VecDeque<Held>,
+    /// Clients whose receive stopped because the receive ring ran dry.
+    recv_starved: Vec<PortId>,
+    /// The tick's timeout (boxed: the kernel reads it while the timeout is armed).
+    timer: Box<types::Timespec>,
+    started: Instant,
+    /// Milliseconds since start, read once per iteration.
+    now_ms: u64,
+    last_ageing_ms: u64,
+    last_log_reset_ms: u64,
+    /// Set when shutdown began: clients past it are shut down.
+    drain_deadline_ms: Option<u64>,
+}
+
+// SAFETY: a Worker is made, driven and dropped by one thread at a time: its raw pointers
+// (pool memory, iovecs, queued frame pointers) and the `Rc` of its arena point into memory
+// the Worker itself owns (every `Rc` clone is the Worker's own or a local of one of its
+// methods), and it only moves to the joining thread after its loop has returned.
+unsafe impl Send for Worker {}
+
+impl Worker {
+    /// Builds core `id` on the calling thread (the ring must be driven by the thread that
+    /// made it).
+    pub fn new(
+        id: usize,
+        cfg: Arc<EngineConfig>,
+        shared: Arc<Shared>,
+        listener: OwnedFd,
+        tap: OwnedFd,
+    ) -> io::Result<Self> {
+        let ring = Ring::new(cfg.ring_entries, id)?;
+        let features = ops::probe(ring.uring(), cfg.io_fallback);
+        let pool = BufferPool::new(
+            &ring.uring().submitter(),
+            PoolSizes {
+                recv_count: cfg.recv_buffers,
+                recv_size: cfg.recv_buffer_size,
+                tap_count: cfg.tap_buffers,
+                slot_count: cfg.frame_slots,
+                max_frame: cfg.max_frame,
+            },
+        )?;
+        let limits = ConnLimits {
+            max_frame: cfg.max_frame,
+            client_rate: cfg.client_rate,
+            client_broadcast_pps: cfg.client_broadcast_pps,
+            ping_interval_ms: cfg.ping_interval_ms,
+            slow_client_timeout_ms: cfg.slow_client_timeout_ms,
+        };
+        Ok(Worker {
+            ring,
+            pool,
+            id,
+            counters: shared.counters[id].clone(),
+            features,
+            acceptor: Acceptor::new(listener, features.multishot_accept),
+            tap: TapQueue::new(tap, features.multishot_tap_read, cfg.max_frame),
+            clients: ClientTable::new(id),
+            mailbox: Mailbox::new(id, shared.clone()),
+            switch: Switch::new(cfg.mac_ageing_ms),
+            limits,
+            held: VecDeque::new(),
+            recv_starved: Vec::new(),
+            timer: Box::new(types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32)),
+            started: Instant::now(),
+            now_ms: 0,
+            last_ageing_ms: 0,
+            last_log_reset_ms: 0,
+            drain_deadline_ms: None,
+            cfg,
+            shared,
+        })
+    }
+
+    /// Which io_uring features this core uses.
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    /// Runs until shutdown has drained every client.
+    pub fn run(&mut self) -> io::Result<()> {
+        self.acceptor.arm(&mut self.ring);
+        self.tap.arm_reads(&mut self.ring, &self.pool);
+        self.mailbox.arm_wake(&mut self.ring);
+        self.arm_timer();
+        loop {
+            self.tick_clock();
+            if self.shutdown_requested() && self.drain_deadline_ms.is_none() {
+                self.start_drain();
+            }
+            self.rearm_starved();
+            self.flush_sends();
+            self.mailbox.flush();
+            self.pool.publish();
+            if self.drained() {
+                return Ok(());
+            }
+            self.ring.submit_and_wait()?;
+            self.tick_clock();
+            // Handlers may reap more completions while pushing work (see `Ring::push`): they
+            // are handled in this same pass.
+            while let Some(c) = self.ring.next_completion() {
+                self.complete(c);
+            }
+            self.drain_mailbox();
+            self.process_held_input();
+        }
+    }
+
+    fn tick_clock(&mut self) {
+        self.now_ms = self.started.elapsed().as_millis() as u64;
+    }
+
+    fn shutdown_requested(&self) -> bool {
+        self.shared
+            .shutdown
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn draining(&self) -> bool {
+        self.drain_deadline_ms.is_some()
+    }
+
+    fn arm_timer(&mut self) {
+        let entry = opcode::Timeout::new(&*self.timer)
+            .build()
+            .user_data(ops::for_index(Kind::Timer, 0));
+        // SAFETY: the timespec is a box this worker owns for as long as the ring lives.
+        unsafe { self.ring.push(&entry) };
+    }
+
+    /// Routes one completion to its handler.
+    fn complete(&mut self, c: Completion) {
+        let Some((kind, port)) = ops::decode(c.user_data, self.id) else {
+            return;
+        };
+        match kind {
+            Kind::Accept => self.on_accept(c.result, c.flags),
+            Kind::TapRead => self.on_tap_read(c.result, c.flags),
+            Kind::Wake => {
+                if c.result != -libc::ECANCELED {
+                    self.mailbox.arm_wake(&mut self.ring);
+                }
+            }
+            Kind::Timer => {
+                self.housekeeping();
+                self.arm_timer();
+            }
+            Kind::Recv => self.on_recv(port, c.result, c.flags),
+            Kind::Send => self.on_send(port, c.result),
+            Kind::TapWrite => self.on_tap_write(BufId(port.slot()), c.result),
+            Kind::Cancel => {}
+        }
+    }
+
+    /// Re-arms receives and TAP reads that stopped because their ring ran dry.
+    fn rearm_starved(&mut self) {
+        if !self.recv_starved.is_empty() && self.pool.recv_available() > 0 {
+            for port in std::mem::take(&mut self.recv_starved) {
+                self.arm_recv(port);
+            }
+        }
+        if !self.draining() {
+            self.tap.rearm_if_refilled(&mut self.ring, &self.pool);
+        }
+    }
+
+    /// Logs `what` for the client of `port` at most once per reason per log interval.
+    /// `what` is formatted only when it is logged: drop paths run per frame and must not
+    /// allocate.
+    fn log_once(&mut self, port: PortId, reason: DropReason, what: std::fmt::Arguments<'_>) {
+        let Some(c) = self.clients.get_mut(port) else {
+            return;
+        };
+        if c.conn.first_log(reason) {
+            log::info!(
+                "core {}: client {}: {}: {what}",
+                self.id,
+                port.slot(),
+                reason.label()
+            );
+        }
+    }
+}

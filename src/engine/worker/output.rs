@@ -1,0 +1,301 @@
+//! Host → clients, and every frame's way to its recipients: TAP reads, delivery to a port or
+//! a flood, frames across cores, the send queues and their sends.
+//!
+//! A frame to clients is sent from a buffer with headroom (a TAP read buffer or a frame slot)
+//! into which its server header is written once, before any send of it is queued; a flood
+//! sends the same buffer to every recipient (reference counted). A frame for another core's
+//! clients travels as a reference; that core copies it into its own slot and gives the
+//! reference back.
+
+use std::io;
+
+use io_uring::{opcode, types};
+
+use crate::counters::DropReason;
+use crate::switch::{ingress, Forward, Mac, PortId, Source};
+use crate::ws::frame;
+
+use super::super::bufpool::{BufId, HEADROOM};
+use super::super::mailbox::{Control, Incoming, Target};
+use super::super::ops::{self, Kind};
+use super::super::outqueue::OutData;
+use super::super::tapq::ReadEnd;
+use super::Worker;
+
+/// A frame ready to send: `len` bytes at [`HEADROOM`] of `buf`, its server header of
+/// `header_len` bytes written just before. Whoever holds it holds a reference on `buf`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ready {
+    pub buf: BufId,
+    pub len: usize,
+    header_len: usize,
+}
+
+impl Worker {
+    /// Writes the server header of the `len`-byte frame at [`HEADROOM`] of `buf` (a buffer
+    /// with headroom that the caller holds and that no send has been queued from yet).
+    pub(super) fn ready(&mut self, buf: BufId, len: usize) -> Ready {
+        let header_len = frame::header_len(len, false);
+        let arena = self.pool.arena();
+        // SAFETY: the headroom in front of the frame is ours: no send of this buffer is queued
+        // yet, and a TAP write of the frame (client floods) reads only the bytes after it.
+        let head = unsafe { arena.bytes_mut(buf, HEADROOM - header_len, header_len) };
+        frame::encode_header(head, true, frame::OP_BINARY, len, None);
+        Ready {
+            buf,
+            len,
+            header_len,
+        }
+    }
+
+    /// A TAP read completed.
+    pub(super) fn on_tap_read(&mut self, res: i32, flags: u32) {
+        if let Some(bid) = io_uring::cqueue::buffer_select(flags) {
+            let id = self.pool.tap_buf(bid);
+            self.pool.received(id);
+            if res > 0 {
+                // Lossless: res > 0.
+                self.tap_frame(id, res as usize);
+            }
+            self.pool.release(id);
+        }
+        match self.tap.on_read(res, flags) {
+            ReadEnd::Armed => {}
+            ReadEnd::Stopped => {
+                if !self.draining() {
+                    self.tap.arm_reads(&mut self.ring, &self.pool);
+                }
+            }
+            ReadEnd::Starved => self.counters.buffer_ring_empty.inc(),
+            ReadEnd::RetryLater(e) => log::warn!("core {}: TAP read failed: {e}", self.id),
+        }
+    }
+
+    /// Switches a frame read from the TAP: `len` bytes at [`HEADROOM`] of `id`.
+    fn tap_frame(&mut self, id: BufId, len: usize) {
+        self.counters.tap_rx_frames.inc();
+        self.counters.tap_rx_bytes.add(len as u64);
+        let arena = self.pool.arena();
+        // SAFETY: the kernel handed this buffer over and we hold its reference; nothing
+        // writes the frame's bytes (the header goes into the headroom in front).
+        let bytes = unsafe { arena.bytes(id, HEADROOM, len) };
+        let (Some(dst), Some(src)) = (Mac::destination(bytes), Mac::source(bytes)) else {
+            self.counters.dropped(DropReason::TapRunt);
+            return;
+        };
+        if len < crate::ws::session::MIN_ETHERNET_FRAME {
+            self.counters.dropped(DropReason::TapRunt);
+            return;
+        }
+        match ingress(
+            &mut self.switch,
+            &mut &self.shared.authority,
+            Source::Uplink,
+            dst,
+            src,
+            self.now_ms,
+        ) {
+            Ok(d) => match d.forward {
+                Forward::Port(to) => {
+                    let ready = self.ready(id, len);
+                    self.deliver(to, ready);
+                }
+                Forward::Flood => {
+                    let ready = self.ready(id, len);
+                    self.flood(ready, None);
+                }
+                Forward::Uplink => {}
+            },
+            Err(drop) => self.counters.dropped(DropReason::from(drop)),
+        }
+    }
+
+    /// Sends a ready frame to port `to`, wherever it lives.
+    pub(super) fn deliver(&mut self, to: PortId, ready: Ready) {
+        if to.core() == self.id {
+            self.enqueue(to, ready);
+        } else {
+            self.send_to_core(to.core(), ready, Target::Port(to));
+        }
+    }
+
+    /// Sends a ready frame to every port but `except`, on every core.
+    pub(super) fn flood(&mut self, ready: Ready, except: Option<PortId>) {
+        self.flood_local(ready, except);
+        for core in 0..self.shared.cores {
+            if core != self.id {
+                self.send_to_core(core, ready, Target::Flood);
+            }
+        }
+    }
+
+    /// Sends a ready frame to every open port of this core but `except`.
+    fn flood_local(&mut self, ready: Ready, except: Option<PortId>) {
+        for i in 0..self.clients.open_count() {
+            let port = self.clients.open_port(i);
+            if Some(port) != except {
+                self.enqueue(port, ready);
+            }
+        }
+    }
+
+    /// Hands a ready frame to another core (a reference travels with it).
+    fn send_to_core(&mut self, core: usize, ready: Ready, target: Target) {
+        let data = self.pool.ptr(ready.buf, HEADROOM);
+        if self
+            .mailbox
+            .send_frame(core, data, ready.len, ready.buf, target)
+        {
+            self.pool.retain(ready.buf);
+            self.counters.cross_core_frames.inc();
+        } else {
+            self.counters.dropped(DropReason::CrossCoreFull);
+        }
+    }
+
+    /// Handles every message other cores sent us.
+    pub(super) fn drain_mailbox(&mut self) {
+        while let Some(msg) = self.mailbox.next() {
+            match msg {
+                Incoming::Frame {
+                    from,
+                    data,
+                    len,
+                    buf,
+                    target,
+                } => {
+                    // SAFETY: the sender keeps `buf` referenced and unmodified until our
+                    // release arrives, and its pool outlives every core thread.
+                    let bytes = unsafe { std::slice::from_raw_parts(data, len) };
+                    let slot = self.pool.copy_to_slot(bytes);
+                    self.mailbox.release(from, buf);
+                    let Some(slot) = slot else {
+                        self.counters.dropped(DropReason::NoFrameBuffer);
+                        continue;
+                    };
+                    let ready = self.ready(slot, len);
+                    match target {
+                        Target::Port(to) => self.deliver(to, ready),
+                        // Flood locally only: the sender already covered other cores.
+                        Target::Flood => self.flood_local(ready, None),
+                    }
+                    self.pool.release(slot);
+                }
+                Incoming::Released(buf) => self.pool.release(buf),
+                Incoming::Control(Control::Learn(mac, port)) => {
+                    self.switch.learn(mac, port, self.now_ms)
+                }
+                Incoming::Control(Control::Forget(mac, port)) => self.switch.forget(mac, port),
+            }
+        }
+    }
+
+    /// Queues a ready frame to the client of `port` (a local port), within its queue bound.
+    fn enqueue(&mut self, port: PortId, ready: Ready) {
+        let now = self.now_ms;
+        let limit = self.cfg.send_queue;
+        let Some(c) = self.clients.get_mut(port) else {
+            self.counters.dropped(DropReason::PortGone);
+            return;
+        };
+        if !c.conn.is_open() {
+            return;
+        }
+        if c.out.len() >= limit {
+            self.counters.dropped(DropReason::SendQueueFull);
+            self.log_once(
+                port,
+                DropReason::SendQueueFull,
+                format_args!("client is not reading fast enough"),
+            );
+            return;
+        }
+        let total = ready.header_len + ready.len;
+        c.out.push(
+            OutData::Pool {
+                buf: ready.buf,
+                ptr: self.pool.ptr(ready.buf, HEADROOM - ready.header_len),
+                // Lossless: total ≤ 65563.
+                len: total as u32,
+            },
+            now,
+        );
+        self.pool.retain(ready.buf);
+        self.clients.mark_dirty(port);
+        self.counters.client_tx_frames.inc();
+        self.counters.client_tx_bytes.add(ready.len as u64);
+    }
+
+    /// Queues a small frame or HTTP response for the client of `port` (not subject to the
+    /// queue bound: control traffic is small and bounded by the peer's own requests).
+    pub(super) fn enqueue_owned(&mut self, port: PortId, bytes: Vec<u8>) {
+        let now = self.now_ms;
+        let Some(c) = self.clients.get_mut(port) else {
+            return;
+        };
+        if !c.conn.wants_output() {
+            return;
+        }
+        c.out.push(OutData::Owned(bytes.into_boxed_slice()), now);
+        self.clients.mark_dirty(port);
+    }
+
+    /// Submits one `sendmsg` for every client with output and no send in flight.
+    pub(super) fn flush_sends(&mut self) {
+        let mut dirty = self.clients.take_dirty();
+        for &port in &dirty {
+            let Some(c) = self.clients.get_mut(port) else {
+                continue;
+            };
+            if !c.conn.wants_output() {
+                continue;
+            }
+            let Some(msg) = c.socket.prepare_send(&c.out) else {
+                continue;
+            };
+            let entry = opcode::SendMsg::new(types::Fd(c.socket.raw_fd()), msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+                .user_data(ops::for_port(Kind::Send, port));
+            // SAFETY: the msghdr and iovecs live in the client's boxes and the bytes they name
+            // in its queue (pool buffers it references, or owned boxes); neither changes until
+            // the send completes, and the slot is not freed while it is in flight.
+            unsafe { self.ring.push(&entry) };
+        }
+        dirty.clear();
+        self.clients.restore_dirty(dirty);
+    }
+
+    /// A send completed.
+    pub(super) fn on_send(&mut self, port: PortId, res: i32) {
+        let now = self.now_ms;
+        let Some(c) = self.clients.get_mut(port) else {
+            return;
+        };
+        c.socket.send_in_flight = false;
+        if res < 0 {
+            if res != -libc::EPIPE && res != -libc::ECONNRESET && res != -libc::ECANCELED {
+                self.counters.dropped(DropReason::ClientError);
+                log::debug!(
+                    "core {}: send failed: {}",
+                    self.id,
+                    io::Error::from_raw_os_error(-res)
+                );
+            }
+            self.begin_close(port);
+            self.maybe_free(port);
+            return;
+        }
+        let pool = &mut self.pool;
+        // Lossless: res ≥ 0.
+        c.out.advance(res as usize, now, |id| pool.release(id));
+        let more = !c.out.is_empty();
+        let flushed = !more && c.conn.is_flushing();
+        if more {
+            self.clients.mark_dirty(port);
+        } else if flushed {
+            self.begin_close(port);
+        }
+        self.maybe_free(port);
+    }
+}
