@@ -36,9 +36,16 @@ struct Insn {
 }
 
 const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+    // `dst_reg:4, src_reg:4` bit fields: the first field takes the low nibble on little-endian
+    // targets and the high nibble on big-endian ones.
+    let regs = if cfg!(target_endian = "big") {
+        (dst << 4) | src
+    } else {
+        dst | (src << 4)
+    };
     Insn {
         code,
-        regs: dst | (src << 4),
+        regs,
         off,
         imm,
     }
@@ -111,9 +118,13 @@ fn bpf(cmd: libc::c_long, attr: &[u64]) -> io::Result<i32> {
     }
 }
 
-/// Two u32 fields packed into one u64 word in memory order (little-endian x86/arm64 layout).
-fn pair(low: u32, high: u32) -> u64 {
-    u64::from(low) | (u64::from(high) << 32)
+/// Two consecutive u32 fields of `union bpf_attr` as one u64 word whose bytes in memory are
+/// `first` then `second`, on targets of either byte order.
+fn pair(first: u32, second: u32) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes[..4].copy_from_slice(&first.to_ne_bytes());
+    bytes[4..].copy_from_slice(&second.to_ne_bytes());
+    u64::from_ne_bytes(bytes)
 }
 
 /// The steering map of a TAP. The program is detached again on drop: a persistent TAP that
@@ -230,6 +241,23 @@ mod tests {
             key(Mac([0x02, 0x53, 0xaa, 0xbb, 0xcc, 0xdd])),
             0x0253_aabb_ccdd
         );
+    }
+
+    #[test]
+    fn attribute_pairs_are_in_memory_order() {
+        let word = pair(0x0102_0304, 0x0A0B_0C0D).to_ne_bytes();
+        assert_eq!(word[..4], 0x0102_0304u32.to_ne_bytes());
+        assert_eq!(word[4..], 0x0A0B_0C0Du32.to_ne_bytes());
+    }
+
+    #[test]
+    fn registers_pack_as_the_kernel_reads_them() {
+        let i = insn(0xbf, 6, 1, 0, 0);
+        if cfg!(target_endian = "little") {
+            assert_eq!(i.regs, 0x16);
+        } else {
+            assert_eq!(i.regs, 0x61);
+        }
     }
 
     #[test]

@@ -1,0 +1,271 @@
+//! The lifecycle of a connection, step by step: handshake → open → ping → close with a
+//! violation code → flushed.
+
+use super::*;
+
+const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+fn limits() -> ConnLimits {
+    ConnLimits {
+        max_frame: 1518,
+        client_rate: None,
+        client_broadcast_pps: None,
+        ping_interval_ms: Some(1_000),
+        slow_client_timeout_ms: 5_000,
+    }
+}
+
+/// A masked client frame (mask key 1, 2, 3, 4).
+fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [1, 2, 3, 4];
+    let mut out = vec![0; frame::header_len(payload.len(), true)];
+    frame::encode_header(&mut out, true, opcode, payload.len(), Some(key));
+    let start = out.len();
+    out.extend_from_slice(payload);
+    frame::apply_mask(&mut out[start..], key, 0);
+    out
+}
+
+fn open_conn() -> Conn {
+    let mut c = Conn::new(limits(), 0, 10_000);
+    assert!(matches!(
+        c.on_handshake_bytes(UPGRADE, 0),
+        HandshakeStep::Upgraded { early: None, .. }
+    ));
+    c
+}
+
+fn inputs(c: &mut Conn, bytes: &mut [u8]) -> Vec<Input> {
+    let mut pos = 0;
+    std::iter::from_fn(|| c.next_input(bytes, &mut pos)).collect()
+}
+
+#[test]
+fn handshake_split_then_open_with_early_frame() {
+    let mut c = Conn::new(limits(), 0, 10_000);
+    assert_eq!(
+        c.on_handshake_bytes(&UPGRADE[..20], 0),
+        HandshakeStep::Incomplete
+    );
+    let mut rest = UPGRADE[20..].to_vec();
+    let frame = masked(frame::OP_BINARY, &[0xAB; 60]);
+    rest.extend_from_slice(&frame);
+    let HandshakeStep::Upgraded {
+        response, early, ..
+    } = c.on_handshake_bytes(&rest, 5)
+    else {
+        panic!("not upgraded");
+    };
+    assert!(response.starts_with(b"HTTP/1.1 101"));
+    assert!(c.is_open() && c.wants_input());
+    let mut early = early.expect("early frame");
+    assert_eq!(early, frame);
+    let got = inputs(&mut c, &mut early);
+    let [Input::Frame(range)] = &got[..] else {
+        panic!("{got:?}");
+    };
+    assert_eq!(&early[range.clone()], &[0xAB; 60][..]);
+}
+
+#[test]
+fn bad_request_flushes_and_keeps_the_deadline() {
+    let mut c = Conn::new(limits(), 0, 10_000);
+    let step = c.on_handshake_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0);
+    assert!(matches!(
+        step,
+        HandshakeStep::Rejected {
+            reason: DropReason::NotWebsocket,
+            ..
+        }
+    ));
+    assert_eq!(
+        c.lifecycle(),
+        &Lifecycle::Flushing {
+            deadline_ms: Some(10_000)
+        }
+    );
+    assert!(!c.wants_input() && c.wants_output() && !c.is_open());
+    assert_eq!(c.poll_timeout(9_999, None), None);
+    assert_eq!(
+        c.poll_timeout(10_000, None),
+        Some(Timeout::ShutDown(DropReason::HandshakeTimeout))
+    );
+}
+
+#[test]
+fn oversized_head_is_refused() {
+    let mut c = Conn::new(limits(), 0, 10_000);
+    let junk = vec![b'a'; handshake::MAX_HEAD_LEN + 100];
+    assert!(matches!(
+        c.on_handshake_bytes(&junk, 0),
+        HandshakeStep::Rejected {
+            reason: DropReason::HeadTooLarge,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn handshake_deadline() {
+    let mut c = Conn::new(limits(), 0, 10_000);
+    assert_eq!(c.poll_timeout(9_999, None), None);
+    assert_eq!(
+        c.poll_timeout(10_000, None),
+        Some(Timeout::ShutDown(DropReason::HandshakeTimeout))
+    );
+}
+
+#[test]
+fn ping_pong_and_pong_timeout() {
+    let mut c = open_conn();
+    assert_eq!(c.poll_timeout(500, None), None);
+    let Some(Timeout::Ping(ping)) = c.poll_timeout(1_000, None) else {
+        panic!("no ping");
+    };
+    assert_eq!(ping[0], 0x80 | frame::OP_PING);
+    // Pinged: no second ping while waiting.
+    assert_eq!(c.poll_timeout(1_500, None), None);
+    // The pong answers it; the clock restarts from the last input.
+    let mut pong = masked(frame::OP_PONG, b"tapwire");
+    assert!(inputs(&mut c, &mut pong).is_empty());
+    c.received(1_600);
+    assert_eq!(c.poll_timeout(2_000, None), None);
+    assert!(matches!(
+        c.poll_timeout(2_600, None),
+        Some(Timeout::Ping(_))
+    ));
+    // No answer for an interval: a graceful 1001, once.
+    let Some(Timeout::PongMissed(close)) = c.poll_timeout(3_600, None) else {
+        panic!("no pong timeout");
+    };
+    assert_eq!(close, server_close_frame(1001));
+    assert!(c.is_flushing());
+    assert_eq!(c.poll_timeout(4_600, None), None);
+}
+
+#[test]
+fn client_ping_is_answered_with_its_payload() {
+    let mut c = open_conn();
+    let mut ping = masked(frame::OP_PING, b"hello");
+    let got = inputs(&mut c, &mut ping);
+    assert_eq!(
+        got,
+        vec![Input::Pong(server_control_frame(frame::OP_PONG, b"hello"))]
+    );
+    assert!(c.is_open());
+}
+
+#[test]
+fn violation_closes_with_its_code_and_stops_decoding() {
+    let mut c = open_conn();
+    let mut bytes = masked(frame::OP_TEXT, b"hi there");
+    bytes.extend_from_slice(&masked(frame::OP_BINARY, &[1; 20]));
+    let got = inputs(&mut c, &mut bytes);
+    let [Input::Close {
+        reply,
+        violation: Some((DropReason::TextMessage, _)),
+    }] = &got[..]
+    else {
+        panic!("{got:?}");
+    };
+    assert_eq!(reply, &server_close_frame(1003));
+    assert!(c.is_flushing() && !c.wants_input());
+    // Flushing, then the queue is sent and the socket shut down.
+    c.close();
+    assert!(c.is_closed() && !c.wants_output());
+}
+
+#[test]
+fn unmasked_frame_is_1002() {
+    let mut c = open_conn();
+    let mut bytes = vec![0x82, 14];
+    bytes.extend_from_slice(&[0; 14]);
+    let got = inputs(&mut c, &mut bytes);
+    assert!(matches!(
+        &got[..],
+        [Input::Close { violation: Some((DropReason::ProtocolViolation, v)), .. }] if v.close_code() == 1002
+    ));
+}
+
+#[test]
+fn close_is_echoed() {
+    let mut c = open_conn();
+    let mut bytes = masked(frame::OP_CLOSE, &1000u16.to_be_bytes());
+    let got = inputs(&mut c, &mut bytes);
+    assert_eq!(
+        got,
+        vec![Input::Close {
+            reply: server_close_frame(1000),
+            violation: None
+        }]
+    );
+}
+
+#[test]
+fn runt_is_reported_and_the_client_kept() {
+    let mut c = open_conn();
+    let mut bytes = masked(frame::OP_BINARY, &[1; 5]);
+    assert_eq!(inputs(&mut c, &mut bytes), vec![Input::Runt { len: 5 }]);
+    assert!(c.is_open());
+}
+
+#[test]
+fn stalled_output_shuts_down() {
+    let mut c = Conn::new(
+        ConnLimits {
+            ping_interval_ms: None,
+            ..limits()
+        },
+        0,
+        10_000,
+    );
+    let _ = c.on_handshake_bytes(UPGRADE, 0);
+    assert_eq!(c.poll_timeout(4_999, Some(0)), None);
+    assert_eq!(
+        c.poll_timeout(5_000, Some(0)),
+        Some(Timeout::ShutDown(DropReason::SlowClient))
+    );
+    // Also while flushing a close frame the client does not take.
+    let _ = c.close_gracefully(1001);
+    assert_eq!(
+        c.poll_timeout(6_000, Some(1_000)),
+        Some(Timeout::ShutDown(DropReason::SlowClient))
+    );
+}
+
+#[test]
+fn graceful_close_only_when_open() {
+    let mut c = Conn::new(limits(), 0, 10_000);
+    assert_eq!(c.close_gracefully(1001), None);
+    let mut c = open_conn();
+    assert_eq!(c.close_gracefully(1001), Some(server_close_frame(1001)));
+    assert_eq!(c.close_gracefully(1001), None);
+}
+
+#[test]
+fn limits_name_what_was_exceeded() {
+    let mut c = Conn::new(
+        ConnLimits {
+            client_rate: Some(2_000),
+            client_broadcast_pps: Some(1),
+            ..limits()
+        },
+        0,
+        10_000,
+    );
+    let _ = c.on_handshake_bytes(UPGRADE, 0);
+    assert_eq!(c.charge(1_518, true, 0), Ok(()));
+    assert_eq!(c.charge(60, true, 0), Err("over --client-broadcast-pps"));
+    assert_eq!(c.charge(1_518, false, 0), Err("over --client-rate"));
+    assert_eq!(c.charge(60, false, 1_000), Ok(()));
+}
+
+#[test]
+fn log_suppression_per_reason() {
+    let mut c = open_conn();
+    assert!(c.first_log(DropReason::RuntFrame));
+    assert!(!c.first_log(DropReason::RuntFrame));
+    assert!(c.first_log(DropReason::RateLimited));
+    c.reset_log();
+    assert!(c.first_log(DropReason::RuntFrame));
+}
