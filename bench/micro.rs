@@ -11,7 +11,7 @@ use tapwire::ws::{frame, Event, Session};
 
 fn masked_frame(len: usize) -> Vec<u8> {
     let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
-    tapwire::guest::client_frame(frame::OP_BINARY, &payload)
+    tapwire_testkit::ws::client_frame(frame::OP_BINARY, &payload)
 }
 
 fn parse_and_unmask(c: &mut Criterion) {

@@ -5,17 +5,19 @@
 //! Traffic stays on loopback inside the relay's namespace and on the TAP links inside the
 //! namespaces made here.
 
-#![allow(dead_code)]
+// Each test binary (scenarios, v86) uses part of the harness.
+#![allow(dead_code, unused_imports)]
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tapwire::ws::{frame, Event, Session};
+pub use tapwire_testkit::counters::Counters;
+pub use tapwire_testkit::netns::{unique, Netns};
+pub use tapwire_testkit::packet::{eth, BROADCAST};
+pub use tapwire_testkit::process::{Proc, RelayProcess};
+pub use tapwire_testkit::ws::{Got, WsClient};
 
 /// Prints the skip line and returns true when not root (the caller returns).
 pub fn skip_unless_root(test: &str) -> bool {
@@ -32,7 +34,13 @@ pub fn tapwire_bin() -> &'static str {
     env!("CARGO_BIN_EXE_tapwire")
 }
 
-pub use tapwire::testkit::{unique, Netns};
+/// A test tool of the testkit crate (built by `cargo build --workspace`).
+pub fn tool_bin(name: &str) -> String {
+    let env = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
+    tapwire_testkit::sibling_binary(name, &env)
+        .display()
+        .to_string()
+}
 
 /// A namespace for a test (panics if it cannot be made).
 pub fn netns(prefix: &str) -> Netns {
@@ -42,80 +50,6 @@ pub fn netns(prefix: &str) -> Netns {
 /// Runs a command inside `ns`, panicking with its stderr on failure.
 pub fn exec_ok(ns: &Netns, args: &[&str]) -> String {
     ns.run(args).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// A child process, killed (SIGKILL by its pid) and reaped on drop unless already waited.
-pub struct Proc {
-    pub child: Option<Child>,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    pub fn spawn(mut cmd: Command, log: PathBuf) -> Self {
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("dup"))
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        Proc {
-            child: Some(child),
-            log,
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, |c| c.id())
-    }
-
-    pub fn signal(&self, sig: i32) {
-        if let Some(c) = &self.child {
-            // SAFETY: signalling our own child by pid.
-            unsafe { libc::kill(c.id() as i32, sig) };
-        }
-    }
-
-    /// Waits up to `limit` for exit; returns the exit code (None: still running or signalled).
-    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    self.child = None;
-                    return Some(status);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Relay {
-    /// Stops the relay the way a user does (SIGTERM: clients closed, host state undone), and
-    /// only kills it if it hangs.
-    fn drop(&mut self) {
-        if self.proc.child.is_some() {
-            self.proc.signal(libc::SIGTERM);
-            if self.proc.wait_exit(Duration::from_secs(10)).is_none() {
-                eprintln!("relay ignored SIGTERM for 10 s; killing it");
-            }
-        }
-    }
 }
 
 /// A scratch directory, removed on drop.
@@ -139,9 +73,10 @@ impl Drop for TempDir {
     }
 }
 
-/// A tapwire relay running in its own namespace on 127.0.0.1:8086 with 2 cores.
+/// A tapwire relay running in its own namespace on 127.0.0.1:8086 with 2 cores, stopped
+/// with SIGTERM on drop.
 pub struct Relay {
-    pub proc: Proc,
+    pub relay: RelayProcess,
     pub tap: String,
     pub runtime_dir: PathBuf,
     pub port: u16,
@@ -162,11 +97,7 @@ impl Relay {
         let tap = unique("twt");
         let runtime_dir = dir.0.join("run");
         let port = 8086;
-        let mut args: Vec<&str> = wrapper.to_vec();
-        args.push(tapwire_bin());
-        let mut cmd = ns.cmd(&args);
-        cmd.args([
-            "run",
+        let mut args: Vec<String> = [
             "--listen",
             "127.0.0.1:8086",
             "--cores",
@@ -175,33 +106,39 @@ impl Relay {
             &tap,
             "--log-level",
             "debug",
-        ]);
-        cmd.arg("--runtime-dir").arg(&runtime_dir).args(extra);
-        let proc = Proc::spawn(cmd, dir.0.join("relay.log"));
-        let relay = Relay {
-            proc,
+            "--runtime-dir",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.push(runtime_dir.display().to_string());
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let relay = RelayProcess::start(
+            &ns,
+            wrapper,
+            Path::new(tapwire_bin()),
+            &args,
+            dir.0.join("relay.log"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        Relay {
+            relay,
             tap,
             runtime_dir,
             port,
             ns,
             dir,
-        };
-        relay.wait_listening();
-        relay
+        }
     }
 
-    fn wait_listening(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if self.proc.log_text().contains("relaying ws://") {
-                return;
-            }
-            if self.proc.log_text().contains("tapwire: ") {
-                panic!("relay failed to start:\n{}", self.proc.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("relay did not start within 20 s:\n{}", self.proc.log_text());
+    /// The relay's process.
+    pub fn proc(&self) -> &Proc {
+        &self.relay.proc
+    }
+
+    /// The relay's process, mutably (to signal or wait for it).
+    pub fn proc_mut(&mut self) -> &mut Proc {
+        &mut self.relay.proc
     }
 
     pub fn url(&self) -> String {
@@ -209,28 +146,8 @@ impl Relay {
     }
 
     /// Counters from a SIGUSR1 summary (or the exit summary once stopped).
-    pub fn counters(&self) -> HashMap<String, u64> {
-        let before = self
-            .proc
-            .log_text()
-            .matches("tapwire_clients_open ")
-            .count();
-        if self.proc.child.is_some() {
-            self.proc.signal(libc::SIGUSR1);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while self
-                .proc
-                .log_text()
-                .matches("tapwire_clients_open ")
-                .count()
-                == before
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        parse_counters(&self.proc.log_text())
+    pub fn counters(&self) -> Counters {
+        self.relay.counters()
     }
 
     /// A synthetic client connected from inside the relay's namespace, from `source_port`.
@@ -243,7 +160,7 @@ impl Relay {
         let url = self.url();
         let stream = self
             .ns
-            .enter(move || tapwire::guest::connect_with(&url, source_port, recv_buffer))
+            .enter(move || tapwire_testkit::ws::connect_with(&url, source_port, recv_buffer))
             .expect("connect");
         WsClient::new(stream)
     }
@@ -265,9 +182,9 @@ impl Relay {
         let ns = netns("twg");
         let port = source_port_for_core(core);
         let url = self.url();
+        let guest_bin = tool_bin("tapwire-guest");
         let cmd = self.ns.cmd(&[
-            tapwire_bin(),
-            "guest",
+            &guest_bin,
             "--url",
             &url,
             "--netns",
@@ -277,7 +194,7 @@ impl Relay {
             "--source-port",
             &port.to_string(),
         ]);
-        let proc = Proc::spawn(cmd, self.dir.0.join(format!("{}.log", ns.name)));
+        let proc = Proc::spawn(cmd, self.dir.0.join(format!("{}.log", ns.name))).expect("guest");
         let deadline = Instant::now() + Duration::from_secs(10);
         while ns
             .cmd(&["ip", "link", "show", "eth0"])
@@ -307,29 +224,6 @@ pub fn source_port_for_core(core: usize) -> u16 {
             return p;
         }
     }
-}
-
-pub fn parse_counters(log: &str) -> HashMap<String, u64> {
-    let mut map = HashMap::new();
-    for line in log.lines() {
-        if let Some((name, value)) = line.rsplit_once(' ') {
-            if name.starts_with("tapwire_") {
-                if let Ok(v) = value.parse() {
-                    map.insert(name.to_string(), v);
-                }
-            }
-        }
-    }
-    map
-}
-
-/// A counter value from a summary (0 when absent).
-pub fn counter(map: &HashMap<String, u64>, name: &str) -> u64 {
-    map.get(name).copied().unwrap_or(0)
-}
-
-pub fn drops(map: &HashMap<String, u64>, reason: &str) -> u64 {
-    counter(map, &format!("tapwire_drops_total{{reason=\"{reason}\"}}"))
 }
 
 /// A guest whose network stack is the kernel's, in its own namespace.
@@ -415,6 +309,7 @@ impl Guest {
             ]),
             log,
         )
+        .expect("ping")
     }
 }
 
@@ -433,149 +328,6 @@ pub fn ping_result(log: &str) -> (u32, u32) {
         nums.get(1).copied().unwrap_or(0),
     )
 }
-
-/// A synthetic guest: a WebSocket client sending and receiving hand-built frames.
-pub struct WsClient {
-    pub stream: TcpStream,
-    session: Session,
-    /// Reassembly of a message received in pieces.
-    buf: Vec<u8>,
-    /// Bytes received and not yet decoded past `pos`.
-    pending: Vec<u8>,
-    pos: usize,
-}
-
-/// What a synthetic client received.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Got {
-    Frame(Vec<u8>),
-    Ping(Vec<u8>),
-    Pong(Vec<u8>),
-    Close(Option<u16>),
-    Eof,
-    Timeout,
-}
-
-impl WsClient {
-    pub fn new(stream: TcpStream) -> Self {
-        WsClient {
-            stream,
-            session: Session::new(70_000, false),
-            buf: Vec::new(),
-            pending: Vec::new(),
-            pos: 0,
-        }
-    }
-
-    pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("send");
-    }
-
-    pub fn send_frame(&mut self, eth: &[u8]) {
-        let f = tapwire::guest::client_frame(frame::OP_BINARY, eth);
-        self.send_raw(&f);
-    }
-
-    /// Next event within `limit`.
-    pub fn recv(&mut self, limit: Duration) -> Got {
-        let deadline = Instant::now() + limit;
-        loop {
-            let mut pos = self.pos;
-            let ev = self
-                .session
-                .next(&mut self.pending, &mut pos)
-                .unwrap_or_else(|e| panic!("server sent an invalid frame: {e}"));
-            self.pos = pos;
-            let got = match ev {
-                Some(Event::Message(r)) => Some(Got::Frame(self.pending[r].to_vec())),
-                Some(Event::Piece { range, first }) => {
-                    if first {
-                        self.buf.clear();
-                    }
-                    self.buf.extend_from_slice(&self.pending[range]);
-                    None
-                }
-                Some(Event::Assembled) => Some(Got::Frame(std::mem::take(&mut self.buf))),
-                Some(Event::Ping) => Some(Got::Ping(self.session.control_payload().to_vec())),
-                Some(Event::Pong) => Some(Got::Pong(self.session.control_payload().to_vec())),
-                Some(Event::Close { code }) => Some(Got::Close(code)),
-                Some(Event::Runt { .. }) => None,
-                None => {
-                    self.pending.drain(..self.pos);
-                    self.pos = 0;
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Got::Timeout;
-                    }
-                    self.stream
-                        .set_read_timeout(Some(deadline - now))
-                        .expect("timeout");
-                    let mut chunk = [0u8; 65_536];
-                    match self.stream.read(&mut chunk) {
-                        Ok(0) => return Got::Eof,
-                        Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
-                        Err(e)
-                            if e.kind() == std::io::ErrorKind::WouldBlock
-                                || e.kind() == std::io::ErrorKind::TimedOut =>
-                        {
-                            return Got::Timeout
-                        }
-                        Err(_) => return Got::Eof,
-                    }
-                    None
-                }
-            };
-            if let Some(g) = got {
-                return g;
-            }
-        }
-    }
-
-    /// Next Ethernet frame within `limit`, skipping control frames (answering pings).
-    pub fn recv_frame(&mut self, limit: Duration) -> Option<Vec<u8>> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.recv(left) {
-                Got::Frame(f) => return Some(f),
-                Got::Ping(p) => {
-                    let pong = tapwire::guest::client_frame(frame::OP_PONG, &p);
-                    self.send_raw(&pong);
-                }
-                Got::Pong(_) => {}
-                _ => return None,
-            }
-        }
-    }
-
-    /// Reads until the server's close frame and the end of the stream; returns the code.
-    pub fn expect_close(&mut self, limit: Duration) -> Option<u16> {
-        let deadline = Instant::now() + limit;
-        loop {
-            match self.recv(deadline.saturating_duration_since(Instant::now())) {
-                Got::Close(code) => {
-                    let eof = matches!(self.recv(Duration::from_secs(5)), Got::Eof);
-                    assert!(eof, "socket not closed after the close frame");
-                    return code;
-                }
-                Got::Eof | Got::Timeout => return None,
-                _ => {}
-            }
-        }
-    }
-}
-
-/// An Ethernet frame from `src` to `dst` with EtherType 0x88B5 (local experimental) and `payload`.
-pub fn eth(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(14 + payload.len());
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&[0x88, 0xB5]);
-    f.extend_from_slice(payload);
-    f
-}
-
-pub const BROADCAST: [u8; 6] = [0xFF; 6];
 
 /// Test MAC number `n` (v86's OUI).
 pub fn mac(n: u8) -> [u8; 6] {

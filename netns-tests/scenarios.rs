@@ -37,9 +37,9 @@ fn three_guests_lease_and_ping(extra: &[&str]) {
         "guest 0 → guest 2 (same core)"
     );
     let c = relay.counters();
-    assert_eq!(counter(&c, "tapwire_clients_open{core=\"0\"}"), 2, "{c:?}");
-    assert_eq!(counter(&c, "tapwire_clients_open{core=\"1\"}"), 1);
-    assert!(counter(&c, "tapwire_cross_core_frames_total") > 0);
+    assert_eq!(c.get("tapwire_clients_open{core=\"0\"}"), 2, "{c:?}");
+    assert_eq!(c.get("tapwire_clients_open{core=\"1\"}"), 1);
+    assert!(c.get("tapwire_cross_core_frames_total") > 0);
 }
 
 #[test]
@@ -124,7 +124,7 @@ fn slow_guest_does_not_delay_others() {
     let mut flooder = relay.client(Some(source_port_for_core(0)));
     let payload = vec![0x5Au8; 1400];
     // Unicast to the stuck guest only: the pinging guest must not be flooded itself.
-    let frame = tapwire::guest::client_frame(2, &eth(mac(7), mac(8), &payload));
+    let frame = tapwire_testkit::ws::client_frame(2, &eth(mac(7), mac(8), &payload));
     let mut burst = Vec::with_capacity(frame.len() * 500);
     for _ in 0..500 {
         burst.extend_from_slice(&frame);
@@ -147,16 +147,16 @@ fn slow_guest_does_not_delay_others() {
     );
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut c = relay.counters();
-    while drops(&c, "slow_client") == 0 && Instant::now() < deadline {
+    while c.drops("slow_client") == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
         c = relay.counters();
     }
     assert!(
-        drops(&c, "send_queue_full") > 0,
+        c.drops("send_queue_full") > 0,
         "copies to the stuck guest are dropped and counted: {c:?}"
     );
     assert_eq!(
-        drops(&c, "slow_client"),
+        c.drops("slow_client"),
         1,
         "the stuck guest is closed after the timeout"
     );
@@ -177,7 +177,7 @@ fn http_status(relay: &Relay, request: &[u8]) -> String {
 }
 
 fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = tapwire::guest::client_frame(first & 0x0F, payload);
+    let mut f = tapwire_testkit::ws::client_frame(first & 0x0F, payload);
     f[0] = first;
     f
 }
@@ -315,12 +315,12 @@ fn every_bad_input_gets_its_reaction_while_another_guest_pings() {
         ("mac_conflict", 1),
     ] {
         assert!(
-            drops(&c, reason) >= at_least,
+            c.drops(reason) >= at_least,
             "{reason}: {} < {at_least}",
-            drops(&c, reason)
+            c.drops(reason)
         );
     }
-    assert!(counter(&c, "tapwire_pings_answered_total") >= 2);
+    assert!(c.get("tapwire_pings_answered_total") >= 2);
 }
 
 #[test]
@@ -333,7 +333,7 @@ fn connections_beyond_max_clients_get_503() {
     let _b = relay.client(None);
     let status = http_status(&relay, b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n");
     assert!(status.starts_with("HTTP/1.1 503"), "{status}");
-    assert_eq!(drops(&relay.counters(), "too_many_clients"), 1);
+    assert_eq!(relay.counters().drops("too_many_clients"), 1);
 }
 
 #[test]
@@ -345,22 +345,22 @@ fn sigterm_closes_clients_with_1001_and_leaves_nothing() {
     let mut guest = relay.guest(1);
     guest.dhcp(&relay.dir.0);
     let mut client = relay.client(None);
-    let dnsmasq = dnsmasq_pids(&relay.proc.log_text());
+    let dnsmasq = dnsmasq_pids(&relay.proc().log_text());
     assert!(
         !dnsmasq.is_empty() && dnsmasq.iter().all(|p| pid_alive(*p)),
         "dnsmasq runs"
     );
     assert!(links(&relay.ns).contains(&relay.tap));
-    relay.proc.signal(libc::SIGTERM);
+    relay.proc().signal(libc::SIGTERM);
     assert_eq!(client.expect_close(Duration::from_secs(10)), Some(1001));
     let status = relay
-        .proc
+        .proc_mut()
         .wait_exit(Duration::from_secs(15))
         .expect("relay exits");
     assert!(
         status.success(),
         "exit status {status:?}\n{}",
-        relay.proc.log_text()
+        relay.proc().log_text()
     );
     assert!(
         guest.proc.wait_exit(Duration::from_secs(5)).is_some(),
@@ -377,7 +377,7 @@ fn sigterm_closes_clients_with_1001_and_leaves_nothing() {
     assert!(!relay.runtime_dir.join(&relay.tap).exists(), "no file left");
     assert!(
         relay
-            .proc
+            .proc()
             .log_text()
             .contains("tapwire_connections_closed_total"),
         "summary printed at exit"
@@ -392,10 +392,10 @@ fn sigkill_then_cleanup_leaves_nothing() {
     let mut relay = Relay::start(&[]);
     let mut guest = relay.guest(0);
     guest.dhcp(&relay.dir.0);
-    let dnsmasq = dnsmasq_pids(&relay.proc.log_text());
-    relay.proc.signal(libc::SIGKILL);
+    let dnsmasq = dnsmasq_pids(&relay.proc().log_text());
+    relay.proc().signal(libc::SIGKILL);
     relay
-        .proc
+        .proc_mut()
         .wait_exit(Duration::from_secs(10))
         .expect("killed");
     let ledger = relay.runtime_dir.join(&relay.tap).join("ledger");
@@ -478,7 +478,7 @@ fn flood_over_the_client_limit_is_dropped_and_counted() {
         "unknown unicast goes to the uplink, not to other clients"
     );
     let c = relay.counters();
-    assert!(drops(&c, "rate_limited") >= 160, "{c:?}");
+    assert!(c.drops("rate_limited") >= 160, "{c:?}");
 }
 
 #[test]
@@ -527,7 +527,7 @@ fn idle_clients_are_pinged_and_silent_ones_closed() {
         Got::Pong(b"are-you-there".to_vec()),
         "the answering client is still open"
     );
-    assert!(drops(&relay.counters(), "pong_timeout") >= 1);
+    assert!(relay.counters().drops("pong_timeout") >= 1);
 }
 
 #[test]
@@ -541,7 +541,8 @@ fn kernel_guest_runs_iperf3_tcp_and_udp_against_the_host() {
     let server = Proc::spawn(
         relay.ns.cmd(&["iperf3", "-s", "-B", GATEWAY, "-p", "5201"]),
         relay.dir.0.join("iperf3-server.log"),
-    );
+    )
+    .expect("iperf3 server");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !exec_ok(&relay.ns, &["ss", "-ltn"]).contains(":5201") {
         assert!(
@@ -572,11 +573,12 @@ fn kernel_guest_runs_iperf3_tcp_and_udp_against_the_host() {
     }
 }
 
-/// Runs `tapwire swarm` against `relay` with `args` (after --url) and returns what it printed;
+/// Runs `tapwire-swarm` against `relay` with `args` (after --url) and returns what it printed;
 /// fails the test if the swarm fails.
 fn run_swarm(relay: &Relay, args: &[&str]) -> String {
     let url = relay.url();
-    let mut all = vec![tapwire_bin(), "swarm", "--url", &url];
+    let swarm = tool_bin("tapwire-swarm");
+    let mut all = vec![swarm.as_str(), "--url", &url];
     all.extend_from_slice(args);
     let out = relay.ns.cmd(&all).output().expect("swarm");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -624,7 +626,7 @@ fn running_out_of_descriptors_does_not_stop_the_relay() {
     });
     std::thread::sleep(Duration::from_secs(1));
     assert!(
-        relay.proc.log_text().contains("out of file descriptors"),
+        relay.proc().log_text().contains("out of file descriptors"),
         "EMFILE logged with its fix"
     );
     drop(flood);
@@ -632,7 +634,10 @@ fn running_out_of_descriptors_does_not_stop_the_relay() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut client = loop {
         let url = relay.url();
-        if let Ok(s) = relay.ns.enter(move || tapwire::guest::connect(&url, None)) {
+        if let Ok(s) = relay
+            .ns
+            .enter(move || tapwire_testkit::ws::connect(&url, None))
+        {
             break WsClient::new(s);
         }
         assert!(Instant::now() < deadline, "relay never accepted again");
@@ -690,7 +695,8 @@ fn cross_core_overload_is_held_back_not_dropped_for_want_of_buffers() {
     let writers: Vec<_> = senders
         .into_iter()
         .map(|(i, mut s)| {
-            let frame = tapwire::guest::client_frame(2, &eth(mac(100 + i), mac(150 + i), &[0; 50]));
+            let frame =
+                tapwire_testkit::ws::client_frame(2, &eth(mac(100 + i), mac(150 + i), &[0; 50]));
             let burst = frame.repeat(512);
             std::thread::spawn(move || {
                 let deadline = Instant::now() + Duration::from_secs(3);
@@ -722,17 +728,17 @@ fn cross_core_overload_is_held_back_not_dropped_for_want_of_buffers() {
         "every receiver got frames: {got:?}"
     );
     assert!(
-        counter(&c, "tapwire_cross_core_frames_total") > 100_000,
+        c.get("tapwire_cross_core_frames_total") > 100_000,
         "the load crossed cores: {c:?}"
     );
     assert_eq!(
-        drops(&c, "no_frame_buffer"),
+        c.drops("no_frame_buffer"),
         0,
         "an overloaded core must hold its clients back, not run out of frame buffers: {c:?}"
     );
-    assert_eq!(drops(&c, "cross_core_full"), 0, "{c:?}");
+    assert_eq!(c.drops("cross_core_full"), 0, "{c:?}");
     assert!(
-        counter(&c, "tapwire_input_held_total") > 0,
+        c.get("tapwire_input_held_total") > 0,
         "the overloaded cores held their clients' input back: {c:?}"
     );
 }
@@ -755,7 +761,11 @@ fn swarm_guests_send_timestamped_udp_and_every_echo_comes_back() {
         return;
     }
     let relay = Relay::start(&["--no-dhcp"]);
-    let echo = tapwire::testkit::UdpEcho::start(&relay.ns, "10.86.0.1:7777".parse().unwrap(), None);
+    let echo = tapwire_testkit::udp_echo::UdpEcho::start(
+        &relay.ns,
+        "10.86.0.1:7777".parse().unwrap(),
+        None,
+    );
     let text = run_swarm(
         &relay,
         &[
@@ -802,9 +812,9 @@ fn host_frames_reach_each_guest_on_its_own_core() {
     // A deep send queue: the 400-frame bursts below must not meet the per-client limit.
     let relay = Relay::start(&["--no-dhcp", "--send-queue", "2048"]);
     assert!(
-        !relay.proc.log_text().contains("cannot steer TAP queues"),
+        !relay.proc().log_text().contains("cannot steer TAP queues"),
         "{}",
-        relay.proc.log_text()
+        relay.proc().log_text()
     );
     // One guest per core; each announces its MAC, and the host knows its address statically.
     let mut guests = Vec::new();
@@ -819,7 +829,7 @@ fn host_frames_reach_each_guest_on_its_own_core() {
                 "replace",
                 &format!("10.86.3.{}", core + 1),
                 "lladdr",
-                &tapwire::testkit::format_mac(mac(60 + core)),
+                &tapwire_testkit::packet::format_mac(mac(60 + core)),
                 "dev",
                 &relay.tap,
             ],
@@ -859,7 +869,7 @@ fn host_frames_reach_each_guest_on_its_own_core() {
         );
     }
     let after = relay.counters();
-    let delta = |name: &str| counter(&after, name) - counter(&before, name);
+    let delta = |name: &str| after.get(name) - before.get(name);
     let crossed = delta("tapwire_cross_core_frames_total");
     let read0 = delta("tapwire_tap_rx_frames_total{core=\"0\"}");
     let read1 = delta("tapwire_tap_rx_frames_total{core=\"1\"}");

@@ -88,7 +88,7 @@ fn serve_blob(relay: &Relay) -> Blob {
         .cmd(&["busybox", "httpd", "-f", "-p", "10.86.0.1:8000", "-h"]);
     cmd.arg(&root);
     Blob {
-        server: Proc::spawn(cmd, relay.dir.0.join("httpd.log")),
+        server: Proc::spawn(cmd, relay.dir.0.join("httpd.log")).expect("httpd"),
         sha256,
     }
 }
@@ -218,7 +218,7 @@ fn one_guest(nic: &str) {
     let blob = serve_blob(&relay);
     let mut guest = V86Guest::boot(&relay, &relay.url(), nic);
     check_guest(&mut guest, &blob.sha256)
-        .unwrap_or_else(|e| panic!("{e}\nrelay log:\n{}", relay.proc.log_text()));
+        .unwrap_or_else(|e| panic!("{e}\nrelay log:\n{}", relay.proc().log_text()));
     drop(blob.server);
 }
 

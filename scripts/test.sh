@@ -11,14 +11,16 @@ if [ "$(id -u)" -eq 0 ]; then
   bash e2e/v86/setup.sh
   export TAPWIRE_V86_REQUIRED=1
 fi
-cargo fmt --check
-cargo clippy --locked --all-targets -- -D warnings
+cargo fmt --all --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+# The scenarios run the test tools (tapwire-guest, tapwire-swarm) as binaries: build them all.
+cargo build --locked --workspace
 # A short fuzz pass over every parser (longer: scripts/fuzz.sh SECONDS).
 bash scripts/fuzz.sh "${TAPWIRE_FUZZ_SECONDS:-20}"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --locked --no-fail-fast
+  cargo nextest run --locked --workspace --no-fail-fast
 else
-  cargo test --locked --no-fail-fast
+  cargo test --locked --workspace --no-fail-fast
 fi
 # Nothing a test made may outlive it.
 if [ "$(id -u)" -eq 0 ]; then

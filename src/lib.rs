@@ -10,12 +10,9 @@ pub mod config;
 pub mod control;
 pub mod counters;
 pub mod engine;
-pub mod guest;
 pub mod steering;
-pub mod swarm;
 pub mod switch;
 pub mod tap;
-pub mod testkit;
 pub mod ws;
 
 pub use config::Config;

@@ -30,10 +30,6 @@ enum Command {
         #[arg(long, env = "TAPWIRE_RUNTIME_DIR", default_value = "/run/tapwire")]
         runtime_dir: std::path::PathBuf,
     },
-    /// Test tool: a fake guest with a real Linux network stack behind a TAP in a namespace.
-    Guest(tapwire::guest::GuestArgs),
-    /// Test tool: many synthetic guests in one process (DHCP lease, ARP, ping the gateway).
-    Swarm(tapwire::swarm::SwarmArgs),
 }
 
 fn main() -> ExitCode {
@@ -84,46 +80,6 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Some(Command::Swarm(args)) => match tapwire::swarm::run(&args) {
-            Ok(r) => {
-                println!(
-                    "swarm: {} guests, {} upgraded, {} leased, {} pinged the gateway, {:.2} s, {} retransmits, {} echoes answered",
-                    r.guests, r.upgraded, r.leased, r.pinged, r.elapsed, r.retransmits, r.echoes_answered
-                );
-                if args.udp_to.is_some() {
-                    let pct = |p| r.rtt_percentile(p).map_or("–".into(), |v| v.to_string());
-                    println!(
-                        "udp: {} sent in {:.1} s ({:.0}/s), {} behind schedule, {} writes blocked by the relay; {} received, {} of them echoes of ours; rtt p50 {} µs, p99 {} µs, max {} µs",
-                        r.udp_sent,
-                        r.udp_seconds,
-                        r.udp_sent as f64 / r.udp_seconds.max(1e-9),
-                        r.udp_behind,
-                        r.write_blocked,
-                        r.udp_received,
-                        r.udp_echoes,
-                        pct(0.5),
-                        pct(0.99),
-                        pct(1.0)
-                    );
-                }
-                if r.pinged == r.guests {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                }
-            }
-            Err(e) => {
-                eprintln!("tapwire swarm: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Some(Command::Guest(args)) => match tapwire::guest::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("tapwire guest: {e}");
-                ExitCode::FAILURE
-            }
-        },
     }
 }
 

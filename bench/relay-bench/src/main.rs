@@ -20,8 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tapwire::testkit::{self, icmp_echo, icmp_echo_reply, udp_frame, Netns};
 use tapwire::ws::{frame, Event, Session};
+use tapwire_testkit::netns::{enter_path, unique, Netns};
+use tapwire_testkit::packet::{format_mac, icmp_echo, icmp_echo_reply, parse_mac, udp_frame};
 
 const RELAY_CPU: usize = 0;
 const LOAD_CPU: usize = 1;
@@ -123,7 +124,7 @@ fn spawn_in<T: Send + 'static>(
 ) -> std::thread::JoinHandle<T> {
     let path = format!("/run/netns/{}", ns.name);
     std::thread::spawn(move || {
-        testkit::enter_path(&path).expect("setns");
+        enter_path(&path).expect("setns");
         pin(cpu);
         f()
     })
@@ -239,7 +240,7 @@ impl Relay {
         cores: &str,
         extra: &[&str],
     ) -> Relay {
-        let tap = testkit::unique("twb");
+        let tap = unique("twb");
         let log = dir.join(format!("{tap}.log"));
         let file = std::fs::File::create(&log).expect("log");
         let bin = std::env::var("TAPWIRE_BIN").unwrap_or_else(|_| sibling_binary("tapwire"));
@@ -284,7 +285,7 @@ impl Relay {
         let mac = ns
             .run(&["cat", &format!("/sys/class/net/{tap}/address")])
             .expect("tap mac");
-        let tap_mac = testkit::parse_mac(&mac).expect("mac");
+        let tap_mac = parse_mac(&mac).expect("mac");
         Relay {
             child,
             log,
@@ -349,7 +350,7 @@ fn guest_ip(i: usize) -> Ipv4Addr {
 
 /// Tells the host guest `i`'s MAC, so the gateway answers it without ARP.
 fn static_neighbour(ns: &Netns, tap: &str, i: usize) {
-    let mac = testkit::format_mac(guest_mac(i));
+    let mac = format_mac(guest_mac(i));
     ns.run(&[
         "ip",
         "neigh",
@@ -367,7 +368,7 @@ fn static_neighbour(ns: &Netns, tap: &str, i: usize) {
 fn connect_clients(ns: &Netns, n: usize) -> Vec<TcpStream> {
     spawn_in(ns, LOAD_CPU, move || {
         (0..n)
-            .map(|_| tapwire::guest::connect("ws://127.0.0.1:8086/", None).expect("connect"))
+            .map(|_| tapwire_testkit::ws::connect("ws://127.0.0.1:8086/", None).expect("connect"))
             .collect()
     })
     .join()
@@ -429,7 +430,7 @@ fn stat(values: &[f64]) -> Stat {
 
 /// A single-queue TAP with the gateway address and a UDP sink, for the kernel-limit loops.
 fn kernel_tap(ns: &Netns, size: usize) -> (std::os::fd::OwnedFd, [u8; 6], String) {
-    let name = testkit::unique("twk");
+    let name = unique("twk");
     let n2 = name.clone();
     let fd = ns.enter(move || tapwire::tap::open_single(&n2, false).expect("tap"));
     ns.run(&["ip", "addr", "add", "10.87.0.1/24", "dev", &name])
@@ -448,7 +449,7 @@ fn kernel_tap(ns: &Netns, size: usize) -> (std::os::fd::OwnedFd, [u8; 6], String
         &name,
     ])
     .expect("neigh");
-    let mac = testkit::parse_mac(
+    let mac = parse_mac(
         &ns.run(&["cat", &format!("/sys/class/net/{name}/address")])
             .expect("mac"),
     )
@@ -574,7 +575,7 @@ fn up_batch(i: usize, relay_mac: [u8; 6], size: usize, batch: usize) -> Vec<u8> 
         (Ipv4Addr::new(10, 86, 0, 1), SINK_PORT),
         size,
     );
-    let one = tapwire::guest::client_frame(frame::OP_BINARY, &f);
+    let one = tapwire_testkit::ws::client_frame(frame::OP_BINARY, &f);
     one.repeat(batch)
 }
 
@@ -716,7 +717,7 @@ fn scenario_down(
             (Ipv4Addr::new(10, 86, 0, 1), 7),
             64,
         );
-        s.write_all(&tapwire::guest::client_frame(frame::OP_BINARY, &hello))
+        s.write_all(&tapwire_testkit::ws::client_frame(frame::OP_BINARY, &hello))
             .expect("hello");
         static_neighbour(ns, &relay.tap, i);
     }
@@ -810,8 +811,9 @@ fn scenario_g2g(
         .collect();
     let (sp, rp) = (senders_ports.clone(), receivers_ports.clone());
     let (mut senders, mut receivers) = spawn_in(ns, LOAD_CPU, move || {
-        let c =
-            |p: &u16| tapwire::guest::connect("ws://127.0.0.1:8086/", Some(*p)).expect("connect");
+        let c = |p: &u16| {
+            tapwire_testkit::ws::connect("ws://127.0.0.1:8086/", Some(*p)).expect("connect")
+        };
         (
             sp.iter().map(c).collect::<Vec<_>>(),
             rp.iter().map(c).collect::<Vec<_>>(),
@@ -828,7 +830,7 @@ fn scenario_g2g(
             (Ipv4Addr::new(10, 86, 0, 1), 7),
             64,
         );
-        r.write_all(&tapwire::guest::client_frame(frame::OP_BINARY, &hello))
+        r.write_all(&tapwire_testkit::ws::client_frame(frame::OP_BINARY, &hello))
             .expect("hello");
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -841,7 +843,7 @@ fn scenario_g2g(
                 (guest_ip(1000 + i), 9),
                 size,
             );
-            tapwire::guest::client_frame(frame::OP_BINARY, &f).repeat(64)
+            tapwire_testkit::ws::client_frame(frame::OP_BINARY, &f).repeat(64)
         })
         .collect();
     let received = Arc::new(AtomicU64::new(0));
@@ -917,7 +919,7 @@ fn ping_through_relay(ns: &Netns, relay: &Relay, count: usize) -> Vec<f64> {
                 sent,
             );
             stream
-                .write_all(&tapwire::guest::client_frame(frame::OP_BINARY, &ping))
+                .write_all(&tapwire_testkit::ws::client_frame(frame::OP_BINARY, &ping))
                 .expect("ping");
             'wait: while let Ok(n) = stream.read(&mut buf) {
                 let mut pos = 0;
@@ -1219,7 +1221,8 @@ fn scenario_conn(
                 std::thread::spawn(move || {
                     (0..pingers / 8)
                         .map(|_| {
-                            tapwire::guest::connect("ws://127.0.0.1:8086/", None).expect("connect")
+                            tapwire_testkit::ws::connect("ws://127.0.0.1:8086/", None)
+                                .expect("connect")
                         })
                         .collect::<Vec<_>>()
                 })
@@ -1243,7 +1246,7 @@ fn scenario_conn(
                 1,
                 0,
             );
-            s.write_all(&tapwire::guest::client_frame(frame::OP_BINARY, &ping))
+            s.write_all(&tapwire_testkit::ws::client_frame(frame::OP_BINARY, &ping))
                 .expect("ping");
             let mut buf = vec![0u8; 65_536];
             'wait: while let Ok(n) = s.read(&mut buf) {
@@ -1332,7 +1335,7 @@ fn main() {
         std::process::exit(2);
     }
     let ns = Netns::new("twbench").expect("netns");
-    let dir = std::env::temp_dir().join(testkit::unique("relay-bench-"));
+    let dir = std::env::temp_dir().join(unique("relay-bench-"));
     std::fs::create_dir_all(&dir).expect("dir");
     let mut md = String::new();
     let mut json = Vec::new();

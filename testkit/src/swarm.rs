@@ -1,4 +1,4 @@
-//! `tapwire swarm`: one process playing many synthetic guests, each on its own WebSocket.
+//! `tapwire-swarm`: one process playing many synthetic guests, each on its own WebSocket.
 //!
 //! Every guest connects, upgrades, takes a DHCP lease (DISCOVER/OFFER/REQUEST/ACK with
 //! retransmits) or a static address, resolves the gateway with ARP, pings it once, and from
@@ -8,8 +8,6 @@
 //! round-trip times. One thread, one `mio` poll over all sockets: 10 000 guests fit in one
 //! process. Test and benchmark tooling.
 
-pub mod wire;
-
 use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -17,12 +15,17 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use tapwire::ws::frame;
 
-use crate::testkit::{icmp_echo, icmp_echo_reply, udp_frame};
-use crate::ws::{frame, handshake, Event, Session};
-use wire::{DHCPACK, DHCPDISCOVER, DHCPNAK, DHCPOFFER, DHCPREQUEST};
+use crate::packet::{
+    self, icmp_echo, icmp_echo_reply, udp_frame, DhcpKind, Mac, UDP_PAYLOAD_OFFSET,
+};
+use crate::ws::{
+    check_upgrade_response, client_frame, client_frame_zero_key, parse_ws_url, upgrade_request,
+    Decoder, Message,
+};
 
-/// Options of `tapwire swarm`.
+/// Options of `tapwire-swarm`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SwarmArgs {
     /// Relay to connect to, ws://HOST:PORT/PATH.
@@ -101,8 +104,6 @@ pub const OUTBOX_CAP: usize = 64 * 1024;
 pub const MAX_RTT_SAMPLES: usize = 4_000_000;
 /// Marks the swarm's own UDP payloads.
 const UDP_MAGIC: [u8; 4] = *b"TWSW";
-/// Where the payload starts in a UDP frame (Ethernet 14 + IPv4 20 + UDP 8).
-const UDP_PAYLOAD: usize = 42;
 /// Source port of the swarm's datagrams.
 const UDP_SOURCE_PORT: u16 = 40_000;
 
@@ -121,13 +122,11 @@ struct Guest {
     index: u32,
     stream: TcpStream,
     stage: Stage,
-    mac: [u8; 6],
+    mac: Mac,
     xid: u32,
     ip: Option<Ipv4Addr>,
-    gateway_mac: Option<[u8; 6]>,
-    session: Session,
-    /// A message received in pieces.
-    assembly: Vec<u8>,
+    gateway_mac: Option<Mac>,
+    decoder: Decoder,
     inbox: Vec<u8>,
     outbox: Vec<u8>,
     /// Bytes of `outbox` already written.
@@ -162,38 +161,10 @@ fn random_mac(seed: &mut u64, taken: &mut std::collections::HashSet<[u8; 6]>) ->
     }
 }
 
-fn ws_frame(payload: &[u8]) -> Vec<u8> {
-    crate::guest::client_frame(frame::OP_BINARY, payload)
-}
-
-/// A client frame with an all-zero masking key (legal, RFC 6455 §5.3): the payload is sent as
-/// it is, so a template can be stamped without re-masking.
-fn ws_frame_unmasked_key(payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8; frame::header_len(payload.len(), true)];
-    frame::encode_header(
-        &mut out,
-        true,
-        frame::OP_BINARY,
-        payload.len(),
-        Some([0; 4]),
-    );
-    out.extend_from_slice(payload);
-    out
-}
-
-/// UDP frame `f` to `ip`: its payload.
-fn udp_payload_to(f: &[u8], ip: Ipv4Addr) -> Option<&[u8]> {
-    (f.len() >= UDP_PAYLOAD
-        && f[12..14] == [0x08, 0x00]
-        && f[14] == 0x45
-        && f[23] == 17
-        && f[30..34] == ip.octets())
-    .then(|| &f[UDP_PAYLOAD..])
-}
-
 impl Guest {
     fn send(&mut self, eth: &[u8]) {
-        self.outbox.extend_from_slice(&ws_frame(eth));
+        self.outbox
+            .extend_from_slice(&client_frame(frame::OP_BINARY, eth));
         self.last_sent = Instant::now();
     }
 
@@ -209,9 +180,10 @@ impl Guest {
             (*to.ip(), to.port()),
             size,
         );
-        f[UDP_PAYLOAD..UDP_PAYLOAD + 4].copy_from_slice(&UDP_MAGIC);
-        f[UDP_PAYLOAD + 4..UDP_PAYLOAD + 8].copy_from_slice(&self.index.to_be_bytes());
-        self.udp_template = ws_frame_unmasked_key(&f);
+        f[UDP_PAYLOAD_OFFSET..UDP_PAYLOAD_OFFSET + 4].copy_from_slice(&UDP_MAGIC);
+        f[UDP_PAYLOAD_OFFSET + 4..UDP_PAYLOAD_OFFSET + 8]
+            .copy_from_slice(&self.index.to_be_bytes());
+        self.udp_template = client_frame_zero_key(frame::OP_BINARY, &f);
         self.udp_size = size;
     }
 
@@ -223,7 +195,7 @@ impl Guest {
         }
         // Where the payload starts in the template: after the WebSocket and UDP headers.
         let header = self.udp_template.len() - self.udp_size;
-        let payload = header + UDP_PAYLOAD;
+        let payload = header + UDP_PAYLOAD_OFFSET;
         while self.udp_generated < target && self.outbox.len() - self.out_pos < OUTBOX_CAP {
             let at = self.outbox.len() + payload;
             self.outbox.extend_from_slice(&self.udp_template);
@@ -261,17 +233,21 @@ impl Guest {
     fn kick(&mut self, gateway: Ipv4Addr) {
         match self.stage {
             Stage::Discovering => {
-                let m = wire::dhcp_message(self.mac, self.xid, DHCPDISCOVER, None);
+                let m = packet::dhcp_message(self.mac, self.xid, DhcpKind::Discover, None);
                 self.send(&m);
             }
             Stage::Requesting { offered, server } => {
-                let m =
-                    wire::dhcp_message(self.mac, self.xid, DHCPREQUEST, Some((offered, server)));
+                let m = packet::dhcp_message(
+                    self.mac,
+                    self.xid,
+                    DhcpKind::Request,
+                    Some((offered, server)),
+                );
                 self.send(&m);
             }
             Stage::Resolving => {
                 if let Some(ip) = self.ip {
-                    let m = wire::arp(1, self.mac, ip, [0; 6], gateway);
+                    let m = packet::arp(1, self.mac, ip, [0; 6], gateway);
                     self.send(&m);
                 }
             }
@@ -288,7 +264,7 @@ impl Guest {
 
     /// Handles one Ethernet frame; returns whether an echo request was answered.
     fn on_frame(&mut self, f: &[u8], gateway: Ipv4Addr, udp: &mut UdpStats) -> bool {
-        if let Some(payload) = self.ip.and_then(|ip| udp_payload_to(f, ip)) {
+        if let Some(payload) = self.ip.and_then(|ip| packet::udp_payload_to(f, ip)) {
             self.udp_received += 1;
             if payload.len() >= 20
                 && payload[..4] == UDP_MAGIC
@@ -306,10 +282,10 @@ impl Guest {
             }
             return false;
         }
-        if let Some((op, sender_mac, sender_ip, target)) = wire::parse_arp(f) {
+        if let Some((op, sender_mac, sender_ip, target)) = packet::parse_arp(f) {
             if op == 1 && Some(target) == self.ip {
                 let ip = self.ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
-                let reply = wire::arp(2, self.mac, ip, sender_mac, sender_ip);
+                let reply = packet::arp(2, self.mac, ip, sender_mac, sender_ip);
                 self.send(&reply);
             } else if op == 2 && sender_ip == gateway && self.stage == Stage::Resolving {
                 self.gateway_mac = Some(sender_mac);
@@ -319,9 +295,9 @@ impl Guest {
             }
             return false;
         }
-        if let Some((kind, yiaddr, server)) = wire::dhcp_reply(f, self.xid) {
+        if let Some((kind, yiaddr, server)) = packet::dhcp_reply(f, self.xid) {
             match (self.stage, kind) {
-                (Stage::Discovering, DHCPOFFER) => {
+                (Stage::Discovering, DhcpKind::Offer) => {
                     self.stage = Stage::Requesting {
                         offered: yiaddr,
                         server,
@@ -329,13 +305,13 @@ impl Guest {
                     self.tries = 0;
                     self.kick(gateway);
                 }
-                (Stage::Requesting { .. }, DHCPACK) => {
+                (Stage::Requesting { .. }, DhcpKind::Ack) => {
                     self.ip = Some(yiaddr);
                     self.stage = Stage::Resolving;
                     self.tries = 0;
                     self.kick(gateway);
                 }
-                (Stage::Requesting { .. }, DHCPNAK) => {
+                (Stage::Requesting { .. }, DhcpKind::Nak) => {
                     self.stage = Stage::Discovering;
                     self.tries = 0;
                     self.kick(gateway);
@@ -350,7 +326,7 @@ impl Guest {
             return false;
         }
         if let Some(ip) = self.ip {
-            if let Some(reply) = wire::echo_reply_to(f, self.mac, ip) {
+            if let Some(reply) = packet::echo_reply_to(f, self.mac, ip) {
                 self.send(&reply);
                 return true;
             }
@@ -366,42 +342,23 @@ struct UdpStats {
     echoes: u64,
 }
 
-/// Handles the bytes a guest received since last time.
+/// Handles the bytes a guest received since last time. Frames are handled where they lie:
+/// a swarm reads millions of broadcasts.
 fn process_input(g: &mut Guest, gateway: Ipv4Addr, udp: &mut UdpStats, answered: &mut u64) {
     let mut data = std::mem::take(&mut g.inbox);
-    let mut pos = 0;
-    loop {
-        let frame_range = match g.session.next(&mut data, &mut pos) {
-            Ok(Some(Event::Message(r))) => Some(r),
-            Ok(Some(Event::Piece { range, first })) => {
-                if first {
-                    g.assembly.clear();
-                }
-                g.assembly.extend_from_slice(&data[range]);
-                None
-            }
-            Ok(Some(Event::Assembled)) => {
-                let whole = std::mem::take(&mut g.assembly);
-                if g.on_frame(&whole, gateway, udp) {
-                    *answered += 1;
-                }
-                None
-            }
-            Ok(Some(Event::Ping)) => {
-                let pong = crate::guest::client_frame(frame::OP_PONG, g.session.control_payload());
-                g.outbox.extend_from_slice(&pong);
-                None
-            }
-            Ok(Some(_)) => None,
-            Ok(None) | Err(_) => break,
-        };
-        // Frames are handled where they lie: a swarm reads millions of broadcasts.
-        if let Some(r) = frame_range {
-            if g.on_frame(&data[r], gateway, udp) {
+    let mut decoder = std::mem::take(&mut g.decoder);
+    // A stream that breaks the protocol ends this guest's input here; it then never finishes
+    // its stage, and the report shows it.
+    let _ = decoder.feed(&mut data, |m| match m {
+        Message::Frame(f) => {
+            if g.on_frame(f, gateway, udp) {
                 *answered += 1;
             }
         }
-    }
+        Message::Ping(p) => g.outbox.extend_from_slice(&client_frame(frame::OP_PONG, p)),
+        Message::Pong(_) | Message::Close(_) => {}
+    });
+    g.decoder = decoder;
     data.clear();
     g.inbox = data;
 }
@@ -409,7 +366,7 @@ fn process_input(g: &mut Guest, gateway: Ipv4Addr, udp: &mut UdpStats, answered:
 /// Runs the swarm until every guest has pinged the gateway (and the UDP phase, if asked for,
 /// is over) or the timeout passes.
 pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
-    let (addr, host, path) = crate::guest::parse_ws_url(&args.url)?;
+    let (addr, host, path) = parse_ws_url(&args.url)?;
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(4096);
     let mut guests: Vec<Guest> = Vec::with_capacity(args.guests);
@@ -462,8 +419,7 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
                 xid: (seed >> 32) as u32,
                 ip: None,
                 gateway_mac: None,
-                session: Session::new(70_000, false),
-                assembly: Vec::new(),
+                decoder: Decoder::default(),
                 inbox: Vec::new(),
                 outbox: Vec::new(),
                 out_pos: 0,
@@ -511,7 +467,7 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
                 if g.stream.peer_addr().is_err() {
                     continue;
                 }
-                let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n", g.key);
+                let request = upgrade_request(&path, &host, &g.key);
                 g.outbox.extend_from_slice(request.as_bytes());
                 g.stage = Stage::Upgrading;
             }
@@ -547,15 +503,7 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
             let g = &mut guests[active[i]];
             if g.stage == Stage::Upgrading {
                 if let Some(end) = g.inbox.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&g.inbox[..end]).into_owned();
-                    if !head.starts_with("HTTP/1.1 101")
-                        || !head.contains(&handshake::accept_key(g.key.as_bytes()))
-                    {
-                        return Err(io::Error::other(format!(
-                            "relay refused an upgrade: {}",
-                            head.lines().next().unwrap_or("")
-                        )));
-                    }
+                    check_upgrade_response(&g.inbox[..end + 4], &g.key)?;
                     g.inbox.drain(..end + 4);
                     report.upgraded += 1;
                     if let Some(base) = args.static_from {

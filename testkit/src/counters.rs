@@ -1,0 +1,73 @@
+//! The one parser of a relay's counter summary (Prometheus text format, printed at exit and
+//! on SIGUSR1): each series' last value.
+
+use std::collections::HashMap;
+
+/// Counter values by series name, e.g. `tapwire_drops_total{reason="runt_frame"}`.
+#[derive(Debug, Default, Clone)]
+pub struct Counters(HashMap<String, u64>);
+
+impl Counters {
+    /// The last value of every `tapwire_` series in `text` (comments and other lines skipped).
+    pub fn parse(text: &str) -> Self {
+        let mut map = HashMap::new();
+        for line in text.lines() {
+            if let Some((name, value)) = line.rsplit_once(' ') {
+                if name.starts_with("tapwire_") {
+                    if let Ok(v) = value.parse() {
+                        map.insert(name.to_string(), v);
+                    }
+                }
+            }
+        }
+        Counters(map)
+    }
+
+    /// A series' value (0 when absent).
+    pub fn get(&self, series: &str) -> u64 {
+        self.0.get(series).copied().unwrap_or(0)
+    }
+
+    /// Drops counted for `reason`, over all cores.
+    pub fn drops(&self, reason: &str) -> u64 {
+        self.get(&format!("tapwire_drops_total{{reason=\"{reason}\"}}"))
+    }
+
+    /// Every drop reason with a non-zero total, sorted by name.
+    pub fn nonzero_drops(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = self
+            .0
+            .iter()
+            .filter(|(name, v)| {
+                **v > 0
+                    && name.starts_with("tapwire_drops_total{reason=")
+                    && !name.contains("core=")
+            })
+            .filter_map(|(name, v)| Some((name.split('"').nth(1)?.to_string(), *v)))
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_summary_wins_and_comments_are_skipped() {
+        let text = "# HELP tapwire_tap_tx_frames_total Frames written to the TAP.\n\
+                    # TYPE tapwire_tap_tx_frames_total counter\n\
+                    tapwire_tap_tx_frames_total 5\n\
+                    tapwire_drops_total{reason=\"runt_frame\"} 1\n\
+                    some log line 7\n\
+                    tapwire_tap_tx_frames_total 9\n\
+                    tapwire_drops_total{reason=\"runt_frame\",core=\"1\"} 1\n\
+                    tapwire_drops_total{reason=\"hairpin\"} 0\n";
+        let c = Counters::parse(text);
+        assert_eq!(c.get("tapwire_tap_tx_frames_total"), 9);
+        assert_eq!(c.drops("runt_frame"), 1);
+        assert_eq!(c.drops("absent"), 0);
+        assert_eq!(c.nonzero_drops(), vec![("runt_frame".to_string(), 1)]);
+    }
+}
