@@ -1,0 +1,108 @@
+//! Group `conn`: connection rate and memory per idle client.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::time::{Duration, Instant};
+
+use tapwire::ws::{frame, Event, Session};
+use tapwire_testkit::netns::Netns;
+use tapwire_testkit::packet::{icmp_echo, icmp_echo_reply};
+
+use crate::relay::*;
+use crate::report::*;
+use crate::sys::*;
+use crate::Ctx;
+
+/// conn: connections per second (upgrade, then an ICMP echo answered through the gateway), and
+/// relay RSS per idle client.
+pub(crate) fn scenario_conn(
+    ns: &Netns,
+    dir: &std::path::Path,
+    idle: &[usize],
+) -> (f64, f64, Vec<(usize, f64)>) {
+    let relay = Relay::start(ns, dir, &[]);
+    let tap_mac = relay.tap_mac;
+    // Static neighbours for the guests that ping, so the gateway answers without ARP.
+    let pingers = 200usize;
+    for i in 0..pingers {
+        static_neighbour(ns, &relay.tap, i);
+    }
+    let (upgraded_per_s, pinged_per_s) = spawn_in(ns, LOAD_CPU, move || {
+        let t0 = Instant::now();
+        // Eight connectors at once, each opening its share one after another.
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    (0..pingers / 8)
+                        .map(|_| {
+                            tapwire_testkit::ws::connect("ws://127.0.0.1:8086/", None)
+                                .expect("connect")
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut streams: Vec<TcpStream> = workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("connector"))
+            .collect();
+        let upgraded = pingers as f64 / t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        for (i, s) in streams.iter_mut().enumerate() {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut session = Session::new(70_000, false);
+            let ping = icmp_echo(
+                tap_mac,
+                guest_mac(i),
+                guest_ip(i),
+                Ipv4Addr::new(10, 86, 0, 1),
+                i as u16,
+                1,
+                0,
+            );
+            s.write_all(&tapwire_testkit::ws::client_frame(frame::OP_BINARY, &ping))
+                .expect("ping");
+            let mut buf = vec![0u8; 65_536];
+            'wait: while let Ok(n) = s.read(&mut buf) {
+                let mut pos = 0;
+                let chunk = &mut buf[..n];
+                while let Ok(Some(ev)) = session.next(chunk, &mut pos) {
+                    if let Event::Message(r) = ev {
+                        if icmp_echo_reply(&chunk[r]).is_some_and(|(id, _, _)| usize::from(id) == i)
+                        {
+                            break 'wait;
+                        }
+                    }
+                }
+            }
+        }
+        let with_ping = pingers as f64 / (t0.elapsed().as_secs_f64());
+        let _ = t1;
+        (upgraded, with_ping)
+    })
+    .join()
+    .expect("conn");
+    let mut rss = Vec::new();
+    for &n in idle {
+        std::thread::sleep(Duration::from_millis(300));
+        let before = rss_kib(relay.pid());
+        let streams = connect_clients(ns, n);
+        std::thread::sleep(Duration::from_millis(500));
+        let after = rss_kib(relay.pid());
+        rss.push((n, (after.saturating_sub(before)) as f64 / n as f64));
+        drop(streams);
+    }
+    relay.stop();
+    (upgraded_per_s, pinged_per_s, rss)
+}
+
+/// Group `conn`.
+pub(crate) fn run(ctx: &Ctx) -> ConnResult {
+    let (upgrades_per_s, upgrade_and_ping_per_s, rss) =
+        scenario_conn(&ctx.ns, &ctx.dir, &ctx.opts.idle);
+    ConnResult {
+        upgrades_per_s,
+        upgrade_and_ping_per_s,
+        rss_kib_per_idle_client: rss,
+    }
+}

@@ -1,0 +1,162 @@
+//! The relay under test and the guests' addresses: placement, MACs, static neighbours, clients.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::Path;
+
+use tapwire_testkit::counters::Counters;
+use tapwire_testkit::netns::{unique, Netns};
+use tapwire_testkit::packet::{format_mac, parse_mac};
+use tapwire_testkit::process::RelayProcess;
+use tapwire_testkit::sibling_binary;
+
+use crate::sys::*;
+
+pub(crate) const RELAY_CPU: usize = 0;
+
+pub(crate) const LOAD_CPU: usize = 1;
+
+pub(crate) const SINK_PORT: u16 = 9999;
+
+pub(crate) const GUEST_MAC_BASE: [u8; 6] = [0x02, 0x00, 0x0a, 0x56, 0, 0];
+
+/// The relay under test: `tapwire run` in the bench namespace, pinned with taskset, no DHCP,
+/// deep send queues (1024) and no pings, so that the numbers measure forwarding.
+pub(crate) struct Relay {
+    process: RelayProcess,
+    pub tap: String,
+    pub tap_mac: [u8; 6],
+}
+
+impl Relay {
+    /// The relay with 1 core on `RELAY_CPU`.
+    pub(crate) fn start(ns: &Netns, dir: &Path, extra: &[&str]) -> Relay {
+        Self::start_on(ns, dir, &RELAY_CPU.to_string(), "1", extra)
+    }
+
+    /// The relay with 1 core on `RELAY_CPU`, or with 2 on both CPUs.
+    pub(crate) fn start_cores(ns: &Netns, dir: &Path, cores: usize, extra: &[&str]) -> Relay {
+        match cores {
+            1 => Self::start(ns, dir, extra),
+            _ => Self::start_on(ns, dir, "0,1", "2", extra),
+        }
+    }
+
+    /// The relay with `cores` cores, allowed on CPUs `cpus` (a taskset list).
+    pub(crate) fn start_on(
+        ns: &Netns,
+        dir: &Path,
+        cpus: &str,
+        cores: &str,
+        extra: &[&str],
+    ) -> Relay {
+        let tap = unique("twb");
+        let run_dir = dir.join("run").display().to_string();
+        let mut args: Vec<String> = [
+            "--cores",
+            cores,
+            "--no-dhcp",
+            "--tap",
+            &tap,
+            "--send-queue",
+            "1024",
+            "--max-clients",
+            "16000",
+            "--ping-interval",
+            "0",
+            "--runtime-dir",
+            &run_dir,
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let process = RelayProcess::start(
+            ns,
+            &["taskset", "-c", cpus],
+            &sibling_binary("tapwire", "TAPWIRE_BIN"),
+            &args,
+            dir.join(format!("{tap}.log")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mac = ns
+            .run(&["cat", &format!("/sys/class/net/{tap}/address")])
+            .expect("tap mac");
+        let tap_mac = parse_mac(&mac).expect("mac");
+        Relay {
+            process,
+            tap,
+            tap_mac,
+        }
+    }
+
+    /// Its pid (`ip netns exec` and taskset exec tapwire: the same pid).
+    pub(crate) fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Stops the relay (SIGTERM); its counters at exit.
+    pub(crate) fn stop(mut self) -> Counters {
+        self.process.stop();
+        self.process.counters()
+    }
+}
+
+/// Drop counters by reason, summed over repetitions.
+pub(crate) type Drops = BTreeMap<String, u64>;
+
+/// The non-zero drop counters of a stopped relay.
+pub(crate) fn drops_of(counters: &Counters) -> Drops {
+    counters.nonzero_drops().into_iter().collect()
+}
+
+pub(crate) fn guest_mac(i: usize) -> [u8; 6] {
+    let mut m = GUEST_MAC_BASE;
+    m[4] = (i >> 8) as u8;
+    m[5] = i as u8;
+    m
+}
+
+pub(crate) fn guest_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 86, 1 + (i >> 8) as u8, (i & 0xFF) as u8 + 1)
+}
+
+/// Tells the host guest `i`'s MAC, so the gateway answers it without ARP.
+pub(crate) fn static_neighbour(ns: &Netns, tap: &str, i: usize) {
+    let mac = format_mac(guest_mac(i));
+    ns.run(&[
+        "ip",
+        "neigh",
+        "replace",
+        &guest_ip(i).to_string(),
+        "lladdr",
+        &mac,
+        "dev",
+        tap,
+    ])
+    .expect("neigh");
+}
+
+/// Connects `n` WebSocket clients from CPU `LOAD_CPU` inside `ns`.
+pub(crate) fn connect_clients(ns: &Netns, n: usize) -> Vec<TcpStream> {
+    spawn_in(ns, LOAD_CPU, move || {
+        (0..n)
+            .map(|_| tapwire_testkit::ws::connect("ws://127.0.0.1:8086/", None).expect("connect"))
+            .collect()
+    })
+    .join()
+    .expect("connect thread")
+}
+
+/// Relay options for frames of `size` bytes: jumbo sizes need a larger MTU.
+pub(crate) fn mtu_args(size: usize) -> Vec<String> {
+    if size > 1514 {
+        vec!["--mtu".into(), (size - 14).to_string()]
+    } else {
+        Vec::new()
+    }
+}
+
+pub(crate) fn str_refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}

@@ -1,0 +1,71 @@
+//! Samples and their statistics: medians with spread, percentiles, repetitions.
+
+use crate::relay::*;
+
+/// One measurement: frames/s and the numbers around it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Sample {
+    pub fps: f64,
+    /// up: frames queued ahead of the relay at the end of the window; down: frames/s the
+    /// kernel queued to the TAP.
+    pub offered_fps: f64,
+    pub loss: f64,
+    pub cpu_ns_per_frame: f64,
+}
+
+pub(crate) fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// Median and spread (min, max) of repeated samples.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub(crate) struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+pub(crate) fn stat(values: &[f64]) -> Stat {
+    let mut v = values.to_vec();
+    let m = median(&mut v);
+    Stat {
+        median: m,
+        min: v.first().copied().unwrap_or(0.0),
+        max: v.last().copied().unwrap_or(0.0),
+    }
+}
+
+pub(crate) fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Runs a scenario `reps` times: its samples, and its drop counters summed over the runs.
+pub(crate) fn repeat(
+    reps: usize,
+    mut run: impl FnMut() -> (Sample, Drops),
+) -> (Vec<Sample>, Drops) {
+    let mut samples = Vec::with_capacity(reps);
+    let mut drops = Drops::new();
+    for _ in 0..reps {
+        let (sample, d) = run();
+        for (k, v) in d {
+            *drops.entry(k).or_default() += v;
+        }
+        samples.push(sample);
+    }
+    (samples, drops)
+}
+
+/// `field` of every sample: median, min and max.
+pub(crate) fn stat_of(samples: &[Sample], field: impl Fn(&Sample) -> f64) -> Stat {
+    stat(&samples.iter().map(field).collect::<Vec<_>>())
+}

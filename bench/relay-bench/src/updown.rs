@@ -1,0 +1,345 @@
+//! Groups `up`, `down` and `scale`: guests → host and host → guests through the relay.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tapwire::ws::{frame, Event, Session};
+use tapwire_testkit::netns::Netns;
+use tapwire_testkit::packet::udp_frame;
+
+use crate::kernel::*;
+use crate::relay::*;
+use crate::report::*;
+use crate::stats::*;
+use crate::sys::*;
+use crate::{progress, Ctx, Group};
+
+/// Pre-built masked WebSocket messages: `batch` UDP frames from guest `i` to the sink.
+pub(crate) fn up_batch(i: usize, relay_mac: [u8; 6], size: usize, batch: usize) -> Vec<u8> {
+    let f = udp_frame(
+        relay_mac,
+        guest_mac(i),
+        (guest_ip(i), 1000),
+        (Ipv4Addr::new(10, 86, 0, 1), SINK_PORT),
+        size,
+    );
+    let one = tapwire_testkit::ws::client_frame(frame::OP_BINARY, &f);
+    one.repeat(batch)
+}
+
+/// up: guests → a UDP sink on the host side, as fast as the generator can write.
+pub(crate) fn scenario_up(
+    ns: &Netns,
+    dir: &std::path::Path,
+    size: usize,
+    clients: usize,
+    seconds: f64,
+    cores: usize,
+) -> (Sample, Drops) {
+    let mtu = mtu_args(size);
+    let relay = Relay::start_cores(ns, dir, cores, &str_refs(&mtu));
+    let sink = ns.enter(|| UdpSocket::bind(("10.86.0.1", SINK_PORT)).expect("sink"));
+    let streams = connect_clients(ns, clients);
+    let arrivals_at_start = udp_arrivals(ns);
+    let batches: Vec<Vec<u8>> = (0..clients)
+        .map(|i| up_batch(i, relay.tap_mac, size, 64))
+        .collect();
+    let wire_frame = batches[0].len() / 64;
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent2, stop2) = (sent.clone(), stop.clone());
+    let generator = spawn_in(ns, LOAD_CPU, move || {
+        let mut streams = streams;
+        while !stop2.load(Ordering::Relaxed) {
+            for (s, b) in streams.iter_mut().zip(&batches) {
+                if s.write_all(b).is_ok() {
+                    sent2.fetch_add(64, Ordering::Relaxed);
+                }
+            }
+        }
+        streams
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (a0, c0, t0) = (udp_arrivals(ns), cpu_ticks(relay.pid()), Instant::now());
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let (a1, c1, s1, dt) = (
+        udp_arrivals(ns),
+        cpu_ticks(relay.pid()),
+        sent.load(Ordering::Relaxed),
+        t0.elapsed().as_secs_f64(),
+    );
+    stop.store(true, Ordering::Relaxed);
+    let streams = generator.join().expect("generator");
+    // Let the relay drain what is still queued in the sockets (bounded): arrivals stop growing.
+    let total_sent = sent.load(Ordering::Relaxed);
+    let drain_deadline = Instant::now() + Duration::from_secs(60);
+    let mut total_arrived = udp_arrivals(ns);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now_arrived = udp_arrivals(ns);
+        if now_arrived == total_arrived || Instant::now() > drain_deadline {
+            break;
+        }
+        total_arrived = now_arrived;
+    }
+    // Linux counts UDP InDatagrams only when a datagram is read: count what the (never read)
+    // sink still holds.
+    let mut total_arrived = total_arrived - arrivals_at_start + drain_socket(&sink);
+    drop(streams);
+    drop(sink);
+    let drops = drops_of(&relay.stop());
+    total_arrived = total_arrived.min(total_sent);
+    let frames = (a1 - a0) as f64;
+    let _ = wire_frame;
+    let loss = if total_sent > 0 {
+        1.0 - (total_arrived.min(total_sent) as f64 / total_sent as f64)
+    } else {
+        0.0
+    };
+    (
+        Sample {
+            fps: frames / dt,
+            // Frames the generator had written but the relay had not yet passed on when the
+            // window closed: positive means the relay, not the generator, set the pace.
+            offered_fps: s1 as f64 - (a1 - arrivals_at_start) as f64,
+            loss,
+            cpu_ns_per_frame: (c1 - c0) as f64 / ticks_per_second() * 1e9 / frames.max(1.0),
+        },
+        drops,
+    )
+}
+
+/// Counts binary messages arriving on `streams` (non-blocking, round robin) until `stop`.
+pub(crate) fn receive_loop(streams: &mut [TcpStream], stop: &AtomicBool, received: &AtomicU64) {
+    let mut sessions: Vec<Session> = streams
+        .iter()
+        .map(|_| Session::new(70_000, false))
+        .collect();
+    for s in streams.iter() {
+        s.set_nonblocking(true).expect("nonblocking");
+    }
+    let mut buf = vec![0u8; 256 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        let mut idle = true;
+        for (s, session) in streams.iter_mut().zip(sessions.iter_mut()) {
+            if let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    continue;
+                }
+                idle = false;
+                let mut pos = 0;
+                let chunk = &mut buf[..n];
+                let mut count = 0;
+                while let Ok(Some(ev)) = session.next(chunk, &mut pos) {
+                    if matches!(ev, Event::Message(_) | Event::Assembled) {
+                        count += 1;
+                    }
+                }
+                received.fetch_add(count, Ordering::Relaxed);
+            }
+        }
+        if idle {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// down: a UDP sender on the host side → guests.
+pub(crate) fn scenario_down(
+    ns: &Netns,
+    dir: &std::path::Path,
+    size: usize,
+    clients: usize,
+    seconds: f64,
+    cores: usize,
+) -> (Sample, Drops) {
+    let mtu = mtu_args(size);
+    let relay = Relay::start_cores(ns, dir, cores, &str_refs(&mtu));
+    let mut streams = connect_clients(ns, clients);
+    // Each guest announces its MAC (one frame), and the host learns it statically.
+    for (i, s) in streams.iter_mut().enumerate() {
+        let hello = udp_frame(
+            [0xFF; 6],
+            guest_mac(i),
+            (guest_ip(i), 1),
+            (Ipv4Addr::new(10, 86, 0, 1), 7),
+            64,
+        );
+        s.write_all(&tapwire_testkit::ws::client_frame(frame::OP_BINARY, &hello))
+            .expect("hello");
+        static_neighbour(ns, &relay.tap, i);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (r2, st2) = (received.clone(), stop.clone());
+    let receiver = spawn_in(ns, LOAD_CPU, move || {
+        receive_loop(&mut streams, &st2, &r2);
+        streams
+    });
+    let st3 = stop.clone();
+    let payload = vec![0x5Au8; size.max(42) - 42];
+    let targets: Vec<Ipv4Addr> = (0..clients).map(guest_ip).collect();
+    let sender = spawn_in(ns, LOAD_CPU, move || {
+        let s = UdpSocket::bind("10.86.0.1:0").expect("udp");
+        let mut n = 0u64;
+        while !st3.load(Ordering::Relaxed) {
+            for t in &targets {
+                for _ in 0..8 {
+                    if s.send_to(&payload, (*t, 9)).is_ok() {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (d0, r0, c0, t0) = (
+        dev_counters(ns, &relay.tap),
+        received.load(Ordering::Relaxed),
+        cpu_ticks(relay.pid()),
+        Instant::now(),
+    );
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let (d1, r1, c1, dt) = (
+        dev_counters(ns, &relay.tap),
+        received.load(Ordering::Relaxed),
+        cpu_ticks(relay.pid()),
+        t0.elapsed().as_secs_f64(),
+    );
+    stop.store(true, Ordering::Relaxed);
+    let _ = sender.join();
+    let streams = receiver.join().expect("receiver");
+    drop(streams);
+    let drops = drops_of(&relay.stop());
+    let delivered = (r1 - r0) as f64;
+    // Offered: what the kernel queued to the TAP (read by the relay, or dropped at its queue).
+    let offered = ((d1.1 - d0.1) + (d1.2 - d0.2)) as f64;
+    let loss = if offered > 0.0 {
+        (1.0 - delivered / offered).max(0.0)
+    } else {
+        0.0
+    };
+    (
+        Sample {
+            fps: delivered / dt,
+            offered_fps: offered / dt,
+            loss,
+            cpu_ns_per_frame: (c1 - c0) as f64 / ticks_per_second() * 1e9 / delivered.max(1.0),
+        },
+        drops,
+    )
+}
+
+/// Median frames/s of the one-core up/down rows, by (scenario, size, clients), for the rows
+/// that compare with them (2 cores, swarm).
+pub(crate) type OneCore = std::collections::HashMap<(&'static str, usize, usize), f64>;
+
+/// Groups `up` and `down`: per frame size the kernel's limits, then every client count.
+pub(crate) fn run(ctx: &Ctx, one_core: &mut OneCore) -> Table {
+    let o = &ctx.opts;
+    let mut table = Table::new(vec![
+        Col::Scenario("scenario"),
+        Col::Size,
+        Col::Count("clients"),
+        Col::Fps("relay frames/s"),
+        Col::Mbits,
+        Col::Reference("kernel limit frames/s", "–"),
+        Col::Ratio("relay / kernel", RatioStyle::Decimals(2)),
+        Col::Load,
+        Col::Loss,
+        Col::Cpu,
+        Col::Drops,
+    ]);
+    for &size in &o.sizes {
+        let kernel = |name: &str, f: fn(&Netns, usize, f64) -> f64| Row {
+            scenario: name.to_string(),
+            size,
+            fps: stat(
+                &(0..o.reps)
+                    .map(|_| f(&ctx.ns, size, o.seconds))
+                    .collect::<Vec<_>>(),
+            ),
+            ..Row::default()
+        };
+        let write = kernel("kernel_tap_write", kernel_tap_write);
+        let read = kernel("kernel_tap_read", kernel_tap_read);
+        let tcp = kernel("kernel_loopback_tcp", kernel_loopback_tcp);
+        let limits = [("up", write.fps.median), ("down", read.fps.median)];
+        table.rows.extend([write, read, tcp]);
+        for &clients in &o.clients {
+            for (name, limit) in limits {
+                if !o.runs(if name == "up" { Group::Up } else { Group::Down }) {
+                    continue;
+                }
+                let (samples, drops) = repeat(o.reps, || {
+                    if name == "up" {
+                        scenario_up(&ctx.ns, &ctx.dir, size, clients, o.seconds, 1)
+                    } else {
+                        scenario_down(&ctx.ns, &ctx.dir, size, clients, o.seconds, 1)
+                    }
+                });
+                let row = Row {
+                    scenario: name.to_string(),
+                    size,
+                    count: Some(clients),
+                    fps: stat_of(&samples, |s| s.fps),
+                    reference_fps: Some(limit),
+                    load: Some(stat_of(&samples, |s| s.offered_fps).median),
+                    loss: Some(stat_of(&samples, |s| s.loss).median),
+                    cpu_ns_per_frame: Some(stat_of(&samples, |s| s.cpu_ns_per_frame).median),
+                    drops,
+                    ..Row::default()
+                };
+                one_core.insert((name, size, clients), row.fps.median);
+                progress(&row);
+                table.rows.push(row);
+            }
+        }
+    }
+    table
+}
+
+/// Group `scale`: up and down with `--cores 2` and 64 clients, against the one-core rows.
+pub(crate) fn run_scale(ctx: &Ctx, one_core: &OneCore) -> Table {
+    let o = &ctx.opts;
+    let mut table = Table::new(vec![
+        Col::Scenario("scenario"),
+        Col::Size,
+        Col::Count("clients"),
+        Col::Fps("relay frames/s, 2 cores"),
+        Col::Reference("1 core (above)", "not run"),
+        Col::Ratio("gain", RatioStyle::Gain),
+        Col::Cpu,
+        Col::Drops,
+    ]);
+    table.intro = Some("**Second core** (`--cores 2` on CPUs 0 and 1, 64 clients spread over both cores; the load shares CPU 1 with the second relay core, so this is a lower bound on what a second free core gives):".into());
+    for &size in o.sizes.iter().filter(|s| **s <= 1514) {
+        for name in ["up", "down"] {
+            let (samples, drops) = repeat(o.reps, || {
+                if name == "up" {
+                    scenario_up(&ctx.ns, &ctx.dir, size, 64, o.seconds, 2)
+                } else {
+                    scenario_down(&ctx.ns, &ctx.dir, size, 64, o.seconds, 2)
+                }
+            });
+            let row = Row {
+                scenario: format!("{name}_2cores"),
+                size,
+                count: Some(64),
+                fps: stat_of(&samples, |s| s.fps),
+                reference_fps: one_core.get(&(name, size, 64)).copied(),
+                cpu_ns_per_frame: Some(stat_of(&samples, |s| s.cpu_ns_per_frame).median),
+                drops,
+                ..Row::default()
+            };
+            progress(&row);
+            table.rows.push(row);
+        }
+    }
+    table
+}
