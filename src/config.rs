@@ -8,81 +8,57 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::tap::MAX_IFNAME_LEN;
+use crate::ifname::IfName;
 
 /// Ethernet header (14) plus one 802.1Q tag (4).
 pub const ETHERNET_OVERHEAD: usize = 18;
 /// Largest frame we ever accept: v86's virtio NIC with MTU 65535, plus header and VLAN tag.
 pub const MAX_FRAME_LIMIT: usize = 65_535 + ETHERNET_OVERHEAD;
 
-/// Options of `tapwire run`.
+/// Options of `tapwire run`, each parsed into its type by its value parser (a bad value is
+/// refused by clap with the option's name). [`RunArgs::validate`] checks only the rules
+/// that join several options.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Address and port to accept WebSocket clients on.
     #[arg(long, env = "TAPWIRE_LISTEN", default_value = "127.0.0.1:8086")]
     pub listen: SocketAddr,
-    /// Number of cores (threads, TAP queues, listeners) to use; default: all available.
-    #[arg(long, env = "TAPWIRE_CORES")]
+    /// Number of cores (threads, TAP queues, listeners) to use, 1 to 128; default: all
+    /// available (at most 128).
+    #[arg(long, env = "TAPWIRE_CORES", value_parser = in_range(1, MAX_CORES))]
     pub cores: Option<usize>,
     /// Name of the TAP interface tapwire creates (non-persistent: gone when tapwire exits).
     #[arg(long, env = "TAPWIRE_TAP", default_value = "tapwire0")]
-    pub tap: String,
+    pub tap: IfName,
     /// Guest subnet; its first host address is the gateway and is put on the TAP.
     #[arg(long, env = "TAPWIRE_SUBNET", default_value = "10.86.0.0/16")]
-    pub subnet: String,
+    pub subnet: Subnet,
     /// Enslave the TAP to this existing bridge instead of addressing it (no DHCP is started).
     #[arg(long, env = "TAPWIRE_ATTACH_BRIDGE")]
-    pub attach_bridge: Option<String>,
-    /// MTU of the TAP.
-    #[arg(long, env = "TAPWIRE_MTU", default_value_t = 1500)]
+    pub attach_bridge: Option<IfName>,
+    /// MTU of the TAP (68 to 65535).
+    #[arg(long, env = "TAPWIRE_MTU", default_value_t = 1500, value_parser = clap::value_parser!(u32).range(68..=65_535))]
     pub mtu: u32,
     /// Largest Ethernet frame accepted from a client, in bytes; default: MTU + 18 (header and
     /// a VLAN tag). Up to 65553 for v86 virtio jumbo frames.
-    #[arg(long, env = "TAPWIRE_MAX_FRAME")]
+    #[arg(long, env = "TAPWIRE_MAX_FRAME", value_parser = in_range(60, MAX_FRAME_LIMIT))]
     pub max_frame: Option<usize>,
-    /// Most clients connected at once; more are answered 503.
-    #[arg(long, env = "TAPWIRE_MAX_CLIENTS", default_value_t = 16_384)]
-    pub max_clients: usize,
     /// Do not start dnsmasq (no DHCP/DNS for guests).
     #[arg(long, env = "TAPWIRE_NO_DHCP")]
     pub no_dhcp: bool,
     /// First and last address dnsmasq leases, as START,END; default: from the 10th host
     /// address to the last one of the subnet.
     #[arg(long, env = "TAPWIRE_DHCP_RANGE")]
-    pub dhcp_range: Option<String>,
-    /// Lease time handed out by dnsmasq (e.g. 12h, 30m, 3600).
-    #[arg(long, env = "TAPWIRE_DHCP_LEASE_TIME", default_value = "12h", value_parser = parse_duration)]
+    pub dhcp_range: Option<DhcpRange>,
+    /// Lease time handed out by dnsmasq (e.g. 12h, 30m, 3600); at least 2m.
+    #[arg(long, env = "TAPWIRE_DHCP_LEASE_TIME", default_value = "12h", value_parser = parse_lease_time)]
     pub dhcp_lease_time: Duration,
     /// DNS servers handed to guests (comma-separated); default: the gateway, where dnsmasq
     /// answers and forwards to the host's resolvers.
     #[arg(long, env = "TAPWIRE_DNS", value_delimiter = ',')]
     pub dns: Vec<Ipv4Addr>,
-    /// Send a WebSocket ping to a client idle this long; close it if the next interval
-    /// passes without an answer. 0 disables.
-    #[arg(long, env = "TAPWIRE_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
-    pub ping_interval: Duration,
-    /// Close a connection that has not completed the WebSocket handshake within this time.
-    #[arg(long, env = "TAPWIRE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub handshake_timeout: Duration,
-    /// Close a client that takes none of its pending output for this long (it stopped
-    /// reading); frames to it meanwhile are dropped once its send queue is full.
-    #[arg(long, env = "TAPWIRE_SLOW_CLIENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub slow_client_timeout: Duration,
-    /// Frames queued per client before further copies to it are dropped.
-    #[arg(long, env = "TAPWIRE_SEND_QUEUE", default_value_t = 128)]
-    pub send_queue: usize,
-    /// Most bytes per second one client may send (frames over it are dropped); 0: no limit.
-    #[arg(long, env = "TAPWIRE_CLIENT_RATE", default_value_t = 0)]
-    pub client_rate: u64,
-    /// Most broadcast/multicast frames per second one client may send; 0: no limit.
-    #[arg(long, env = "TAPWIRE_CLIENT_BROADCAST_PPS", default_value_t = 0)]
-    pub client_broadcast_pps: u64,
-    /// MAC addresses one client may own.
-    #[arg(long, env = "TAPWIRE_MAX_MACS_PER_CLIENT", default_value_t = 4)]
-    pub max_macs_per_client: usize,
-    /// Forget a MAC address after this long without a frame from it.
-    #[arg(long, env = "TAPWIRE_MAC_AGEING", default_value = "300s", value_parser = parse_duration)]
-    pub mac_ageing: Duration,
+    #[command(flatten)]
+    pub clients: ClientPolicy,
     /// Use single-shot io_uring operations even where the kernel has multishot ones (for
     /// testing the fallback path used on older kernels).
     #[arg(long, env = "TAPWIRE_IO_FALLBACK")]
@@ -90,9 +66,118 @@ pub struct RunArgs {
     /// Directory for the ledger of host changes and the dnsmasq lease file.
     #[arg(long, env = "TAPWIRE_RUNTIME_DIR", default_value = "/run/tapwire")]
     pub runtime_dir: PathBuf,
-    /// Log level: error, warn, info or debug.
-    #[arg(long, env = "TAPWIRE_LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
+    /// How much to log.
+    #[arg(long, env = "TAPWIRE_LOG_LEVEL", value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+}
+
+/// How every client is treated: its limits and timers. Part of `tapwire run`'s options and
+/// handed to the engine as it is.
+#[derive(Debug, Clone, Args)]
+pub struct ClientPolicy {
+    /// Most clients connected at once; more are answered 503.
+    #[arg(long, env = "TAPWIRE_MAX_CLIENTS", default_value_t = 16_384, value_parser = in_range(1, 1 << 24))]
+    pub max_clients: usize,
+    /// Frames queued per client (2 to 4096) before further copies to it are dropped.
+    #[arg(long, env = "TAPWIRE_SEND_QUEUE", default_value_t = 128, value_parser = in_range(2, 4096))]
+    pub send_queue: usize,
+    /// Close a connection that has not completed the WebSocket handshake within this time.
+    #[arg(long, env = "TAPWIRE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Close a client that takes none of its pending output for this long (it stopped
+    /// reading); frames to it meanwhile are dropped once its send queue is full.
+    #[arg(long, env = "TAPWIRE_SLOW_CLIENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub slow_client_timeout: Duration,
+    /// Send a WebSocket ping to a client idle this long; close it if the next interval
+    /// passes without an answer. 0 disables.
+    #[arg(long, env = "TAPWIRE_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+    /// Most bytes per second one client may send (frames over it are dropped); 0: no limit.
+    #[arg(long, env = "TAPWIRE_CLIENT_RATE", default_value_t = 0)]
+    pub client_rate: u64,
+    /// Most broadcast/multicast frames per second one client may send; 0: no limit.
+    #[arg(long, env = "TAPWIRE_CLIENT_BROADCAST_PPS", default_value_t = 0)]
+    pub client_broadcast_pps: u64,
+    /// MAC addresses one client may own.
+    #[arg(long, env = "TAPWIRE_MAX_MACS_PER_CLIENT", default_value_t = 4, value_parser = in_range(1, 1024))]
+    pub max_macs_per_client: usize,
+    /// Forget a MAC address after this long without a frame from it.
+    #[arg(long, env = "TAPWIRE_MAC_AGEING", default_value = "300s", value_parser = parse_duration)]
+    pub mac_ageing: Duration,
+}
+
+impl ClientPolicy {
+    /// The ping interval, unless pings are off.
+    pub fn ping_interval(&self) -> Option<Duration> {
+        (!self.ping_interval.is_zero()).then_some(self.ping_interval)
+    }
+
+    /// The per-client byte rate limit, if any.
+    pub fn client_rate(&self) -> Option<u64> {
+        (self.client_rate > 0).then_some(self.client_rate)
+    }
+
+    /// The per-client broadcast limit, if any.
+    pub fn client_broadcast_pps(&self) -> Option<u64> {
+        (self.client_broadcast_pps > 0).then_some(self.client_broadcast_pps)
+    }
+}
+
+/// Log levels, most severe first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogLevel> for log::LevelFilter {
+    fn from(l: LogLevel) -> Self {
+        match l {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// Most cores tapwire drives (the core number is 8 bits of a port id, and 128 leaves room).
+pub const MAX_CORES: usize = 128;
+
+/// A value parser for integers from `min` to `max`.
+fn in_range(min: usize, max: usize) -> impl Fn(&str) -> Result<usize, String> + Clone {
+    move |text| {
+        let v: usize = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not a whole number"))?;
+        if (min..=max).contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!("{v} is not between {min} and {max}"))
+        }
+    }
+}
+
+/// A rule that joins several options was broken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--max-frame {max_frame} is smaller than --mtu {mtu} plus the 14-byte Ethernet header; raise --max-frame to at least {}", mtu + 14)]
+    MaxFrameBelowMtu { max_frame: usize, mtu: usize },
+    #[error("--dhcp-range and --dns do not apply with --attach-bridge: DHCP is the bridge owner's business")]
+    DhcpWithBridge,
+    #[error(
+        "--dhcp-range: {ip} is not a host address of {subnet} other than the gateway {gateway}"
+    )]
+    RangeOutsideSubnet {
+        ip: Ipv4Addr,
+        subnet: Subnet,
+        gateway: Ipv4Addr,
+    },
 }
 
 /// An IPv4 subnet.
@@ -104,9 +189,11 @@ pub struct Subnet {
     pub prefix: u8,
 }
 
-impl Subnet {
-    /// Parses `a.b.c.d/n`; host bits must be zero and the prefix at most /30.
-    pub fn parse(text: &str) -> Result<Self, String> {
+impl std::str::FromStr for Subnet {
+    type Err = String;
+
+    /// Parses `a.b.c.d/n`; host bits must be zero and the prefix between /8 and /30.
+    fn from_str(text: &str) -> Result<Self, String> {
         let (addr, prefix) = text
             .split_once('/')
             .ok_or_else(|| format!("{text:?} is not in CIDR form (e.g. 10.86.0.0/16)"))?;
@@ -131,7 +218,15 @@ impl Subnet {
         }
         Ok(subnet)
     }
+}
 
+impl std::fmt::Display for Subnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+impl Subnet {
     fn mask(&self) -> u32 {
         u32::MAX << (32 - u32::from(self.prefix))
     }
@@ -160,6 +255,30 @@ impl Subnet {
     }
 }
 
+/// `START,END`: the first and last address dnsmasq leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DhcpRange(pub Ipv4Addr, pub Ipv4Addr);
+
+impl std::str::FromStr for DhcpRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (a, b) = text
+            .split_once(',')
+            .ok_or_else(|| format!("{text:?}: expected START,END"))?;
+        let parse = |t: &str| {
+            t.trim()
+                .parse::<Ipv4Addr>()
+                .map_err(|_| format!("{t:?} is not an IPv4 address"))
+        };
+        let (start, end) = (parse(a)?, parse(b)?);
+        if u32::from(start) > u32::from(end) {
+            return Err(format!("{start} comes after {end}"));
+        }
+        Ok(DhcpRange(start, end))
+    }
+}
+
 /// DHCP settings for the managed dnsmasq.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dhcp {
@@ -177,7 +296,7 @@ pub enum HostSide {
     /// The TAP carries the gateway address of `subnet`; dnsmasq serves it unless `dhcp` is None.
     Routed { subnet: Subnet, dhcp: Option<Dhcp> },
     /// The TAP is enslaved to this existing bridge.
-    Bridge(String),
+    Bridge(IfName),
 }
 
 /// A validated configuration.
@@ -185,19 +304,11 @@ pub enum HostSide {
 pub struct Config {
     pub listen: SocketAddr,
     pub cores: usize,
-    pub tap: String,
+    pub tap: IfName,
     pub host: HostSide,
     pub mtu: u32,
     pub max_frame: usize,
-    pub max_clients: usize,
-    pub ping_interval: Option<Duration>,
-    pub handshake_timeout: Duration,
-    pub slow_client_timeout: Duration,
-    pub send_queue: usize,
-    pub max_macs_per_client: usize,
-    pub mac_ageing: Duration,
-    pub client_rate: Option<u64>,
-    pub client_broadcast_pps: Option<u64>,
+    pub clients: ClientPolicy,
     pub io_fallback: bool,
     pub runtime_dir: PathBuf,
     pub log_level: log::LevelFilter,
@@ -226,85 +337,52 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     })
 }
 
+/// A DHCP lease time: a duration of at least 2 minutes (dnsmasq's minimum).
+fn parse_lease_time(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < Duration::from_secs(120) {
+        return Err(format!("{text}: must be at least 2m (dnsmasq's minimum)"));
+    }
+    Ok(d)
+}
+
 impl RunArgs {
-    /// Checks every option; `available_cores` is what the machine offers.
-    pub fn validate(&self, available_cores: usize) -> Result<Config, String> {
-        let cores = self.cores.unwrap_or(available_cores);
-        if cores == 0 || cores > 128 {
-            return Err(format!("--cores {cores}: must be between 1 and 128"));
-        }
-        if self.tap.is_empty()
-            || self.tap.len() > MAX_IFNAME_LEN
-            || self.tap.contains(['/', ' ', '\0'])
-        {
-            return Err(format!(
-                "--tap {:?}: an interface name has 1 to 15 characters and no '/' or space",
-                self.tap
-            ));
-        }
-        if !(68..=65_535).contains(&self.mtu) {
-            return Err(format!("--mtu {}: must be between 68 and 65535", self.mtu));
-        }
+    /// Checks the rules that join several options; `available_cores` is what the machine
+    /// offers.
+    pub fn validate(&self, available_cores: usize) -> Result<Config, ConfigError> {
+        let cores = self.cores.unwrap_or(available_cores.clamp(1, MAX_CORES));
         let mtu = self.mtu as usize;
         let max_frame = self.max_frame.unwrap_or(mtu + ETHERNET_OVERHEAD);
-        if !(60..=MAX_FRAME_LIMIT).contains(&max_frame) {
-            return Err(format!(
-                "--max-frame {max_frame}: must be between 60 and {MAX_FRAME_LIMIT}"
-            ));
-        }
         if max_frame < mtu + 14 {
-            return Err(format!("--max-frame {max_frame} is smaller than --mtu {mtu} plus the 14-byte Ethernet header; raise --max-frame to at least {}", mtu + 14));
+            return Err(ConfigError::MaxFrameBelowMtu { max_frame, mtu });
         }
-        if self.max_clients == 0 {
-            return Err("--max-clients must be at least 1".into());
-        }
-        if self.send_queue < 2 || self.send_queue > 4096 {
-            return Err(format!(
-                "--send-queue {}: must be between 2 and 4096",
-                self.send_queue
-            ));
-        }
-        if self.max_macs_per_client == 0 {
-            return Err("--max-macs-per-client must be at least 1".into());
-        }
-        let log_level = match self.log_level.to_ascii_lowercase().as_str() {
-            "error" => log::LevelFilter::Error,
-            "warn" => log::LevelFilter::Warn,
-            "info" => log::LevelFilter::Info,
-            "debug" => log::LevelFilter::Debug,
-            "trace" => log::LevelFilter::Trace,
-            other => {
-                return Err(format!(
-                    "--log-level {other:?}: use error, warn, info or debug"
-                ))
-            }
-        };
         let host = match &self.attach_bridge {
             Some(bridge) => {
-                if bridge.is_empty() || bridge.len() > MAX_IFNAME_LEN {
-                    return Err(format!(
-                        "--attach-bridge {bridge:?} is not a valid interface name"
-                    ));
-                }
                 if self.dhcp_range.is_some() || !self.dns.is_empty() {
-                    return Err("--dhcp-range and --dns do not apply with --attach-bridge: DHCP is the bridge owner's business".into());
+                    return Err(ConfigError::DhcpWithBridge);
                 }
                 HostSide::Bridge(bridge.clone())
             }
             None => {
-                let subnet = Subnet::parse(&self.subnet).map_err(|e| format!("--subnet: {e}"))?;
+                let subnet = self.subnet;
                 let dhcp = if self.no_dhcp {
                     None
                 } else {
-                    let range = match &self.dhcp_range {
-                        Some(text) => parse_range(text, &subnet)?,
+                    let range = match self.dhcp_range {
+                        Some(DhcpRange(start, end)) => {
+                            for ip in [start, end] {
+                                if !subnet.contains_host(ip) || ip == subnet.gateway() {
+                                    return Err(ConfigError::RangeOutsideSubnet {
+                                        ip,
+                                        subnet,
+                                        gateway: subnet.gateway(),
+                                    });
+                                }
+                            }
+                            (start, end)
+                        }
                         None => default_range(&subnet),
                     };
-                    if self.dhcp_lease_time < Duration::from_secs(120) {
-                        return Err(
-                            "--dhcp-lease-time must be at least 2m (dnsmasq's minimum)".into()
-                        );
-                    }
                     Some(Dhcp {
                         range,
                         lease_time: self.dhcp_lease_time,
@@ -321,19 +399,10 @@ impl RunArgs {
             host,
             mtu: self.mtu,
             max_frame,
-            max_clients: self.max_clients,
-            ping_interval: (!self.ping_interval.is_zero()).then_some(self.ping_interval),
-            handshake_timeout: self.handshake_timeout,
-            slow_client_timeout: self.slow_client_timeout,
-            send_queue: self.send_queue,
-            max_macs_per_client: self.max_macs_per_client,
-            mac_ageing: self.mac_ageing,
-            client_rate: (self.client_rate > 0).then_some(self.client_rate),
-            client_broadcast_pps: (self.client_broadcast_pps > 0)
-                .then_some(self.client_broadcast_pps),
+            clients: self.clients.clone(),
             io_fallback: self.io_fallback,
             runtime_dir: self.runtime_dir.clone(),
-            log_level,
+            log_level: self.log_level.into(),
         })
     }
 }
@@ -348,34 +417,6 @@ fn default_range(subnet: &Subnet) -> (Ipv4Addr, Ipv4Addr) {
         first
     };
     (Ipv4Addr::from(first), Ipv4Addr::from(last))
-}
-
-fn parse_range(text: &str, subnet: &Subnet) -> Result<(Ipv4Addr, Ipv4Addr), String> {
-    let (a, b) = text
-        .split_once(',')
-        .ok_or_else(|| format!("--dhcp-range {text:?}: expected START,END"))?;
-    let start: Ipv4Addr = a
-        .trim()
-        .parse()
-        .map_err(|_| format!("--dhcp-range: {a:?} is not an IPv4 address"))?;
-    let end: Ipv4Addr = b
-        .trim()
-        .parse()
-        .map_err(|_| format!("--dhcp-range: {b:?} is not an IPv4 address"))?;
-    for ip in [start, end] {
-        if !subnet.contains_host(ip) || ip == subnet.gateway() {
-            return Err(format!(
-                "--dhcp-range: {ip} is not a host address of {}/{} other than the gateway {}",
-                subnet.network,
-                subnet.prefix,
-                subnet.gateway()
-            ));
-        }
-    }
-    if u32::from(start) > u32::from(end) {
-        return Err(format!("--dhcp-range: {start} comes after {end}"));
-    }
-    Ok((start, end))
 }
 
 #[cfg(test)]
@@ -396,6 +437,7 @@ mod tests {
             .map_err(|e| e.to_string())?
             .run
             .validate(2)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -429,6 +471,18 @@ mod tests {
         assert!(parse(&["--tap", "abcdefghijklmnopq"])
             .unwrap_err()
             .contains("--tap"));
+        assert!(parse(&["--tap", "eth0:1"])
+            .unwrap_err()
+            .contains("not an interface name"));
+        assert!(parse(&["--send-queue", "1"])
+            .unwrap_err()
+            .contains("--send-queue"));
+        assert!(parse(&["--dhcp-lease-time", "1m"])
+            .unwrap_err()
+            .contains("at least 2m"));
+        assert!(parse(&["--dhcp-range", "10.86.0.20,10.86.0.10"])
+            .unwrap_err()
+            .contains("comes after"));
         assert!(parse(&["--max-frame", "70000"])
             .unwrap_err()
             .contains("--max-frame"));
@@ -441,6 +495,28 @@ mod tests {
         assert!(parse(&["--attach-bridge", "br0", "--dns", "1.1.1.1"])
             .unwrap_err()
             .contains("bridge"));
+    }
+
+    #[test]
+    fn every_log_level_is_accepted_and_listed() {
+        assert_eq!(
+            parse(&["--log-level", "trace"]).unwrap().log_level,
+            log::LevelFilter::Trace
+        );
+        let e = parse(&["--log-level", "loud"]).unwrap_err();
+        for level in ["error", "warn", "info", "debug", "trace"] {
+            assert!(e.contains(level), "{e}");
+        }
+    }
+
+    #[test]
+    fn zero_turns_pings_and_limits_off() {
+        let c = parse(&["--ping-interval", "0", "--client-rate", "0"]).unwrap();
+        assert_eq!(c.clients.ping_interval(), None);
+        assert_eq!(c.clients.client_rate(), None);
+        let c = parse(&["--client-broadcast-pps", "5"]).unwrap();
+        assert_eq!(c.clients.client_broadcast_pps(), Some(5));
+        assert_eq!(c.clients.ping_interval(), Some(Duration::from_secs(30)));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Per-core counters: frames and bytes each way, and one drop counter per reason.
+//! Per-core counters: frames and bytes each way, the open-client gauge, and one drop counter
+//! per reason. Each series is declared once (field, name, help, type) in `core_series!`.
 //!
 //! Contract: each core writes only its own [`CoreCounters`] (single writer, so an increment
 //! is a relaxed load and store, no locked instruction); any thread may read them. Names
@@ -91,40 +92,98 @@ impl From<crate::switch::SwitchDrop> for DropReason {
     }
 }
 
-/// Counters of one core.
-#[derive(Debug, Default)]
-pub struct CoreCounters {
-    /// Ethernet frames received from clients, and their bytes.
-    pub client_rx_frames: Counter,
-    pub client_rx_bytes: Counter,
-    /// Ethernet frames queued to clients (each copy counts), and their bytes.
-    pub client_tx_frames: Counter,
-    pub client_tx_bytes: Counter,
-    /// Frames written to the TAP, and their bytes.
-    pub tap_tx_frames: Counter,
-    pub tap_tx_bytes: Counter,
-    /// Frames read from the TAP, and their bytes.
-    pub tap_rx_frames: Counter,
-    pub tap_rx_bytes: Counter,
-    /// Frames handed to another core.
-    pub cross_core_frames: Counter,
-    /// Connections accepted, upgraded and closed.
-    pub connections_accepted: Counter,
-    pub connections_upgraded: Counter,
-    pub connections_closed: Counter,
-    /// Pings received from clients and answered.
-    pub pings_answered: Counter,
-    /// Times a provided-buffer ring ran dry (receives paused until buffers came back).
-    pub buffer_ring_empty: Counter,
-    /// Learned addresses the TAP steering map could not take (their frames are handed over
-    /// between cores instead).
-    pub steering_failed: Counter,
-    /// Receive results held back because the TAP or another core was behind (backpressure).
-    pub input_held: Counter,
-    /// Clients currently open on this core (a gauge, same single writer).
-    pub clients_open: Counter,
-    drops: [Counter; DropReason::ALL.len()],
+/// Whether a series only grows or goes up and down (Prometheus `# TYPE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricType {
+    Counter,
+    Gauge,
 }
+
+impl MetricType {
+    fn name(self) -> &'static str {
+        match self {
+            MetricType::Counter => "counter",
+            MetricType::Gauge => "gauge",
+        }
+    }
+}
+
+/// A gauge written by one thread and read by any.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    /// Adds one. Only the owning core calls this.
+    #[inline]
+    pub fn inc(&self) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Subtracts one (never below zero). Only the owning core calls this.
+    #[inline]
+    pub fn dec(&self) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).saturating_sub(1),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Declares the per-core series once: field, kind, name and help text.
+macro_rules! core_series {
+    ($($field:ident: $ty:ident, $kind:ident, $name:literal, $help:literal;)*) => {
+        /// Counters and gauges of one core.
+        #[derive(Debug, Default)]
+        pub struct CoreCounters {
+            $(#[doc = $help] pub $field: $ty,)*
+            drops: [Counter; DropReason::ALL.len()],
+        }
+
+        /// Name, help text and type of every series but the drops.
+        pub const SERIES: &[(&str, &str, MetricType)] = &[$(($name, $help, MetricType::$kind),)*];
+
+        impl CoreCounters {
+            /// Values of [`SERIES`], in order.
+            fn values(&self) -> [u64; SERIES.len()] {
+                [$(self.$field.get(),)*]
+            }
+        }
+    };
+}
+
+core_series! {
+    client_rx_frames: Counter, Counter, "tapwire_client_rx_frames_total", "Ethernet frames received from clients.";
+    client_rx_bytes: Counter, Counter, "tapwire_client_rx_bytes_total", "Bytes of Ethernet frames received from clients.";
+    client_tx_frames: Counter, Counter, "tapwire_client_tx_frames_total", "Ethernet frames queued to clients (each copy counts).";
+    client_tx_bytes: Counter, Counter, "tapwire_client_tx_bytes_total", "Bytes of Ethernet frames queued to clients.";
+    tap_tx_frames: Counter, Counter, "tapwire_tap_tx_frames_total", "Frames written to the TAP.";
+    tap_tx_bytes: Counter, Counter, "tapwire_tap_tx_bytes_total", "Bytes written to the TAP.";
+    tap_rx_frames: Counter, Counter, "tapwire_tap_rx_frames_total", "Frames read from the TAP.";
+    tap_rx_bytes: Counter, Counter, "tapwire_tap_rx_bytes_total", "Bytes read from the TAP.";
+    cross_core_frames: Counter, Counter, "tapwire_cross_core_frames_total", "Frames handed to another core.";
+    connections_accepted: Counter, Counter, "tapwire_connections_accepted_total", "TCP connections accepted.";
+    connections_upgraded: Counter, Counter, "tapwire_connections_upgraded_total", "Connections upgraded to WebSocket.";
+    connections_closed: Counter, Counter, "tapwire_connections_closed_total", "Connections closed and freed.";
+    pings_answered: Counter, Counter, "tapwire_pings_answered_total", "Pings received from clients and answered.";
+    buffer_ring_empty: Counter, Counter, "tapwire_buffer_ring_empty_total", "Times a provided-buffer ring ran dry (receives paused until buffers came back).";
+    input_held: Counter, Counter, "tapwire_input_held_total", "Receives held back because the TAP or another core was behind (backpressure).";
+    steering_failed: Counter, Counter, "tapwire_steering_failed_total", "Learned addresses the TAP steering map did not take (their frames are handed over between cores instead).";
+    clients_open: Gauge, Gauge, "tapwire_clients_open", "Clients connected right now.";
+}
+
+/// Name and help of the drop family.
+const DROPS: (&str, &str) = (
+    "tapwire_drops_total",
+    "Frames dropped and clients closed, by reason.",
+);
 
 impl CoreCounters {
     /// Counts one drop for `reason`.
@@ -137,76 +196,33 @@ impl CoreCounters {
     pub fn drops(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize].get()
     }
-
-    /// Decrements the open-clients gauge.
-    pub fn client_gone(&self) {
-        let v = self.clients_open.get();
-        self.clients_open
-            .0
-            .store(v.saturating_sub(1), Ordering::Relaxed);
-    }
-
-    fn plain(&self) -> [(&'static str, &Counter); 17] {
-        [
-            ("tapwire_client_rx_frames_total", &self.client_rx_frames),
-            ("tapwire_client_rx_bytes_total", &self.client_rx_bytes),
-            ("tapwire_client_tx_frames_total", &self.client_tx_frames),
-            ("tapwire_client_tx_bytes_total", &self.client_tx_bytes),
-            ("tapwire_tap_tx_frames_total", &self.tap_tx_frames),
-            ("tapwire_tap_tx_bytes_total", &self.tap_tx_bytes),
-            ("tapwire_tap_rx_frames_total", &self.tap_rx_frames),
-            ("tapwire_tap_rx_bytes_total", &self.tap_rx_bytes),
-            ("tapwire_cross_core_frames_total", &self.cross_core_frames),
-            (
-                "tapwire_connections_accepted_total",
-                &self.connections_accepted,
-            ),
-            (
-                "tapwire_connections_upgraded_total",
-                &self.connections_upgraded,
-            ),
-            ("tapwire_connections_closed_total", &self.connections_closed),
-            ("tapwire_pings_answered_total", &self.pings_answered),
-            ("tapwire_buffer_ring_empty_total", &self.buffer_ring_empty),
-            ("tapwire_input_held_total", &self.input_held),
-            ("tapwire_steering_failed_total", &self.steering_failed),
-            ("tapwire_clients_open", &self.clients_open),
-        ]
-    }
 }
 
-/// The summary printed at exit and on SIGUSR1: every counter summed over cores, then
-/// per-core lines for the non-zero ones. Prometheus text format.
+/// The summary printed at exit and on SIGUSR1, in Prometheus text format: per series its
+/// `# HELP` and `# TYPE`, the sum over cores, then each core's non-zero value.
 pub fn summary(cores: &[std::sync::Arc<CoreCounters>]) -> String {
     let mut out = String::new();
-    let names: Vec<&str> = CoreCounters::default()
-        .plain()
-        .iter()
-        .map(|(n, _)| *n)
-        .collect();
-    for (i, name) in names.iter().enumerate() {
-        let total: u64 = cores.iter().map(|c| c.plain()[i].1.get()).sum();
+    let values: Vec<[u64; SERIES.len()]> = cores.iter().map(|c| c.values()).collect();
+    for (i, (name, help, kind)) in SERIES.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {}", kind.name());
+        let total: u64 = values.iter().map(|v| v[i]).sum();
         let _ = writeln!(out, "{name} {total}");
-    }
-    for reason in DropReason::ALL {
-        let total: u64 = cores.iter().map(|c| c.drops(*reason)).sum();
-        let _ = writeln!(
-            out,
-            "tapwire_drops_total{{reason=\"{}\"}} {total}",
-            reason.label()
-        );
-    }
-    for (core, c) in cores.iter().enumerate() {
-        for (name, counter) in c.plain() {
-            if counter.get() != 0 {
-                let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", counter.get());
+        for (core, v) in values.iter().enumerate() {
+            if v[i] != 0 {
+                let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", v[i]);
             }
         }
-        for reason in DropReason::ALL {
+    }
+    let (name, help) = DROPS;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for reason in DropReason::ALL {
+        let total: u64 = cores.iter().map(|c| c.drops(*reason)).sum();
+        let _ = writeln!(out, "{name}{{reason=\"{}\"}} {total}", reason.label());
+        for (core, c) in cores.iter().enumerate() {
             if c.drops(*reason) != 0 {
                 let _ = writeln!(
                     out,
-                    "tapwire_drops_total{{reason=\"{}\",core=\"{core}\"}} {}",
+                    "{name}{{reason=\"{}\",core=\"{core}\"}} {}",
                     reason.label(),
                     c.drops(*reason)
                 );
@@ -231,5 +247,26 @@ mod tests {
         assert!(s.contains("tapwire_drops_total{reason=\"runt_frame\"} 2\n"));
         assert!(s.contains("tapwire_tap_tx_frames_total 5\n"));
         assert!(s.contains("tapwire_tap_tx_frames_total{core=\"1\"} 5\n"));
+    }
+
+    #[test]
+    fn every_series_has_help_and_type_and_the_open_count_is_a_gauge() {
+        let c = std::sync::Arc::new(CoreCounters::default());
+        c.clients_open.inc();
+        c.clients_open.inc();
+        c.clients_open.dec();
+        let s = summary(&[c]);
+        for (name, _, _) in SERIES {
+            assert!(s.contains(&format!("# HELP {name} ")), "{name}");
+            assert!(s.contains(&format!("# TYPE {name} ")), "{name}");
+        }
+        assert!(s.contains("# TYPE tapwire_clients_open gauge\n"));
+        assert!(s.contains("# TYPE tapwire_drops_total counter\n"));
+        assert!(s.contains("tapwire_clients_open 1\n"));
+        // Each family's samples follow its own header (Prometheus requires them grouped).
+        let help = s.find("# HELP tapwire_input_held_total").unwrap();
+        let sample = s.find("\ntapwire_input_held_total ").unwrap();
+        let next = s.find("# HELP tapwire_steering_failed_total").unwrap();
+        assert!(help < sample && sample < next);
     }
 }

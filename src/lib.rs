@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod counters;
 pub mod engine;
+pub mod ifname;
 pub mod steering;
 pub mod switch;
 pub mod tap;

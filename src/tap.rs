@@ -9,17 +9,15 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-/// Linux limits interface names to 15 bytes plus the NUL (`IFNAMSIZ`).
-pub const MAX_IFNAME_LEN: usize = 15;
 /// `TUNSETIFF` = `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 
 /// Errors making the TAP; each message says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
-    /// The name does not fit `IFNAMSIZ`.
-    #[error("interface name {0:?} is longer than 15 bytes or contains a NUL or '/'; choose a shorter --tap name")]
-    BadName(String),
+    /// Not a name the kernel takes.
+    #[error("{0} — choose another --tap name")]
+    BadName(#[from] crate::ifname::BadIfName),
     /// `/dev/net/tun` is missing.
     #[error("cannot open /dev/net/tun: {0} — load the tun module (modprobe tun) or, in a container, pass --device /dev/net/tun")]
     NoTunDevice(io::Error),
@@ -46,12 +44,7 @@ struct IfReq {
 
 impl IfReq {
     fn new(name: &str, flags: libc::c_int) -> Result<Self, TapError> {
-        if name.is_empty()
-            || name.len() > MAX_IFNAME_LEN
-            || name.bytes().any(|b| b == 0 || b == b'/')
-        {
-            return Err(TapError::BadName(name.to_string()));
-        }
+        let name: crate::ifname::IfName = name.parse()?;
         let mut req = IfReq {
             name: [0; libc::IFNAMSIZ],
             flags: 0,

@@ -120,21 +120,38 @@ pub fn run_checks() -> Vec<Finding> {
     if net_admin {
         out.push(check_steering());
     }
-    if let Some(v) =
-        read_trim("/proc/sys/net/ipv4/neigh/default/gc_thresh3").and_then(|v| v.parse::<u64>().ok())
-    {
-        let ok = v >= 4096;
-        out.push(finding(
-            ok,
-            false,
-            if ok {
-                format!("net.ipv4.neigh.default.gc_thresh3 = {v}: room for thousands of guests")
-            } else {
-                format!("net.ipv4.neigh.default.gc_thresh3 = {v}: past about {v} guests the gateway forgets neighbours — for dense relays `sysctl -w net.ipv4.neigh.default.gc_thresh3=65536 net.ipv4.neigh.default.gc_thresh2=32768`")
-            },
-        ));
+    if let Some(v) = neighbour_table_size() {
+        out.push(match neighbour_table_advice(4096, v) {
+            None => finding(
+                true,
+                false,
+                format!("net.ipv4.neigh.default.gc_thresh3 = {v}: room for thousands of guests"),
+            ),
+            Some(advice) => finding(false, false, advice),
+        });
     }
     out
+}
+
+/// The neighbour (ARP) table's hard limit, `net.ipv4.neigh.default.gc_thresh3`, where this
+/// namespace can read it (the table is shared by every namespace of the machine).
+pub fn neighbour_table_size() -> Option<u64> {
+    read_trim("/proc/sys/net/ipv4/neigh/default/gc_thresh3").and_then(|v| v.parse().ok())
+}
+
+/// What to do when `guests` may exceed the neighbour table's hard limit `gc_thresh3`: past
+/// it the gateway forgets guests and answers them late or not at all. tapwire does not raise
+/// the value itself: it is one setting for the whole machine, shared by every relay on it,
+/// so no single run can raise it and put it back without breaking another.
+pub fn neighbour_table_advice(guests: usize, gc_thresh3: u64) -> Option<String> {
+    let guests = guests as u64;
+    (guests > gc_thresh3).then(|| {
+        let wanted = guests.next_power_of_two().max(4096);
+        format!(
+            "net.ipv4.neigh.default.gc_thresh3 = {gc_thresh3}: past about {gc_thresh3} guests the gateway forgets neighbours — for {guests} guests run `sysctl -w net.ipv4.neigh.default.gc_thresh3={wanted} net.ipv4.neigh.default.gc_thresh2={}` (in the initial namespace; it is machine-wide)",
+            wanted / 2
+        )
+    })
 }
 
 /// Whether TAP queue steering attaches: on a throwaway single-queue TAP, which vanishes when
@@ -268,4 +285,22 @@ fn check_ops(ring: &IoUring, out: &mut Vec<Finding>) {
     }
     // SAFETY: unmapping the page mapped above, no longer registered.
     unsafe { libc::munmap(page, 4096) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::neighbour_table_advice;
+
+    #[test]
+    fn neighbour_table_advice_only_past_the_limit() {
+        assert_eq!(neighbour_table_advice(1000, 1024), None);
+        let a = neighbour_table_advice(16_384, 1024).unwrap();
+        assert!(
+            a.contains("gc_thresh3=16384") && a.contains("gc_thresh2=8192"),
+            "{a}"
+        );
+        assert!(neighbour_table_advice(5000, 1024)
+            .unwrap()
+            .contains("gc_thresh3=8192"));
+    }
 }

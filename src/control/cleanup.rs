@@ -53,11 +53,6 @@ pub async fn undo(changes: &[Change]) -> Vec<String> {
                     }
                 }
             }
-            Change::Sysctl { path, old } => {
-                if let Err(e) = std::fs::write(path, old) {
-                    failures.push(format!("cannot restore {path} to {old}: {e}"));
-                }
-            }
             // The TAP is not persistent: it and its up state vanish with the process.
             Change::LinkUp(_) | Change::Tap(_) | Change::Owner { .. } => {}
         }

@@ -36,8 +36,51 @@ pub fn find() -> Option<PathBuf> {
 /// The error when it is missing.
 pub const MISSING: &str = "dnsmasq not found: install it with `apt-get install dnsmasq-base`, or run with --no-dhcp (guests then need static addresses)";
 
+/// Everything needed to start (and restart) the dnsmasq of one run: built once from the
+/// configuration.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub binary: PathBuf,
+    pub args: Vec<String>,
+    /// The lease file (in tapwire's runtime directory; ledgered so cleanup removes it).
+    pub lease_file: PathBuf,
+}
+
+impl Launch {
+    /// The dnsmasq of `cfg`, if it runs one (a routed TAP with DHCP); an error when dnsmasq
+    /// is needed and missing.
+    pub fn for_config(cfg: &crate::config::Config) -> Result<Option<Launch>, &'static str> {
+        let crate::config::HostSide::Routed {
+            subnet,
+            dhcp: Some(dhcp),
+        } = &cfg.host
+        else {
+            return Ok(None);
+        };
+        let binary = find().ok_or(MISSING)?;
+        let lease_file = cfg.runtime_dir.join(&cfg.tap).join("dnsmasq.leases");
+        let args = arguments(
+            &cfg.tap,
+            subnet,
+            dhcp,
+            &lease_file,
+            cfg.log_level >= log::LevelFilter::Debug,
+        );
+        Ok(Some(Launch {
+            binary,
+            args,
+            lease_file,
+        }))
+    }
+
+    /// Starts it (see [`spawn`]).
+    pub fn spawn(&self) -> std::io::Result<Child> {
+        spawn(&self.binary, &self.args)
+    }
+}
+
 /// Command-line arguments for serving `subnet` on `ifname`.
-pub fn arguments(
+fn arguments(
     ifname: &str,
     subnet: &Subnet,
     dhcp: &Dhcp,
@@ -160,7 +203,7 @@ mod tests {
 
     #[test]
     fn arguments_cover_the_policy() {
-        let subnet = Subnet::parse("10.86.0.0/16").unwrap();
+        let subnet: Subnet = "10.86.0.0/16".parse().unwrap();
         let dhcp = Dhcp {
             range: (
                 "10.86.0.10".parse().unwrap(),

@@ -25,8 +25,6 @@ pub enum Change {
     Dnsmasq { pid: u32, ifname: String },
     /// A file we created.
     File(PathBuf),
-    /// A sysctl we raised (path under /proc/sys, value before).
-    Sysctl { path: String, old: String },
 }
 
 impl Change {
@@ -39,7 +37,6 @@ impl Change {
             Change::Master { ifname, bridge } => format!("master {ifname} {bridge}"),
             Change::Dnsmasq { pid, ifname } => format!("dnsmasq {pid} {ifname}"),
             Change::File(p) => format!("file {}", p.display()),
-            Change::Sysctl { path, old } => format!("sysctl {path} {old}"),
         }
     }
 
@@ -68,10 +65,6 @@ impl Change {
                 ifname: next()?,
             },
             "file" => Change::File(PathBuf::from(line.split_once(' ')?.1)),
-            "sysctl" => Change::Sysctl {
-                path: next()?,
-                old: next()?,
-            },
             _ => return None,
         })
     }
@@ -173,10 +166,6 @@ mod tests {
                 ifname: "tapwire0".into(),
             },
             Change::File(PathBuf::from("/run/tapwire/tapwire0/dnsmasq leases")),
-            Change::Sysctl {
-                path: "/proc/sys/net/ipv4/neigh/default/gc_thresh3".into(),
-                old: "1024".into(),
-            },
         ];
         for c in all {
             assert_eq!(Change::parse(&c.to_line()), Some(c));

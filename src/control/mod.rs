@@ -130,14 +130,14 @@ async fn run_async(
             cfg.cores
         )));
     }
-    raise_fd_limit(cfg.max_clients);
+    raise_fd_limit(cfg.clients.max_clients);
+    if let Some(advice) = check::neighbour_table_size()
+        .and_then(|v| check::neighbour_table_advice(cfg.clients.max_clients, v))
+    {
+        log::info!("{advice}");
+    }
     clear_stale_ledger(&cfg).await?;
-    let dnsmasq_binary = match &cfg.host {
-        HostSide::Routed { dhcp: Some(_), .. } => {
-            Some(dnsmasq::find().ok_or_else(|| RunError::Setup(dnsmasq::MISSING.into()))?)
-        }
-        _ => None,
-    };
+    let dnsmasq = dnsmasq::Launch::for_config(&cfg).map_err(|e| RunError::Setup(e.into()))?;
     let ledger = Ledger::create(&cfg.runtime_dir, &cfg.tap).map_err(|e| {
         RunError::Setup(format!("cannot create the ledger under {}: {e} — run as root or choose a writable --runtime-dir", cfg.runtime_dir.display()))
     })?;
@@ -145,7 +145,7 @@ async fn run_async(
         ledger,
         changes: Vec::new(),
     };
-    let started = start(&cfg, &mut host, dnsmasq_binary.as_deref(), listeners).await;
+    let started = start(&cfg, &mut host, dnsmasq.as_ref(), listeners).await;
     let (engine, shared, features, mut child) = match started {
         Ok(parts) => parts,
         Err(e) => {
@@ -166,7 +166,7 @@ async fn run_async(
         &cfg,
         &shutdown,
         &shared,
-        dnsmasq_binary.as_deref(),
+        dnsmasq.as_ref(),
         &mut child,
         &mut host,
     )
@@ -241,10 +241,10 @@ type Started = (Engine, Arc<Shared>, Features, Option<tokio::process::Child>);
 async fn start(
     cfg: &Config,
     host: &mut Host,
-    dnsmasq_binary: Option<&std::path::Path>,
+    dnsmasq: Option<&dnsmasq::Launch>,
     listeners: Vec<TcpListener>,
 ) -> Result<Started, RunError> {
-    host.record(Change::Tap(cfg.tap.clone()))?;
+    host.record(Change::Tap(cfg.tap.to_string()))?;
     let taps = crate::tap::open_multiqueue(&cfg.tap, cfg.cores)?;
     let handle = netlink::connect()?;
     let index = netlink::link_index(&handle, &cfg.tap)
@@ -252,30 +252,22 @@ async fn start(
         .ok_or_else(|| RunError::Setup(format!("TAP {} vanished right after creation", cfg.tap)))?;
     let mut child = None;
     match &cfg.host {
-        HostSide::Routed { subnet, dhcp } => {
+        HostSide::Routed { subnet, .. } => {
             host.record(Change::Address {
-                ifname: cfg.tap.clone(),
+                ifname: cfg.tap.to_string(),
                 cidr: format!("{}/{}", subnet.gateway(), subnet.prefix),
             })?;
             netlink::add_address(&handle, index, subnet.gateway(), subnet.prefix, &cfg.tap).await?;
-            host.record(Change::LinkUp(cfg.tap.clone()))?;
+            host.record(Change::LinkUp(cfg.tap.to_string()))?;
             netlink::set_up(&handle, index, &cfg.tap, Some(cfg.mtu)).await?;
-            if let (Some(dhcp), Some(binary)) = (dhcp, dnsmasq_binary) {
-                let lease_file = cfg.runtime_dir.join(&cfg.tap).join("dnsmasq.leases");
-                host.record(Change::File(lease_file.clone()))?;
-                let args = dnsmasq::arguments(
-                    &cfg.tap,
-                    subnet,
-                    dhcp,
-                    &lease_file,
-                    cfg.log_level >= log::LevelFilter::Debug,
-                );
-                let c = dnsmasq::spawn(binary, &args).map_err(|e| {
-                    RunError::Setup(format!("cannot start {}: {e}", binary.display()))
+            if let Some(launch) = dnsmasq {
+                host.record(Change::File(launch.lease_file.clone()))?;
+                let c = launch.spawn().map_err(|e| {
+                    RunError::Setup(format!("cannot start {}: {e}", launch.binary.display()))
                 })?;
                 host.record(Change::Dnsmasq {
                     pid: c.id().unwrap_or(0),
-                    ifname: cfg.tap.clone(),
+                    ifname: cfg.tap.to_string(),
                 })?;
                 child = Some(c);
             }
@@ -285,18 +277,19 @@ async fn start(
                 .await
                 .ok_or_else(|| RunError::Setup(format!("bridge {bridge} not found: create it (ip link add {bridge} type bridge) or drop --attach-bridge")))?;
             host.record(Change::Master {
-                ifname: cfg.tap.clone(),
-                bridge: bridge.clone(),
+                ifname: cfg.tap.to_string(),
+                bridge: bridge.to_string(),
             })?;
             netlink::set_master(&handle, index, bridge_index, &cfg.tap).await?;
-            host.record(Change::LinkUp(cfg.tap.clone()))?;
+            host.record(Change::LinkUp(cfg.tap.to_string()))?;
             netlink::set_up(&handle, index, &cfg.tap, Some(cfg.mtu)).await?;
         }
     }
     // Host → guest frames on the queue of the guest's core (a hint: without it the kernel's
     // flow hash picks the queue and the cores hand frames over).
     let steering = if cfg.cores > 1 {
-        let entries = (cfg.max_clients * cfg.max_macs_per_client).min(1 << 20) as u32;
+        let entries =
+            (cfg.clients.max_clients * cfg.clients.max_macs_per_client).min(1 << 20) as u32;
         match crate::steering::Steering::attach(&taps[0], entries) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -307,7 +300,7 @@ async fn start(
     } else {
         None
     };
-    let shared = Shared::new(cfg.cores, cfg.max_macs_per_client, steering)?;
+    let shared = Shared::new(cfg.cores, cfg.clients.max_macs_per_client, steering)?;
     let listener_fds: Vec<OwnedFd> = listeners.into_iter().map(OwnedFd::from).collect();
     let engine = Engine::start(
         EngineConfig::from_config(cfg),
@@ -334,7 +327,7 @@ async fn supervise(
     cfg: &Config,
     shutdown: &Shutdown,
     shared: &Shared,
-    binary: Option<&std::path::Path>,
+    dnsmasq: Option<&dnsmasq::Launch>,
     child: &mut Option<tokio::process::Child>,
     host: &mut Host,
 ) {
@@ -374,12 +367,10 @@ async fn supervise(
                     _ = recv_opt(&mut int) => return,
                     _ = tokio::time::sleep(delay) => {}
                 }
-                if let (Some(binary), HostSide::Routed { subnet, dhcp: Some(dhcp) }) = (binary, &cfg.host) {
-                    let lease_file = cfg.runtime_dir.join(&cfg.tap).join("dnsmasq.leases");
-                    let args = dnsmasq::arguments(&cfg.tap, subnet, dhcp, &lease_file, cfg.log_level >= log::LevelFilter::Debug);
-                    match dnsmasq::spawn(binary, &args) {
+                if let Some(launch) = dnsmasq {
+                    match launch.spawn() {
                         Ok(c) => {
-                            if let Err(e) = host.record(Change::Dnsmasq { pid: c.id().unwrap_or(0), ifname: cfg.tap.clone() }) {
+                            if let Err(e) = host.record(Change::Dnsmasq { pid: c.id().unwrap_or(0), ifname: cfg.tap.to_string() }) {
                                 log::warn!("{e}");
                             }
                             *child = Some(c);

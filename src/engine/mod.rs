@@ -29,6 +29,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_queue::ArrayQueue;
 
+use crate::config::ClientPolicy;
 use crate::counters::CoreCounters;
 use crate::switch::Ownership;
 
@@ -37,20 +38,15 @@ pub use ops::Features;
 /// Messages one core may have outstanding to another before frames are dropped.
 const CROSS_CORE_QUEUE: usize = 8192;
 
-/// What the engine needs from the configuration, in the units it uses.
+/// What the engine is given: the client policy as the user set it, and the sizes of each
+/// core's rings and buffers.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
+    /// Largest Ethernet frame from a client.
     pub max_frame: usize,
-    pub max_clients: usize,
-    pub send_queue: usize,
-    pub handshake_timeout_ms: u64,
-    pub slow_client_timeout_ms: u64,
-    pub ping_interval_ms: Option<u64>,
-    pub mac_ageing_ms: u64,
-    pub max_macs_per_client: usize,
-    /// Per-client limits: bytes per second, broadcast frames per second.
-    pub client_rate: Option<u64>,
-    pub client_broadcast_pps: Option<u64>,
+    /// Limits and timers of every client (`tapwire run`'s options, as they are).
+    pub clients: ClientPolicy,
+    /// Single-shot operations even where multishot exists.
     pub io_fallback: bool,
     /// Submission queue entries per ring (completion queue: 4×).
     pub ring_entries: u32,
@@ -66,23 +62,15 @@ pub struct EngineConfig {
 impl EngineConfig {
     /// Engine settings for a validated configuration.
     pub fn from_config(cfg: &crate::config::Config) -> Self {
+        // Jumbo frames make every TAP buffer and slot 64 KiB: keep their number modest.
         let jumbo = cfg.max_frame > 9_018;
         EngineConfig {
             max_frame: cfg.max_frame,
-            max_clients: cfg.max_clients,
-            send_queue: cfg.send_queue,
-            handshake_timeout_ms: cfg.handshake_timeout.as_millis() as u64,
-            slow_client_timeout_ms: cfg.slow_client_timeout.as_millis() as u64,
-            ping_interval_ms: cfg.ping_interval.map(|d| d.as_millis() as u64),
-            mac_ageing_ms: cfg.mac_ageing.as_millis() as u64,
-            max_macs_per_client: cfg.max_macs_per_client,
-            client_rate: cfg.client_rate,
-            client_broadcast_pps: cfg.client_broadcast_pps,
+            clients: cfg.clients.clone(),
             io_fallback: cfg.io_fallback,
             ring_entries: 4096,
             recv_buffers: 2048,
             recv_buffer_size: 16 * 1024,
-            // Jumbo frames make every TAP buffer and slot 64 KiB: keep their number modest.
             tap_buffers: if jumbo { 1024 } else { 4096 },
             frame_slots: if jumbo { 2048 } else { 8192 },
         }

@@ -36,7 +36,7 @@ impl Worker {
             return;
         }
         let total = self.shared.clients.fetch_add(1, Ordering::AcqRel);
-        if total >= self.cfg.max_clients {
+        if total >= self.cfg.clients.max_clients {
             self.shared.clients.fetch_sub(1, Ordering::AcqRel);
             self.counters.dropped(DropReason::TooManyClients);
             let response = handshake::too_many_clients_response();
@@ -48,7 +48,9 @@ impl Worker {
             );
             return;
         }
-        let deadline = self.now_ms + self.cfg.handshake_timeout_ms;
+        let deadline = self
+            .now_ms
+            .saturating_add(super::ms(self.cfg.clients.handshake_timeout));
         let conn = Conn::new(self.limits, self.now_ms, deadline);
         let port = self.clients.insert(|port| Client::new(fd, port, conn));
         self.counters.clients_open.inc();
@@ -106,6 +108,6 @@ impl Worker {
         drop(c);
         self.shared.clients.fetch_sub(1, Ordering::AcqRel);
         self.counters.connections_closed.inc();
-        self.counters.client_gone();
+        self.counters.clients_open.dec();
     }
 }

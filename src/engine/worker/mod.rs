@@ -49,6 +49,11 @@ use super::{EngineConfig, Shared};
 /// Housekeeping tick.
 const TICK_MS: u64 = 250;
 
+/// Milliseconds of `d`, the engine's clock unit (saturating: durations are user input).
+fn ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// A receive result held back while the TAP or another core is behind.
 struct Held {
     port: PortId,
@@ -115,12 +120,13 @@ impl Worker {
                 max_frame: cfg.max_frame,
             },
         )?;
+        let policy = &cfg.clients;
         let limits = ConnLimits {
             max_frame: cfg.max_frame,
-            client_rate: cfg.client_rate,
-            client_broadcast_pps: cfg.client_broadcast_pps,
-            ping_interval_ms: cfg.ping_interval_ms,
-            slow_client_timeout_ms: cfg.slow_client_timeout_ms,
+            client_rate: policy.client_rate(),
+            client_broadcast_pps: policy.client_broadcast_pps(),
+            ping_interval_ms: policy.ping_interval().map(ms),
+            slow_client_timeout_ms: ms(policy.slow_client_timeout),
         };
         Ok(Worker {
             ring,
@@ -132,7 +138,7 @@ impl Worker {
             tap: TapQueue::new(tap, features.multishot_tap_read, cfg.max_frame),
             clients: ClientTable::new(id),
             mailbox: Mailbox::new(id, shared.clone()),
-            switch: Switch::new(cfg.mac_ageing_ms),
+            switch: Switch::new(ms(cfg.clients.mac_ageing)),
             limits,
             held: VecDeque::new(),
             recv_starved: Vec::new(),

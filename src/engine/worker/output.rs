@@ -193,7 +193,7 @@ impl Worker {
     /// Queues a ready frame to the client of `port` (a local port), within its queue bound.
     fn enqueue(&mut self, port: PortId, ready: Ready) {
         let now = self.now_ms;
-        let limit = self.cfg.send_queue;
+        let limit = self.cfg.clients.send_queue;
         let Some(c) = self.clients.get_mut(port) else {
             self.counters.dropped(DropReason::PortGone);
             return;
