@@ -24,9 +24,9 @@ pub struct Socket {
     iov: Box<[libc::iovec; MAX_IOV]>,
     msg: Box<libc::msghdr>,
     /// A send is in flight; the slot cannot be freed and no second send may start.
-    pub send_in_flight: bool,
+    send_in_flight: bool,
     /// A receive is armed; the slot cannot be freed until it completes.
-    pub recv_armed: bool,
+    recv_armed: bool,
 }
 
 impl Socket {
@@ -45,6 +45,26 @@ impl Socket {
             send_in_flight: false,
             recv_armed: false,
         }
+    }
+
+    /// Notes that a receive is being armed; false when one already is.
+    pub fn start_recv(&mut self) -> bool {
+        !std::mem::replace(&mut self.recv_armed, true)
+    }
+
+    /// The armed receive ended (its last completion arrived).
+    pub fn recv_ended(&mut self) {
+        self.recv_armed = false;
+    }
+
+    /// The send in flight completed.
+    pub fn send_ended(&mut self) {
+        self.send_in_flight = false;
+    }
+
+    /// No receive and no send in flight: the kernel holds nothing of this socket's.
+    pub fn idle(&self) -> bool {
+        !self.recv_armed && !self.send_in_flight
     }
 
     /// The descriptor, for submissions.
@@ -106,7 +126,7 @@ impl Client {
 
     /// Nothing in flight and closed: the slot can be freed.
     pub fn finished(&self) -> bool {
-        self.conn.is_closed() && !self.socket.recv_armed && !self.socket.send_in_flight
+        self.conn.is_closed() && self.socket.idle()
     }
 }
 
@@ -114,6 +134,17 @@ impl Client {
 mod tests {
     use super::*;
     use crate::engine::outqueue::OutData;
+
+    #[test]
+    fn one_receive_at_a_time() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut socket = Socket::new(a.into());
+        assert!(socket.start_recv());
+        assert!(!socket.start_recv(), "already armed");
+        assert!(!socket.idle());
+        socket.recv_ended();
+        assert!(socket.idle() && socket.start_recv());
+    }
 
     #[test]
     fn one_send_at_a_time_over_at_most_max_iov_runs() {
@@ -128,7 +159,9 @@ mod tests {
         // SAFETY: the msghdr lives in the socket, which is alive.
         assert_eq!(unsafe { (*msg).msg_iovlen }, MAX_IOV);
         assert!(socket.prepare_send(&out).is_none(), "a send is in flight");
-        socket.send_in_flight = false;
+        assert!(!socket.idle());
+        socket.send_ended();
+        assert!(socket.idle());
         out.advance(3 * MAX_IOV + 1, 1, |_| {});
         let msg = socket.prepare_send(&out).expect("the rest");
         // SAFETY: as above; the first run starts one byte into the partly sent entry.

@@ -217,3 +217,71 @@ impl Mailbox {
         unsafe { ring.push(&entry) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(n: u8) -> Mac {
+        Mac([2, 0, 0, 0, 0, n])
+    }
+
+    #[test]
+    fn a_frame_goes_over_and_its_reference_comes_back() {
+        let shared = Shared::new(2, 4, None).unwrap();
+        let (mut a, mut b) = (Mailbox::new(0, shared.clone()), Mailbox::new(1, shared));
+        let bytes = [7u8; 60];
+        let port = PortId::new(1, 3, 9);
+        assert!(a.send_frame(1, bytes.as_ptr(), 60, BufId(42), Target::Port(port)));
+        assert_eq!(a.in_flight(), 1);
+        a.flush();
+        let Some(Incoming::Frame {
+            from: 0,
+            len: 60,
+            buf: BufId(42),
+            target: Target::Port(to),
+            ..
+        }) = b.next()
+        else {
+            panic!("no frame");
+        };
+        assert_eq!(to, port);
+        assert!(b.next().is_none());
+        b.release(0, BufId(42));
+        b.flush();
+        assert!(matches!(a.next(), Some(Incoming::Released(BufId(42)))));
+        assert_eq!(a.in_flight(), 0);
+    }
+
+    #[test]
+    fn control_messages_wait_while_a_queue_is_full() {
+        let shared = Shared::new(2, 4, None).unwrap();
+        let (mut a, mut b) = (Mailbox::new(0, shared.clone()), Mailbox::new(1, shared));
+        let byte = 0u8;
+        let mut sent = 0;
+        while a.send_frame(1, &byte, 1, BufId(0), Target::Flood) {
+            sent += 1;
+        }
+        assert_eq!(
+            sent,
+            super::super::CROSS_CORE_QUEUE,
+            "frames are refused when full"
+        );
+        a.broadcast(Control::Learn(mac(1), PortId::new(0, 0, 1)));
+        a.flush();
+        let mut frames = 0;
+        while let Some(Incoming::Frame { .. }) = b.next() {
+            frames += 1;
+        }
+        assert_eq!(frames, sent);
+        // Room again: the waiting control message goes out on the next flush.
+        a.flush();
+        assert_eq!(
+            b.next().map(|m| format!("{m:?}")),
+            Some(format!(
+                "{:?}",
+                Incoming::Control(Control::Learn(mac(1), PortId::new(0, 0, 1)))
+            ))
+        );
+    }
+}

@@ -6,7 +6,7 @@
 //! without copying it. Bytes may be split across buffers at any point; a message that is
 //! not whole in one buffer comes out as [`Event::Piece`]s that the caller appends to a
 //! reassembly buffer bounded by the maximum message size. Every rule of the bad-input
-//! policy that concerns frames (PROTOCOL.md) is decided here and returned as a
+//! policy that concerns frames (docs/protocol.md) is decided here and returned as a
 //! [`Violation`] carrying the close code to send.
 
 use std::ops::Range;

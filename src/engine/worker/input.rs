@@ -47,10 +47,9 @@ impl Worker {
         let Some(c) = self.clients.get_mut(port) else {
             return;
         };
-        if c.socket.recv_armed || !c.conn.wants_input() {
+        if !c.conn.wants_input() || !c.socket.start_recv() {
             return;
         }
-        c.socket.recv_armed = true;
         let fd = types::Fd(c.socket.raw_fd());
         let entry = if multishot {
             opcode::RecvMulti::new(fd, RECV_GROUP).build()
@@ -83,7 +82,7 @@ impl Worker {
             return;
         };
         if !more {
-            c.socket.recv_armed = false;
+            c.socket.recv_ended();
         }
         if res == -libc::ENOBUFS {
             self.counters.buffer_ring_empty.inc();

@@ -272,7 +272,7 @@ impl Worker {
         let Some(c) = self.clients.get_mut(port) else {
             return;
         };
-        c.socket.send_in_flight = false;
+        c.socket.send_ended();
         if res < 0 {
             if res != -libc::EPIPE && res != -libc::ECONNRESET && res != -libc::ECANCELED {
                 self.counters.dropped(DropReason::ClientError);
