@@ -69,10 +69,12 @@ impl ClientTable {
     }
 
     /// The client of `port`, if it is still there.
+    #[inline]
     pub fn get_mut(&mut self, port: PortId) -> Option<&mut Client> {
         self.entry_mut(port).map(|e| &mut e.client)
     }
 
+    #[inline]
     fn entry_mut(&mut self, port: PortId) -> Option<&mut Entry> {
         self.slots
             .get_mut(port.slot() as usize)?

@@ -155,8 +155,9 @@ impl Conn {
     }
 
     /// Upgraded and not closing: frames may be queued to it and flood reaches it.
+    #[inline]
     pub fn is_open(&self) -> bool {
-        self.lifecycle == Lifecycle::Open
+        matches!(self.lifecycle, Lifecycle::Open)
     }
 
     /// Input is still read (handshake or open).
@@ -168,8 +169,9 @@ impl Conn {
     }
 
     /// Output is still sent (anything but closed).
+    #[inline]
     pub fn wants_output(&self) -> bool {
-        self.lifecycle != Lifecycle::Closed
+        !matches!(self.lifecycle, Lifecycle::Closed)
     }
 
     /// Sending what is queued, then closing.
@@ -178,8 +180,9 @@ impl Conn {
     }
 
     /// Shut down (the socket is being closed).
+    #[inline]
     pub fn is_closed(&self) -> bool {
-        self.lifecycle == Lifecycle::Closed
+        matches!(self.lifecycle, Lifecycle::Closed)
     }
 
     /// Something arrived at `now_ms` (any bytes count as proof of life).
@@ -254,6 +257,7 @@ impl Conn {
 
     /// Decodes the next input from `bytes[*pos..]` (unmasking it in place); `None` when the
     /// bytes are used up or the connection no longer reads.
+    #[inline]
     pub fn next_input(&mut self, bytes: &mut [u8], pos: &mut usize) -> Option<Input> {
         loop {
             if !self.is_open() {
@@ -300,6 +304,7 @@ impl Conn {
 
     /// Charges a frame of `len` bytes (a group address when `group`) to the client's limits.
     /// `Err` names the limit it is over.
+    #[inline]
     pub fn charge(&mut self, len: usize, group: bool, now_ms: u64) -> Result<(), &'static str> {
         let bytes_ok = self
             .byte_limit

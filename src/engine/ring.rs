@@ -62,6 +62,7 @@ impl Ring {
     /// Every buffer, iovec, msghdr or timespec `entry` points at stays valid (and is not
     /// written by us when the kernel reads it, nor read when the kernel writes it) until the
     /// operation's completion has been handled.
+    #[inline]
     pub unsafe fn push(&mut self, entry: &squeue::Entry) {
         loop {
             // SAFETY: the caller's promise about what the entry points at.

@@ -140,6 +140,7 @@ impl TapQueue {
     /// # Safety
     /// The bytes stay valid and unmodified until the completion (the caller holds a
     /// reference on `buf` for it).
+    #[inline]
     pub unsafe fn write(&mut self, ring: &mut Ring, ptr: *const u8, len: usize, buf: u32) -> bool {
         if self.writes_in_flight >= MAX_WRITES {
             return false;
