@@ -223,19 +223,7 @@ impl Worker {
                 Input::Piece { range, first } => self.append_piece(port, &bytes[range], first),
                 Input::Assembled => {
                     if let Some((slot, len)) = c.assembly.take() {
-                        let arena = self.pool.arena();
-                        // SAFETY: the reassembly slot is referenced by us alone and complete;
-                        // nothing writes it while it is switched.
-                        let bytes = unsafe { arena.bytes(slot, HEADROOM, len) };
-                        self.client_frame(
-                            port,
-                            ClientFrame {
-                                bytes,
-                                buf: slot,
-                                at_headroom: true,
-                            },
-                        );
-                        self.pool.release(slot);
+                        self.client_frame_in_slot(port, slot, len);
                     }
                 }
                 Input::Runt { len } => {
@@ -300,9 +288,16 @@ impl Worker {
             self.counters.dropped(DropReason::NoFrameBuffer);
             return;
         };
+        self.client_frame_in_slot(port, slot, frame.len());
+    }
+
+    /// Switches the `len`-byte frame at [`HEADROOM`] of `slot` (complete, and referenced by
+    /// us alone: a finished reassembly or a fresh copy), then drops our reference.
+    fn client_frame_in_slot(&mut self, port: PortId, slot: BufId, len: usize) {
         let arena = self.pool.arena();
-        // SAFETY: the slot was just filled and is referenced by us alone.
-        let bytes = unsafe { arena.bytes(slot, HEADROOM, frame.len()) };
+        // SAFETY: the slot is complete and referenced by us alone; nothing writes its frame
+        // while it is switched (a server header goes into the headroom in front).
+        let bytes = unsafe { arena.bytes(slot, HEADROOM, len) };
         self.client_frame(
             port,
             ClientFrame {
