@@ -329,6 +329,20 @@ pub fn ping_result(log: &str) -> (u32, u32) {
     )
 }
 
+/// Waits for a frame whose payload ends with `tag` (other traffic, e.g. the host's IPv6
+/// neighbour discovery, may come first).
+pub fn wait_for_tag(client: &mut WsClient, tag: &[u8], limit: Duration) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        match client.recv_frame(deadline.saturating_duration_since(Instant::now())) {
+            Some(f) if f.ends_with(tag) => return Some(f),
+            Some(_) => {}
+            None => return None,
+        }
+    }
+    None
+}
+
 /// Test MAC number `n` (v86's OUI).
 pub fn mac(n: u8) -> [u8; 6] {
     [0x00, 0x22, 0x15, 0x00, 0x00, n]

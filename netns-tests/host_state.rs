@@ -1,0 +1,116 @@
+//! Host state: SIGTERM and SIGKILL + `tapwire cleanup` leave nothing behind.
+
+use std::time::{Duration, Instant};
+
+use super::harness::*;
+
+#[test]
+fn sigterm_closes_clients_with_1001_and_leaves_nothing() {
+    if skip_unless_root("sigterm_closes_clients_with_1001_and_leaves_nothing") {
+        return;
+    }
+    let mut relay = Relay::start(&[]);
+    let mut guest = relay.guest(1);
+    guest.dhcp(&relay.dir.0);
+    let mut client = relay.client(None);
+    let dnsmasq = dnsmasq_pids(&relay.proc().log_text());
+    assert!(
+        !dnsmasq.is_empty() && dnsmasq.iter().all(|p| pid_alive(*p)),
+        "dnsmasq runs"
+    );
+    assert!(links(&relay.ns).contains(&relay.tap));
+    relay.proc().signal(libc::SIGTERM);
+    assert_eq!(client.expect_close(Duration::from_secs(10)), Some(1001));
+    let status = relay
+        .proc_mut()
+        .wait_exit(Duration::from_secs(15))
+        .expect("relay exits");
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        relay.proc().log_text()
+    );
+    assert!(
+        guest.proc.wait_exit(Duration::from_secs(5)).is_some(),
+        "guest saw the close"
+    );
+    assert_eq!(links(&relay.ns), Vec::<String>::new(), "no link left");
+    assert!(
+        exec_ok(&relay.ns, &["ip", "-4", "-o", "addr", "show"])
+            .lines()
+            .all(|l| l.contains(" lo ")),
+        "no address left"
+    );
+    assert!(dnsmasq.iter().all(|p| !pid_alive(*p)), "dnsmasq stopped");
+    assert!(!relay.runtime_dir.join(&relay.tap).exists(), "no file left");
+    assert!(
+        relay
+            .proc()
+            .log_text()
+            .contains("tapwire_connections_closed_total"),
+        "summary printed at exit"
+    );
+}
+
+#[test]
+fn sigkill_then_cleanup_leaves_nothing() {
+    if skip_unless_root("sigkill_then_cleanup_leaves_nothing") {
+        return;
+    }
+    let mut relay = Relay::start(&[]);
+    let mut guest = relay.guest(0);
+    guest.dhcp(&relay.dir.0);
+    let dnsmasq = dnsmasq_pids(&relay.proc().log_text());
+    relay.proc().signal(libc::SIGKILL);
+    relay
+        .proc_mut()
+        .wait_exit(Duration::from_secs(10))
+        .expect("killed");
+    let ledger = relay.runtime_dir.join(&relay.tap).join("ledger");
+    assert!(ledger.exists(), "a killed run leaves its ledger");
+    // dnsmasq dies with tapwire even on SIGKILL (its guard holds the parent-death signal).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dnsmasq.iter().any(|p| pid_alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        dnsmasq.iter().all(|p| !pid_alive(*p)),
+        "dnsmasq outlived a SIGKILLed tapwire"
+    );
+    let out = relay
+        .ns
+        .cmd(&[tapwire_bin(), "cleanup"])
+        .arg("--runtime-dir")
+        .arg(&relay.runtime_dir)
+        .output()
+        .expect("cleanup");
+    assert!(
+        out.status.success(),
+        "cleanup failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("undid"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !relay.runtime_dir.join(&relay.tap).exists(),
+        "ledger and files removed"
+    );
+    assert_eq!(links(&relay.ns), Vec::<String>::new(), "no link left");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dnsmasq.iter().any(|p| pid_alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(dnsmasq.iter().all(|p| !pid_alive(*p)), "dnsmasq gone");
+    // A second cleanup finds nothing to do.
+    let again = relay
+        .ns
+        .cmd(&[tapwire_bin(), "cleanup"])
+        .arg("--runtime-dir")
+        .arg(&relay.runtime_dir)
+        .output()
+        .expect("cleanup");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to clean up"));
+}

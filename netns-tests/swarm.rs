@@ -1,0 +1,102 @@
+//! `tapwire-swarm` against the relay: many guests leasing and pinging, and a timed UDP phase.
+
+use super::harness::*;
+
+/// Runs `tapwire-swarm` against `relay` with `args` (after --url) and returns what it printed;
+/// fails the test if the swarm fails.
+fn run_swarm(relay: &Relay, args: &[&str]) -> String {
+    let url = relay.url();
+    let swarm = tool_bin("tapwire-swarm");
+    let mut all = vec![swarm.as_str(), "--url", &url];
+    all.extend_from_slice(args);
+    let out = relay.ns.cmd(&all).output().expect("swarm");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn swarm_of_synthetic_guests_each_lease_and_ping() {
+    if skip_unless_root("swarm_of_synthetic_guests_each_lease_and_ping") {
+        return;
+    }
+    let relay = Relay::start(&[]);
+    let text = run_swarm(&relay, &["--guests", "300", "--timeout", "90"]);
+    assert!(
+        text.contains("300 guests, 300 upgraded, 300 leased, 300 pinged the gateway"),
+        "{text}"
+    );
+    let leases = std::fs::read_to_string(relay.runtime_dir.join(&relay.tap).join("dnsmasq.leases"))
+        .unwrap_or_default();
+    assert_eq!(
+        leases.lines().filter(|l| l.contains(" 02:53:")).count(),
+        300,
+        "dnsmasq recorded a lease per guest"
+    );
+}
+
+/// The number before `label` in `text` ("... 123 sent ..." → 123 for " sent").
+fn number_before(text: &str, label: &str) -> u64 {
+    let at = text
+        .find(label)
+        .unwrap_or_else(|| panic!("no {label:?} in {text}"));
+    text[..at]
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number before {label:?} in {text}"))
+}
+
+#[test]
+fn swarm_guests_send_timestamped_udp_and_every_echo_comes_back() {
+    if skip_unless_root("swarm_guests_send_timestamped_udp_and_every_echo_comes_back") {
+        return;
+    }
+    let relay = Relay::start(&["--no-dhcp"]);
+    let echo = tapwire_testkit::udp_echo::UdpEcho::start(
+        &relay.ns,
+        "10.86.0.1:7777".parse().unwrap(),
+        None,
+    );
+    let text = run_swarm(
+        &relay,
+        &[
+            "--guests",
+            "200",
+            "--static-from",
+            "10.86.1.1",
+            "--udp-to",
+            "10.86.0.1:7777",
+            "--udp-pps",
+            "20",
+            "--udp-seconds",
+            "3",
+            "--timeout",
+            "60",
+        ],
+    );
+    let echoed = echo.stop();
+    assert!(
+        text.contains("200 guests, 200 upgraded, 200 leased, 200 pinged the gateway"),
+        "{text}"
+    );
+    let sent = number_before(&text, " sent in");
+    let echoes = number_before(&text, " of them echoes");
+    // 200 guests × 20/s × 3 s = 12 000, plus at most one per guest at the window's start. A
+    // stalled machine may end the window between two rounds: only bound it loosely below.
+    assert!(
+        (6_000..=12_200).contains(&sent),
+        "paced guests send on schedule: {text}"
+    );
+    assert_eq!(echoed, sent, "the echo server saw every datagram: {text}");
+    assert_eq!(echoes, sent, "every echo came back to its guest: {text}");
+    assert!(
+        text.contains("rtt p50 ") && !text.contains("rtt p50 –"),
+        "{text}"
+    );
+}

@@ -1,0 +1,222 @@
+//! Frames between guests and the host: leases and pings across cores, broadcast, a slow
+//! guest, flood limits, iperf3.
+
+use std::time::{Duration, Instant};
+
+use super::harness::*;
+use super::GATEWAY;
+
+fn three_guests_lease_and_ping(extra: &[&str]) {
+    let relay = Relay::start(extra);
+    let mut guests = [relay.guest(0), relay.guest(1), relay.guest(0)];
+    let ips: Vec<String> = guests.iter_mut().map(|g| g.dhcp(&relay.dir.0)).collect();
+    assert_eq!(ips.len(), 3);
+    assert!(ips.iter().all(|ip| ip.starts_with("10.86.")), "{ips:?}");
+    for (i, g) in guests.iter().enumerate() {
+        assert_eq!(g.ping(GATEWAY, 3), 3, "guest {i} → gateway");
+    }
+    // 0 → 1 and 1 → 2 cross cores; 0 → 2 stays on core 0.
+    assert_eq!(
+        guests[0].ping(&ips[1], 3),
+        3,
+        "guest 0 → guest 1 (across cores)"
+    );
+    assert_eq!(
+        guests[1].ping(&ips[2], 3),
+        3,
+        "guest 1 → guest 2 (across cores)"
+    );
+    assert_eq!(
+        guests[0].ping(&ips[2], 3),
+        3,
+        "guest 0 → guest 2 (same core)"
+    );
+    let c = relay.counters();
+    assert_eq!(c.get("tapwire_clients_open{core=\"0\"}"), 2, "{c:?}");
+    assert_eq!(c.get("tapwire_clients_open{core=\"1\"}"), 1);
+    assert!(c.get("tapwire_cross_core_frames_total") > 0);
+}
+
+#[test]
+fn guests_lease_and_ping_across_cores_multishot() {
+    if skip_unless_root("guests_lease_and_ping_across_cores_multishot") {
+        return;
+    }
+    three_guests_lease_and_ping(&[]);
+}
+
+#[test]
+fn guests_lease_and_ping_across_cores_fallback() {
+    if skip_unless_root("guests_lease_and_ping_across_cores_fallback") {
+        return;
+    }
+    three_guests_lease_and_ping(&["--io-fallback"]);
+}
+
+#[test]
+fn broadcast_reaches_every_other_guest_and_not_its_sender() {
+    if skip_unless_root("broadcast_reaches_every_other_guest_and_not_its_sender") {
+        return;
+    }
+    let relay = Relay::start(&[]);
+    let mut a = relay.client(Some(source_port_for_core(0)));
+    let mut b = relay.client(Some(source_port_for_core(1)));
+    let mut c = relay.client(Some(source_port_for_core(0)));
+    let frame = eth(BROADCAST, mac(1), b"broadcast-from-a");
+    a.send_frame(&frame);
+    assert_eq!(
+        wait_for_tag(&mut b, b"broadcast-from-a", Duration::from_secs(5)).as_deref(),
+        Some(&frame[..]),
+        "other core"
+    );
+    assert_eq!(
+        wait_for_tag(&mut c, b"broadcast-from-a", Duration::from_secs(5)).as_deref(),
+        Some(&frame[..]),
+        "same core"
+    );
+    assert_eq!(
+        wait_for_tag(&mut a, b"broadcast-from-a", Duration::from_secs(1)),
+        None,
+        "a frame never returns to its sender"
+    );
+    // Known unicast goes only to its owner: b learns mac(2), a sends to it.
+    b.send_frame(&eth(BROADCAST, mac(2), b"hello-from-b"));
+    wait_for_tag(&mut a, b"hello-from-b", Duration::from_secs(5)).expect("b's broadcast");
+    a.send_frame(&eth(mac(2), mac(1), b"unicast-to-b"));
+    assert!(wait_for_tag(&mut b, b"unicast-to-b", Duration::from_secs(5)).is_some());
+    assert_eq!(
+        wait_for_tag(&mut c, b"unicast-to-b", Duration::from_secs(1)),
+        None,
+        "unicast is not flooded"
+    );
+}
+
+#[test]
+fn slow_guest_does_not_delay_others() {
+    if skip_unless_root("slow_guest_does_not_delay_others") {
+        return;
+    }
+    let relay = Relay::start(&["--slow-client-timeout", "2s", "--send-queue", "64"]);
+    let mut guest = relay.guest(0);
+    guest.dhcp(&relay.dir.0);
+    let mut slow = relay.client_with(Some(source_port_for_core(1)), Some(4096));
+    slow.send_frame(&eth(BROADCAST, mac(7), b"claim"));
+    let pinger = guest.ping_background(GATEWAY, 25, relay.dir.0.join("ping.log"));
+    let mut flooder = relay.client(Some(source_port_for_core(0)));
+    let payload = vec![0x5Au8; 1400];
+    // Unicast to the stuck guest only: the pinging guest must not be flooded itself.
+    let frame = tapwire_testkit::ws::client_frame(2, &eth(mac(7), mac(8), &payload));
+    let mut burst = Vec::with_capacity(frame.len() * 500);
+    for _ in 0..500 {
+        burst.extend_from_slice(&frame);
+    }
+    // 40 × 500 frames of 1.4 KB over about 2 s, bounded in count.
+    for _ in 0..40 {
+        flooder.send_raw(&burst);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut pinger = pinger;
+    pinger
+        .wait_exit(Duration::from_secs(30))
+        .expect("ping finished");
+    let (sent, got) = ping_result(&pinger.log_text());
+    assert_eq!(
+        (sent, got),
+        (25, 25),
+        "pings from the other guest must all be answered:\n{}",
+        pinger.log_text()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut c = relay.counters();
+    while c.drops("slow_client") == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        c = relay.counters();
+    }
+    assert!(
+        c.drops("send_queue_full") > 0,
+        "copies to the stuck guest are dropped and counted: {c:?}"
+    );
+    assert_eq!(
+        c.drops("slow_client"),
+        1,
+        "the stuck guest is closed after the timeout"
+    );
+    drop(slow);
+}
+
+#[test]
+fn flood_over_the_client_limit_is_dropped_and_counted() {
+    if skip_unless_root("flood_over_the_client_limit_is_dropped_and_counted") {
+        return;
+    }
+    let relay = Relay::start(&["--client-broadcast-pps", "20"]);
+    let mut flooder = relay.client(Some(source_port_for_core(0)));
+    let mut other = relay.client(Some(source_port_for_core(1)));
+    for i in 0..200u32 {
+        flooder.send_frame(&eth(BROADCAST, mac(30), format!("storm-{i:04}").as_bytes()));
+    }
+    flooder.send_frame(&eth(mac(31), mac(30), b"storm-unicast-still-passes"));
+    let mut storm = 0;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut unicast_seen = false;
+    while let Some(f) = other.recv_frame(deadline.saturating_duration_since(Instant::now())) {
+        if f.windows(6).any(|w| w == b"storm-") && !f.ends_with(b"storm-unicast-still-passes") {
+            storm += 1;
+        }
+        unicast_seen |= f.ends_with(b"storm-unicast-still-passes");
+    }
+    // One second of burst (20) plus what refills while the 200 frames arrive.
+    assert!(
+        (20..=40).contains(&storm),
+        "{storm} broadcasts passed a 20/s limit"
+    );
+    assert!(
+        !unicast_seen,
+        "unknown unicast goes to the uplink, not to other clients"
+    );
+    let c = relay.counters();
+    assert!(c.drops("rate_limited") >= 160, "{c:?}");
+}
+
+#[test]
+fn kernel_guest_runs_iperf3_tcp_and_udp_against_the_host() {
+    if skip_unless_root("kernel_guest_runs_iperf3_tcp_and_udp_against_the_host") {
+        return;
+    }
+    let relay = Relay::start(&[]);
+    let mut guest = relay.guest(0);
+    guest.dhcp(&relay.dir.0);
+    let server = Proc::spawn(
+        relay.ns.cmd(&["iperf3", "-s", "-B", GATEWAY, "-p", "5201"]),
+        relay.dir.0.join("iperf3-server.log"),
+    )
+    .expect("iperf3 server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !exec_ok(&relay.ns, &["ss", "-ltn"]).contains(":5201") {
+        assert!(
+            Instant::now() < deadline,
+            "iperf3 server did not start: {}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (label, extra) in [("tcp", vec![]), ("udp", vec!["-u", "-b", "50M"])] {
+        let mut args = vec![
+            "timeout", "30", "iperf3", "-c", GATEWAY, "-p", "5201", "-t", "2", "-J",
+        ];
+        args.extend(extra);
+        let out = guest.ns.cmd(&args).output().expect("iperf3");
+        let json = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "iperf3 {label} failed: {json}");
+        let bits = json
+            .split("\"sum_received\"")
+            .nth(1)
+            .or_else(|| json.split("\"sum\"").last())
+            .and_then(|s| s.split("\"bits_per_second\":").nth(1))
+            .and_then(|s| s.split([',', '}']).next())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        println!("iperf3 {label}: {:.1} Mbit/s through tapwire", bits / 1e6);
+        assert!(bits > 1e6, "iperf3 {label} moved {bits} bit/s");
+    }
+}
