@@ -139,25 +139,14 @@ pub(crate) fn run(ctx: &Ctx) -> Table {
         Col::Drops,
     ]);
     for &size in &o.sizes {
-        let tcp = stat(
-            &(0..o.reps)
-                .map(|_| kernel_loopback_tcp(&ctx.ns, size, o.seconds))
-                .collect::<Vec<_>>(),
-        )
-        .median;
+        let tcp = kernel_limit(ctx, kernel_loopback_tcp, size).median;
         for &pairs in &o.pairs {
             let (samples, drops) = repeat(o.reps, || {
                 scenario_g2g(&ctx.ns, &ctx.dir, size, pairs, o.seconds)
             });
             let row = Row {
-                scenario: "g2g".into(),
-                size,
-                count: Some(pairs),
-                fps: stat_of(&samples, |s| s.fps),
                 reference_fps: Some(tcp),
-                cpu_ns_per_frame: Some(stat_of(&samples, |s| s.cpu_ns_per_frame).median),
-                drops,
-                ..Row::default()
+                ..Row::measured("g2g", size, pairs, &samples, drops)
             };
             progress(&row);
             table.rows.push(row);

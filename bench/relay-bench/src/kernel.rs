@@ -12,6 +12,7 @@ use tapwire_testkit::netns::{unique, Netns};
 use tapwire_testkit::packet::{parse_mac, udp_frame};
 
 use crate::relay::*;
+use crate::stats::{stat, Stat};
 use crate::sys::*;
 
 /// A single-queue TAP with the gateway address and a UDP sink, for the kernel-limit loops.
@@ -24,17 +25,7 @@ pub(crate) fn kernel_tap(ns: &Netns, size: usize) -> (std::os::fd::OwnedFd, [u8;
     let mtu = (size.max(1514) - 14).to_string();
     ns.run(&["ip", "link", "set", &name, "mtu", &mtu, "up"])
         .expect("up");
-    ns.run(&[
-        "ip",
-        "neigh",
-        "replace",
-        "10.87.0.2",
-        "lladdr",
-        "02:00:00:00:00:02",
-        "dev",
-        &name,
-    ])
-    .expect("neigh");
+    neighbour(ns, &name, "10.87.0.2", "02:00:00:00:00:02");
     let mac = parse_mac(
         &ns.run(&["cat", &format!("/sys/class/net/{name}/address")])
             .expect("mac"),
@@ -148,4 +139,17 @@ pub(crate) fn kernel_loopback_tcp(ns: &Netns, size: usize, seconds: f64) -> f64 
     .expect("reader");
     let _ = writer.join();
     bytes as f64 / msg as f64 / seconds
+}
+
+/// A kernel-limit loop: frames (or messages) per second at a frame size, for some seconds.
+pub(crate) type KernelLoop = fn(&Netns, usize, f64) -> f64;
+
+/// `f` measured `--reps` times at `size`: median, min and max.
+pub(crate) fn kernel_limit(ctx: &crate::Ctx, f: KernelLoop, size: usize) -> Stat {
+    let o = &ctx.opts;
+    stat(
+        &(0..o.reps)
+            .map(|_| f(&ctx.ns, size, o.seconds))
+            .collect::<Vec<_>>(),
+    )
 }

@@ -123,18 +123,7 @@ pub(crate) fn guest_ip(i: usize) -> Ipv4Addr {
 
 /// Tells the host guest `i`'s MAC, so the gateway answers it without ARP.
 pub(crate) fn static_neighbour(ns: &Netns, tap: &str, i: usize) {
-    let mac = format_mac(guest_mac(i));
-    ns.run(&[
-        "ip",
-        "neigh",
-        "replace",
-        &guest_ip(i).to_string(),
-        "lladdr",
-        &mac,
-        "dev",
-        tap,
-    ])
-    .expect("neigh");
+    neighbour(ns, tap, &guest_ip(i).to_string(), &format_mac(guest_mac(i)));
 }
 
 /// Connects `n` WebSocket clients from CPU `LOAD_CPU` inside `ns`.

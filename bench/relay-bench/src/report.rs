@@ -45,6 +45,27 @@ pub(crate) struct Row {
 }
 
 impl Row {
+    /// A relay row from repeated samples: frames/s, CPU per frame and drops; the caller adds
+    /// what else it compares.
+    pub(crate) fn measured(
+        scenario: impl Into<String>,
+        size: usize,
+        count: usize,
+        samples: &[crate::stats::Sample],
+        drops: Drops,
+    ) -> Row {
+        use crate::stats::stat_of;
+        Row {
+            scenario: scenario.into(),
+            size,
+            count: Some(count),
+            fps: stat_of(samples, |s| s.fps),
+            cpu_ns_per_frame: Some(stat_of(samples, |s| s.cpu_ns_per_frame).median),
+            drops,
+            ..Row::default()
+        }
+    }
+
     /// Median frames/s over the reference (0 without one).
     pub(crate) fn ratio(&self) -> Option<f64> {
         self.reference_fps.map(|r| self.fps.median / r.max(1.0))

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tapwire::ws::{frame, Event, Session};
 use tapwire_testkit::netns::Netns;
-use tapwire_testkit::packet::{icmp_echo, icmp_echo_reply};
+use tapwire_testkit::packet::{format_mac, icmp_echo, icmp_echo_reply};
 
 use crate::kernel::*;
 use crate::relay::*;
@@ -113,17 +113,7 @@ pub(crate) fn scenario_rtt(
     relay.stop();
     // The same echo written to and read from a bare TAP by one thread.
     let (fd, tmac, name) = kernel_tap(ns, 64);
-    ns.run(&[
-        "ip",
-        "neigh",
-        "replace",
-        "10.87.0.2",
-        "lladdr",
-        "02:00:0a:56:00:00",
-        "dev",
-        &name,
-    ])
-    .expect("neigh");
+    neighbour(ns, &name, "10.87.0.2", &format_mac(guest_mac(0)));
     let fd_raw = fd.as_raw_fd();
     let tap_rtts = spawn_in(ns, LOAD_CPU, move || {
         let mut buf = vec![0u8; 65_600];

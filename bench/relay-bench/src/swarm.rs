@@ -167,16 +167,10 @@ pub(crate) fn run(ctx: &Ctx, one_core: &OneCore, capacity: &mut SwarmCapacity) -
             }
             let samples: Vec<Sample> = runs.iter().map(|r| r.sample.clone()).collect();
             let row = Row {
-                scenario: "swarm_flood".into(),
-                size,
-                count: Some(guests),
-                fps: stat_of(&samples, |s| s.fps),
                 reference_fps: one_core.get(&("up", size, guests)).copied(),
-                cpu_ns_per_frame: Some(stat_of(&samples, |s| s.cpu_ns_per_frame).median),
                 swarm_writes_blocked: Some(runs.iter().map(|r| r.blocked).sum()),
                 input_held: Some(runs.iter().map(|r| r.input_held).sum()),
-                drops,
-                ..Row::default()
+                ..Row::measured("swarm_flood", size, guests, &samples, drops)
             };
             if guests == 64 {
                 capacity.insert(size, row.fps.median);

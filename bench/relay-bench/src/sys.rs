@@ -119,3 +119,9 @@ pub(crate) fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
 }
+
+/// Tells the kernel in `ns` that `ip` is at `mac` on `dev` (no ARP needed).
+pub(crate) fn neighbour(ns: &Netns, dev: &str, ip: &str, mac: &str) {
+    ns.run(&["ip", "neigh", "replace", ip, "lladdr", mac, "dev", dev])
+        .expect("ip neigh replace");
+}

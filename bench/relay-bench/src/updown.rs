@@ -256,14 +256,10 @@ pub(crate) fn run(ctx: &Ctx, one_core: &mut OneCore) -> Table {
         Col::Drops,
     ]);
     for &size in &o.sizes {
-        let kernel = |name: &str, f: fn(&Netns, usize, f64) -> f64| Row {
+        let kernel = |name: &str, f: KernelLoop| Row {
             scenario: name.to_string(),
             size,
-            fps: stat(
-                &(0..o.reps)
-                    .map(|_| f(&ctx.ns, size, o.seconds))
-                    .collect::<Vec<_>>(),
-            ),
+            fps: kernel_limit(ctx, f, size),
             ..Row::default()
         };
         let write = kernel("kernel_tap_write", kernel_tap_write);
@@ -284,16 +280,10 @@ pub(crate) fn run(ctx: &Ctx, one_core: &mut OneCore) -> Table {
                     }
                 });
                 let row = Row {
-                    scenario: name.to_string(),
-                    size,
-                    count: Some(clients),
-                    fps: stat_of(&samples, |s| s.fps),
                     reference_fps: Some(limit),
                     load: Some(stat_of(&samples, |s| s.offered_fps).median),
                     loss: Some(stat_of(&samples, |s| s.loss).median),
-                    cpu_ns_per_frame: Some(stat_of(&samples, |s| s.cpu_ns_per_frame).median),
-                    drops,
-                    ..Row::default()
+                    ..Row::measured(name, size, clients, &samples, drops)
                 };
                 one_core.insert((name, size, clients), row.fps.median);
                 progress(&row);
@@ -328,14 +318,8 @@ pub(crate) fn run_scale(ctx: &Ctx, one_core: &OneCore) -> Table {
                 }
             });
             let row = Row {
-                scenario: format!("{name}_2cores"),
-                size,
-                count: Some(64),
-                fps: stat_of(&samples, |s| s.fps),
                 reference_fps: one_core.get(&(name, size, 64)).copied(),
-                cpu_ns_per_frame: Some(stat_of(&samples, |s| s.cpu_ns_per_frame).median),
-                drops,
-                ..Row::default()
+                ..Row::measured(format!("{name}_2cores"), size, 64, &samples, drops)
             };
             progress(&row);
             table.rows.push(row);
