@@ -21,6 +21,7 @@ use io_uring::Submitter;
 
 use super::arena::{Arena, BufClass, Ids, Mapping};
 pub use super::arena::{BufId, HEADROOM};
+use crate::ws::frame;
 
 /// Provided-buffer group of client receive buffers.
 pub const RECV_GROUP: u16 = 0;
@@ -204,6 +205,34 @@ impl BufferPool {
         self.arena.ptr(id, offset)
     }
 
+    /// Read-only view of `len` bytes at `offset` of buffer `id`, borrowing the pool (for a
+    /// look that ends before the pool is used again; hold views longer through [`arena`]).
+    ///
+    /// # Safety
+    /// As [`Arena::bytes`]: the caller holds a reference and nobody writes these bytes.
+    ///
+    /// [`arena`]: BufferPool::arena
+    pub unsafe fn bytes(&self, id: BufId, offset: usize, len: usize) -> &[u8] {
+        // SAFETY: the caller's promise.
+        unsafe { self.arena.bytes(id, offset, len) }
+    }
+
+    /// Writes the server WebSocket header of the `len`-byte frame at [`HEADROOM`] of `id`
+    /// into the headroom in front of it; returns the header's length.
+    ///
+    /// # Safety
+    /// `id` has headroom, the caller holds a reference on it, and no send of it is queued yet
+    /// (nothing reads the headroom meanwhile; a TAP write of the frame reads only the bytes
+    /// after it).
+    pub unsafe fn write_server_header(&mut self, id: BufId, len: usize) -> usize {
+        debug_assert!(self.ids.has_headroom(id));
+        let header_len = frame::header_len(len, false);
+        // SAFETY: the caller's promise; the header fits the headroom (checked at compile time).
+        let head = unsafe { self.arena.bytes_mut(id, HEADROOM - header_len, header_len) };
+        frame::encode_header(head, true, frame::OP_BINARY, len, None);
+        header_len
+    }
+
     /// Takes a frame slot (reference count 1), or `None` when all are in use.
     pub fn alloc_slot(&mut self) -> Option<BufId> {
         let id = self.ids.slot(self.free_slots.pop()?);
@@ -350,6 +379,12 @@ mod tests {
         assert_eq!(unsafe { arena.bytes(a, HEADROOM, 3) }, &[1, 2, 3]);
         // SAFETY: as above.
         assert_eq!(unsafe { arena.bytes(b, HEADROOM, 10) }, &[9; 10]);
+        // The server header goes right in front of the frame, in the headroom.
+        // SAFETY: `a` is ours and no send of it is queued.
+        let header_len = unsafe { pool.write_server_header(a, 3) };
+        // SAFETY: as above; nothing writes `a` now.
+        let framed = unsafe { pool.bytes(a, HEADROOM - header_len, header_len + 3) };
+        assert_eq!(framed, &[0x82, 3, 1, 2, 3]);
         pool.retain(a);
         pool.release(a);
         assert!(pool.alloc_slot().is_none(), "still referenced");

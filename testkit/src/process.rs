@@ -128,7 +128,13 @@ impl RelayProcess {
     /// Counters from a fresh SIGUSR1 summary while running, or the exit summary once stopped.
     pub fn counters(&self) -> Counters {
         if self.proc.child.is_some() {
-            let summaries = |t: &str| t.matches("tapwire_clients_open ").count();
+            // One sample line of this gauge per summary (its `# HELP`/`# TYPE` lines start
+            // with `#`).
+            let summaries = |t: &str| {
+                t.lines()
+                    .filter(|l| l.starts_with("tapwire_clients_open "))
+                    .count()
+            };
             let before = summaries(&self.proc.log_text());
             self.proc.signal(libc::SIGUSR1);
             let deadline = Instant::now() + Duration::from_secs(5);

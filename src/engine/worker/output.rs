@@ -13,7 +13,6 @@ use io_uring::{opcode, types};
 
 use crate::counters::DropReason;
 use crate::switch::{ingress, Forward, Mac, PortId, Source};
-use crate::ws::frame;
 
 use super::super::bufpool::{BufId, HEADROOM};
 use super::super::mailbox::{Control, Incoming, Target};
@@ -35,12 +34,9 @@ impl Worker {
     /// Writes the server header of the `len`-byte frame at [`HEADROOM`] of `buf` (a buffer
     /// with headroom that the caller holds and that no send has been queued from yet).
     pub(super) fn ready(&mut self, buf: BufId, len: usize) -> Ready {
-        let header_len = frame::header_len(len, false);
-        let arena = self.pool.arena();
-        // SAFETY: the headroom in front of the frame is ours: no send of this buffer is queued
-        // yet, and a TAP write of the frame (client floods) reads only the bytes after it.
-        let head = unsafe { arena.bytes_mut(buf, HEADROOM - header_len, header_len) };
-        frame::encode_header(head, true, frame::OP_BINARY, len, None);
+        // SAFETY: every caller passes a TAP buffer or slot it holds, before queueing any send
+        // of it.
+        let header_len = unsafe { self.pool.write_server_header(buf, len) };
         Ready {
             buf,
             len,
@@ -75,11 +71,13 @@ impl Worker {
     fn tap_frame(&mut self, id: BufId, len: usize) {
         self.counters.tap_rx_frames.inc();
         self.counters.tap_rx_bytes.add(len as u64);
-        let arena = self.pool.arena();
-        // SAFETY: the kernel handed this buffer over and we hold its reference; nothing
-        // writes the frame's bytes (the header goes into the headroom in front).
-        let bytes = unsafe { arena.bytes(id, HEADROOM, len) };
-        let (Some(dst), Some(src)) = (Mac::destination(bytes), Mac::source(bytes)) else {
+        let (dst, src) = {
+            // SAFETY: the kernel handed this buffer over and we hold its reference; nothing
+            // writes it while this look lasts.
+            let bytes = unsafe { self.pool.bytes(id, HEADROOM, len) };
+            (Mac::destination(bytes), Mac::source(bytes))
+        };
+        let (Some(dst), Some(src)) = (dst, src) else {
             self.counters.dropped(DropReason::TapRunt);
             return;
         };
