@@ -114,3 +114,33 @@ fn sigkill_then_cleanup_leaves_nothing() {
         .expect("cleanup");
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to clean up"));
 }
+
+#[test]
+fn check_reports_every_requirement_and_leaves_nothing() {
+    if skip_unless_root("check_reports_every_requirement_and_leaves_nothing") {
+        return;
+    }
+    let ns = netns("twc");
+    let out = ns.cmd(&[tapwire_bin(), "check"]).output().expect("check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for line in [
+        "ok   kernel ",
+        "kernel.io_uring_disabled",
+        "ok   io_uring_setup works",
+        "ok   io_uring op recv: supported",
+        "ok   io_uring op sendmsg: supported",
+        "client receive: ",
+        "TAP read (Linux 6.7): ",
+        "ok   provided-buffer rings: supported",
+        "ok   /dev/net/tun opens",
+        "ok   CAP_NET_ADMIN held",
+        "ok   dnsmasq found",
+        "TAP queue steering by destination MAC (eBPF) attaches",
+        "tapwire can run here",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
+    // The throwaway TAP of the steering check is gone with its descriptor.
+    assert_eq!(links(&ns), Vec::<String>::new(), "no link left");
+}

@@ -404,8 +404,7 @@ pub fn eth(dst: Mac, src: Mac, payload: &[u8]) -> Vec<u8> {
 
 /// `aa:bb:cc:dd:ee:ff`, as `ip` takes it.
 pub fn format_mac(mac: Mac) -> String {
-    let [a, b, c, d, e, f] = mac;
-    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+    tapwire::switch::Mac(mac).to_string()
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.

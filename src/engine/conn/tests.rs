@@ -123,6 +123,7 @@ fn ping_pong_and_pong_timeout() {
         panic!("no ping");
     };
     assert_eq!(ping[0], 0x80 | frame::OP_PING);
+    assert!(ping.ends_with(b"tapwire"), "the documented payload");
     // Pinged: no second ping while waiting.
     assert_eq!(c.poll_timeout(1_500, None), None);
     // The pong answers it; the clock restarts from the last input.

@@ -33,10 +33,9 @@ const CROSS_HIGH_WATER_DIV: usize = 8;
 #[derive(Clone, Copy)]
 pub(super) struct ClientFrame<'a> {
     pub bytes: &'a [u8],
-    /// The buffer holding `bytes` (the caller holds a reference on it).
+    /// The buffer holding `bytes` (the caller holds a reference on it): a receive buffer, or
+    /// a slot holding just this frame at its [`HEADROOM`] (which can then be sent as it is).
     pub buf: BufId,
-    /// `bytes` start at the buffer's [`HEADROOM`] (a slot that can be sent as it is).
-    pub at_headroom: bool,
 }
 
 impl Worker {
@@ -209,14 +208,7 @@ impl Worker {
                 Input::Frame(range) => {
                     let frame = &bytes[range];
                     match buf {
-                        Some(buf) => self.client_frame(
-                            port,
-                            ClientFrame {
-                                bytes: frame,
-                                buf,
-                                at_headroom: false,
-                            },
-                        ),
+                        Some(buf) => self.client_frame(port, ClientFrame { bytes: frame, buf }),
                         None => self.client_frame_copy(port, frame),
                     }
                 }
@@ -298,14 +290,7 @@ impl Worker {
         // SAFETY: the slot is complete and referenced by us alone; nothing writes its frame
         // while it is switched (a server header goes into the headroom in front).
         let bytes = unsafe { arena.bytes(slot, HEADROOM, len) };
-        self.client_frame(
-            port,
-            ClientFrame {
-                bytes,
-                buf: slot,
-                at_headroom: true,
-            },
-        );
+        self.client_frame(port, ClientFrame { bytes, buf: slot });
         self.pool.release(slot);
     }
 
@@ -379,7 +364,7 @@ impl Worker {
     /// frame's own slot when it already has headroom, else a copy in a new slot.
     fn ready_copy(&mut self, frame: ClientFrame<'_>) -> Option<Ready> {
         let len = frame.bytes.len();
-        if frame.at_headroom && self.pool.has_headroom(frame.buf) {
+        if self.pool.has_headroom(frame.buf) {
             self.pool.retain(frame.buf);
             return Some(self.ready(frame.buf, len));
         }

@@ -77,14 +77,11 @@ impl Worker {
             let bytes = unsafe { self.pool.bytes(id, HEADROOM, len) };
             (Mac::destination(bytes), Mac::source(bytes))
         };
-        let (Some(dst), Some(src)) = (dst, src) else {
+        let whole = len >= crate::ws::session::MIN_ETHERNET_FRAME;
+        let (Some(dst), Some(src), true) = (dst, src, whole) else {
             self.counters.dropped(DropReason::TapRunt);
             return;
         };
-        if len < crate::ws::session::MIN_ETHERNET_FRAME {
-            self.counters.dropped(DropReason::TapRunt);
-            return;
-        }
         match ingress(
             &mut self.switch,
             &mut &self.shared.authority,
