@@ -22,12 +22,14 @@ use super::super::tapq::ReadEnd;
 use super::Worker;
 
 /// A frame ready to send: `len` bytes at [`HEADROOM`] of `buf`, its server header of
-/// `header_len` bytes written just before. Whoever holds it holds a reference on `buf`.
+/// `header_len` bytes written just before, the whole WebSocket frame starting at `start`
+/// (computed once, for every recipient). Whoever holds it holds a reference on `buf`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Ready {
     pub buf: BufId,
     pub len: usize,
     header_len: usize,
+    start: *const u8,
 }
 
 impl Worker {
@@ -41,6 +43,7 @@ impl Worker {
             buf,
             len,
             header_len,
+            start: self.pool.ptr(buf, HEADROOM - header_len),
         }
     }
 
@@ -136,7 +139,7 @@ impl Worker {
 
     /// Hands a ready frame to another core (a reference travels with it).
     fn send_to_core(&mut self, core: usize, ready: Ready, target: Target) {
-        let data = self.pool.ptr(ready.buf, HEADROOM);
+        let data = ready.start.wrapping_add(ready.header_len);
         if self
             .mailbox
             .send_frame(core, data, ready.len, ready.buf, target)
@@ -209,7 +212,7 @@ impl Worker {
         c.out.push(
             OutData::Pool {
                 buf: ready.buf,
-                ptr: self.pool.ptr(ready.buf, HEADROOM - ready.header_len),
+                ptr: ready.start,
                 // Lossless: total ≤ 65563.
                 len: total as u32,
             },
