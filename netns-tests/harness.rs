@@ -92,10 +92,21 @@ impl Relay {
 
     /// Starts the relay under a wrapper command (e.g. `prlimit --nofile=64:64`).
     pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Self {
+        Self::launch(wrapper, None, None, extra)
+    }
+
+    /// Starts the relay with TAP `tap` (default: a unique name) and runtime directory
+    /// `runtime_dir` (default: one in its own temporary directory).
+    pub fn launch(
+        wrapper: &[&str],
+        tap: Option<&str>,
+        runtime_dir: Option<&Path>,
+        extra: &[&str],
+    ) -> Self {
         let ns = netns("twr");
         let dir = TempDir::new();
-        let tap = unique("twt");
-        let runtime_dir = dir.0.join("run");
+        let tap = tap.map_or_else(|| unique("twt"), str::to_string);
+        let runtime_dir = runtime_dir.map_or_else(|| dir.0.join("run"), Path::to_path_buf);
         let port = 8086;
         let mut args: Vec<String> = [
             "--listen",
@@ -129,6 +140,37 @@ impl Relay {
             ns,
             dir,
         }
+    }
+
+    /// The state directory of this relay's instance (`RUNTIME_DIR/net-INODE/TAP`).
+    pub fn instance_dir(&self) -> PathBuf {
+        let inode = exec_ok(&self.ns, &["stat", "-L", "-c", "%i", "/proc/self/ns/net"]);
+        self.runtime_dir
+            .join(format!("net-{}", inode.trim()))
+            .join(&self.tap)
+    }
+
+    /// Another `tapwire run` in this relay's namespace, with its own log; an error when it
+    /// does not start.
+    pub fn another(&self, name: &str, args: &[&str]) -> std::io::Result<RelayProcess> {
+        let mut all: Vec<String> = vec!["--log-level".into(), "debug".into()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        RelayProcess::start(
+            &self.ns,
+            &[],
+            Path::new(tapwire_bin()),
+            &all,
+            self.dir.0.join(format!("{name}.log")),
+        )
+    }
+
+    /// The IPv4 addresses on this relay's TAP.
+    pub fn tap_addresses(&self) -> String {
+        self.ns
+            .cmd(&["ip", "-4", "-o", "addr", "show", "dev", &self.tap])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
     }
 
     /// The relay's process.

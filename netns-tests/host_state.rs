@@ -42,7 +42,7 @@ fn sigterm_closes_clients_with_1001_and_leaves_nothing() {
         "no address left"
     );
     assert!(dnsmasq.iter().all(|p| !pid_alive(*p)), "dnsmasq stopped");
-    assert!(!relay.runtime_dir.join(&relay.tap).exists(), "no file left");
+    assert!(!relay.instance_dir().exists(), "no file left");
     assert!(
         relay
             .proc()
@@ -66,7 +66,7 @@ fn sigkill_then_cleanup_leaves_nothing() {
         .proc_mut()
         .wait_exit(Duration::from_secs(10))
         .expect("killed");
-    let ledger = relay.runtime_dir.join(&relay.tap).join("ledger");
+    let ledger = relay.instance_dir().join("ledger");
     assert!(ledger.exists(), "a killed run leaves its ledger");
     // dnsmasq dies with tapwire even on SIGKILL (its guard holds the parent-death signal).
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -94,10 +94,7 @@ fn sigkill_then_cleanup_leaves_nothing() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert!(
-        !relay.runtime_dir.join(&relay.tap).exists(),
-        "ledger and files removed"
-    );
+    assert!(!relay.instance_dir().exists(), "ledger and files removed");
     assert_eq!(links(&relay.ns), Vec::<String>::new(), "no link left");
     let deadline = Instant::now() + Duration::from_secs(5);
     while dnsmasq.iter().any(|p| pid_alive(*p)) && Instant::now() < deadline {

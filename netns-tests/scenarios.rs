@@ -11,6 +11,8 @@ mod bad_input;
 mod cores;
 #[path = "host_state.rs"]
 mod host_state;
+#[path = "instances.rs"]
+mod instances;
 #[path = "swarm.rs"]
 mod swarm;
 #[path = "traffic.rs"]

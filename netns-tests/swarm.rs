@@ -31,8 +31,8 @@ fn swarm_of_synthetic_guests_each_lease_and_ping() {
         text.contains("300 guests, 300 upgraded, 300 leased, 300 pinged the gateway"),
         "{text}"
     );
-    let leases = std::fs::read_to_string(relay.runtime_dir.join(&relay.tap).join("dnsmasq.leases"))
-        .unwrap_or_default();
+    let leases =
+        std::fs::read_to_string(relay.instance_dir().join("dnsmasq.leases")).unwrap_or_default();
     assert_eq!(
         leases.lines().filter(|l| l.contains(" 02:53:")).count(),
         300,

@@ -24,6 +24,12 @@ pub enum TapError {
     /// Not allowed to open it.
     #[error("cannot open /dev/net/tun: {0} — run as root or grant CAP_NET_ADMIN")]
     TunPermission(io::Error),
+    /// An interface of that name already exists in this network namespace.
+    #[error("TAP {name:?} already exists in this network namespace{} — tapwire makes its own TAP and never shares one: stop that process, or choose another --tap", holders_text(.holders))]
+    Exists {
+        name: String,
+        holders: Vec<(u32, String)>,
+    },
     /// The ioctl failed.
     #[error("cannot create TAP {name:?} (queue {queue}): {err}{hint}")]
     SetIff {
@@ -95,16 +101,65 @@ fn set_iff(fd: &OwnedFd, name: &str, flags: libc::c_int, queue: usize) -> Result
     Ok(())
 }
 
-/// Creates (or attaches to) the multi-queue TAP `name` with `queues` queues, non-blocking.
+/// Creates the multi-queue TAP `name` with `queues` queues, non-blocking. The first queue
+/// is opened with `IFF_TUN_EXCL`, so an interface that already exists (another relay's TAP
+/// included: `TUNSETIFF` would otherwise attach to it) is refused, atomically.
 pub fn open_multiqueue(name: &str, queues: usize) -> Result<Vec<OwnedFd>, TapError> {
     let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE;
     (0..queues)
         .map(|queue| {
             let fd = open_tun()?;
-            set_iff(&fd, name, flags, queue)?;
-            Ok(fd)
+            let excl = if queue == 0 { libc::IFF_TUN_EXCL } else { 0 };
+            match set_iff(&fd, name, flags | excl, queue) {
+                Err(TapError::SetIff { err, .. })
+                    if queue == 0 && err.raw_os_error() == Some(libc::EBUSY) =>
+                {
+                    Err(TapError::Exists {
+                        name: name.to_string(),
+                        holders: holders(name),
+                    })
+                }
+                other => other.map(|()| fd),
+            }
         })
         .collect()
+}
+
+/// Processes of this network namespace that hold a queue of TAP `name`, with their command
+/// names (from `iff:` in the fdinfo of their /dev/net/tun descriptors).
+pub fn holders(name: &str) -> Vec<(u32, String)> {
+    use crate::control::instance::{netns_inode_of, pids};
+    let here = netns_inode_of(std::process::id());
+    let iff = format!("iff:\t{name}\n");
+    let mut found = Vec::new();
+    for pid in pids().filter(|p| netns_inode_of(*p) == here) {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"));
+        let holds = fds.into_iter().flatten().flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|t| t == std::path::Path::new("/dev/net/tun"))
+                && std::fs::read_to_string(format!(
+                    "/proc/{pid}/fdinfo/{}",
+                    fd.file_name().to_string_lossy()
+                ))
+                .is_ok_and(|info| info.contains(&iff))
+        });
+        if holds {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            found.push((pid, comm.trim().to_string()));
+        }
+    }
+    found
+}
+
+fn holders_text(holders: &[(u32, String)]) -> String {
+    let list: Vec<String> = holders
+        .iter()
+        .map(|(p, c)| format!("pid {p} ({c})"))
+        .collect();
+    if list.is_empty() {
+        String::new()
+    } else {
+        format!(", held by {}", list.join(", "))
+    }
 }
 
 /// Creates a plain single-queue TAP (used by test guests inside their namespace).

@@ -49,7 +49,11 @@ pub struct Launch {
 impl Launch {
     /// The dnsmasq of `cfg`, if it runs one (a routed TAP with DHCP); an error when dnsmasq
     /// is needed and missing.
-    pub fn for_config(cfg: &crate::config::Config) -> Result<Option<Launch>, &'static str> {
+    /// `dir` is the instance's state directory (see [`super::instance`]).
+    pub fn for_config(
+        cfg: &crate::config::Config,
+        dir: &Path,
+    ) -> Result<Option<Launch>, &'static str> {
         let crate::config::HostSide::Routed {
             subnet,
             dhcp: Some(dhcp),
@@ -58,7 +62,7 @@ impl Launch {
             return Ok(None);
         };
         let binary = find().ok_or(MISSING)?;
-        let lease_file = cfg.runtime_dir.join(&cfg.tap).join("dnsmasq.leases");
+        let lease_file = dir.join("dnsmasq.leases");
         let args = arguments(
             &cfg.tap,
             subnet,

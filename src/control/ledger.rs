@@ -1,18 +1,28 @@
 //! The ledger: every host change tapwire makes is appended (and synced) to a file *before*
 //! it is made, so that a crashed or killed run can be undone by `tapwire cleanup`.
 //!
-//! Format: one change per line, `kind arg...`, first line `owner PID STARTTIME`. Undo goes
-//! through the lines in reverse. The ledger lives at `RUNTIME_DIR/TAP/ledger`.
+//! Format: one change per line, `kind arg...`, first lines `owner PID STARTTIME` and
+//! `netns INODE COOKIE`. Undo goes through the lines in reverse. The ledger lives in the
+//! instance's directory (see [`super::instance`]).
+//!
+//! The running owner holds an exclusive `flock` on the ledger for its whole life, so a ledger
+//! is stale exactly when nobody holds its lock: a run that starts at the same instant as
+//! another, or a `tapwire cleanup`, can never take a live run's ledger for a dead one's.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use super::instance::NetnsId;
 
 /// One recorded change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// The process that made the changes (pid, start time in clock ticks since boot).
     Owner { pid: u32, start_time: u64 },
+    /// The network namespace the changes were made in.
+    Netns(NetnsId),
     /// A non-persistent TAP (disappears with its process; recorded for the record).
     Tap(String),
     /// Interface set up.
@@ -21,8 +31,13 @@ pub enum Change {
     Address { ifname: String, cidr: String },
     /// Interface enslaved to a bridge.
     Master { ifname: String, bridge: String },
-    /// A dnsmasq child serving `ifname`.
-    Dnsmasq { pid: u32, ifname: String },
+    /// A dnsmasq child (its guard's pid) serving `ifname` with this instance's lease file,
+    /// which tells it from any other dnsmasq on the machine.
+    Dnsmasq {
+        pid: u32,
+        ifname: String,
+        lease_file: PathBuf,
+    },
     /// A file we created.
     File(PathBuf),
 }
@@ -31,11 +46,16 @@ impl Change {
     fn to_line(&self) -> String {
         match self {
             Change::Owner { pid, start_time } => format!("owner {pid} {start_time}"),
+            Change::Netns(n) => format!("netns {} {}", n.inode, n.cookie),
             Change::Tap(n) => format!("tap {n}"),
             Change::LinkUp(n) => format!("link-up {n}"),
             Change::Address { ifname, cidr } => format!("address {ifname} {cidr}"),
             Change::Master { ifname, bridge } => format!("master {ifname} {bridge}"),
-            Change::Dnsmasq { pid, ifname } => format!("dnsmasq {pid} {ifname}"),
+            Change::Dnsmasq {
+                pid,
+                ifname,
+                lease_file,
+            } => format!("dnsmasq {pid} {ifname} {}", lease_file.display()),
             Change::File(p) => format!("file {}", p.display()),
         }
     }
@@ -50,6 +70,10 @@ impl Change {
                 pid: next()?.parse().ok()?,
                 start_time: next()?.parse().ok()?,
             },
+            "netns" => Change::Netns(NetnsId {
+                inode: next()?.parse().ok()?,
+                cookie: next()?.parse().ok()?,
+            }),
             "tap" => Change::Tap(next()?),
             "link-up" => Change::LinkUp(next()?),
             "address" => Change::Address {
@@ -60,45 +84,91 @@ impl Change {
                 ifname: next()?,
                 bridge: next()?,
             },
-            "dnsmasq" => Change::Dnsmasq {
-                pid: next()?.parse().ok()?,
-                ifname: next()?,
-            },
+            "dnsmasq" => {
+                // The lease file is the rest of the line (a path may hold spaces).
+                let mut parts = line.splitn(4, ' ').skip(1);
+                Change::Dnsmasq {
+                    pid: parts.next()?.parse().ok()?,
+                    ifname: parts.next()?.to_string(),
+                    lease_file: PathBuf::from(parts.next()?),
+                }
+            }
             "file" => Change::File(PathBuf::from(line.split_once(' ')?.1)),
             _ => return None,
         })
     }
 }
 
-/// An open ledger being written by the running process.
+/// An open, locked ledger: the lock is held until the value is dropped.
 pub struct Ledger {
     path: PathBuf,
     file: File,
 }
 
+/// The outcome of [`Ledger::acquire`].
+pub enum Acquired {
+    /// The lock is ours; these are the changes of a dead run that held it before (empty when
+    /// there was none).
+    Ours(Ledger, Vec<Change>),
+    /// A live process holds it (its pid, from the ledger's first line, when readable).
+    Busy(Option<u32>),
+}
+
 impl Ledger {
-    /// Path of the ledger for TAP `tap` under `runtime_dir`.
-    pub fn path_for(runtime_dir: &Path, tap: &str) -> PathBuf {
-        runtime_dir.join(tap).join("ledger")
+    /// Path of the ledger of the instance whose directory is `dir`.
+    pub fn path_in(dir: &Path) -> PathBuf {
+        dir.join("ledger")
     }
 
-    /// Creates a new ledger (the directory too) and records this process as its owner.
-    pub fn create(runtime_dir: &Path, tap: &str) -> io::Result<Self> {
-        let path = Self::path_for(runtime_dir, tap);
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
+    /// Opens (creating the directory and file if needed) and locks the ledger in `dir`,
+    /// without waiting.
+    pub fn acquire(dir: &Path) -> io::Result<Acquired> {
+        let path = Self::path_in(dir);
+        fs::create_dir_all(dir)?;
+        loop {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .mode(0o644)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&path)?;
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    let mut text = String::new();
+                    let _ = file.read_to_string(&mut text);
+                    let pid = text.lines().find_map(|l| match Change::parse(l) {
+                        Some(Change::Owner { pid, .. }) => Some(pid),
+                        _ => None,
+                    });
+                    return Ok(Acquired::Busy(pid));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            // The previous holder removes the file before it lets go of the lock: if the path
+            // no longer names the file we locked, start over with whatever is there now.
+            let ours = file.metadata()?;
+            match fs::metadata(&path) {
+                Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => {}
+                _ => continue,
+            }
+            let mut text = String::new();
+            file.read_to_string(&mut text)?;
+            let stale = text.lines().filter_map(Change::parse).collect();
+            return Ok(Acquired::Ours(Ledger { path, file }, stale));
         }
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)?;
-        let mut ledger = Ledger { path, file };
+    }
+
+    /// Starts this run's record: empties the ledger and records this process and namespace.
+    pub fn begin(&mut self, netns: NetnsId) -> io::Result<()> {
+        self.file.set_len(0)?;
         let pid = std::process::id();
-        ledger.record(&Change::Owner {
+        self.record(&Change::Owner {
             pid,
             start_time: process_start_time(pid).unwrap_or(0),
         })?;
-        Ok(ledger)
+        self.record(&Change::Netns(netns))
     }
 
     /// Appends `change` and syncs it to disk; call before making the change.
@@ -111,14 +181,27 @@ impl Ledger {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Removes the ledger and its (then empty) directories, and lets go of the lock.
+    pub fn remove(self) {
+        let _ = fs::remove_file(&self.path);
+        if let Some(dir) = self.path.parent() {
+            if fs::remove_dir(dir).is_ok() {
+                // The namespace's directory too, once its last instance is gone.
+                if let Some(ns_dir) = dir.parent() {
+                    let _ = fs::remove_dir(ns_dir);
+                }
+            }
+        }
+    }
 }
 
-/// Reads a ledger's changes in order.
-pub fn read(path: &Path) -> io::Result<Vec<Change>> {
-    Ok(fs::read_to_string(path)?
-        .lines()
-        .filter_map(Change::parse)
-        .collect())
+/// The namespace a ledger's changes were made in (absent in ledgers of older versions).
+pub fn netns_of(changes: &[Change]) -> Option<NetnsId> {
+    changes.iter().find_map(|c| match c {
+        Change::Netns(n) => Some(*n),
+        _ => None,
+    })
 }
 
 /// Start time (field 22 of /proc/PID/stat) of a process, to tell it from a later one that
@@ -128,16 +211,6 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     // The command name (field 2) may contain spaces; fields after it follow the last ')'.
     let after = &stat[stat.rfind(')')? + 2..];
     after.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Whether the owner recorded in `changes` is still running.
-pub fn owner_alive(changes: &[Change]) -> Option<u32> {
-    changes.iter().find_map(|c| match c {
-        Change::Owner { pid, start_time } if process_start_time(*pid) == Some(*start_time) => {
-            Some(*pid)
-        }
-        _ => None,
-    })
 }
 
 #[cfg(test)]
@@ -164,7 +237,12 @@ mod tests {
             Change::Dnsmasq {
                 pid: 99,
                 ifname: "tapwire0".into(),
+                lease_file: PathBuf::from("/run/tap wire/net-1/tapwire0/dnsmasq.leases"),
             },
+            Change::Netns(NetnsId {
+                inode: 4026531840,
+                cookie: 1,
+            }),
             Change::File(PathBuf::from("/run/tapwire/tapwire0/dnsmasq leases")),
         ];
         for c in all {
@@ -173,18 +251,81 @@ mod tests {
         assert_eq!(Change::parse("bogus 1"), None);
     }
 
+    fn temp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tapwire-ledger-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d.join("net-1").join("tapwire0")
+    }
+
     #[test]
-    fn own_process_is_alive() {
-        let me = std::process::id();
-        let changes = [Change::Owner {
-            pid: me,
-            start_time: process_start_time(me).unwrap(),
-        }];
-        assert_eq!(owner_alive(&changes), Some(me));
-        let stale = [Change::Owner {
-            pid: me,
-            start_time: 1,
-        }];
-        assert_eq!(owner_alive(&stale), None);
+    fn a_held_ledger_is_busy_and_names_its_owner() {
+        let dir = temp("busy");
+        let Acquired::Ours(mut first, stale) = Ledger::acquire(&dir).unwrap() else {
+            panic!("fresh ledger is ours");
+        };
+        assert!(stale.is_empty());
+        first
+            .begin(NetnsId {
+                inode: 1,
+                cookie: 2,
+            })
+            .unwrap();
+        // A second open file description (another run, or cleanup) cannot take it, even
+        // while it holds nothing but the owner line: "stale" means "no live holder".
+        match Ledger::acquire(&dir).unwrap() {
+            Acquired::Busy(pid) => assert_eq!(pid, Some(std::process::id())),
+            Acquired::Ours(..) => panic!("a held ledger was taken"),
+        }
+        first.remove();
+        assert!(!dir.exists(), "instance directory removed");
+        assert!(
+            !dir.parent().unwrap().exists(),
+            "empty namespace directory removed"
+        );
+        let Acquired::Ours(again, stale) = Ledger::acquire(&dir).unwrap() else {
+            panic!("released ledger is free");
+        };
+        assert!(stale.is_empty(), "a removed ledger leaves nothing stale");
+        again.remove();
+        let _ = fs::remove_dir_all(dir.parent().unwrap().parent().unwrap());
+    }
+
+    #[test]
+    fn a_dead_runs_ledger_is_handed_over_with_its_changes() {
+        let dir = temp("stale");
+        let Acquired::Ours(mut dead, _) = Ledger::acquire(&dir).unwrap() else {
+            panic!()
+        };
+        dead.begin(NetnsId {
+            inode: 7,
+            cookie: 9,
+        })
+        .unwrap();
+        dead.record(&Change::LinkUp("tapwire0".into())).unwrap();
+        drop(dead); // like a crash: the file stays, the lock goes
+        let Acquired::Ours(mut next, stale) = Ledger::acquire(&dir).unwrap() else {
+            panic!("a dead run's ledger is free")
+        };
+        assert_eq!(stale.len(), 3);
+        assert_eq!(
+            netns_of(&stale),
+            Some(NetnsId {
+                inode: 7,
+                cookie: 9
+            })
+        );
+        next.begin(NetnsId {
+            inode: 7,
+            cookie: 10,
+        })
+        .unwrap();
+        let text = fs::read_to_string(next.path()).unwrap();
+        assert_eq!(
+            text.lines().count(),
+            2,
+            "begin starts a fresh record: {text}"
+        );
+        next.remove();
+        let _ = fs::remove_dir_all(dir.parent().unwrap().parent().unwrap());
     }
 }

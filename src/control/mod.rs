@@ -5,6 +5,7 @@
 pub mod check;
 pub mod cleanup;
 pub mod dnsmasq;
+pub mod instance;
 pub mod ledger;
 pub mod listen;
 pub mod logging;
@@ -22,7 +23,8 @@ use tokio::sync::Notify;
 use crate::config::{Config, HostSide};
 use crate::counters;
 use crate::engine::{Engine, EngineConfig, Features, Shared};
-use ledger::{Change, Ledger};
+use instance::NetnsId;
+use ledger::{Acquired, Change, Ledger};
 
 /// A start-up failure, with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -98,11 +100,32 @@ impl Host {
         Ok(())
     }
 
+    /// Records `change`, then makes it with `make`. If making it fails, nothing was changed,
+    /// so the change is dropped from what this run will undo: a run never undoes what it did
+    /// not do (an address that was already there belongs to someone else).
+    async fn make<T, E>(
+        &mut self,
+        change: Change,
+        make: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, RunError>
+    where
+        RunError: From<E>,
+    {
+        self.record(change)?;
+        match make.await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.changes.pop();
+                Err(e.into())
+            }
+        }
+    }
+
     async fn undo(self) {
-        for failure in cleanup::undo(&self.changes).await {
+        for failure in cleanup::undo(&self.changes, cleanup::Scope::All).await {
             log::warn!("cleanup: {failure}");
         }
-        cleanup::remove_ledger(self.ledger.path());
+        self.ledger.remove();
     }
 }
 
@@ -136,14 +159,23 @@ async fn run_async(
     {
         log::info!("{advice}");
     }
-    clear_stale_ledger(&cfg).await?;
-    let dnsmasq = dnsmasq::Launch::for_config(&cfg).map_err(|e| RunError::Setup(e.into()))?;
-    let ledger = Ledger::create(&cfg.runtime_dir, &cfg.tap).map_err(|e| {
-        RunError::Setup(format!("cannot create the ledger under {}: {e} — run as root or choose a writable --runtime-dir", cfg.runtime_dir.display()))
+    let netns = NetnsId::current().map_err(|e| {
+        RunError::Setup(format!(
+            "cannot tell which network namespace this is (/proc/self/ns/net: {e}); is /proc mounted?"
+        ))
     })?;
+    let dir = instance::dir(&cfg.runtime_dir, &netns, &cfg.tap);
+    let ledger = take_ledger(&cfg, &dir, netns).await?;
     let mut host = Host {
         ledger,
         changes: Vec::new(),
+    };
+    let dnsmasq = match dnsmasq::Launch::for_config(&cfg, &dir) {
+        Ok(d) => d,
+        Err(e) => {
+            host.undo().await;
+            return Err(RunError::Setup(e.into()));
+        }
     };
     let started = start(&cfg, &mut host, dnsmasq.as_ref(), listeners).await;
     let (engine, shared, features, mut child) = match started {
@@ -212,28 +244,55 @@ fn raise_fd_limit(max_clients: usize) {
     }
 }
 
-async fn clear_stale_ledger(cfg: &Config) -> Result<(), RunError> {
-    let path = Ledger::path_for(&cfg.runtime_dir, &cfg.tap);
-    let Ok(changes) = ledger::read(&path) else {
-        return Ok(());
+/// Takes this instance's ledger: refuses when a live run holds it, undoes what a dead run
+/// left, and starts this run's record.
+async fn take_ledger(
+    cfg: &Config,
+    dir: &std::path::Path,
+    netns: NetnsId,
+) -> Result<Ledger, RunError> {
+    let (mut ledger, stale) = match Ledger::acquire(dir) {
+        Ok(Acquired::Ours(l, stale)) => (l, stale),
+        Ok(Acquired::Busy(pid)) => {
+            let who = pid.map_or("another tapwire".to_string(), |p| {
+                format!("tapwire (pid {p})")
+            });
+            return Err(RunError::Setup(format!(
+                "{who} is already running with TAP {} in this network namespace (ledger {}); stop it first or choose another --tap",
+                cfg.tap,
+                Ledger::path_in(dir).display()
+            )));
+        }
+        Err(e) => {
+            return Err(RunError::Setup(format!(
+                "cannot open the ledger {}: {e} — run as root or choose a writable --runtime-dir",
+                Ledger::path_in(dir).display()
+            )))
+        }
     };
-    if let Some(pid) = ledger::owner_alive(&changes) {
-        return Err(RunError::Setup(format!(
-            "tapwire (pid {pid}) is already running with TAP {} (ledger {}); stop it first or choose another --tap",
+    if !stale.is_empty() {
+        log::warn!(
+            "a previous run with TAP {} did not clean up (ledger {}); undoing its changes now",
             cfg.tap,
-            path.display()
-        )));
+            ledger.path().display()
+        );
+        // The directory is keyed by this namespace's inode; a ledger with another cookie was
+        // written in an earlier namespace that had the same inode and is gone.
+        let scope = match ledger::netns_of(&stale) {
+            Some(n) if !n.is(&netns) => cleanup::Scope::FilesOnly,
+            _ => cleanup::Scope::All,
+        };
+        for failure in cleanup::undo(&stale, scope).await {
+            log::warn!("cleanup: {failure}");
+        }
     }
-    log::warn!(
-        "a previous run with TAP {} did not clean up (ledger {}); undoing its changes now",
-        cfg.tap,
-        path.display()
-    );
-    for failure in cleanup::undo(&changes).await {
-        log::warn!("cleanup: {failure}");
-    }
-    cleanup::remove_ledger(&path);
-    Ok(())
+    ledger.begin(netns).map_err(|e| {
+        RunError::Setup(format!(
+            "cannot write the ledger {}: {e}",
+            ledger.path().display()
+        ))
+    })?;
+    Ok(ledger)
 }
 
 type Started = (Engine, Arc<Shared>, Features, Option<tokio::process::Child>);
@@ -253,11 +312,15 @@ async fn start(
     let mut child = None;
     match &cfg.host {
         HostSide::Routed { subnet, .. } => {
-            host.record(Change::Address {
+            let address = Change::Address {
                 ifname: cfg.tap.to_string(),
                 cidr: format!("{}/{}", subnet.gateway(), subnet.prefix),
-            })?;
-            netlink::add_address(&handle, index, subnet.gateway(), subnet.prefix, &cfg.tap).await?;
+            };
+            host.make(
+                address,
+                netlink::add_address(&handle, index, subnet.gateway(), subnet.prefix, &cfg.tap),
+            )
+            .await?;
             host.record(Change::LinkUp(cfg.tap.to_string()))?;
             netlink::set_up(&handle, index, &cfg.tap, Some(cfg.mtu)).await?;
             if let Some(launch) = dnsmasq {
@@ -268,6 +331,7 @@ async fn start(
                 host.record(Change::Dnsmasq {
                     pid: c.id().unwrap_or(0),
                     ifname: cfg.tap.to_string(),
+                    lease_file: launch.lease_file.clone(),
                 })?;
                 child = Some(c);
             }
@@ -276,11 +340,15 @@ async fn start(
             let bridge_index = netlink::link_index(&handle, bridge)
                 .await
                 .ok_or_else(|| RunError::Setup(format!("bridge {bridge} not found: create it (ip link add {bridge} type bridge) or drop --attach-bridge")))?;
-            host.record(Change::Master {
+            let master = Change::Master {
                 ifname: cfg.tap.to_string(),
                 bridge: bridge.to_string(),
-            })?;
-            netlink::set_master(&handle, index, bridge_index, &cfg.tap).await?;
+            };
+            host.make(
+                master,
+                netlink::set_master(&handle, index, bridge_index, &cfg.tap),
+            )
+            .await?;
             host.record(Change::LinkUp(cfg.tap.to_string()))?;
             netlink::set_up(&handle, index, &cfg.tap, Some(cfg.mtu)).await?;
         }
@@ -370,7 +438,7 @@ async fn supervise(
                 if let Some(launch) = dnsmasq {
                     match launch.spawn() {
                         Ok(c) => {
-                            if let Err(e) = host.record(Change::Dnsmasq { pid: c.id().unwrap_or(0), ifname: cfg.tap.to_string() }) {
+                            if let Err(e) = host.record(Change::Dnsmasq { pid: c.id().unwrap_or(0), ifname: cfg.tap.to_string(), lease_file: launch.lease_file.clone() }) {
                                 log::warn!("{e}");
                             }
                             *child = Some(c);
