@@ -220,3 +220,79 @@ fn kernel_guest_runs_iperf3_tcp_and_udp_against_the_host() {
         assert!(bits > 1e6, "iperf3 {label} moved {bits} bit/s");
     }
 }
+
+/// Jumbo frames through a real TAP at its largest MTU: a kernel guest pings the gateway with
+/// 65 428-byte packets both ways, and a v86-sized 65 549-byte frame (a guest MTU of 65535) is
+/// taken with the default --max-frame instead of closing the client with 1009.
+#[test]
+fn jumbo_frames_cross_a_real_tap_at_mtu_65521() {
+    if skip_unless_root("jumbo_frames_cross_a_real_tap_at_mtu_65521") {
+        return;
+    }
+    let relay = Relay::start(&["--mtu", "65521"]);
+    let mut guest = relay.guest(0);
+    guest.dhcp(&relay.dir.0);
+    exec_ok(&guest.ns, &["ip", "link", "set", "eth0", "mtu", "65521"]);
+    let out = guest
+        .ns
+        .cmd(&[
+            "ping", "-c", "2", "-i", "0.2", "-W", "3", "-M", "do", "-s", "65400", GATEWAY,
+        ])
+        .output()
+        .expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("2 received"),
+        "{text}\n{}",
+        relay.proc().log_text()
+    );
+    assert!(text.contains("65408 bytes from"), "{text}");
+
+    let me = mac(0x65);
+    let ip: std::net::Ipv4Addr = "10.86.0.200".parse().unwrap();
+    exec_ok(
+        &relay.ns,
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            "10.86.0.200",
+            "lladdr",
+            &tapwire_testkit::packet::format_mac(me),
+            "dev",
+            &relay.tap,
+        ],
+    );
+    let gw_mac = tapwire_testkit::packet::parse_mac(
+        exec_ok(
+            &relay.ns,
+            &["cat", &format!("/sys/class/net/{}/address", relay.tap)],
+        )
+        .trim(),
+    )
+    .expect("TAP MAC");
+    let mut client = relay.client(None);
+    let data = vec![0x5a; 65_535 - 28];
+    let frame = tapwire_testkit::packet::icmp_echo_data(
+        (gw_mac, me),
+        ip,
+        GATEWAY.parse().unwrap(),
+        7,
+        &data,
+    );
+    assert_eq!(frame.len(), 65_549);
+    client.send_frame(&frame);
+    // The 65 535-byte reply leaves the host in fragments that fit the TAP's MTU.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut biggest = 0;
+    while Instant::now() < deadline && biggest < 60_000 {
+        match client.recv(Duration::from_millis(500)) {
+            Got::Frame(f) if f[6..12] == gw_mac => biggest = biggest.max(f.len()),
+            Got::Close(code) => panic!("closed with {code:?}"),
+            _ => {}
+        }
+    }
+    assert!(biggest > 60_000, "no jumbo reply (largest {biggest})");
+    let c = relay.counters();
+    assert_eq!(c.nonzero_drops(), vec![], "{c:?}");
+}

@@ -14,6 +14,10 @@ use crate::ifname::IfName;
 pub const ETHERNET_OVERHEAD: usize = 18;
 /// Largest frame we ever accept: v86's virtio NIC with MTU 65535, plus header and VLAN tag.
 pub const MAX_FRAME_LIMIT: usize = 65_535 + ETHERNET_OVERHEAD;
+/// Largest MTU a Linux TAP takes: 65535 less its 14-byte link header (the kernel's
+/// `max_mtu`). A guest's own MTU may still be 65535, so at this MTU the default
+/// `--max-frame` is [`MAX_FRAME_LIMIT`].
+pub const TAP_MAX_MTU: u32 = 65_521;
 
 /// Options of `tapwire run`, each parsed into its type by its value parser (a bad value is
 /// refused by clap with the option's name). [`RunArgs::validate`] checks only the rules
@@ -36,11 +40,11 @@ pub struct RunArgs {
     /// Enslave the TAP to this existing bridge instead of addressing it (no DHCP is started).
     #[arg(long, env = "TAPWIRE_ATTACH_BRIDGE")]
     pub attach_bridge: Option<IfName>,
-    /// MTU of the TAP (68 to 65535).
-    #[arg(long, env = "TAPWIRE_MTU", default_value_t = 1500, value_parser = clap::value_parser!(u32).range(68..=65_535))]
+    /// MTU of the TAP (68 to 65521, the largest a Linux TAP takes).
+    #[arg(long, env = "TAPWIRE_MTU", default_value_t = 1500, value_parser = clap::value_parser!(u32).range(68..=TAP_MAX_MTU as i64))]
     pub mtu: u32,
     /// Largest Ethernet frame accepted from a client, in bytes; default: MTU + 18 (header and
-    /// a VLAN tag). Up to 65553 for v86 virtio jumbo frames.
+    /// a VLAN tag), and 65553 at MTU 65521 (a v86 virtio guest's MTU may be 65535).
     #[arg(long, env = "TAPWIRE_MAX_FRAME", value_parser = in_range(60, MAX_FRAME_LIMIT))]
     pub max_frame: Option<usize>,
     /// Do not start dnsmasq (no DHCP/DNS for guests).
@@ -346,13 +350,23 @@ fn parse_lease_time(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// The default `--max-frame` for `mtu`: the MTU plus header and VLAN tag; at the TAP's largest
+/// MTU, the largest frame any guest sends (its MTU is not bound by the TAP's).
+pub fn default_max_frame(mtu: u32) -> usize {
+    if mtu >= TAP_MAX_MTU {
+        MAX_FRAME_LIMIT
+    } else {
+        mtu as usize + ETHERNET_OVERHEAD
+    }
+}
+
 impl RunArgs {
     /// Checks the rules that join several options; `available_cores` is what the machine
     /// offers.
     pub fn validate(&self, available_cores: usize) -> Result<Config, ConfigError> {
         let cores = self.cores.unwrap_or(available_cores.clamp(1, MAX_CORES));
         let mtu = self.mtu as usize;
-        let max_frame = self.max_frame.unwrap_or(mtu + ETHERNET_OVERHEAD);
+        let max_frame = self.max_frame.unwrap_or(default_max_frame(self.mtu));
         if max_frame < mtu + 14 {
             return Err(ConfigError::MaxFrameBelowMtu { max_frame, mtu });
         }
@@ -521,7 +535,15 @@ mod tests {
 
     #[test]
     fn jumbo_frames() {
-        let c = parse(&["--mtu", "65535", "--max-frame", "65553"]).unwrap();
+        // The TAP's limit, named with the option when exceeded.
+        let c = parse(&["--mtu", "65521"]).unwrap();
+        assert_eq!(c.mtu, TAP_MAX_MTU);
+        // A v86 guest at MTU 65535 sends 65549-byte frames: the default takes them.
+        assert_eq!(c.max_frame, MAX_FRAME_LIMIT);
+        let err = parse(&["--mtu", "65535"]).unwrap_err();
+        assert!(err.contains("--mtu") && err.contains("65521"), "{err}");
+        assert_eq!(parse(&["--mtu", "9000"]).unwrap().max_frame, 9018);
+        let c = parse(&["--mtu", "65521", "--max-frame", "65553"]).unwrap();
         assert_eq!(c.max_frame, MAX_FRAME_LIMIT);
     }
 

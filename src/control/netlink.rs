@@ -44,13 +44,21 @@ pub async fn set_up(
     name: &str,
     mtu: Option<u32>,
 ) -> Result<(), NetlinkError> {
-    let mut msg = LinkUnspec::new_with_index(index).up();
+    // Two requests, so that a refused MTU is named as such.
     if let Some(mtu) = mtu {
-        msg = msg.mtu(mtu);
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(ctx(format!(
+                "set the MTU of {name} to {mtu} (a TAP takes 68 to {}; choose another --mtu)",
+                crate::config::TAP_MAX_MTU
+            )))?;
     }
     handle
         .link()
-        .set(msg.build())
+        .set(LinkUnspec::new_with_index(index).up().build())
         .execute()
         .await
         .map_err(ctx(format!("set {name} up")))

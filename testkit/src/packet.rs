@@ -199,6 +199,26 @@ pub fn icmp_echo(
     )
 }
 
+/// An ICMP echo request carrying `data`.
+pub fn icmp_echo_data(
+    (dst_mac, src_mac): (Mac, Mac),
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    id: u16,
+    data: &[u8],
+) -> Vec<u8> {
+    icmp(
+        (dst_mac, src_mac),
+        src,
+        dst,
+        Icmpv4Repr::EchoRequest {
+            ident: id,
+            seq_no: 1,
+            data,
+        },
+    )
+}
+
 fn icmp(macs: (Mac, Mac), src: Ipv4Addr, dst: Ipv4Addr, repr: Icmpv4Repr<'_>) -> Vec<u8> {
     ipv4(macs, src, dst, IpProtocol::Icmp, repr.buffer_len(), |p| {
         repr.emit(&mut Icmpv4Packet::new_unchecked(p), &emit_caps())
