@@ -296,3 +296,67 @@ fn jumbo_frames_cross_a_real_tap_at_mtu_65521() {
     let c = relay.counters();
     assert_eq!(c.nonzero_drops(), vec![], "{c:?}");
 }
+
+/// Frames sent in the same TCP segment as the upgrade request belong to the WebSocket stream,
+/// whatever the head's length: every one arrives intact, in order, and nothing is closed.
+#[test]
+fn frames_pipelined_behind_the_upgrade_request_all_arrive() {
+    if skip_unless_root("frames_pipelined_behind_the_upgrade_request_all_arrive") {
+        return;
+    }
+    use std::io::{Read, Write};
+    use tapwire_testkit::ws;
+    let relay = Relay::start(&[]);
+    let mut receiver = relay.client(None);
+    let rx_mac = mac(0x41);
+    receiver.send_frame(&eth(BROADCAST, rx_mac, b"hello, learn my MAC"));
+    for (round, (pad, count)) in [(0, 20), (7_000, 2), (7_000, 20)].into_iter().enumerate() {
+        let tx_mac = mac(0x50 + round as u8);
+        let key = ws::new_key();
+        let head = ws::upgrade_request("/", "127.0.0.1", &key).replacen(
+            "\r\n\r\n",
+            &format!("\r\nX-Pad: {}\r\n\r\n", "p".repeat(pad)),
+            1,
+        );
+        let mut bytes = head.into_bytes();
+        for i in 0..count {
+            let mut payload = vec![i as u8; 1500];
+            payload[0] = round as u8;
+            bytes.extend_from_slice(&ws::client_frame(2, &eth(rx_mac, tx_mac, &payload)));
+        }
+        let mut s = relay.raw();
+        s.write_all(&bytes).expect("send");
+        let mut response = Vec::new();
+        let mut byte = [0u8; 1];
+        while !response.ends_with(b"\r\n\r\n") {
+            assert_eq!(
+                s.read(&mut byte).expect("response"),
+                1,
+                "closed during upgrade"
+            );
+            response.push(byte[0]);
+        }
+        ws::check_upgrade_response(&response, &key).expect("upgraded");
+        for i in 0..count {
+            // Skip the host's own multicast (IPv6 neighbour discovery), flooded to everyone.
+            let f = std::iter::from_fn(|| receiver.recv_frame(Duration::from_secs(5)))
+                .find(|f| f[6..12] == tx_mac)
+                .unwrap_or_else(|| panic!("round {round}: frame {i} of {count} missing"));
+            assert_eq!(f.len(), 1514, "round {round} frame {i}");
+            assert_eq!(f[14], round as u8);
+            assert!(
+                f[15..].iter().all(|b| *b == i as u8),
+                "round {round}: frame {i} corrupted"
+            );
+        }
+        // Still open: the host's own multicast may reach it, a close must not.
+        let mut sender = WsClient::new(s);
+        let got = sender.recv(Duration::from_millis(300));
+        assert!(
+            matches!(got, Got::Timeout | Got::Frame(_)),
+            "round {round}: the sender got {got:?}"
+        );
+    }
+    let c = relay.counters();
+    assert_eq!(c.nonzero_drops(), vec![], "{c:?}");
+}

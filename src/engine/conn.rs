@@ -70,12 +70,14 @@ pub enum HandshakeStep {
         rejection: Rejection,
         response: Vec<u8>,
     },
-    /// Upgraded: queue `response`; the connection is open. `early` holds bytes the client
-    /// sent right behind its request (frames), to be decoded as input.
+    /// Upgraded: queue `response`; the connection is open. `stream_at` is where, in the
+    /// bytes just passed in, the WebSocket stream starts: bytes the client sent right behind
+    /// its request (frames) lie in `bytes[stream_at..]`, whatever their length, and are
+    /// decoded as input from there.
     Upgraded {
         response: Vec<u8>,
         path: String,
-        early: Option<Vec<u8>>,
+        stream_at: usize,
     },
 }
 
@@ -211,7 +213,8 @@ impl Conn {
             return HandshakeStep::Incomplete;
         };
         // Keep at most one byte beyond the limit: enough to know the head is too large.
-        let room = (handshake::MAX_HEAD_LEN + 1).saturating_sub(head.len());
+        let before = head.len();
+        let room = (handshake::MAX_HEAD_LEN + 1).saturating_sub(before);
         head.extend_from_slice(&bytes[..bytes.len().min(room)]);
         match handshake::parse_upgrade(head) {
             Upgrade::Incomplete => HandshakeStep::Incomplete,
@@ -235,7 +238,9 @@ impl Conn {
                 head_len,
                 path,
             } => {
-                let early = (head.len() > head_len).then(|| head.split_off(head_len));
+                // The head was incomplete before these bytes, so it ends inside them; what
+                // follows (possibly more than was copied into `head`) is the stream.
+                let stream_at = head_len - before;
                 self.lifecycle = Lifecycle::Open;
                 // Byte bursts of at least one maximum frame, so a limit never blocks every frame.
                 self.byte_limit = self
@@ -249,7 +254,7 @@ impl Conn {
                 HandshakeStep::Upgraded {
                     response: response.into_bytes(),
                     path,
-                    early,
+                    stream_at,
                 }
             }
         }

@@ -30,7 +30,7 @@ fn open_conn() -> Conn {
     let mut c = Conn::new(limits(), 0, 10_000);
     assert!(matches!(
         c.on_handshake_bytes(UPGRADE, 0),
-        HandshakeStep::Upgraded { early: None, .. }
+        HandshakeStep::Upgraded { stream_at, .. } if stream_at == UPGRADE.len()
     ));
     c
 }
@@ -51,20 +51,64 @@ fn handshake_split_then_open_with_early_frame() {
     let frame = masked(frame::OP_BINARY, &[0xAB; 60]);
     rest.extend_from_slice(&frame);
     let HandshakeStep::Upgraded {
-        response, early, ..
+        response,
+        stream_at,
+        ..
     } = c.on_handshake_bytes(&rest, 5)
     else {
         panic!("not upgraded");
     };
     assert!(response.starts_with(b"HTTP/1.1 101"));
     assert!(c.is_open() && c.wants_input());
-    let mut early = early.expect("early frame");
-    assert_eq!(early, frame);
-    let got = inputs(&mut c, &mut early);
+    let early = &mut rest[stream_at..];
+    assert_eq!(early, &frame[..]);
+    let got = inputs(&mut c, early);
     let [Input::Frame(range)] = &got[..] else {
         panic!("{got:?}");
     };
     assert_eq!(&early[range.clone()], &[0xAB; 60][..]);
+}
+
+/// Everything behind the head's blank line is the WebSocket stream, whatever the head's length
+/// and however much follows it in one receive, and however the head itself was split.
+#[test]
+fn pipelined_frames_behind_any_head_are_all_decoded() {
+    let padding = |n: usize| format!("X-Pad: {}\r\n", "p".repeat(n));
+    for pad in [0, 1_000, 7_000] {
+        let head = String::from_utf8(UPGRADE.to_vec()).unwrap().replacen(
+            "\r\n\r\n",
+            &format!("\r\n{}\r\n", padding(pad)),
+            1,
+        );
+        for count in [1, 2, 20, 40] {
+            for split in [0, 10, head.len() - 1] {
+                let mut c = Conn::new(limits(), 0, 10_000);
+                if split > 0 {
+                    assert_eq!(
+                        c.on_handshake_bytes(head[..split].as_bytes(), 0),
+                        HandshakeStep::Incomplete
+                    );
+                }
+                let mut rest = head.as_bytes()[split..].to_vec();
+                for i in 0..count {
+                    rest.extend_from_slice(&masked(frame::OP_BINARY, &[i as u8; 1514]));
+                }
+                let HandshakeStep::Upgraded { stream_at, .. } = c.on_handshake_bytes(&rest, 0)
+                else {
+                    panic!("head of {} bytes not upgraded", head.len());
+                };
+                let stream = &mut rest[stream_at..];
+                let got = inputs(&mut c, stream);
+                assert_eq!(got.len(), count, "pad {pad} count {count} split {split}");
+                for (i, input) in got.iter().enumerate() {
+                    let Input::Frame(range) = input else {
+                        panic!("{input:?}");
+                    };
+                    assert_eq!(&stream[range.clone()], &[i as u8; 1514][..]);
+                }
+            }
+        }
+    }
 }
 
 #[test]

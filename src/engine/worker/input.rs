@@ -179,15 +179,15 @@ impl Worker {
             HandshakeStep::Upgraded {
                 response,
                 path,
-                early,
+                stream_at,
             } => {
                 log::debug!("core {}: client {port:?} upgraded on {path}", self.id);
                 self.clients.set_open(port);
                 self.counters.connections_upgraded.inc();
                 self.enqueue_owned(port, response);
-                if let Some(mut early) = early {
-                    // Frames sent right behind the request: decode them from this copy.
-                    self.on_frames(port, &mut early, None);
+                if stream_at < bytes.len() {
+                    // Frames sent right behind the request, in this receive buffer.
+                    self.on_frames(port, &mut bytes[stream_at..], Some(id));
                 }
             }
         }
