@@ -269,3 +269,43 @@ fn running_out_of_descriptors_does_not_stop_the_relay() {
     };
     assert_eq!(answer, Got::Pong(b"after-emfile".to_vec()));
 }
+
+/// A client sending from the TAP's own MAC (the gateway's) or from 00:00:00:00:00:00 is
+/// dropped and counted; the gateway stays reachable for every other guest.
+#[test]
+fn a_client_cannot_claim_the_gateway_mac() {
+    if skip_unless_root("a_client_cannot_claim_the_gateway_mac") {
+        return;
+    }
+    let relay = Relay::start(&[]);
+    let mut guest = relay.guest(0);
+    guest.dhcp(&relay.dir.0);
+    let gw = tapwire_testkit::packet::parse_mac(
+        exec_ok(
+            &relay.ns,
+            &["cat", &format!("/sys/class/net/{}/address", relay.tap)],
+        )
+        .trim(),
+    )
+    .expect("TAP MAC");
+    // Flush the guest's neighbour entry so it must ask for the gateway again.
+    exec_ok(&guest.ns, &["ip", "neigh", "flush", "dev", "eth0"]);
+    let mut attacker = relay.client(None);
+    for _ in 0..3 {
+        attacker.send_frame(&eth(BROADCAST, gw, b"I am the gateway now"));
+        attacker.send_frame(&eth(BROADCAST, [0; 6], b"from nowhere"));
+    }
+    assert_eq!(
+        guest.ping(GATEWAY, 3),
+        3,
+        "the gateway is still the gateway"
+    );
+    let c = relay.counters();
+    assert_eq!(c.drops("uplink_mac"), 3, "{c:?}");
+    assert_eq!(c.drops("bad_source_mac"), 3, "{c:?}");
+    let got = attacker.recv(Duration::from_millis(200));
+    assert!(
+        !matches!(got, Got::Close(_) | Got::Eof),
+        "the client is kept: {got:?}"
+    );
+}

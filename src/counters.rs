@@ -64,7 +64,8 @@ drop_reasons! {
     FragmentedTooLarge => "fragmented_too_large", "Fragmented message over --max-frame (1009).";
     MacConflict => "mac_conflict", "Source MAC owned by another client.";
     MacLimit => "mac_limit", "Client already owns its maximum number of MACs.";
-    BadSourceMac => "bad_source_mac", "Source MAC is a group address.";
+    BadSourceMac => "bad_source_mac", "Source MAC is a group address or all zeros.";
+    UplinkMac => "uplink_mac", "Source MAC lives behind the uplink (the TAP's, or the bridge's or its ports').";
     Hairpin => "hairpin", "Destination is the sender itself.";
     RateLimited => "rate_limited", "Client over --client-rate or --client-broadcast-pps.";
     SendQueueFull => "send_queue_full", "Client's send queue full: its copy dropped.";
@@ -87,6 +88,7 @@ impl From<crate::switch::SwitchDrop> for DropReason {
             SwitchDrop::MacConflict => DropReason::MacConflict,
             SwitchDrop::MacLimit => DropReason::MacLimit,
             SwitchDrop::BadSourceMac => DropReason::BadSourceMac,
+            SwitchDrop::UplinkMac => DropReason::UplinkMac,
             SwitchDrop::Hairpin => DropReason::Hairpin,
         }
     }

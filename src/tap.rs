@@ -173,6 +173,34 @@ pub fn open_single(name: &str, nonblocking: bool) -> Result<OwnedFd, TapError> {
     Ok(fd)
 }
 
+/// The MAC address of the TAP behind `fd` (`SIOCGIFHWADDR`, answered by the tun driver).
+pub fn mac_of(fd: &OwnedFd) -> io::Result<crate::switch::Mac> {
+    #[repr(C)]
+    struct IfReqHw {
+        name: [libc::c_char; libc::IFNAMSIZ],
+        addr: libc::sockaddr,
+        _pad: [u8; 8],
+    }
+    // SAFETY: all-zero is a valid value of this plain C struct.
+    let mut req: IfReqHw = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is an attached tun descriptor; SIOCGIFHWADDR writes a sockaddr into the
+    // properly sized ifreq we own.
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::SIOCGIFHWADDR,
+            &mut req as *mut IfReqHw,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let d = req.addr.sa_data;
+    Ok(crate::switch::Mac([
+        d[0] as u8, d[1] as u8, d[2] as u8, d[3] as u8, d[4] as u8, d[5] as u8,
+    ]))
+}
+
 /// Interface index of `name`, or `None` if there is no such interface.
 pub fn ifindex(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;

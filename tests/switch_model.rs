@@ -170,3 +170,43 @@ fn port_id_round_trip() {
         (3, 0xABCDEF, 0x1234_5678)
     );
 }
+
+#[test]
+fn addresses_behind_the_uplink_and_zero_are_never_learned_on_a_port() {
+    let mut own = Ownership::new(4);
+    let gateway = mac(9);
+    let mut sw = Switch::with_uplink(AGEING_MS, vec![gateway]);
+    let p = PortId::new(0, 1, 0);
+    assert_eq!(
+        ingress(
+            &mut sw,
+            &mut own,
+            Source::Port(p),
+            Mac::BROADCAST,
+            gateway,
+            0
+        ),
+        Err(SwitchDrop::UplinkMac)
+    );
+    assert_eq!(
+        ingress(
+            &mut sw,
+            &mut own,
+            Source::Port(p),
+            Mac::BROADCAST,
+            Mac::ZERO,
+            0
+        ),
+        Err(SwitchDrop::BadSourceMac)
+    );
+    assert_eq!(
+        sw.lookup(gateway),
+        None,
+        "the gateway's address stays with the uplink"
+    );
+    // Frames to the gateway still go up, and the host's frames still come down.
+    let d = ingress(&mut sw, &mut own, Source::Port(p), gateway, mac(3), 0).unwrap();
+    assert_eq!(d.forward, Forward::Uplink);
+    let d = ingress(&mut sw, &mut own, Source::Uplink, mac(3), gateway, 0).unwrap();
+    assert_eq!(d.forward, Forward::Port(p));
+}

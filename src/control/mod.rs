@@ -310,6 +310,14 @@ async fn start(
         .await
         .ok_or_else(|| RunError::Setup(format!("TAP {} vanished right after creation", cfg.tap)))?;
     let mut child = None;
+    // Addresses behind the uplink, never to be learned on a client port: the TAP's own, and
+    // with a bridge the bridge's and its ports' (the TAP is enslaved below, so it is one).
+    let mut uplink_macs = vec![crate::tap::mac_of(&taps[0]).map_err(|e| {
+        RunError::Setup(format!(
+            "cannot read the MAC address of TAP {}: {e}",
+            cfg.tap
+        ))
+    })?];
     match &cfg.host {
         HostSide::Routed { subnet, .. } => {
             let address = Change::Address {
@@ -349,6 +357,9 @@ async fn start(
                 netlink::set_master(&handle, index, bridge_index, &cfg.tap),
             )
             .await?;
+            uplink_macs.extend(netlink::bridge_macs(&handle, bridge_index).await?);
+            uplink_macs.sort();
+            uplink_macs.dedup();
             host.record(Change::LinkUp(cfg.tap.to_string()))?;
             netlink::set_up(&handle, index, &cfg.tap, Some(cfg.mtu)).await?;
         }
@@ -371,7 +382,10 @@ async fn start(
     let shared = Shared::new(cfg.cores, cfg.clients.max_macs_per_client, steering)?;
     let listener_fds: Vec<OwnedFd> = listeners.into_iter().map(OwnedFd::from).collect();
     let engine = Engine::start(
-        EngineConfig::from_config(cfg),
+        EngineConfig {
+            uplink_macs,
+            ..EngineConfig::from_config(cfg)
+        },
         shared.clone(),
         listener_fds,
         taps,

@@ -37,6 +37,38 @@ pub async fn link_index(handle: &Handle, name: &str) -> Option<u32> {
         .map(|l| l.header.index)
 }
 
+/// MAC addresses of bridge `bridge` and of every interface enslaved to it.
+pub async fn bridge_macs(
+    handle: &Handle,
+    bridge: u32,
+) -> Result<Vec<crate::switch::Mac>, NetlinkError> {
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let mut links = handle.link().get().execute();
+    let mut macs = Vec::new();
+    while let Some(link) = links
+        .try_next()
+        .await
+        .map_err(ctx("list links to find the bridge's ports"))?
+    {
+        let in_bridge = link.header.index == bridge
+            || link
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::Controller(c) if *c == bridge));
+        if !in_bridge {
+            continue;
+        }
+        for a in &link.attributes {
+            if let LinkAttribute::Address(b) = a {
+                if let Ok(m) = <[u8; 6]>::try_from(b.as_slice()) {
+                    macs.push(crate::switch::Mac(m));
+                }
+            }
+        }
+    }
+    Ok(macs)
+}
+
 /// Sets `index` up, with `mtu` if given.
 pub async fn set_up(
     handle: &Handle,

@@ -57,6 +57,9 @@ pub struct EngineConfig {
     pub tap_buffers: u16,
     /// Frame slots per core.
     pub frame_slots: u32,
+    /// Addresses that live behind the uplink (the TAP's; with a bridge, the bridge's and its
+    /// ports'): never learned on a client port.
+    pub uplink_macs: Vec<crate::switch::Mac>,
 }
 
 impl EngineConfig {
@@ -73,6 +76,7 @@ impl EngineConfig {
             recv_buffer_size: 16 * 1024,
             tap_buffers: if jumbo { 1024 } else { 4096 },
             frame_slots: if jumbo { 2048 } else { 8192 },
+            uplink_macs: Vec::new(),
         }
     }
 }

@@ -9,6 +9,8 @@ pub struct Mac(pub [u8; 6]);
 impl Mac {
     /// The broadcast address ff:ff:ff:ff:ff:ff.
     pub const BROADCAST: Mac = Mac([0xFF; 6]);
+    /// 00:00:00:00:00:00, which no interface may send from.
+    pub const ZERO: Mac = Mac([0; 6]);
 
     /// Group (multicast or broadcast) address: I/G bit, the low bit of the first octet.
     pub fn is_group(&self) -> bool {

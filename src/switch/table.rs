@@ -38,8 +38,11 @@ pub enum SwitchDrop {
     MacConflict,
     /// The port already owns its maximum number of addresses.
     MacLimit,
-    /// The source address is a group (multicast/broadcast) address.
+    /// The source address is a group (multicast/broadcast) address, or all zeros.
     BadSourceMac,
+    /// The source address lives behind the uplink (the TAP's own, or with a bridge the
+    /// bridge's or one of its ports'): a client claiming it would draw the host's traffic.
+    UplinkMac,
     /// The destination is the sender itself: a frame never goes back to its source.
     Hairpin,
 }
@@ -58,6 +61,8 @@ pub struct Switch {
     table: HashMap<Mac, Entry>,
     /// Entries unused for this long are forgotten (Linux bridge default: 300 s).
     ageing_ms: u64,
+    /// Addresses that live behind the uplink; never learned on a client port.
+    uplink: Vec<Mac>,
 }
 
 /// Something that lends the ownership authority briefly (a mutex in the engine, a plain
@@ -94,9 +99,15 @@ pub struct Decision {
 impl Switch {
     /// An empty replica whose local entries age out after `ageing_ms`.
     pub fn new(ageing_ms: u64) -> Self {
+        Self::with_uplink(ageing_ms, Vec::new())
+    }
+
+    /// A replica that refuses to learn `uplink` (addresses behind the TAP) on client ports.
+    pub fn with_uplink(ageing_ms: u64, uplink: Vec<Mac>) -> Self {
         Switch {
             table: HashMap::new(),
             ageing_ms,
+            uplink,
         }
     }
 
@@ -187,6 +198,10 @@ pub fn ingress(
         match sw.table.get_mut(&src) {
             Some(entry) if entry.port == port => entry.last_seen_ms = now_ms,
             Some(_) => return Err(SwitchDrop::MacConflict),
+            // Checked only when learning: an address refused here is never in the table as a
+            // port's, so frames of known sources skip these comparisons.
+            None if src == Mac::ZERO => return Err(SwitchDrop::BadSourceMac),
+            None if sw.uplink.contains(&src) => return Err(SwitchDrop::UplinkMac),
             None => {
                 authority
                     .with(|own| own.claim(src, port))

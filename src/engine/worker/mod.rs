@@ -138,7 +138,7 @@ impl Worker {
             tap: TapQueue::new(tap, features.multishot_tap_read, cfg.max_frame),
             clients: ClientTable::new(id),
             mailbox: Mailbox::new(id, shared.clone()),
-            switch: Switch::new(ms(cfg.clients.mac_ageing)),
+            switch: Switch::with_uplink(ms(cfg.clients.mac_ageing), cfg.uplink_macs.clone()),
             limits,
             held: VecDeque::new(),
             recv_starved: Vec::new(),
