@@ -82,9 +82,14 @@ pub struct ClientPolicy {
     /// Most clients connected at once; more are answered 503.
     #[arg(long, env = "TAPWIRE_MAX_CLIENTS", default_value_t = 16_384, value_parser = in_range(1, 1 << 24))]
     pub max_clients: usize,
-    /// Frames queued per client (2 to 4096) before further copies to it are dropped.
-    #[arg(long, env = "TAPWIRE_SEND_QUEUE", default_value_t = 128, value_parser = in_range(2, 4096))]
+    /// Frames queued per client (2 to 65536) before further copies to it are dropped; the
+    /// engine uses at most a quarter of a core's TAP buffers (1024, or 256 with jumbo frames).
+    /// The default takes every frame of one full 16 KiB receive of minimal frames.
+    #[arg(long, env = "TAPWIRE_SEND_QUEUE", default_value_t = 1024, value_parser = in_range(2, 1 << 16))]
     pub send_queue: usize,
+    /// Bytes queued per client before further copies to it are dropped.
+    #[arg(long, env = "TAPWIRE_SEND_QUEUE_BYTES", default_value_t = 1 << 20, value_parser = in_range(65_536, 1 << 30))]
+    pub send_queue_bytes: usize,
     /// Close a connection that has not completed the WebSocket handshake within this time.
     #[arg(long, env = "TAPWIRE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,

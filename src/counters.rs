@@ -175,6 +175,7 @@ core_series! {
     connections_upgraded: Counter, Counter, "tapwire_connections_upgraded_total", "Connections upgraded to WebSocket.";
     connections_closed: Counter, Counter, "tapwire_connections_closed_total", "Connections closed and freed.";
     pings_answered: Counter, Counter, "tapwire_pings_answered_total", "Pings received from clients and answered.";
+    pongs_coalesced: Counter, Counter, "tapwire_pongs_coalesced_total", "Pongs that replaced a pong still waiting to be sent (a client pinging faster than it reads).";
     buffer_ring_empty: Counter, Counter, "tapwire_buffer_ring_empty_total", "Times a provided-buffer ring ran dry (receives paused until buffers came back).";
     input_held: Counter, Counter, "tapwire_input_held_total", "Receives held back because the TAP or another core was behind (backpressure).";
     steering_failed: Counter, Counter, "tapwire_steering_failed_total", "Learned addresses the TAP steering map did not take (their frames are handed over between cores instead).";

@@ -80,7 +80,7 @@ impl Socket {
     /// Fills the iovecs from `out` and returns the msghdr to submit, or `None` when there is
     /// nothing to send or a send is already in flight. The msghdr stays valid until the
     /// next call (it lives in this socket's boxes).
-    pub fn prepare_send(&mut self, out: &OutQueue) -> Option<*const libc::msghdr> {
+    pub fn prepare_send(&mut self, out: &mut OutQueue) -> Option<*const libc::msghdr> {
         if self.send_in_flight || out.is_empty() {
             return None;
         }
@@ -93,6 +93,7 @@ impl Socket {
             };
             n += 1;
         }
+        out.sending(n);
         self.msg.msg_iov = self.iov.as_mut_ptr();
         self.msg.msg_iovlen = n;
         self.send_in_flight = true;
@@ -151,19 +152,22 @@ mod tests {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut socket = Socket::new(a.into());
         let mut out = OutQueue::default();
-        assert!(socket.prepare_send(&out).is_none());
+        assert!(socket.prepare_send(&mut out).is_none());
         for _ in 0..MAX_IOV + 5 {
             out.push(OutData::Owned(vec![1, 2, 3].into_boxed_slice()), 0);
         }
-        let msg = socket.prepare_send(&out).expect("a send");
+        let msg = socket.prepare_send(&mut out).expect("a send");
         // SAFETY: the msghdr lives in the socket, which is alive.
         assert_eq!(unsafe { (*msg).msg_iovlen }, MAX_IOV);
-        assert!(socket.prepare_send(&out).is_none(), "a send is in flight");
+        assert!(
+            socket.prepare_send(&mut out).is_none(),
+            "a send is in flight"
+        );
         assert!(!socket.idle());
         socket.send_ended();
         assert!(socket.idle());
         out.advance(3 * MAX_IOV + 1, 1, |_| {});
-        let msg = socket.prepare_send(&out).expect("the rest");
+        let msg = socket.prepare_send(&mut out).expect("the rest");
         // SAFETY: as above; the first run starts one byte into the partly sent entry.
         let (first, n) = unsafe { (*(*msg).msg_iov, (*msg).msg_iovlen) };
         assert_eq!((n, first.iov_len), (5, 2));

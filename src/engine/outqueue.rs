@@ -36,12 +36,24 @@ impl OutData {
     }
 }
 
+/// Capacity an emptied queue keeps; a burst's larger allocation is given back.
+const KEEP_CAPACITY: usize = 64;
+
 /// A client's pending output.
 #[derive(Debug, Default)]
 pub struct OutQueue {
     entries: VecDeque<OutData>,
     /// Bytes of the first entry already sent.
     front_sent: usize,
+    /// Bytes queued, counting all of a partly sent first entry.
+    bytes: usize,
+    /// Entries ever popped from the front: with it, an entry keeps an absolute number.
+    popped: u64,
+    /// The absolute number of a queued pong none of which is sent yet, which a newer pong
+    /// replaces (RFC 6455 §5.5.3: answering only the latest ping is enough).
+    pong: Option<u64>,
+    /// Entries named by the send in flight (the kernel may be reading them): never replaced.
+    sending: usize,
     /// Since when output has been waiting without the socket taking any of it (`None`: empty).
     stalled_since_ms: Option<u64>,
 }
@@ -50,6 +62,31 @@ impl OutQueue {
     /// Entries waiting (a partly sent one included).
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Bytes waiting (all of a partly sent first entry included).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Queues the pong `data` at `now_ms`, in place of a queued pong that has not started to
+    /// go out, so a client pinging faster than it reads holds at most two pongs here (one
+    /// being sent, one waiting). Returns whether it replaced one.
+    pub fn push_pong(&mut self, data: Box<[u8]>, now_ms: u64) -> bool {
+        if let Some(at) = self.pong {
+            // Lossless: the index is within the queue, which fits in memory.
+            let i = (at - self.popped) as usize;
+            if i >= self.sending && (i > 0 || self.front_sent == 0) {
+                if let Some(OutData::Owned(old)) = self.entries.get_mut(i) {
+                    self.bytes = self.bytes - old.len() + data.len();
+                    *old = data;
+                    return true;
+                }
+            }
+        }
+        self.pong = Some(self.popped + self.entries.len() as u64);
+        self.push(OutData::Owned(data), now_ms);
+        false
     }
 
     /// Nothing to send.
@@ -64,8 +101,15 @@ impl OutQueue {
 
     /// Appends `data`, queued at `now_ms` (starts the stall clock if the queue was idle).
     pub fn push(&mut self, data: OutData, now_ms: u64) {
+        self.bytes += data.bytes().1;
         self.entries.push_back(data);
         self.stalled_since_ms.get_or_insert(now_ms);
+    }
+
+    /// A send naming the first `entries` entries was submitted; they stay untouched until
+    /// [`OutQueue::advance`] accounts its completion.
+    pub fn sending(&mut self, entries: usize) {
+        self.sending = entries;
     }
 
     /// The bytes still to send, at most `max` runs, as (pointer, length).
@@ -80,6 +124,7 @@ impl OutQueue {
     /// Accounts `sent` bytes of a completed send at `now_ms`; every pool buffer sent whole is
     /// passed to `done` (its reference is the caller's to drop).
     pub fn advance(&mut self, mut sent: usize, now_ms: u64, mut done: impl FnMut(BufId)) {
+        self.sending = 0;
         if sent > 0 {
             self.stalled_since_ms = Some(now_ms);
         }
@@ -90,16 +135,36 @@ impl OutQueue {
             let remaining = front.bytes().1 - self.front_sent;
             if sent < remaining {
                 self.front_sent += sent;
+                self.forget_started_pong();
                 return;
             }
             sent -= remaining;
             self.front_sent = 0;
-            if let Some(OutData::Pool { buf, .. }) = self.entries.pop_front() {
-                done(buf);
+            let front = self.entries.pop_front();
+            self.popped += 1;
+            if let Some(front) = front {
+                self.bytes -= front.bytes().1;
+                if let OutData::Pool { buf, .. } = front {
+                    done(buf);
+                }
             }
         }
+        self.forget_started_pong();
         if self.entries.is_empty() {
             self.stalled_since_ms = None;
+            if self.entries.capacity() > KEEP_CAPACITY {
+                self.entries.shrink_to(KEEP_CAPACITY);
+            }
+        }
+    }
+
+    /// A pong that went out (even in part) can no longer be replaced.
+    fn forget_started_pong(&mut self) {
+        if self
+            .pong
+            .is_some_and(|at| at < self.popped || (at == self.popped && self.front_sent > 0))
+        {
+            self.pong = None;
         }
     }
 
@@ -110,6 +175,10 @@ impl OutQueue {
                 done(buf);
             }
         }
+        self.popped = 0;
+        self.pong = None;
+        self.sending = 0;
+        self.bytes = 0;
         self.front_sent = 0;
         self.stalled_since_ms = None;
     }
@@ -203,5 +272,51 @@ mod tests {
         q.clear(|b| released.push(b));
         assert_eq!(released, vec![BufId(1), BufId(2)]);
         assert!(q.is_empty() && q.stalled_since_ms().is_none());
+    }
+
+    #[test]
+    fn pongs_coalesce_but_never_under_a_send_in_flight() {
+        let pong = |n: u8| vec![0x8A, 1, n].into_boxed_slice();
+        let mut q = OutQueue::default();
+        q.push(owned(b"frame"), 0);
+        assert!(!q.push_pong(pong(1), 0));
+        // A flood of pings while nothing is sent: one pong waits, the latest.
+        for n in 2..=200 {
+            assert!(q.push_pong(pong(n), 0));
+        }
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.bytes(), 5 + 3);
+        assert_eq!(pending_bytes(&q), b"frame\x8a\x01\xc8");
+        // A send names both entries: the next pong queues behind instead of replacing.
+        q.sending(2);
+        assert!(!q.push_pong(pong(201), 0));
+        assert!(q.push_pong(pong(202), 0));
+        assert_eq!(q.len(), 3);
+        // Part of the first pong went out: it is never rewritten, the second still is.
+        q.advance(6, 1, |_| {});
+        assert!(q.push_pong(pong(203), 1));
+        assert_eq!(pending_bytes(&q), b"\x01\xc8\x8a\x01\xcb");
+        assert_eq!(q.bytes(), 3 + 3);
+        q.advance(5, 2, |_| {});
+        assert!(q.is_empty());
+        assert_eq!(q.bytes(), 0);
+        assert!(!q.push_pong(pong(1), 3), "a sent pong is not replaced");
+    }
+
+    #[test]
+    fn bytes_count_whole_entries_until_they_are_sent() {
+        let mut q = OutQueue::default();
+        for _ in 0..300 {
+            q.push(owned(&[0; 100]), 0);
+        }
+        assert_eq!(q.bytes(), 30_000);
+        q.advance(150, 1, |_| {});
+        assert_eq!(q.bytes(), 29_900, "a partly sent entry counts whole");
+        q.advance(29_850, 2, |_| {});
+        assert!(q.is_empty() && q.bytes() == 0);
+        assert!(
+            q.entries.capacity() <= KEEP_CAPACITY,
+            "a burst's allocation is given back"
+        );
     }
 }

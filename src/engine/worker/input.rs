@@ -233,7 +233,7 @@ impl Worker {
                 }
                 Input::Pong(pong) => {
                     self.counters.pings_answered.inc();
-                    self.enqueue_owned(port, pong);
+                    self.enqueue_pong(port, pong);
                 }
                 Input::Close { reply, violation } => {
                     if let Some((reason, violation)) = violation {

@@ -77,6 +77,10 @@ pub struct Worker {
     switch: Switch,
     /// What every new connection is allowed.
     limits: ConnLimits,
+    /// A client's send queue bound: frames (capped at a quarter of the TAP buffers, so one
+    /// non-reading client cannot pin most of them) and bytes.
+    queue_frames: usize,
+    queue_bytes: usize,
     /// Receive results held while the TAP or another core is behind, in arrival order.
     held: VecDeque<Held>,
     /// Clients whose receive stopped because the receive ring ran dry.
@@ -140,6 +144,11 @@ impl Worker {
             mailbox: Mailbox::new(id, shared.clone()),
             switch: Switch::with_uplink(ms(cfg.clients.mac_ageing), cfg.uplink_macs.clone()),
             limits,
+            queue_frames: policy
+                .send_queue
+                .min(usize::from(cfg.tap_buffers) / 4)
+                .max(2),
+            queue_bytes: policy.send_queue_bytes,
             held: VecDeque::new(),
             recv_starved: Vec::new(),
             timer: Box::new(types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32)),

@@ -191,7 +191,7 @@ impl Worker {
     /// Queues a ready frame to the client of `port` (a local port), within its queue bound.
     fn enqueue(&mut self, port: PortId, ready: Ready) {
         let now = self.now_ms;
-        let limit = self.cfg.clients.send_queue;
+        let total = ready.header_len + ready.len;
         let Some(c) = self.clients.get_mut(port) else {
             self.counters.dropped(DropReason::PortGone);
             return;
@@ -199,7 +199,7 @@ impl Worker {
         if !c.conn.is_open() {
             return;
         }
-        if c.out.len() >= limit {
+        if c.out.len() >= self.queue_frames || c.out.bytes() + total > self.queue_bytes {
             self.counters.dropped(DropReason::SendQueueFull);
             self.log_once(
                 port,
@@ -208,7 +208,6 @@ impl Worker {
             );
             return;
         }
-        let total = ready.header_len + ready.len;
         c.out.push(
             OutData::Pool {
                 buf: ready.buf,
@@ -224,8 +223,25 @@ impl Worker {
         self.counters.client_tx_bytes.add(ready.len as u64);
     }
 
+    /// Queues the pong `bytes` for the client of `port`, replacing a pong still waiting: a
+    /// client pinging faster than it reads holds at most two pongs in the queue.
+    pub(super) fn enqueue_pong(&mut self, port: PortId, bytes: Vec<u8>) {
+        let now = self.now_ms;
+        let Some(c) = self.clients.get_mut(port) else {
+            return;
+        };
+        if !c.conn.wants_output() {
+            return;
+        }
+        if c.out.push_pong(bytes.into_boxed_slice(), now) {
+            self.counters.pongs_coalesced.inc();
+        }
+        self.clients.mark_dirty(port);
+    }
+
     /// Queues a small frame or HTTP response for the client of `port` (not subject to the
-    /// queue bound: control traffic is small and bounded by the peer's own requests).
+    /// queue bound: each kind is bounded by the lifecycle, one handshake reply, one close,
+    /// one ping in flight; pongs go through [`Worker::enqueue_pong`]).
     pub(super) fn enqueue_owned(&mut self, port: PortId, bytes: Vec<u8>) {
         let now = self.now_ms;
         let Some(c) = self.clients.get_mut(port) else {
@@ -248,7 +264,7 @@ impl Worker {
             if !c.conn.wants_output() {
                 continue;
             }
-            let Some(msg) = c.socket.prepare_send(&c.out) else {
+            let Some(msg) = c.socket.prepare_send(&mut c.out) else {
                 continue;
             };
             let entry = opcode::SendMsg::new(types::Fd(c.socket.raw_fd()), msg)
