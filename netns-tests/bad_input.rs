@@ -438,3 +438,41 @@ fn bursts_of_small_frames_reach_a_reading_client_whole() {
     let c = relay.counters();
     assert_eq!(c.drops("send_queue_full"), 0, "{c:?}");
 }
+
+/// Floods of bad requests and of stalled handshakes make one log line per reason for the
+/// whole relay (per interval), not one per connection; the counters still count every one.
+#[test]
+fn floods_of_bad_connections_log_one_line_per_reason() {
+    if skip_unless_root("floods_of_bad_connections_log_one_line_per_reason") {
+        return;
+    }
+    use std::io::Write;
+    let relay = Relay::start(&["--handshake-timeout", "1s"]);
+    for _ in 0..500 {
+        let _ = http_status(&relay, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    let stalled: Vec<_> = (0..300)
+        .map(|_| {
+            let mut s = relay.raw();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").expect("send");
+            s
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while relay.counters().drops("handshake_timeout") < 300 {
+        assert!(
+            Instant::now() < deadline,
+            "stalled handshakes not timed out"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(stalled);
+    let log = relay.proc().log_text();
+    let refused = log.matches("refused a connection").count();
+    let timed_out = log.matches("handshake_timeout: closing").count();
+    assert_eq!(refused, 1, "{refused} lines for 500 bad requests");
+    assert_eq!(timed_out, 1, "{timed_out} lines for 300 stalled handshakes");
+    let c = relay.counters();
+    assert_eq!(c.drops("not_websocket"), 500);
+    assert_eq!(c.drops("handshake_timeout"), 300);
+}

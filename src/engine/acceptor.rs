@@ -62,7 +62,13 @@ impl Acceptor {
 
     /// Accounts an accept completion: the new connection, if one was accepted. `rearm` says
     /// whether the caller should arm again now.
-    pub fn on_completion(&mut self, res: i32, flags: u32, core: usize) -> (Option<OwnedFd>, bool) {
+    pub fn on_completion(
+        &mut self,
+        res: i32,
+        flags: u32,
+        core: usize,
+        gate: &super::loggate::LogGate,
+    ) -> (Option<OwnedFd>, bool) {
         if !cqueue::more(flags) {
             self.armed = false;
         }
@@ -79,10 +85,13 @@ impl Acceptor {
         } else {
             ""
         };
-        log::warn!(
-            "core {core}: accept failed: {}{hint}; retrying on the next tick",
-            io::Error::from_raw_os_error(-res)
-        );
+        if let Some(held) = gate.admit(super::loggate::ACCEPT_FAILED) {
+            log::warn!(
+                "core {core}: accept failed: {}{hint}; retrying on the next tick{}",
+                io::Error::from_raw_os_error(-res),
+                super::loggate::held_note(held)
+            );
+        }
         if !self.armed {
             self.retry_on_tick = true;
         }

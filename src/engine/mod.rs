@@ -14,6 +14,7 @@ mod bufpool;
 mod client;
 mod clients;
 mod conn;
+pub mod loggate;
 mod mailbox;
 pub mod ops;
 mod outqueue;
@@ -95,6 +96,8 @@ pub struct Shared {
     /// Clients connected across cores (for --max-clients).
     pub clients: AtomicUsize,
     pub counters: Vec<Arc<CoreCounters>>,
+    /// One log line per kind per interval, over all cores.
+    pub log_gate: loggate::LogGate,
     /// TAP queue steering by destination MAC (multi-core relays, where the kernel allows it).
     pub steering: Option<crate::steering::Steering>,
 }
@@ -127,6 +130,7 @@ impl Shared {
             counters: (0..cores)
                 .map(|_| Arc::new(CoreCounters::default()))
                 .collect(),
+            log_gate: loggate::LogGate::default(),
         }))
     }
 

@@ -8,7 +8,7 @@ use super::super::mailbox::Control;
 use super::Worker;
 
 /// Interval after which per-client log suppression resets.
-const LOG_INTERVAL_MS: u64 = 10_000;
+const LOG_INTERVAL_MS: u64 = super::super::loggate::INTERVAL_MS;
 /// How often local MAC entries are checked for ageing.
 const AGEING_CHECK_MS: u64 = 1_000;
 /// How long a shutdown waits for clients to take their close frames.
@@ -39,6 +39,11 @@ impl Worker {
             self.last_log_reset_ms = self.now_ms;
             for c in self.clients.iter_mut() {
                 c.conn.reset_log();
+            }
+            if self.id == 0 {
+                for note in self.shared.log_gate.flush() {
+                    log::info!("{note}");
+                }
             }
         }
     }

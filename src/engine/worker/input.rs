@@ -14,6 +14,7 @@ use crate::switch::{ingress, Forward, Mac, PortId, Source};
 
 use super::super::bufpool::{BufId, HEADROOM, RECV_GROUP};
 use super::super::conn::{HandshakeStep, Input};
+use super::super::loggate::{self, held_note};
 use super::super::mailbox::Control;
 use super::super::ops::{self, Kind};
 use super::output::Ready;
@@ -173,7 +174,13 @@ impl Worker {
                 response,
             } => {
                 self.counters.dropped(reason);
-                log::info!("core {}: refused a connection: {rejection:?}", self.id);
+                if let Some(held) = self.shared.log_gate.admit(loggate::kind(reason)) {
+                    log::info!(
+                        "core {}: refused a connection: {rejection:?}{}",
+                        self.id,
+                        held_note(held)
+                    );
+                }
                 self.enqueue_owned(port, response);
             }
             HandshakeStep::Upgraded {

@@ -19,7 +19,9 @@ use super::Worker;
 impl Worker {
     /// An accept completed.
     pub(super) fn on_accept(&mut self, res: i32, flags: u32) {
-        let (fd, rearm) = self.acceptor.on_completion(res, flags, self.id);
+        let (fd, rearm) = self
+            .acceptor
+            .on_completion(res, flags, self.id, &self.shared.log_gate);
         if let Some(fd) = fd {
             self.counters.connections_accepted.inc();
             self.admit(fd);

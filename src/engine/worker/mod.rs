@@ -40,6 +40,7 @@ use super::acceptor::Acceptor;
 use super::bufpool::{BufId, BufferPool, PoolSizes};
 use super::clients::ClientTable;
 use super::conn::ConnLimits;
+use super::loggate::{self, held_note};
 use super::mailbox::Mailbox;
 use super::ops::{self, Features, Kind};
 use super::ring::{Completion, Ring};
@@ -262,12 +263,16 @@ impl Worker {
         let Some(c) = self.clients.get_mut(port) else {
             return;
         };
-        if c.conn.first_log(reason) {
+        if !c.conn.first_log(reason) {
+            return;
+        }
+        if let Some(held) = self.shared.log_gate.admit(loggate::kind(reason)) {
             log::info!(
-                "core {}: client {}: {}: {what}",
+                "core {}: client {}: {}: {what}{}",
                 self.id,
                 port.slot(),
-                reason.label()
+                reason.label(),
+                held_note(held)
             );
         }
     }

@@ -15,6 +15,7 @@ use crate::counters::DropReason;
 use crate::switch::{ingress, Forward, Mac, PortId, Source};
 
 use super::super::bufpool::{BufId, HEADROOM};
+use super::super::loggate::{self, held_note};
 use super::super::mailbox::{Control, Incoming, Target};
 use super::super::ops::{self, Kind};
 use super::super::outqueue::OutData;
@@ -66,7 +67,11 @@ impl Worker {
                 }
             }
             ReadEnd::Starved => self.counters.buffer_ring_empty.inc(),
-            ReadEnd::RetryLater(e) => log::warn!("core {}: TAP read failed: {e}", self.id),
+            ReadEnd::RetryLater(e) => {
+                if let Some(held) = self.shared.log_gate.admit(loggate::TAP_READ_FAILED) {
+                    log::warn!("core {}: TAP read failed: {e}{}", self.id, held_note(held));
+                }
+            }
         }
     }
 
