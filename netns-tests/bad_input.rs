@@ -476,3 +476,74 @@ fn floods_of_bad_connections_log_one_line_per_reason() {
     assert_eq!(c.drops("not_websocket"), 500);
     assert_eq!(c.drops("handshake_timeout"), 300);
 }
+
+/// Clients that announce a frame and send one byte of it hold at most a quarter of a core's
+/// frame slots (the rest serve whole frames: a guest keeps pinging), are closed with 1008 when
+/// the frame timeout passes, and then split frames are reassembled again.
+#[test]
+fn partial_frames_cannot_pin_a_cores_slots() {
+    if skip_unless_root("partial_frames_cannot_pin_a_cores_slots") {
+        return;
+    }
+    use std::io::Write;
+    // Jumbo frames make it 2 048 slots per core, so 512 may hold partial frames. Every
+    // client, and the guest, is placed on core 0.
+    let relay = Relay::start(&[
+        "--max-frame",
+        "9100",
+        "--frame-timeout",
+        "3s",
+        "--ping-interval",
+        "0",
+    ]);
+    let mut guest = relay.guest(0);
+    guest.dhcp(&relay.dir.0);
+    let before = rss_kib(relay.relay.pid());
+    let started = Instant::now();
+    let mut partial: Vec<WsClient> = (0..600)
+        .map(|_| {
+            let mut c = relay.client(Some(source_port_for_core(0)));
+            let f = tapwire_testkit::ws::client_frame(2, &[0x33; 1514]);
+            c.stream.write_all(&f[..9]).expect("send");
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let c = relay.counters();
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "too slow to test the deadline"
+    );
+    assert_eq!(c.drops("partial_frames_full"), 600 - 512, "{c:?}");
+    assert_eq!(c.drops("frame_timeout"), 0);
+    assert_eq!(guest.ping(GATEWAY, 3), 3, "whole frames still get through");
+    assert_eq!(relay.counters().drops("no_frame_buffer"), 0);
+    assert!(
+        rss_kib(relay.relay.pid()) < before + 32 * 1024,
+        "partial frames grew the relay by more than 32 MiB"
+    );
+    // The deadline closes every one of them with 1008.
+    for (i, p) in partial.iter_mut().enumerate() {
+        let code = std::iter::from_fn(|| match p.recv(Duration::from_secs(10)) {
+            Got::Frame(_) => Some(None),
+            Got::Close(code) => Some(Some(code)),
+            _ => None,
+        })
+        .flatten()
+        .next();
+        assert_eq!(code, Some(Some(1008)), "client {i}");
+    }
+    assert_eq!(relay.counters().drops("frame_timeout"), 600);
+    drop(partial);
+    // Split frames are reassembled again.
+    let mut rx = relay.client(None);
+    rx.send_frame(&eth(BROADCAST, mac(0x71), b"learn me"));
+    let mut tx = relay.client(None);
+    let f = tapwire_testkit::ws::client_frame(2, &eth(mac(0x71), mac(0x72), &[0x44; 1400]));
+    tx.stream.write_all(&f[..700]).expect("send");
+    std::thread::sleep(Duration::from_millis(50));
+    tx.stream.write_all(&f[700..]).expect("send");
+    let got = std::iter::from_fn(|| rx.recv_frame(Duration::from_secs(3)))
+        .find(|f| f[6..12] == mac(0x72));
+    assert_eq!(got.map(|f| f.len()), Some(1414));
+}

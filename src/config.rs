@@ -97,6 +97,10 @@ pub struct ClientPolicy {
     /// reading); frames to it meanwhile are dropped once its send queue is full.
     #[arg(long, env = "TAPWIRE_SLOW_CLIENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub slow_client_timeout: Duration,
+    /// Close (1008) a client whose frame in progress is not complete this long after its first
+    /// byte arrived (a client trickling a frame holds a frame slot and is never idle).
+    #[arg(long, env = "TAPWIRE_FRAME_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub frame_timeout: Duration,
     /// Send a WebSocket ping to a client idle this long; close it if the next interval
     /// passes without an answer. 0 disables.
     #[arg(long, env = "TAPWIRE_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]

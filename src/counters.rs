@@ -77,6 +77,8 @@ drop_reasons! {
     TapRunt => "tap_runt", "Frame read from the TAP shorter than an Ethernet header.";
     CrossCoreFull => "cross_core_full", "Ring to another core full.";
     NoFrameBuffer => "no_frame_buffer", "Frame buffer pool exhausted.";
+    PartialFramesFull => "partial_frames_full", "A message split across receives dropped: the core's quarter of frame slots for partial frames is in use.";
+    FrameTimeout => "frame_timeout", "A frame in progress not completed within --frame-timeout (close 1008).";
     ClientError => "client_error", "Socket error on a client connection.";
     PortGone => "port_gone", "Frame for a client that disconnected while it was on its way.";
 }

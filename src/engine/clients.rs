@@ -198,6 +198,7 @@ mod tests {
             client_broadcast_pps: None,
             ping_interval_ms: None,
             slow_client_timeout_ms: 1,
+            frame_timeout_ms: 1,
         };
         Client::new(a.into(), port, Conn::new(limits, 0, 1))
     }

@@ -57,6 +57,9 @@ pub struct ConnLimits {
     pub ping_interval_ms: Option<u64>,
     /// Shut down a client that takes none of its pending output for this long.
     pub slow_client_timeout_ms: u64,
+    /// Close a client whose frame (or fragmented message) in progress is not complete this
+    /// long after its first byte arrived.
+    pub frame_timeout_ms: u64,
 }
 
 /// The outcome of handshake bytes.
@@ -107,8 +110,10 @@ pub enum Input {
 pub enum Timeout {
     /// Idle for a ping interval: queue this ping.
     Ping(Vec<u8>),
-    /// No pong for a ping interval: queue this close frame (1001); the connection is flushing.
-    PongMissed(Vec<u8>),
+    /// Queue this close frame; the connection is flushing: no pong for a ping interval
+    /// (`pong_timeout`, 1001), or a frame in progress for longer than the frame timeout
+    /// (`frame_timeout`, 1008).
+    Close { reason: DropReason, reply: Vec<u8> },
     /// The connection must be shut down at once (handshake deadline passed, or output stalled:
     /// a stream stuck mid-frame cannot carry a close frame).
     ShutDown(DropReason),
@@ -125,6 +130,9 @@ pub struct Conn {
     last_rx_ms: u64,
     /// When the unanswered ping was sent.
     ping_sent_ms: Option<u64>,
+    /// When the first byte of the frame or message now in progress arrived (`None` at a
+    /// message boundary).
+    frame_started_ms: Option<u64>,
     /// Limits on what this client may send, when configured (set at the upgrade).
     byte_limit: Option<TokenBucket>,
     broadcast_limit: Option<TokenBucket>,
@@ -144,6 +152,7 @@ impl Conn {
             limits,
             last_rx_ms: now_ms,
             ping_sent_ms: None,
+            frame_started_ms: None,
             byte_limit: None,
             broadcast_limit: None,
             logged: 0,
@@ -269,7 +278,16 @@ impl Conn {
                 return None;
             }
             let event = match self.session.next(bytes, pos) {
-                Ok(None) => return None,
+                Ok(None) => {
+                    // The bytes are used up. A frame left half received has a deadline from
+                    // the receive that started it.
+                    if !self.session.in_progress() {
+                        self.frame_started_ms = None;
+                    } else if self.frame_started_ms.is_none() {
+                        self.frame_started_ms = Some(self.last_rx_ms);
+                    }
+                    return None;
+                }
                 Ok(Some(event)) => event,
                 Err(violation) => {
                     self.lifecycle = Lifecycle::Flushing { deadline_ms: None };
@@ -279,6 +297,10 @@ impl Conn {
                     });
                 }
             };
+            if !matches!(event, Event::Piece { .. }) && !self.session.in_progress() {
+                // A message (or control frame) ended at a boundary: the next one starts afresh.
+                self.frame_started_ms = None;
+            }
             return Some(match event {
                 Event::Message(range) => Input::Frame(range),
                 Event::Piece { range, first } => Input::Piece { range, first },
@@ -343,13 +365,26 @@ impl Conn {
             Lifecycle::Open | Lifecycle::Flushing { deadline_ms: None } if stalled => {
                 Some(Timeout::ShutDown(DropReason::SlowClient))
             }
+            Lifecycle::Open
+                if self
+                    .frame_started_ms
+                    .is_some_and(|t| now_ms.saturating_sub(t) >= self.limits.frame_timeout_ms) =>
+            {
+                self.close_gracefully(1008).map(|reply| Timeout::Close {
+                    reason: DropReason::FrameTimeout,
+                    reply,
+                })
+            }
             Lifecycle::Open => {
                 let interval = self.limits.ping_interval_ms?;
                 match self.ping_sent_ms {
                     Some(sent) if now_ms.saturating_sub(sent) >= interval => {
                         // The peer may still read: close gracefully. If it does not, the stall
                         // rule shuts it down later.
-                        self.close_gracefully(1001).map(Timeout::PongMissed)
+                        self.close_gracefully(1001).map(|reply| Timeout::Close {
+                            reason: DropReason::PongTimeout,
+                            reply,
+                        })
                     }
                     None if now_ms.saturating_sub(self.last_rx_ms) >= interval => {
                         self.ping_sent_ms = Some(now_ms);

@@ -132,6 +132,16 @@ impl Session {
         self.message_len.is_some()
     }
 
+    /// Whether anything of a frame or message is half received: a header, a payload, or the
+    /// fragments of a message (false exactly at a message boundary).
+    pub fn in_progress(&self) -> bool {
+        self.header_have > 0
+            || self.current.is_some()
+            || self.message_len.is_some()
+            || self.fragmented
+            || self.message_complete_pending
+    }
+
     /// Consumes bytes of `buf` from `*pos` until one event is ready (`Ok(Some)`), or the buffer
     /// is used up (`Ok(None)`). Payload bytes are unmasked in place.
     pub fn next(&mut self, buf: &mut [u8], pos: &mut usize) -> Result<Option<Event>, Violation> {

@@ -108,7 +108,7 @@ impl RelayProcess {
             if text.contains("relaying ws://") {
                 return Ok(relay);
             }
-            if text.contains("tapwire: ") {
+            if text.contains("tapwire: ") || text.starts_with("error: ") {
                 return Err(io::Error::other(format!("relay failed to start:\n{text}")));
             }
             if Instant::now() >= deadline {

@@ -12,6 +12,7 @@ fn limits() -> ConnLimits {
         client_broadcast_pps: None,
         ping_interval_ms: Some(1_000),
         slow_client_timeout_ms: 5_000,
+        frame_timeout_ms: 3_000,
     }
 }
 
@@ -180,7 +181,11 @@ fn ping_pong_and_pong_timeout() {
         Some(Timeout::Ping(_))
     ));
     // No answer for an interval: a graceful 1001, once.
-    let Some(Timeout::PongMissed(close)) = c.poll_timeout(3_600, None) else {
+    let Some(Timeout::Close {
+        reason: DropReason::PongTimeout,
+        reply: close,
+    }) = c.poll_timeout(3_600, None)
+    else {
         panic!("no pong timeout");
     };
     assert_eq!(close, server_close_frame(1001));
@@ -313,4 +318,64 @@ fn log_suppression_per_reason() {
     assert!(c.first_log(DropReason::RateLimited));
     c.reset_log();
     assert!(c.first_log(DropReason::RuntFrame));
+}
+
+/// A frame in progress has a deadline from its first byte: trickling it (which keeps the
+/// client from ever being idle, so no ping fires) ends in a close 1008, while a client whose
+/// frames keep completing, even split across every receive, never meets it.
+#[test]
+fn a_frame_in_progress_has_a_deadline_from_its_first_byte() {
+    let mut c = open_conn();
+    let frame = masked(frame::OP_BINARY, &[0x11; 1514]);
+    // One byte per second: proof of life each time, but the frame never completes.
+    for (t, byte) in frame.iter().take(3).enumerate() {
+        let now = t as u64 * 1_000 + 1;
+        c.received(now);
+        let mut b = [*byte];
+        assert!(inputs(&mut c, &mut b)
+            .iter()
+            .all(|i| matches!(i, Input::Piece { .. })));
+        assert_eq!(
+            c.poll_timeout(now, None),
+            None,
+            "no ping, no deadline yet at {now}"
+        );
+    }
+    let Some(Timeout::Close { reason, reply }) = c.poll_timeout(3_001, None) else {
+        panic!("no frame timeout");
+    };
+    assert_eq!(reason, DropReason::FrameTimeout);
+    assert_eq!(reply, server_close_frame(1008));
+    assert!(c.is_flushing());
+
+    // An honest client: frames straddle every receive boundary, each completes soon after
+    // it started, for far longer than the deadline.
+    let mut c = open_conn();
+    let stream: Vec<u8> = (0..50)
+        .flat_map(|_| masked(frame::OP_BINARY, &[0x22; 1000]))
+        .collect();
+    let mut now = 0;
+    for chunk in stream.chunks(700) {
+        now += 500;
+        c.received(now);
+        let mut bytes = chunk.to_vec();
+        inputs(&mut c, &mut bytes);
+        assert!(
+            !matches!(c.poll_timeout(now, None), Some(Timeout::Close { .. })),
+            "an honest stream was closed at {now} ms"
+        );
+    }
+    assert!(now > 3 * 3_000);
+    // A header split across receives counts as a frame in progress too.
+    let mut c = open_conn();
+    c.received(10);
+    let mut head = [0x82u8];
+    assert!(inputs(&mut c, &mut head).is_empty());
+    assert!(matches!(
+        c.poll_timeout(3_010, None),
+        Some(Timeout::Close {
+            reason: DropReason::FrameTimeout,
+            ..
+        })
+    ));
 }

@@ -1,8 +1,6 @@
 //! The tick's jobs (every 250 ms), and shutdown: retries of failed arms, the log interval,
 //! client liveness, MAC ageing, and the drain.
 
-use crate::counters::DropReason;
-
 use super::super::conn::Timeout;
 use super::super::mailbox::Control;
 use super::Worker;
@@ -62,14 +60,10 @@ impl Worker {
             match c.conn.poll_timeout(now, stalled_since) {
                 None => {}
                 Some(Timeout::Ping(ping)) => self.enqueue_owned(port, ping),
-                Some(Timeout::PongMissed(close)) => {
-                    self.counters.dropped(DropReason::PongTimeout);
-                    self.log_once(
-                        port,
-                        DropReason::PongTimeout,
-                        format_args!("closing the connection"),
-                    );
-                    self.enqueue_owned(port, close);
+                Some(Timeout::Close { reason, reply }) => {
+                    self.counters.dropped(reason);
+                    self.log_once(port, reason, format_args!("closing the connection"));
+                    self.enqueue_owned(port, reply);
                 }
                 Some(Timeout::ShutDown(reason)) => {
                     self.counters.dropped(reason);

@@ -163,7 +163,7 @@ impl Worker {
             return;
         };
         if c.conn.is_open() {
-            self.on_frames(port, bytes, Some(id));
+            self.on_frames(port, bytes, id);
             return;
         }
         match c.conn.on_handshake_bytes(bytes, now) {
@@ -194,15 +194,14 @@ impl Worker {
                 self.enqueue_owned(port, response);
                 if stream_at < bytes.len() {
                     // Frames sent right behind the request, in this receive buffer.
-                    self.on_frames(port, &mut bytes[stream_at..], Some(id));
+                    self.on_frames(port, &mut bytes[stream_at..], id);
                 }
             }
         }
     }
 
-    /// Decodes frames in `bytes`; `buf` is the receive buffer they lie in (`None`: a private
-    /// copy).
-    fn on_frames(&mut self, port: PortId, bytes: &mut [u8], buf: Option<BufId>) {
+    /// Decodes frames in `bytes`, which lie in receive buffer `buf`.
+    fn on_frames(&mut self, port: PortId, bytes: &mut [u8], buf: BufId) {
         let mut pos = 0;
         loop {
             let Some(c) = self.clients.get_mut(port) else {
@@ -213,20 +212,24 @@ impl Worker {
             };
             match input {
                 Input::Frame(range) => {
-                    let frame = &bytes[range];
-                    match buf {
-                        Some(buf) => self.client_frame(port, ClientFrame { bytes: frame, buf }),
-                        None => self.client_frame_copy(port, frame),
-                    }
+                    self.client_frame(
+                        port,
+                        ClientFrame {
+                            bytes: &bytes[range],
+                            buf,
+                        },
+                    );
                 }
                 Input::Piece { range, first } => self.append_piece(port, &bytes[range], first),
                 Input::Assembled => {
                     if let Some((slot, len)) = c.assembly.take() {
+                        self.partial_slots -= 1;
                         self.client_frame_in_slot(port, slot, len);
                     }
                 }
                 Input::Runt { len } => {
                     if let Some((slot, _)) = c.assembly.take() {
+                        self.partial_slots -= 1;
                         self.pool.release(slot);
                     }
                     self.counters.dropped(DropReason::RuntFrame);
@@ -266,11 +269,24 @@ impl Worker {
         };
         if first {
             if let Some((old, _)) = c.assembly.take() {
+                self.partial_slots -= 1;
                 self.pool.release(old);
             }
+            // Partial frames may hold only part of the slots: the rest stay for whole frames,
+            // so clients trickling frames cannot starve this core's other clients.
+            if self.partial_slots >= self.partial_slots_max {
+                self.counters.dropped(DropReason::PartialFramesFull);
+                self.log_once(
+                    port,
+                    DropReason::PartialFramesFull,
+                    format_args!("dropped a message split across receives: this core's slots for partial frames are in use"),
+                );
+                return;
+            }
             c.assembly = self.pool.alloc_slot().map(|id| (id, 0));
-            if c.assembly.is_none() {
-                self.counters.dropped(DropReason::NoFrameBuffer);
+            match c.assembly {
+                Some(_) => self.partial_slots += 1,
+                None => self.counters.dropped(DropReason::NoFrameBuffer),
             }
         }
         if let Some((id, len)) = c.assembly.as_mut() {
@@ -281,17 +297,8 @@ impl Worker {
         }
     }
 
-    /// A frame from a private copy (frames that arrived with the handshake).
-    fn client_frame_copy(&mut self, port: PortId, frame: &[u8]) {
-        let Some(slot) = self.pool.copy_to_slot(frame) else {
-            self.counters.dropped(DropReason::NoFrameBuffer);
-            return;
-        };
-        self.client_frame_in_slot(port, slot, frame.len());
-    }
-
     /// Switches the `len`-byte frame at [`HEADROOM`] of `slot` (complete, and referenced by
-    /// us alone: a finished reassembly or a fresh copy), then drops our reference.
+    /// us alone: a finished reassembly), then drops our reference.
     fn client_frame_in_slot(&mut self, port: PortId, slot: BufId, len: usize) {
         let arena = self.pool.arena();
         // SAFETY: the slot is complete and referenced by us alone; nothing writes its frame

@@ -105,6 +105,7 @@ impl Worker {
         let pool = &mut self.pool;
         c.out.clear(|id| pool.release(id));
         if let Some((id, _)) = c.assembly.take() {
+            self.partial_slots -= 1;
             self.pool.release(id);
         }
         drop(c);

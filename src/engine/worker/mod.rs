@@ -82,6 +82,10 @@ pub struct Worker {
     /// non-reading client cannot pin most of them) and bytes.
     queue_frames: usize,
     queue_bytes: usize,
+    /// Frame slots holding partial frames (reassemblies), and how many may: a quarter of the
+    /// slots, so the rest always serve whole frames.
+    partial_slots: usize,
+    partial_slots_max: usize,
     /// Receive results held while the TAP or another core is behind, in arrival order.
     held: VecDeque<Held>,
     /// Clients whose receive stopped because the receive ring ran dry.
@@ -132,6 +136,7 @@ impl Worker {
             client_broadcast_pps: policy.client_broadcast_pps(),
             ping_interval_ms: policy.ping_interval().map(ms),
             slow_client_timeout_ms: ms(policy.slow_client_timeout),
+            frame_timeout_ms: ms(policy.frame_timeout).max(1),
         };
         Ok(Worker {
             ring,
@@ -150,6 +155,8 @@ impl Worker {
                 .min(usize::from(cfg.tap_buffers) / 4)
                 .max(2),
             queue_bytes: policy.send_queue_bytes,
+            partial_slots: 0,
+            partial_slots_max: (cfg.frame_slots / 4) as usize,
             held: VecDeque::new(),
             recv_starved: Vec::new(),
             timer: Box::new(types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32)),
