@@ -86,7 +86,7 @@ fn pipelined_frames_behind_any_head_are_all_decoded() {
                 let mut c = Conn::new(limits(), 0, 10_000);
                 if split > 0 {
                     assert_eq!(
-                        c.on_handshake_bytes(head[..split].as_bytes(), 0),
+                        c.on_handshake_bytes(&head.as_bytes()[..split], 0),
                         HandshakeStep::Incomplete
                     );
                 }
