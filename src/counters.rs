@@ -64,6 +64,7 @@ drop_reasons! {
     FragmentedTooLarge => "fragmented_too_large", "Fragmented message over --max-frame (1009).";
     MacConflict => "mac_conflict", "Source MAC owned by another client.";
     MacLimit => "mac_limit", "Client already owns its maximum number of MACs.";
+    MacTakeover => "mac_takeover", "Client shut down: another client sent from its MAC and it did not answer a ping within 3 s (a half-open connection).";
     BadSourceMac => "bad_source_mac", "Source MAC is a group address or all zeros.";
     UplinkMac => "uplink_mac", "Source MAC lives behind the uplink (the TAP's, or the bridge's or its ports').";
     Hairpin => "hairpin", "Destination is the sender itself.";
@@ -178,6 +179,7 @@ core_series! {
     connections_closed: Counter, Counter, "tapwire_connections_closed_total", "Connections closed and freed.";
     pings_answered: Counter, Counter, "tapwire_pings_answered_total", "Pings received from clients and answered.";
     pongs_coalesced: Counter, Counter, "tapwire_pongs_coalesced_total", "Pongs that replaced a pong still waiting to be sent (a client pinging faster than it reads).";
+    mac_challenges: Counter, Counter, "tapwire_mac_challenges_total", "Owners of a MAC another client sent from, pinged to show they are alive.";
     buffer_ring_empty: Counter, Counter, "tapwire_buffer_ring_empty_total", "Times a provided-buffer ring ran dry (receives paused until buffers came back).";
     input_held: Counter, Counter, "tapwire_input_held_total", "Receives held back because the TAP or another core was behind (backpressure).";
     steering_failed: Counter, Counter, "tapwire_steering_failed_total", "Learned addresses the TAP steering map did not take (their frames are handed over between cores instead).";

@@ -29,6 +29,11 @@ use crate::ws::{Event, Session, Violation};
 /// The payload of the server's keep-alive pings.
 const PING_PAYLOAD: &[u8] = b"tapwire";
 
+/// How long the owner of a MAC another client sends from has to show it is alive (any byte
+/// in) before it is shut down and the MAC goes free. A browser answers a ping within a round
+/// trip; a half-open connection (a sleeping laptop, a NAT that forgot it) never does.
+pub const CHALLENGE_MS: u64 = 3_000;
+
 /// Where a connection is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lifecycle {
@@ -133,6 +138,11 @@ pub struct Conn {
     /// When the first byte of the frame or message now in progress arrived (`None` at a
     /// message boundary).
     frame_started_ms: Option<u64>,
+    /// Challenged as the owner of a MAC another client wants: shut down unless something
+    /// arrives before this time.
+    challenge_deadline_ms: Option<u64>,
+    /// When this client last had an owner challenged (at most one per [`CHALLENGE_MS`]).
+    challenged_other_ms: Option<u64>,
     /// Limits on what this client may send, when configured (set at the upgrade).
     byte_limit: Option<TokenBucket>,
     broadcast_limit: Option<TokenBucket>,
@@ -153,6 +163,8 @@ impl Conn {
             last_rx_ms: now_ms,
             ping_sent_ms: None,
             frame_started_ms: None,
+            challenge_deadline_ms: None,
+            challenged_other_ms: None,
             byte_limit: None,
             broadcast_limit: None,
             logged: 0,
@@ -199,6 +211,32 @@ impl Conn {
     /// Something arrived at `now_ms` (any bytes count as proof of life).
     pub fn received(&mut self, now_ms: u64) {
         self.last_rx_ms = now_ms;
+        self.challenge_deadline_ms = None;
+    }
+
+    /// Another client sends from a MAC this one owns: returns the ping to send now; unless
+    /// anything arrives within [`CHALLENGE_MS`], [`Conn::poll_timeout`] shuts this client
+    /// down (`mac_takeover`). `None` when not open or already challenged.
+    pub fn challenge(&mut self, now_ms: u64) -> Option<Vec<u8>> {
+        if !self.is_open() || self.challenge_deadline_ms.is_some() {
+            return None;
+        }
+        // Judged by any input, not by the pong: the keep-alive ping clock is left alone.
+        self.challenge_deadline_ms = Some(now_ms + CHALLENGE_MS);
+        Some(server_control_frame(frame::OP_PING, PING_PAYLOAD))
+    }
+
+    /// Whether this client, refused a MAC another client owns, may have that owner challenged
+    /// now (once per [`CHALLENGE_MS`]).
+    pub fn may_challenge(&mut self, now_ms: u64) -> bool {
+        if self
+            .challenged_other_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) < CHALLENGE_MS)
+        {
+            return false;
+        }
+        self.challenged_other_ms = Some(now_ms);
+        true
     }
 
     /// Stops reading and queues `reply` as the last output (a close frame, shutdown 1001).
@@ -364,6 +402,9 @@ impl Conn {
             } if now_ms >= *deadline_ms => Some(Timeout::ShutDown(DropReason::HandshakeTimeout)),
             Lifecycle::Open | Lifecycle::Flushing { deadline_ms: None } if stalled => {
                 Some(Timeout::ShutDown(DropReason::SlowClient))
+            }
+            Lifecycle::Open if self.challenge_deadline_ms.is_some_and(|d| now_ms >= d) => {
+                Some(Timeout::ShutDown(DropReason::MacTakeover))
             }
             Lifecycle::Open
                 if self

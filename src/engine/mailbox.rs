@@ -38,6 +38,8 @@ pub enum Control {
     Learn(Mac, PortId),
     /// `mac` no longer belongs to `port`.
     Forget(Mac, PortId),
+    /// Another client wants a MAC `port` (on the receiving core) owns: ping it now.
+    Challenge(PortId),
 }
 
 /// A message from one core to another.
@@ -144,6 +146,11 @@ impl Mailbox {
                 self.backlog[core].push_back(CoreMsg::Control(control));
             }
         }
+    }
+
+    /// Sends `control` to core `to`.
+    pub fn send_control(&mut self, to: usize, control: Control) {
+        self.backlog[to].push_back(CoreMsg::Control(control));
     }
 
     /// Gives a frame of core `from` back: this core has copied it.

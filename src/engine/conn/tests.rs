@@ -379,3 +379,44 @@ fn a_frame_in_progress_has_a_deadline_from_its_first_byte() {
         })
     ));
 }
+
+/// The owner of a MAC another client wants is pinged; any byte from it within the bound keeps
+/// it, silence (a half-open connection) shuts it down so the MAC goes free.
+#[test]
+fn a_challenged_owner_must_show_it_is_alive() {
+    let open_conn = || {
+        let no_pings = ConnLimits {
+            ping_interval_ms: None,
+            ..limits()
+        };
+        let mut c = Conn::new(no_pings, 0, 10_000);
+        c.on_handshake_bytes(UPGRADE, 0);
+        c
+    };
+    let mut c = open_conn();
+    let ping = c.challenge(1_000).expect("a ping");
+    assert_eq!(ping, server_control_frame(frame::OP_PING, PING_PAYLOAD));
+    assert_eq!(c.challenge(1_500), None, "one challenge at a time");
+    assert_eq!(c.poll_timeout(1_000 + CHALLENGE_MS - 1, None), None);
+    assert_eq!(
+        c.poll_timeout(1_000 + CHALLENGE_MS, None),
+        Some(Timeout::ShutDown(DropReason::MacTakeover))
+    );
+
+    let mut live = open_conn();
+    live.challenge(1_000).expect("a ping");
+    live.received(1_200); // its pong
+    assert_eq!(live.poll_timeout(1_000 + CHALLENGE_MS, None), None);
+    assert!(
+        live.challenge(5_000).is_some(),
+        "it can be challenged again later"
+    );
+
+    let mut challenger = open_conn();
+    assert!(challenger.may_challenge(0));
+    assert!(
+        !challenger.may_challenge(CHALLENGE_MS - 1),
+        "once per bound"
+    );
+    assert!(challenger.may_challenge(CHALLENGE_MS));
+}

@@ -297,6 +297,48 @@ impl Worker {
         }
     }
 
+    /// The client of `challenger` sent from `mac`, which another client owns: that owner must
+    /// show it is alive (a v86 guest reconnecting with its MAC while its old connection is
+    /// half-open would otherwise be locked out until a ping interval passes). At most one
+    /// challenge per challenger per [`CHALLENGE_MS`].
+    fn challenge_owner_of(&mut self, challenger: PortId, mac: Mac) {
+        let now = self.now_ms;
+        let Some(c) = self.clients.get_mut(challenger) else {
+            return;
+        };
+        if !c.conn.may_challenge(now) {
+            return;
+        }
+        let owner = self.switch.lookup(mac).or_else(|| {
+            self.shared
+                .authority
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .owner(mac)
+        });
+        let Some(owner) = owner.filter(|o| *o != challenger) else {
+            return;
+        };
+        self.counters.mac_challenges.inc();
+        if owner.core() == self.id {
+            self.challenge(owner);
+        } else {
+            self.mailbox
+                .send_control(owner.core(), Control::Challenge(owner));
+        }
+    }
+
+    /// Pings the client of `port` now: another client wants one of its MACs.
+    pub(super) fn challenge(&mut self, port: PortId) {
+        let now = self.now_ms;
+        let Some(c) = self.clients.get_mut(port) else {
+            return;
+        };
+        if let Some(ping) = c.conn.challenge(now) {
+            self.enqueue_owned(port, ping);
+        }
+    }
+
     /// Switches the `len`-byte frame at [`HEADROOM`] of `slot` (complete, and referenced by
     /// us alone: a finished reassembly), then drops our reference.
     fn client_frame_in_slot(&mut self, port: PortId, slot: BufId, len: usize) {
@@ -334,6 +376,9 @@ impl Worker {
                 self.counters.dropped(reason);
                 if reason != DropReason::Hairpin {
                     self.log_once(port, reason, format_args!("source {src}"));
+                }
+                if reason == DropReason::MacConflict {
+                    self.challenge_owner_of(port, src);
                 }
                 return;
             }

@@ -189,6 +189,7 @@ impl Worker {
                     self.switch.learn(mac, port, self.now_ms)
                 }
                 Incoming::Control(Control::Forget(mac, port)) => self.switch.forget(mac, port),
+                Incoming::Control(Control::Challenge(port)) => self.challenge(port),
             }
         }
     }
