@@ -310,6 +310,11 @@ impl BufferPool {
         self.recv_lent
     }
 
+    /// Frame slots free.
+    pub fn slots_free(&self) -> usize {
+        self.free_slots.len()
+    }
+
     /// TAP buffers currently lent to the kernel.
     pub fn tap_available(&self) -> usize {
         self.tap_lent

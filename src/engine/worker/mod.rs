@@ -50,6 +50,9 @@ use super::{EngineConfig, Shared};
 /// Housekeeping tick.
 const TICK_MS: u64 = 250;
 
+/// A client's frame bound while a pool runs low (the bound before bursts were sized for).
+const PRESSED_QUEUE_FRAMES: usize = 128;
+
 /// Milliseconds of `d`, the engine's clock unit (saturating: durations are user input).
 fn ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -82,6 +85,11 @@ pub struct Worker {
     /// non-reading client cannot pin most of them) and bytes.
     queue_frames: usize,
     queue_bytes: usize,
+    /// Below this many free frame slots or TAP buffers lent to the kernel, a client's queue
+    /// takes at most [`PRESSED_QUEUE_FRAMES`] frames: slow receivers together cannot pin the
+    /// pools while bursts to readers still fit when the pools are healthy.
+    slots_reserve: usize,
+    tap_reserve: usize,
     /// Frame slots holding partial frames (reassemblies), and how many may: a quarter of the
     /// slots, so the rest always serve whole frames.
     partial_slots: usize,
@@ -155,6 +163,8 @@ impl Worker {
                 .min(usize::from(cfg.tap_buffers) / 4)
                 .max(2),
             queue_bytes: policy.send_queue_bytes,
+            slots_reserve: (cfg.frame_slots / 4) as usize,
+            tap_reserve: usize::from(cfg.tap_buffers) / 4,
             partial_slots: 0,
             partial_slots_max: (cfg.frame_slots / 4) as usize,
             held: VecDeque::new(),
