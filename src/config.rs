@@ -88,7 +88,7 @@ pub struct ClientPolicy {
     #[arg(long, env = "TAPWIRE_SEND_QUEUE", default_value_t = 1024, value_parser = in_range(2, 1 << 16))]
     pub send_queue: usize,
     /// Bytes queued per client before further copies to it are dropped.
-    #[arg(long, env = "TAPWIRE_SEND_QUEUE_BYTES", default_value_t = 1 << 20, value_parser = in_range(65_536, 1 << 30))]
+    #[arg(long, env = "TAPWIRE_SEND_QUEUE_BYTES", default_value_t = 4 << 20, value_parser = in_range(65_536, 1 << 30))]
     pub send_queue_bytes: usize,
     /// Close a connection that has not completed the WebSocket handshake within this time.
     #[arg(long, env = "TAPWIRE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
