@@ -7,6 +7,8 @@ mod harness;
 
 #[path = "bad_input.rs"]
 mod bad_input;
+#[path = "churn.rs"]
+mod churn;
 #[path = "cores.rs"]
 mod cores;
 #[path = "host_state.rs"]

@@ -179,6 +179,7 @@ core_series! {
     connections_closed: Counter, Counter, "tapwire_connections_closed_total", "Connections closed and freed.";
     pings_answered: Counter, Counter, "tapwire_pings_answered_total", "Pings received from clients and answered.";
     pongs_coalesced: Counter, Counter, "tapwire_pongs_coalesced_total", "Pongs that replaced a pong still waiting to be sent (a client pinging faster than it reads).";
+    missed_stream_ends: Counter, Counter, "tapwire_missed_stream_ends_total", "Connections found ended or reset by the check after arming a multishot receive, whose end the kernel posted no completion for.";
     mac_challenges: Counter, Counter, "tapwire_mac_challenges_total", "Owners of a MAC another client sent from, pinged to show they are alive.";
     buffer_ring_empty: Counter, Counter, "tapwire_buffer_ring_empty_total", "Times a provided-buffer ring ran dry (receives paused until buffers came back).";
     input_held: Counter, Counter, "tapwire_input_held_total", "Receives held back because the TAP or another core was behind (backpressure).";

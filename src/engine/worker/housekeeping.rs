@@ -1,9 +1,11 @@
-//! The tick's jobs (every 250 ms), and shutdown: retries of failed arms, the log interval,
+//! The tick's jobs (every 250 ms), and shutdown: the check after arming multishot receives,
+//! retries of failed arms, the log interval,
 //! client liveness, MAC ageing, and the drain.
 
 use super::super::conn::Timeout;
 use super::super::mailbox::Control;
 use super::Worker;
+use crate::switch::PortId;
 
 /// Interval after which per-client log suppression resets.
 const LOG_INTERVAL_MS: u64 = super::super::loggate::INTERVAL_MS;
@@ -15,11 +17,47 @@ const DRAIN_MS: u64 = 2_000;
 impl Worker {
     /// Everything the tick does.
     pub(super) fn housekeeping(&mut self) {
+        self.probe_armed_receives();
         self.retry_failed_arms();
         self.reset_log_interval();
         self.check_liveness();
         self.age_macs();
         self.enforce_drain_deadline();
+    }
+
+    /// Checks, once, every client whose multishot receive was armed before the previous tick
+    /// (so the arm has been submitted since): a peek that finds the stream ended or reset
+    /// means the receive will never complete, and the client is closed now.
+    ///
+    /// Why: when a multishot receive is first issued on a socket that already holds data
+    /// followed by a reset (a client that sent part of its request and reset before the
+    /// receive was armed), the kernel hands over the data with `IORING_CQE_F_MORE` and then
+    /// posts nothing for the reset: seen on Linux 6.18 for about 1 in 10 000 such connections
+    /// (`netns-tests/churn.rs`). Later events on an armed receive are always delivered, so one
+    /// check after each arm covers it; single-shot receives do not have the problem.
+    fn probe_armed_receives(&mut self) {
+        let due = self.recv_probes.take_due();
+        for &port in &due {
+            let Some(c) = self.clients.get_mut(port) else {
+                continue;
+            };
+            if !c.conn.wants_input() || c.socket.idle() {
+                continue;
+            }
+            let mut byte = [0u8; 1];
+            let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+            let ended = match rustix::net::recv(c.socket.fd(), &mut byte[..], flags) {
+                Ok((0, _)) => true,
+                Ok(_) | Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => false,
+                Err(_) => true,
+            };
+            if ended {
+                self.counters.missed_stream_ends.inc();
+                self.begin_close(port);
+                self.maybe_free(port);
+            }
+        }
+        self.recv_probes.give_back(due);
     }
 
     /// Re-arms TAP reads and accepts that failed unexpectedly (never at once: a persistent
@@ -132,5 +170,56 @@ impl Worker {
             && self.held.is_empty()
             && self.clients.is_empty()
             && self.tap.writes_in_flight() == 0
+    }
+}
+
+/// Clients whose multishot receive was armed, checked once two ticks later at most: those
+/// armed before a tick are due at the next one, when their arm has surely been submitted.
+#[derive(Debug, Default)]
+pub(super) struct RecvProbes {
+    armed: Vec<PortId>,
+    due: Vec<PortId>,
+    /// An emptied list kept for reuse (no allocation per tick).
+    spare: Vec<PortId>,
+}
+
+impl RecvProbes {
+    /// A multishot receive of `port` is being armed.
+    pub(super) fn arm(&mut self, port: PortId) {
+        self.armed.push(port);
+    }
+
+    /// The ports due now; those armed since the last tick become due at the next.
+    fn take_due(&mut self) -> Vec<PortId> {
+        let due = std::mem::replace(&mut self.due, std::mem::take(&mut self.armed));
+        self.armed = std::mem::take(&mut self.spare);
+        due
+    }
+
+    /// Returns the list [`RecvProbes::take_due`] gave out, emptied, for reuse.
+    fn give_back(&mut self, mut list: Vec<PortId>) {
+        list.clear();
+        self.spare = list;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_armed_before_a_tick_is_due_at_the_next() {
+        let mut p = RecvProbes::default();
+        let a = PortId::new(0, 1, 1);
+        let b = PortId::new(0, 1, 2);
+        p.arm(a);
+        let due = p.take_due();
+        assert!(due.is_empty(), "armed in this iteration: not yet submitted");
+        p.give_back(due);
+        p.arm(b);
+        let due = p.take_due();
+        assert_eq!(due, vec![a]);
+        p.give_back(due);
+        assert_eq!(p.take_due(), vec![b]);
     }
 }

@@ -51,6 +51,9 @@ impl Worker {
             return;
         }
         let fd = types::Fd(c.socket.raw_fd());
+        if multishot {
+            self.recv_probes.arm(port);
+        }
         let entry = if multishot {
             opcode::RecvMulti::new(fd, RECV_GROUP).build()
         } else {

@@ -98,6 +98,9 @@ pub struct Worker {
     held: VecDeque<Held>,
     /// Clients whose receive stopped because the receive ring ran dry.
     recv_starved: Vec<PortId>,
+    /// Clients to check once after their multishot receive was armed (see
+    /// [`housekeeping`]'s `probe_armed_receives`).
+    recv_probes: housekeeping::RecvProbes,
     /// The tick's timeout (boxed: the kernel reads it while the timeout is armed).
     timer: Box<types::Timespec>,
     started: Instant,
@@ -169,6 +172,7 @@ impl Worker {
             partial_slots_max: (cfg.frame_slots / 4) as usize,
             held: VecDeque::new(),
             recv_starved: Vec::new(),
+            recv_probes: housekeeping::RecvProbes::default(),
             timer: Box::new(types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32)),
             started: Instant::now(),
             now_ms: 0,
