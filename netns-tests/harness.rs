@@ -103,7 +103,17 @@ impl Relay {
         runtime_dir: Option<&Path>,
         extra: &[&str],
     ) -> Self {
-        let ns = netns("twr");
+        Self::launch_in(netns("twr"), wrapper, tap, runtime_dir, extra)
+    }
+
+    /// [`Relay::launch`] in a namespace the caller has prepared (routes, links).
+    pub fn launch_in(
+        ns: Netns,
+        wrapper: &[&str],
+        tap: Option<&str>,
+        runtime_dir: Option<&Path>,
+        extra: &[&str],
+    ) -> Self {
         let dir = TempDir::new();
         let tap = tap.map_or_else(|| unique("twt"), str::to_string);
         let runtime_dir = runtime_dir.map_or_else(|| dir.0.join("run"), Path::to_path_buf);

@@ -15,6 +15,8 @@ mod cores;
 mod host_state;
 #[path = "instances.rs"]
 mod instances;
+#[path = "nat.rs"]
+mod nat;
 #[path = "swarm.rs"]
 mod swarm;
 #[path = "traffic.rs"]

@@ -61,6 +61,13 @@ pub struct RunArgs {
     /// answers and forwards to the host's resolvers.
     #[arg(long, env = "TAPWIRE_DNS", value_delimiter = ',')]
     pub dns: Vec<Ipv4Addr>,
+    /// Let guests reach beyond the host: masquerade their traffic out of the uplink (rules in
+    /// one nftables table of this instance; IPv4 forwarding is turned on and restored at exit).
+    #[arg(long, env = "TAPWIRE_NAT")]
+    pub nat: bool,
+    /// The uplink for --nat; default: the interface of this namespace's default route.
+    #[arg(long, env = "TAPWIRE_UPLINK")]
+    pub uplink: Option<IfName>,
     #[command(flatten)]
     pub clients: ClientPolicy,
     /// Use single-shot io_uring operations even where the kernel has multishot ones (for
@@ -183,6 +190,12 @@ pub enum ConfigError {
     MaxFrameBelowMtu { max_frame: usize, mtu: usize },
     #[error("--dhcp-range and --dns do not apply with --attach-bridge: DHCP is the bridge owner's business")]
     DhcpWithBridge,
+    #[error(
+        "--nat needs a routed TAP: with --attach-bridge the bridge's owner routes guest traffic"
+    )]
+    NatWithBridge,
+    #[error("--uplink names the interface --nat masquerades out of: add --nat, or drop --uplink")]
+    UplinkWithoutNat,
     #[error(
         "--dhcp-range: {ip} is not a host address of {subnet} other than the gateway {gateway}"
     )]
@@ -325,6 +338,15 @@ pub struct Config {
     pub io_fallback: bool,
     pub runtime_dir: PathBuf,
     pub log_level: log::LevelFilter,
+    /// Masquerade guest traffic out of an uplink (`None`: no NAT).
+    pub nat: Option<Nat>,
+}
+
+/// NAT egress settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nat {
+    /// The uplink interface; `None`: the default route's, found at start.
+    pub uplink: Option<IfName>,
 }
 
 /// Parses `500ms`, `30s`, `5m`, `12h` or a plain number of seconds.
@@ -379,7 +401,11 @@ impl RunArgs {
         if max_frame < mtu + 14 {
             return Err(ConfigError::MaxFrameBelowMtu { max_frame, mtu });
         }
+        if self.uplink.is_some() && !self.nat {
+            return Err(ConfigError::UplinkWithoutNat);
+        }
         let host = match &self.attach_bridge {
+            Some(_) if self.nat => return Err(ConfigError::NatWithBridge),
             Some(bridge) => {
                 if self.dhcp_range.is_some() || !self.dns.is_empty() {
                     return Err(ConfigError::DhcpWithBridge);
@@ -426,6 +452,9 @@ impl RunArgs {
             io_fallback: self.io_fallback,
             runtime_dir: self.runtime_dir.clone(),
             log_level: self.log_level.into(),
+            nat: self.nat.then(|| Nat {
+                uplink: self.uplink.clone(),
+            }),
         })
     }
 }
@@ -562,5 +591,20 @@ mod tests {
         assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn nat_options() {
+        assert_eq!(parse(&[]).unwrap().nat, None);
+        let c = parse(&["--nat"]).unwrap();
+        assert_eq!(c.nat, Some(Nat { uplink: None }));
+        let c = parse(&["--nat", "--uplink", "eth0"]).unwrap();
+        assert_eq!(c.nat.unwrap().uplink.unwrap().to_string(), "eth0");
+        assert!(parse(&["--uplink", "eth0"])
+            .unwrap_err()
+            .contains("add --nat"));
+        assert!(parse(&["--nat", "--attach-bridge", "br0"])
+            .unwrap_err()
+            .contains("routed TAP"));
     }
 }

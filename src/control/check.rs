@@ -130,6 +130,57 @@ pub fn run_checks() -> Vec<Finding> {
             Some(advice) => finding(false, false, advice),
         });
     }
+    out.extend(check_nat());
+    out
+}
+
+/// What `--nat` needs: nft, a switchable IPv4 forwarding, and no other table's forward chain
+/// with policy drop (which would drop guest traffic whatever tapwire's table accepts).
+fn check_nat() -> Vec<Finding> {
+    use super::nat;
+    let mut out = Vec::new();
+    if nat::find().is_none() {
+        out.push(finding(false, false, nat::MISSING));
+        return out;
+    }
+    out.push(finding(true, false, "nft found (for --nat)"));
+    let writable = std::fs::OpenOptions::new()
+        .write(true)
+        .open(nat::IP_FORWARD)
+        .is_ok();
+    out.push(finding(
+        writable,
+        false,
+        if writable {
+            format!("{} can be switched on (for --nat)", nat::IP_FORWARD)
+        } else {
+            format!(
+                "{} cannot be written: --nat needs root in this namespace",
+                nat::IP_FORWARD
+            )
+        },
+    ));
+    match nat::blocking_forward_chains(&nat::table_name("tapwire0")) {
+        Ok(chains) if chains.is_empty() => out.push(finding(
+            true,
+            false,
+            "no other nftables table drops forwarded traffic by policy",
+        )),
+        Ok(chains) => {
+            for chain in chains {
+                out.push(finding(
+                    false,
+                    false,
+                    format!("{} (shown for --tap tapwire0)", chain.advice("tapwire0")),
+                ));
+            }
+        }
+        Err(e) => out.push(finding(
+            false,
+            false,
+            format!("cannot list nftables chains: {e}"),
+        )),
+    }
     out
 }
 

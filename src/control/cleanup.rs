@@ -64,6 +64,16 @@ pub async fn undo(changes: &[Change], scope: Scope) -> Vec<String> {
                     }
                 }
             }
+            Change::NftTable(table) => {
+                if let Err(e) = super::nat::delete_table(table) {
+                    failures.push(format!("cannot delete nftables table ip {table}: {e}"));
+                }
+            }
+            Change::Sysctl { path, old } => {
+                if let Err(e) = std::fs::write(path, old) {
+                    failures.push(format!("cannot restore {} to {old}: {e}", path.display()));
+                }
+            }
             // The TAP is not persistent: it and its up state vanish with the process.
             Change::LinkUp(_) | Change::Tap(_) | Change::Owner { .. } | Change::Netns(_) => {}
         }

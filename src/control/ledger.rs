@@ -40,6 +40,10 @@ pub enum Change {
     },
     /// A file we created.
     File(PathBuf),
+    /// The nftables table `ip NAME` of this instance (NAT).
+    NftTable(String),
+    /// A sysctl file (under /proc/sys) we changed, and its value before.
+    Sysctl { path: PathBuf, old: String },
 }
 
 impl Change {
@@ -57,6 +61,8 @@ impl Change {
                 lease_file,
             } => format!("dnsmasq {pid} {ifname} {}", lease_file.display()),
             Change::File(p) => format!("file {}", p.display()),
+            Change::NftTable(t) => format!("nft-table {t}"),
+            Change::Sysctl { path, old } => format!("sysctl {old} {}", path.display()),
         }
     }
 
@@ -94,6 +100,14 @@ impl Change {
                 }
             }
             "file" => Change::File(PathBuf::from(line.split_once(' ')?.1)),
+            "nft-table" => Change::NftTable(next()?),
+            "sysctl" => {
+                let mut parts = line.splitn(3, ' ').skip(1);
+                Change::Sysctl {
+                    old: parts.next()?.to_string(),
+                    path: PathBuf::from(parts.next()?),
+                }
+            }
             _ => return None,
         })
     }
@@ -244,6 +258,11 @@ mod tests {
                 cookie: 1,
             }),
             Change::File(PathBuf::from("/run/tapwire/tapwire0/dnsmasq leases")),
+            Change::NftTable("tapwire_tapwire0".into()),
+            Change::Sysctl {
+                path: PathBuf::from("/proc/sys/net/ipv4/ip_forward"),
+                old: "0".into(),
+            },
         ];
         for c in all {
             assert_eq!(Change::parse(&c.to_line()), Some(c));

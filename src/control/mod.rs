@@ -9,6 +9,7 @@ pub mod instance;
 pub mod ledger;
 pub mod listen;
 pub mod logging;
+pub mod nat;
 pub mod netlink;
 
 use std::net::TcpListener;
@@ -331,6 +332,9 @@ async fn start(
             .await?;
             host.record(Change::LinkUp(cfg.tap.to_string()))?;
             netlink::set_up(&handle, index, &cfg.tap, Some(cfg.mtu)).await?;
+            if let Some(nat) = &cfg.nat {
+                start_nat(cfg, host, subnet, nat)?;
+            }
             if let Some(launch) = dnsmasq {
                 host.record(Change::File(launch.lease_file.clone()))?;
                 let c = launch.spawn().map_err(|e| {
@@ -401,6 +405,59 @@ async fn start(
         }
     };
     Ok((engine, shared, features, child))
+}
+
+/// Turns on IPv4 forwarding (ledgered with its old value) and makes this instance's nftables
+/// table; warns, with the fix, about other tables' forward chains that would drop guest
+/// traffic.
+fn start_nat(
+    cfg: &Config,
+    host: &mut Host,
+    subnet: &crate::config::Subnet,
+    nat: &crate::config::Nat,
+) -> Result<(), RunError> {
+    let uplink = match &nat.uplink {
+        Some(u) => u.to_string(),
+        None => nat::default_route_interface().ok_or_else(|| {
+            RunError::Setup(
+                "--nat: this network namespace has no IPv4 default route to masquerade out of; pass --uplink IFACE, or add a default route".into(),
+            )
+        })?,
+    };
+    if nat::find().is_none() {
+        return Err(RunError::Setup(nat::MISSING.into()));
+    }
+    let path = std::path::PathBuf::from(nat::IP_FORWARD);
+    let old = std::fs::read_to_string(&path)
+        .map_err(|e| RunError::Setup(format!("cannot read {}: {e}", path.display())))?;
+    let old = old.trim().to_string();
+    if old != "1" {
+        host.record(Change::Sysctl {
+            path: path.clone(),
+            old,
+        })?;
+        std::fs::write(&path, "1").map_err(|e| {
+            RunError::Setup(format!(
+                "--nat: cannot turn on IPv4 forwarding ({}: {e}); run as root",
+                path.display()
+            ))
+        })?;
+    }
+    let table = nat::table_name(&cfg.tap);
+    host.record(Change::NftTable(table.clone()))?;
+    nat::apply(&nat::ruleset(&table, &cfg.tap, subnet, &uplink)).map_err(RunError::Setup)?;
+    match nat::blocking_forward_chains(&table) {
+        Ok(chains) => {
+            for chain in chains {
+                log::warn!("--nat: {}", chain.advice(&cfg.tap));
+            }
+        }
+        Err(e) => log::warn!(
+            "--nat: cannot list nftables chains to look for forward chains that would drop guest traffic: {e}"
+        ),
+    }
+    log::info!("NAT: guests are masqueraded out of {uplink} (nftables table ip {table})");
+    Ok(())
 }
 
 /// Waits for the stop request; meanwhile prints counters on SIGUSR1 and restarts dnsmasq if

@@ -1,0 +1,308 @@
+//! NAT egress: guests reach an "internet" (a namespace of our own behind the relay's default
+//! route, serving HTTP) with `--nat` and not without; the instance's nftables table and IPv4
+//! forwarding are undone at exit and by `tapwire cleanup`; a forward chain with policy drop in
+//! another table is reported with the fix.
+
+use std::time::Duration;
+
+use super::harness::*;
+use super::GATEWAY;
+
+/// The "internet" server's address (a documentation range, inside our own namespace).
+const SERVER: &str = "198.51.100.2";
+
+/// A namespace joined to `relay_ns` by a veth pair, holding the relay namespace's default
+/// route and an HTTP server with one file.
+struct Internet {
+    _ns: Netns,
+    _http: Proc,
+    _dir: TempDir,
+    /// SHA-256 of the served file, as `sha256sum` prints it.
+    sha: String,
+}
+
+fn internet(relay_ns: &Netns) -> Internet {
+    let ns = netns("twn");
+    let dir = TempDir::new();
+    exec_ok(
+        relay_ns,
+        &[
+            "ip", "link", "add", "twu0", "type", "veth", "peer", "name", "twi0",
+        ],
+    );
+    exec_ok(relay_ns, &["ip", "link", "set", "twi0", "netns", &ns.name]);
+    exec_ok(
+        relay_ns,
+        &["ip", "addr", "add", "198.51.100.1/24", "dev", "twu0"],
+    );
+    exec_ok(relay_ns, &["ip", "link", "set", "twu0", "up"]);
+    exec_ok(relay_ns, &["ip", "route", "add", "default", "via", SERVER]);
+    exec_ok(
+        &ns,
+        &["ip", "addr", "add", "198.51.100.2/24", "dev", "twi0"],
+    );
+    exec_ok(&ns, &["ip", "link", "set", "twi0", "up"]);
+    exec_ok(&ns, &["ip", "link", "set", "lo", "up"]);
+    let www = dir.0.join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    let blob: Vec<u8> = (0..1_048_576u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(www.join("blob"), &blob).expect("blob");
+    // A CGI that answers with the client's address as the server sees it.
+    std::fs::create_dir_all(www.join("cgi-bin")).expect("cgi-bin");
+    let cgi = www.join("cgi-bin/addr");
+    std::fs::write(
+        &cgi,
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n%s\\n' \"$REMOTE_ADDR\"\n",
+    )
+    .expect("cgi");
+    std::fs::set_permissions(&cgi, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let sha = exec_ok(&ns, &["sha256sum", &www.join("blob").display().to_string()])
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let http = Proc::spawn(
+        ns.cmd(&[
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "8080",
+            "-h",
+            &www.display().to_string(),
+        ]),
+        dir.0.join("httpd.log"),
+    )
+    .expect("httpd");
+    Internet {
+        _ns: ns,
+        _http: http,
+        _dir: dir,
+        sha,
+    }
+}
+
+// (busybox 1.35's `wget -T` crashes; `timeout` bounds the wait instead.)
+
+/// Fetches `path` from the server in the guest's namespace (default route via the gateway).
+fn fetch(guest: &Guest, path: &str, pipe: &str) -> String {
+    let out = guest
+        .ns
+        .cmd(&[
+            "sh",
+            "-c",
+            &format!("ip route replace default via {GATEWAY} dev eth0; timeout 5 busybox wget -q -O - http://{SERVER}:8080/{path} {pipe}"),
+        ])
+        .output()
+        .expect("wget");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Downloads the blob in the guest's namespace; its SHA-256, or `None` when it fails.
+fn download(guest: &Guest) -> Option<String> {
+    let out = guest
+        .ns
+        .cmd(&[
+            "sh",
+            "-c",
+            &format!("ip route replace default via {GATEWAY} dev eth0; timeout 5 busybox wget -q -O - http://{SERVER}:8080/blob | sha256sum"),
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let sha = text.split_whitespace().next()?.to_string();
+    // sha256sum of nothing: the download failed.
+    (sha != "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855").then_some(sha)
+}
+
+fn nft_tables(ns: &Netns) -> String {
+    exec_ok(ns, &["nft", "list", "tables"])
+}
+
+fn ip_forward(ns: &Netns) -> String {
+    exec_ok(ns, &["cat", "/proc/sys/net/ipv4/ip_forward"])
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn guests_reach_the_internet_with_nat_and_not_without() {
+    if skip_unless_root("guests_reach_the_internet_with_nat_and_not_without") {
+        return;
+    }
+    // Without --nat: the internet has no route back to the guests, and nothing forwards.
+    let ns = netns("twr");
+    let net = internet(&ns);
+    let relay = Relay::launch_in(ns, &[], None, None, &[]);
+    let mut guest = relay.guest(0);
+    guest.dhcp(&relay.dir.0);
+    assert_eq!(download(&guest), None, "reached the internet without --nat");
+    drop(guest);
+    drop(relay);
+    drop(net);
+
+    let ns = netns("twr");
+    let net = internet(&ns);
+    let mut relay = Relay::launch_in(ns, &[], None, None, &["--nat"]);
+    assert!(relay.proc().log_text().contains("masqueraded out of twu0"));
+    assert_eq!(ip_forward(&relay.ns), "1");
+    let table = format!("tapwire_{}", relay.tap);
+    assert!(nft_tables(&relay.ns).contains(&table));
+    let mut guest = relay.guest(1);
+    guest.dhcp(&relay.dir.0);
+    assert_eq!(
+        download(&guest).as_deref(),
+        Some(net.sha.as_str()),
+        "download through NAT"
+    );
+    // The server sees the relay's uplink address, not the guest's.
+    let seen = fetch(&guest, "cgi-bin/addr", "");
+    assert!(
+        seen.trim()
+            .trim_start_matches("[::ffff:")
+            .trim_end_matches(']')
+            == "198.51.100.1",
+        "the server saw {seen:?}"
+    );
+
+    relay.proc().signal(libc::SIGTERM);
+    let status = relay
+        .proc_mut()
+        .wait_exit(Duration::from_secs(15))
+        .expect("exits");
+    assert!(status.success(), "{}", relay.proc().log_text());
+    assert!(!nft_tables(&relay.ns).contains(&table), "table left behind");
+    assert_eq!(ip_forward(&relay.ns), "0", "ip_forward not restored");
+    drop(net);
+}
+
+#[test]
+fn sigkill_then_cleanup_or_restart_removes_the_nat_table() {
+    if skip_unless_root("sigkill_then_cleanup_or_restart_removes_the_nat_table") {
+        return;
+    }
+    let ns = netns("twr");
+    let _net = internet(&ns);
+    let tap = unique("twt");
+    let mut relay = Relay::launch_in(ns, &[], Some(&tap), None, &["--nat", "--no-dhcp"]);
+    let table = format!("tapwire_{tap}");
+    let kill = |relay: &mut Relay| {
+        relay.proc().signal(libc::SIGKILL);
+        relay
+            .proc_mut()
+            .wait_exit(Duration::from_secs(10))
+            .expect("killed");
+        assert!(
+            nft_tables(&relay.ns).contains(&table),
+            "a killed run leaves its table"
+        );
+    };
+    kill(&mut relay);
+    let out = relay
+        .ns
+        .cmd(&[tapwire_bin(), "cleanup", "--runtime-dir"])
+        .arg(&relay.runtime_dir)
+        .output()
+        .expect("cleanup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !nft_tables(&relay.ns).contains(&table),
+        "cleanup left the table"
+    );
+    assert_eq!(
+        ip_forward(&relay.ns),
+        "0",
+        "cleanup did not restore ip_forward"
+    );
+
+    // Killed again, then the same instance restarts: it undoes the dead run and starts clean.
+    let again = relay
+        .another(
+            "again",
+            &[
+                "--tap",
+                &tap,
+                "--nat",
+                "--no-dhcp",
+                "--listen",
+                "127.0.0.1:8087",
+                "--runtime-dir",
+                &relay.runtime_dir.display().to_string(),
+            ],
+        )
+        .expect("first restart");
+    let mut again = again;
+    again.proc.signal(libc::SIGKILL);
+    again
+        .proc
+        .wait_exit(Duration::from_secs(10))
+        .expect("killed");
+    let mut third = relay
+        .another(
+            "third",
+            &[
+                "--tap",
+                &tap,
+                "--nat",
+                "--no-dhcp",
+                "--listen",
+                "127.0.0.1:8087",
+                "--runtime-dir",
+                &relay.runtime_dir.display().to_string(),
+            ],
+        )
+        .expect("restart after SIGKILL");
+    assert!(third.proc.log_text().contains("did not clean up"));
+    assert!(nft_tables(&relay.ns).contains(&table));
+    assert_eq!(ip_forward(&relay.ns), "1");
+    assert!(third.stop().is_some_and(|s| s.success()));
+    assert!(!nft_tables(&relay.ns).contains(&table));
+    assert_eq!(
+        ip_forward(&relay.ns),
+        "0",
+        "the original value, not the dead run's 1"
+    );
+}
+
+#[test]
+fn a_forward_chain_with_policy_drop_is_reported_with_the_fix() {
+    if skip_unless_root("a_forward_chain_with_policy_drop_is_reported_with_the_fix") {
+        return;
+    }
+    let ns = netns("twr");
+    let _net = internet(&ns);
+    exec_ok(&ns, &["nft", "add", "table", "ip", "filter"]);
+    exec_ok(
+        &ns,
+        &[
+            "nft",
+            "add chain ip filter FORWARD { type filter hook forward priority 0; policy drop; }",
+        ],
+    );
+    let relay = Relay::launch_in(ns, &[], None, None, &["--nat"]);
+    let log = relay.proc().log_text();
+    assert!(
+        log.contains("forward chain \"FORWARD\" with policy drop"),
+        "{log}"
+    );
+    assert!(log.contains(&format!(
+        "nft insert rule ip filter FORWARD iifname \"{}\" accept",
+        relay.tap
+    )));
+    let check = relay
+        .ns
+        .cmd(&[tapwire_bin(), "check"])
+        .output()
+        .expect("check");
+    assert!(String::from_utf8_lossy(&check.stdout).contains("with policy drop"));
+    // The other table is left as it was.
+    let listing = exec_ok(&relay.ns, &["nft", "list", "table", "ip", "filter"]);
+    assert!(listing.contains("policy drop"), "{listing}");
+}
