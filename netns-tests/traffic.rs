@@ -360,3 +360,53 @@ fn frames_pipelined_behind_the_upgrade_request_all_arrive() {
     let c = relay.counters();
     assert_eq!(c.nonzero_drops(), vec![], "{c:?}");
 }
+
+/// A guest that only listens keeps its MAC however long it is idle, and a host frame for an
+/// address no client owns (one a guest gave up) is dropped, never flooded to the others.
+#[test]
+fn host_unicast_reaches_only_its_guest_even_when_idle() {
+    if skip_unless_root("host_unicast_reaches_only_its_guest_even_when_idle") {
+        return;
+    }
+    let relay = Relay::start(&["--mac-ageing", "1s"]);
+    let (a_mac, a_new, b_mac) = (mac(0x91), mac(0x92), mac(0x93));
+    let mut a = relay.client(Some(source_port_for_core(0)));
+    let mut b = relay.client(Some(source_port_for_core(1)));
+    a.send_frame(&eth(BROADCAST, a_mac, b"a"));
+    b.send_frame(&eth(BROADCAST, b_mac, b"b"));
+    let to_a = |ip: &str, m: [u8; 6]| {
+        exec_ok(
+            &relay.ns,
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                ip,
+                "lladdr",
+                &tapwire_testkit::packet::format_mac(m),
+                "dev",
+                &relay.tap,
+            ],
+        );
+        let _ = relay.ns.cmd(&["ping", "-c", "1", "-W", "1", ip]).output();
+    };
+    // Idle for well past the ageing time (checked every second).
+    std::thread::sleep(Duration::from_millis(2_500));
+    to_a("10.86.0.210", a_mac);
+    let for_a = |f: &Vec<u8>| f[..6] == a_mac;
+    let got_a = std::iter::from_fn(|| a.recv_frame(Duration::from_millis(500))).any(|f| for_a(&f));
+    assert!(got_a, "an idle guest lost its MAC");
+    let leaked = std::iter::from_fn(|| b.recv_frame(Duration::from_millis(300))).any(|f| for_a(&f));
+    assert!(!leaked, "another guest got a frame for a's MAC");
+
+    // a moves to a new MAC; its old one ages out and is no one's any more.
+    a.send_frame(&eth(BROADCAST, a_new, b"a, new"));
+    std::thread::sleep(Duration::from_millis(1_200));
+    a.send_frame(&eth(BROADCAST, a_new, b"a, new, still"));
+    std::thread::sleep(Duration::from_millis(1_500));
+    let before = relay.counters().drops("unknown_unicast");
+    to_a("10.86.0.211", a_mac);
+    let leaked = std::iter::from_fn(|| b.recv_frame(Duration::from_millis(300))).any(|f| for_a(&f));
+    assert!(!leaked, "a frame for an address no one owns was flooded");
+    assert!(relay.counters().drops("unknown_unicast") > before);
+}

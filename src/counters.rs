@@ -68,6 +68,7 @@ drop_reasons! {
     BadSourceMac => "bad_source_mac", "Source MAC is a group address or all zeros.";
     UplinkMac => "uplink_mac", "Source MAC lives behind the uplink (the TAP's, or the bridge's or its ports').";
     Hairpin => "hairpin", "Destination is the sender itself.";
+    UnknownUnicast => "unknown_unicast", "Unicast frame from the uplink for an address no client owns (never flooded to other guests).";
     RateLimited => "rate_limited", "Client over --client-rate or --client-broadcast-pps.";
     SendQueueFull => "send_queue_full", "Client's send queue full: its copy dropped.";
     SlowClient => "slow_client", "Client shut down after taking none of its output for the slow-client timeout.";
@@ -93,6 +94,7 @@ impl From<crate::switch::SwitchDrop> for DropReason {
             SwitchDrop::BadSourceMac => DropReason::BadSourceMac,
             SwitchDrop::UplinkMac => DropReason::UplinkMac,
             SwitchDrop::Hairpin => DropReason::Hairpin,
+            SwitchDrop::UnknownUnicast => DropReason::UnknownUnicast,
         }
     }
 }

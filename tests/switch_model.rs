@@ -56,14 +56,29 @@ impl Model {
         }
     }
 
-    fn uplink_frame(&self, dst: Mac) -> Forward {
+    fn uplink_frame(&self, dst: Mac) -> Result<Forward, SwitchDrop> {
         if dst.0[0] & 1 == 1 {
-            return Forward::Flood;
+            return Ok(Forward::Flood);
         }
         self.entries
             .iter()
             .find(|e| e.0 == dst)
-            .map_or(Forward::Flood, |e| Forward::Port(e.1))
+            .map(|e| Forward::Port(e.1))
+            .ok_or(SwitchDrop::UnknownUnicast)
+    }
+
+    /// Ages out entries idle for the ageing time, except each port's most recent ones.
+    fn expire(&mut self, now: u64) {
+        let snapshot = self.entries.clone();
+        self.entries.retain(|e| {
+            let freshest = snapshot
+                .iter()
+                .filter(|o| o.1 == e.1)
+                .map(|o| o.2)
+                .max()
+                .unwrap_or(e.2);
+            now - e.2 < AGEING_MS || e.2 >= freshest
+        });
     }
 
     fn table(&self) -> Vec<(Mac, PortId)> {
@@ -120,12 +135,12 @@ proptest! {
                 }
                 Op::FromUplink { dst } => {
                     let got = ingress(&mut sw, &mut own, Source::Uplink, mac(dst), mac(2), now);
-                    prop_assert_eq!(got.map(|d| d.forward), Ok(model.uplink_frame(mac(dst))));
+                    prop_assert_eq!(got.map(|d| d.forward), model.uplink_frame(mac(dst)));
                 }
                 Op::Advance(ms) => {
                     now += ms;
                     sw.expire(now, |_| true, &mut own);
-                    model.entries.retain(|e| now - e.2 < AGEING_MS);
+                    model.expire(now);
                 }
             }
             prop_assert_eq!(sw.entries(), model.table());

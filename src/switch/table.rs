@@ -45,6 +45,10 @@ pub enum SwitchDrop {
     UplinkMac,
     /// The destination is the sender itself: a frame never goes back to its source.
     Hairpin,
+    /// A unicast frame from the uplink for an address no client owns: it belongs to no guest
+    /// here (a guest that left, or an address a guest gave up), and flooding it would hand it
+    /// to every other guest.
+    UnknownUnicast,
 }
 
 /// A table entry.
@@ -143,10 +147,22 @@ impl Switch {
         authority: &mut impl OwnershipAccess,
     ) -> Vec<(Mac, PortId)> {
         let ageing = self.ageing_ms;
+        // A connected client keeps its most recently used address however long it is idle
+        // (a guest that only listens must still be reached); only addresses it used before
+        // another age out.
+        let mut freshest: HashMap<PortId, u64> = HashMap::new();
+        for e in self.table.values().filter(|e| is_local(e.port)) {
+            let f = freshest.entry(e.port).or_insert(e.last_seen_ms);
+            *f = (*f).max(e.last_seen_ms);
+        }
         let old: Vec<(Mac, PortId)> = self
             .table
             .iter()
-            .filter(|(_, e)| is_local(e.port) && now_ms.saturating_sub(e.last_seen_ms) >= ageing)
+            .filter(|(_, e)| {
+                is_local(e.port)
+                    && now_ms.saturating_sub(e.last_seen_ms) >= ageing
+                    && freshest.get(&e.port).is_some_and(|f| *f > e.last_seen_ms)
+            })
             .map(|(m, e)| (*m, e.port))
             .collect();
         if old.is_empty() {
@@ -221,9 +237,13 @@ pub fn ingress(
             (Some(owner), Source::Port(port)) if owner == port => return Err(SwitchDrop::Hairpin),
             (Some(owner), _) => Forward::Port(owner),
             (None, Source::Port(_)) => Forward::Uplink,
-            // Unknown unicast from the host: flood, as a bridge does, so a guest whose entry
-            // aged out while idle is still reached.
-            (None, Source::Uplink) => Forward::Flood,
+            // Unknown to this replica: the authority may know an owner whose learning has not
+            // reached this core yet. Otherwise no guest here has the address: drop, never flood
+            // (a client's freshest address never ages out, see `expire`).
+            (None, Source::Uplink) => match authority.with(|own| own.owner(dst)) {
+                Some(owner) => Forward::Port(owner),
+                None => return Err(SwitchDrop::UnknownUnicast),
+            },
         }
     };
     Ok(Decision { forward, learned })
