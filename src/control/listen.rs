@@ -20,7 +20,26 @@ pub fn steer(port: u16, cores: usize) -> usize {
 }
 
 /// Binds `cores` listeners on `addr` (port 0: one free port for all of them).
+///
+/// `SO_REUSEPORT` would let these listeners join the group of another process's listeners on
+/// the same address (another tapwire of the same user): connections would be split between the
+/// two relays and this one's steering program would replace the other's. So the address is
+/// first probed with a socket without `SO_REUSEPORT`, which any listener already there refuses.
 pub fn bind_listeners(addr: SocketAddr, cores: usize) -> io::Result<Vec<TcpListener>> {
+    if addr.port() != 0 {
+        let probe = Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM.cloexec(),
+            Some(Protocol::TCP),
+        )?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into()).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr}: {e} — something in this network namespace already listens there (another tapwire?); stop it or choose another --listen"),
+            )
+        })?;
+    }
     let mut addr = addr;
     let mut listeners = Vec::with_capacity(cores);
     for _ in 0..cores {
@@ -109,6 +128,17 @@ mod tests {
             per_core[steer(port, 2)] += 1;
         }
         assert!(per_core.iter().all(|n| *n > 200), "{per_core:?}");
+    }
+
+    #[test]
+    fn an_address_another_relay_listens_on_is_refused() {
+        let first = bind_listeners("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let addr = first[0].local_addr().unwrap();
+        let err = bind_listeners(addr, 2).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains("already listens there"), "{err}");
+        drop(first);
+        assert_eq!(bind_listeners(addr, 2).unwrap().len(), 2, "free again");
     }
 
     #[test]
