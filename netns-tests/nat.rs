@@ -14,7 +14,7 @@ const SERVER: &str = "198.51.100.2";
 /// A namespace joined to `relay_ns` by a veth pair, holding the relay namespace's default
 /// route and an HTTP server with one file.
 struct Internet {
-    _ns: Netns,
+    ns: Netns,
     _http: Proc,
     _dir: TempDir,
     /// SHA-256 of the served file, as `sha256sum` prints it.
@@ -78,7 +78,7 @@ fn internet(relay_ns: &Netns) -> Internet {
     )
     .expect("httpd");
     Internet {
-        _ns: ns,
+        ns,
         _http: http,
         _dir: dir,
         sha,
@@ -152,7 +152,7 @@ fn guests_reach_the_internet_with_nat_and_not_without() {
     let table = format!("tapwire_{}", relay.tap);
     assert!(nft_tables(&relay.ns).contains(&table));
     let mut guest = relay.guest(1);
-    guest.dhcp(&relay.dir.0);
+    let guest_ip = guest.dhcp(&relay.dir.0);
     assert_eq!(
         download(&guest).as_deref(),
         Some(net.sha.as_str()),
@@ -167,6 +167,22 @@ fn guests_reach_the_internet_with_nat_and_not_without() {
             == "198.51.100.1",
         "the server saw {seen:?}"
     );
+    // Connections from the uplink into guests are dropped, even with a route to them.
+    exec_ok(
+        &net.ns,
+        &["ip", "route", "add", "10.86.0.0/16", "via", "198.51.100.1"],
+    );
+    let out = net
+        .ns
+        .cmd(&["ping", "-c", "2", "-i", "0.2", "-W", "1", &guest_ip])
+        .output()
+        .expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(" 0 received"),
+        "the internet reached a guest: {text}"
+    );
+    assert!(guest.ping(GATEWAY, 1) == 1, "the guest itself is fine");
 
     relay.proc().signal(libc::SIGTERM);
     let status = relay
