@@ -141,3 +141,62 @@ fn check_reports_every_requirement_and_leaves_nothing() {
     // The throwaway TAP of the steering check is gone with its descriptor.
     assert_eq!(links(&ns), Vec::<String>::new(), "no link left");
 }
+
+/// Under a seccomp filter that answers ENOSYS for io_uring_setup (as podman's default profile
+/// does), `tapwire check` blames the filter, not the kernel. (The filter below is written for
+/// x86-64 system call numbers.)
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn check_blames_a_seccomp_filter_that_answers_enosys() {
+    if skip_unless_root("check_blames_a_seccomp_filter_that_answers_enosys") {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(tapwire_bin());
+    cmd.arg("check");
+    // SAFETY: runs in the forked child before exec and only calls prctl with a filter program
+    // that lives on this (the child's) stack until the call returns; prctl is
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+            const RET_ALLOW: u32 = 0x7fff_0000;
+            const RET_ENOSYS: u32 = 0x0005_0000 | libc::ENOSYS as u32;
+            let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+            // ld [4] (arch); jeq x86_64 ? next : allow; ld [0] (nr); jeq io_uring_setup ? enosys : allow
+            let program = [
+                op(0x20, 0, 0, 4),
+                op(0x15, 0, 3, AUDIT_ARCH_X86_64),
+                op(0x20, 0, 0, 0),
+                op(0x15, 0, 1, libc::SYS_io_uring_setup as u32),
+                op(0x06, 0, 0, RET_ENOSYS),
+                op(0x06, 0, 0, RET_ALLOW),
+            ];
+            let prog = libc::sock_fprog {
+                len: program.len() as u16,
+                filter: program.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("check under seccomp");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("FAIL io_uring_setup failed")
+            && text.contains(
+                "a seccomp filter blocks io_uring (podman's default profile answers ENOSYS"
+            ),
+        "{text}"
+    );
+    assert!(!text.contains("built without io_uring"), "{text}");
+}

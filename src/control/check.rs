@@ -56,12 +56,7 @@ pub fn run_checks() -> Vec<Finding> {
             check_ops(&ring, &mut out);
         }
         Err(e) => {
-            let hint = match (e.raw_os_error(), seccomp.as_deref()) {
-                (Some(libc::EPERM), Some("2")) => " — a seccomp filter blocks io_uring (Docker's default profile does): run the container with a profile that allows io_uring_setup, io_uring_enter and io_uring_register (e.g. --security-opt seccomp=unconfined)",
-                (Some(libc::EPERM), _) => " — io_uring is restricted: check kernel.io_uring_disabled and any seccomp/LSM policy",
-                (Some(libc::ENOSYS), _) => " — this kernel is built without io_uring (CONFIG_IO_URING)",
-                _ => "",
-            };
+            let hint = io_uring_setup_hint(e.raw_os_error(), seccomp.as_deref());
             out.push(finding(
                 false,
                 true,
@@ -182,6 +177,21 @@ fn check_nat() -> Vec<Finding> {
         )),
     }
     out
+}
+
+/// What to do when `io_uring_setup` fails with `errno`, given this process's seccomp mode (the
+/// `Seccomp:` field of /proc/self/status; 2 means a filter is installed). Container runtimes'
+/// default seccomp profiles refuse io_uring: Docker's with EPERM, podman's with ENOSYS, which
+/// is also what a kernel without io_uring answers; the mode tells them apart.
+fn io_uring_setup_hint(errno: Option<i32>, seccomp: Option<&str>) -> String {
+    const FILTER: &str = "run the container with a seccomp profile that also allows io_uring_setup, io_uring_enter and io_uring_register (--security-opt seccomp=PROFILE), or with --security-opt seccomp=unconfined";
+    match (errno, seccomp) {
+        (Some(libc::EPERM), Some("2")) => format!(" — a seccomp filter blocks io_uring (Docker's default profile answers EPERM): {FILTER}"),
+        (Some(libc::ENOSYS), Some("2")) => format!(" — a seccomp filter blocks io_uring (podman's default profile answers ENOSYS, as if the kernel had none): {FILTER}"),
+        (Some(libc::EPERM), _) => " — io_uring is restricted: check kernel.io_uring_disabled and any LSM policy".into(),
+        (Some(libc::ENOSYS), _) => " — this kernel is built without io_uring (CONFIG_IO_URING)".into(),
+        _ => String::new(),
+    }
 }
 
 /// The neighbour (ARP) table's hard limit, `net.ipv4.neigh.default.gc_thresh3`, where this
@@ -340,7 +350,7 @@ fn check_ops(ring: &IoUring, out: &mut Vec<Finding>) {
 
 #[cfg(test)]
 mod tests {
-    use super::neighbour_table_advice;
+    use super::{io_uring_setup_hint, neighbour_table_advice};
 
     #[test]
     fn neighbour_table_advice_only_past_the_limit() {
@@ -353,5 +363,20 @@ mod tests {
         assert!(neighbour_table_advice(5000, 1024)
             .unwrap()
             .contains("gc_thresh3=8192"));
+    }
+
+    #[test]
+    fn a_seccomp_enosys_is_not_taken_for_a_kernel_without_io_uring() {
+        let podman = io_uring_setup_hint(Some(libc::ENOSYS), Some("2"));
+        assert!(
+            podman.contains("seccomp filter") && podman.contains("ENOSYS"),
+            "{podman}"
+        );
+        assert!(!podman.contains("built without"));
+        let bare = io_uring_setup_hint(Some(libc::ENOSYS), Some("0"));
+        assert!(bare.contains("built without io_uring"), "{bare}");
+        let docker = io_uring_setup_hint(Some(libc::EPERM), Some("2"));
+        assert!(docker.contains("seccomp filter") && docker.contains("io_uring_register"));
+        assert!(io_uring_setup_hint(Some(libc::EPERM), None).contains("restricted"));
     }
 }
