@@ -410,3 +410,57 @@ fn host_unicast_reaches_only_its_guest_even_when_idle() {
     assert!(!leaked, "a frame for an address no one owns was flooded");
     assert!(relay.counters().drops("unknown_unicast") > before);
 }
+
+/// `--isolate`: guests reach the gateway but not each other (on one core and across cores),
+/// and a guest's broadcasts reach no other guest.
+#[test]
+fn isolated_guests_reach_the_gateway_but_not_each_other() {
+    if skip_unless_root("isolated_guests_reach_the_gateway_but_not_each_other") {
+        return;
+    }
+    // With --nat the host forwards: a guest must not reach another through the gateway either.
+    let relay = Relay::start(&["--isolate", "--nat", "--uplink", "lo"]);
+    let mut guests = [relay.guest(0), relay.guest(1), relay.guest(0)];
+    let ips: Vec<String> = guests.iter_mut().map(|g| g.dhcp(&relay.dir.0)).collect();
+    for (i, g) in guests.iter().enumerate() {
+        assert_eq!(g.ping(GATEWAY, 2), 2, "guest {i} → gateway");
+    }
+    assert_eq!(guests[0].ping(&ips[1], 2), 0, "across cores");
+    assert_eq!(guests[0].ping(&ips[2], 2), 0, "on one core");
+    exec_ok(
+        &guests[0].ns,
+        &[
+            "ip",
+            "route",
+            "add",
+            &format!("{}/32", ips[1]),
+            "via",
+            GATEWAY,
+        ],
+    );
+    exec_ok(
+        &guests[1].ns,
+        &[
+            "ip",
+            "route",
+            "add",
+            &format!("{}/32", ips[0]),
+            "via",
+            GATEWAY,
+        ],
+    );
+    assert_eq!(guests[0].ping(&ips[1], 2), 0, "through the gateway");
+    // One core, so that the sender's replica knows the watcher's address at once.
+    let mut watcher = relay.client(Some(source_port_for_core(0)));
+    let mut sender = relay.client(Some(source_port_for_core(0)));
+    let (w, s) = (mac(0xa1), mac(0xa2));
+    watcher.send_frame(&eth(BROADCAST, w, b"watcher"));
+    std::thread::sleep(Duration::from_millis(100));
+    sender.send_frame(&eth(BROADCAST, s, b"a broadcast"));
+    sender.send_frame(&eth(w, s, b"a unicast"));
+    let got = std::iter::from_fn(|| watcher.recv_frame(Duration::from_millis(500)))
+        .any(|f| f[6..12] == s);
+    assert!(!got, "a guest's frame reached another guest");
+    let c = relay.counters();
+    assert!(c.drops("isolated") > 0, "{c:?}");
+}

@@ -61,6 +61,10 @@ pub struct RunArgs {
     /// answers and forwards to the host's resolvers.
     #[arg(long, env = "TAPWIRE_DNS", value_delimiter = ',')]
     pub dns: Vec<Ipv4Addr>,
+    /// Guests talk only to the gateway and the uplink, never to each other; their broadcasts go
+    /// only to the uplink.
+    #[arg(long, env = "TAPWIRE_ISOLATE")]
+    pub isolate: bool,
     /// Let guests reach beyond the host: masquerade their traffic out of the uplink (rules in
     /// one nftables table of this instance; IPv4 forwarding is turned on and restored at exit).
     #[arg(long, env = "TAPWIRE_NAT")]
@@ -340,6 +344,8 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     /// Masquerade guest traffic out of an uplink (`None`: no NAT).
     pub nat: Option<Nat>,
+    /// Guests talk only to the uplink.
+    pub isolate: bool,
 }
 
 /// NAT egress settings.
@@ -455,6 +461,7 @@ impl RunArgs {
             nat: self.nat.then(|| Nat {
                 uplink: self.uplink.clone(),
             }),
+            isolate: self.isolate,
         })
     }
 }

@@ -68,6 +68,7 @@ drop_reasons! {
     BadSourceMac => "bad_source_mac", "Source MAC is a group address or all zeros.";
     UplinkMac => "uplink_mac", "Source MAC lives behind the uplink (the TAP's, or the bridge's or its ports').";
     Hairpin => "hairpin", "Destination is the sender itself.";
+    Isolated => "isolated", "--isolate: a frame from one client to another.";
     UnknownUnicast => "unknown_unicast", "Unicast frame from the uplink for an address no client owns (never flooded to other guests).";
     RateLimited => "rate_limited", "Client over --client-rate or --client-broadcast-pps.";
     SendQueueFull => "send_queue_full", "Client's send queue full: its copy dropped.";
@@ -94,6 +95,7 @@ impl From<crate::switch::SwitchDrop> for DropReason {
             SwitchDrop::BadSourceMac => DropReason::BadSourceMac,
             SwitchDrop::UplinkMac => DropReason::UplinkMac,
             SwitchDrop::Hairpin => DropReason::Hairpin,
+            SwitchDrop::Isolated => DropReason::Isolated,
             SwitchDrop::UnknownUnicast => DropReason::UnknownUnicast,
         }
     }

@@ -29,6 +29,8 @@ fn mac(i: usize) -> Mac {
 #[derive(Default)]
 struct Model {
     entries: Vec<(Mac, PortId, u64)>,
+    /// `--isolate`: clients reach only the uplink.
+    isolate: bool,
 }
 
 impl Model {
@@ -47,10 +49,15 @@ impl Model {
             }
         }
         if dst.0[0] & 1 == 1 {
-            return Ok(Forward::Flood);
+            return Ok(if self.isolate {
+                Forward::Uplink
+            } else {
+                Forward::Flood
+            });
         }
         match self.entries.iter().find(|e| e.0 == dst) {
             Some(e) if e.1 == port => Err(SwitchDrop::Hairpin),
+            Some(_) if self.isolate => Err(SwitchDrop::Isolated),
             Some(e) => Ok(Forward::Port(e.1)),
             None => Ok(Forward::Uplink),
         }
@@ -102,10 +109,10 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
-    fn switch_matches_reference(ops in prop::collection::vec(op(), 1..200)) {
-        let mut sw = Switch::new(AGEING_MS);
+    fn switch_matches_reference(ops in prop::collection::vec(op(), 1..200), isolate in any::<bool>()) {
+        let mut sw = Switch::new(AGEING_MS).isolated(isolate);
         let mut own = Ownership::new(MAX_MACS);
-        let mut model = Model::default();
+        let mut model = Model { isolate, ..Model::default() };
         let mut ports: Vec<PortId> = Vec::new();
         let mut next_slot = 0u32;
         let mut now = 0u64;

@@ -445,7 +445,14 @@ fn start_nat(
     }
     let table = nat::table_name(&cfg.tap);
     host.record(Change::NftTable(table.clone()))?;
-    nat::apply(&nat::ruleset(&table, &cfg.tap, subnet, &uplink)).map_err(RunError::Setup)?;
+    nat::apply(&nat::ruleset(
+        &table,
+        &cfg.tap,
+        subnet,
+        &uplink,
+        cfg.isolate,
+    ))
+    .map_err(RunError::Setup)?;
     match nat::blocking_forward_chains(&table) {
         Ok(chains) => {
             for chain in chains {

@@ -51,9 +51,15 @@ pub fn table_name(tap: &str) -> String {
 
 /// The script that (re)creates `table`: guest traffic from `subnet` entering on `tap` is
 /// forwarded out of `uplink` and masqueraded; replies come back; nothing else from the uplink
-/// reaches the guests.
-pub fn ruleset(table: &str, tap: &str, subnet: &Subnet, uplink: &str) -> String {
+/// reaches the guests. With `isolate`, a guest's packet routed back out of the TAP (to another
+/// guest through the gateway) is dropped too.
+pub fn ruleset(table: &str, tap: &str, subnet: &Subnet, uplink: &str, isolate: bool) -> String {
     let net = format!("{}/{}", subnet.network, subnet.prefix);
+    let hairpin = if isolate {
+        format!("\n    iifname \"{tap}\" oifname \"{tap}\" drop")
+    } else {
+        String::new()
+    };
     format!(
         "add table ip {table}
 delete table ip {table}
@@ -66,7 +72,7 @@ table ip {table} {{
     type filter hook forward priority filter; policy accept;
     iifname \"{tap}\" oifname \"{uplink}\" ip saddr {net} accept
     iifname \"{uplink}\" oifname \"{tap}\" ct state established,related accept
-    iifname \"{uplink}\" oifname \"{tap}\" drop
+    iifname \"{uplink}\" oifname \"{tap}\" drop{hairpin}
   }}
 }}
 "
@@ -206,7 +212,10 @@ mod tests {
     #[test]
     fn the_ruleset_replaces_only_our_table() {
         let subnet: Subnet = "10.86.0.0/16".parse().unwrap();
-        let r = ruleset("tapwire_t0", "t0", &subnet, "eth0");
+        let r = ruleset("tapwire_t0", "t0", &subnet, "eth0", false);
+        assert!(!r.contains("iifname \"t0\" oifname \"t0\""));
+        let isolated = ruleset("tapwire_t0", "t0", &subnet, "eth0", true);
+        assert!(isolated.contains("iifname \"t0\" oifname \"t0\" drop"));
         assert!(r.starts_with("add table ip tapwire_t0\ndelete table ip tapwire_t0\n"));
         assert!(r.contains("ip saddr 10.86.0.0/16 oifname \"eth0\" masquerade"));
         assert!(r.contains("iifname \"eth0\" oifname \"t0\" ct state established,related accept"));

@@ -61,6 +61,8 @@ pub struct EngineConfig {
     /// Addresses that live behind the uplink (the TAP's; with a bridge, the bridge's and its
     /// ports'): never learned on a client port.
     pub uplink_macs: Vec<crate::switch::Mac>,
+    /// Guests talk only to the uplink (`--isolate`).
+    pub isolate: bool,
 }
 
 impl EngineConfig {
@@ -78,6 +80,7 @@ impl EngineConfig {
             tap_buffers: if jumbo { 1024 } else { 4096 },
             frame_slots: if jumbo { 2048 } else { 8192 },
             uplink_macs: Vec::new(),
+            isolate: cfg.isolate,
         }
     }
 }

@@ -45,6 +45,8 @@ pub enum SwitchDrop {
     UplinkMac,
     /// The destination is the sender itself: a frame never goes back to its source.
     Hairpin,
+    /// `--isolate`: a frame from one client to another.
+    Isolated,
     /// A unicast frame from the uplink for an address no client owns: it belongs to no guest
     /// here (a guest that left, or an address a guest gave up), and flooding it would hand it
     /// to every other guest.
@@ -67,6 +69,9 @@ pub struct Switch {
     ageing_ms: u64,
     /// Addresses that live behind the uplink; never learned on a client port.
     uplink: Vec<Mac>,
+    /// Clients talk only to the uplink: their broadcasts go only there, frames to another
+    /// client are dropped.
+    isolate: bool,
 }
 
 /// Something that lends the ownership authority briefly (a mutex in the engine, a plain
@@ -112,7 +117,14 @@ impl Switch {
             table: HashMap::new(),
             ageing_ms,
             uplink,
+            isolate: false,
         }
+    }
+
+    /// Clients talk only to the uplink (`--isolate`).
+    pub fn isolated(mut self, isolate: bool) -> Self {
+        self.isolate = isolate;
+        self
     }
 
     /// Records that `mac` belongs to `port` (a local learn, or a message from another core).
@@ -230,11 +242,17 @@ pub fn ingress(
             }
         }
     }
+    let isolated = sw.isolate && matches!(source, Source::Port(_));
     let forward = if dst.is_group() {
-        Forward::Flood
+        if isolated {
+            Forward::Uplink
+        } else {
+            Forward::Flood
+        }
     } else {
         match (sw.lookup(dst), source) {
             (Some(owner), Source::Port(port)) if owner == port => return Err(SwitchDrop::Hairpin),
+            (Some(_), Source::Port(_)) if isolated => return Err(SwitchDrop::Isolated),
             (Some(owner), _) => Forward::Port(owner),
             (None, Source::Port(_)) => Forward::Uplink,
             // Unknown to this replica: the authority may know an owner whose learning has not

@@ -159,7 +159,8 @@ impl Worker {
             tap: TapQueue::new(tap, features.multishot_tap_read, cfg.max_frame),
             clients: ClientTable::new(id),
             mailbox: Mailbox::new(id, shared.clone()),
-            switch: Switch::with_uplink(ms(cfg.clients.mac_ageing), cfg.uplink_macs.clone()),
+            switch: Switch::with_uplink(ms(cfg.clients.mac_ageing), cfg.uplink_macs.clone())
+                .isolated(cfg.isolate),
             limits,
             queue_frames: policy
                 .send_queue
