@@ -10,6 +10,10 @@ use clap::Args;
 
 use crate::ifname::IfName;
 
+mod subnet;
+use subnet::default_range;
+pub use subnet::{DhcpRange, Subnet};
+
 /// Ethernet header (14) plus one 802.1Q tag (4).
 pub const ETHERNET_OVERHEAD: usize = 18;
 /// Largest frame we ever accept: v86's virtio NIC with MTU 65535, plus header and VLAN tag.
@@ -210,105 +214,6 @@ pub enum ConfigError {
     },
 }
 
-/// An IPv4 subnet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Subnet {
-    /// Network address (host bits zero).
-    pub network: Ipv4Addr,
-    /// Prefix length.
-    pub prefix: u8,
-}
-
-impl std::str::FromStr for Subnet {
-    type Err = String;
-
-    /// Parses `a.b.c.d/n`; host bits must be zero and the prefix between /8 and /30.
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (addr, prefix) = text
-            .split_once('/')
-            .ok_or_else(|| format!("{text:?} is not in CIDR form (e.g. 10.86.0.0/16)"))?;
-        let addr: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .map_err(|_| format!("{prefix:?} is not a prefix length"))?;
-        if !(8..=30).contains(&prefix) {
-            return Err(format!("prefix /{prefix} must be between /8 and /30"));
-        }
-        let subnet = Subnet {
-            network: addr,
-            prefix,
-        };
-        if u32::from(addr) & !subnet.mask() != 0 {
-            return Err(format!(
-                "{text} has host bits set; did you mean {}/{prefix}?",
-                Ipv4Addr::from(u32::from(addr) & subnet.mask())
-            ));
-        }
-        Ok(subnet)
-    }
-}
-
-impl std::fmt::Display for Subnet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
-    }
-}
-
-impl Subnet {
-    fn mask(&self) -> u32 {
-        u32::MAX << (32 - u32::from(self.prefix))
-    }
-
-    /// The first host address: the gateway, put on the TAP.
-    pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network) + 1)
-    }
-
-    /// The last host address.
-    pub fn last_host(&self) -> Ipv4Addr {
-        Ipv4Addr::from((u32::from(self.network) | !self.mask()) - 1)
-    }
-
-    /// Whether `ip` is a host address of this subnet.
-    pub fn contains_host(&self, ip: Ipv4Addr) -> bool {
-        let v = u32::from(ip);
-        v & self.mask() == u32::from(self.network)
-            && v > u32::from(self.network)
-            && v <= u32::from(self.last_host())
-    }
-
-    /// The netmask in dotted form.
-    pub fn netmask(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.mask())
-    }
-}
-
-/// `START,END`: the first and last address dnsmasq leases.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DhcpRange(pub Ipv4Addr, pub Ipv4Addr);
-
-impl std::str::FromStr for DhcpRange {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (a, b) = text
-            .split_once(',')
-            .ok_or_else(|| format!("{text:?}: expected START,END"))?;
-        let parse = |t: &str| {
-            t.trim()
-                .parse::<Ipv4Addr>()
-                .map_err(|_| format!("{t:?} is not an IPv4 address"))
-        };
-        let (start, end) = (parse(a)?, parse(b)?);
-        if u32::from(start) > u32::from(end) {
-            return Err(format!("{start} comes after {end}"));
-        }
-        Ok(DhcpRange(start, end))
-    }
-}
-
 /// DHCP settings for the managed dnsmasq.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dhcp {
@@ -464,18 +369,6 @@ impl RunArgs {
             isolate: self.isolate,
         })
     }
-}
-
-fn default_range(subnet: &Subnet) -> (Ipv4Addr, Ipv4Addr) {
-    let first = u32::from(subnet.gateway()) + 9;
-    let last = u32::from(subnet.last_host());
-    // Small subnets (/29, /30): start right after the gateway.
-    let first = if first > last {
-        u32::from(subnet.gateway()) + 1
-    } else {
-        first
-    };
-    (Ipv4Addr::from(first), Ipv4Addr::from(last))
 }
 
 #[cfg(test)]
