@@ -14,23 +14,9 @@ use tokio::process::{Child, Command};
 
 use crate::config::{Dhcp, Subnet};
 
-/// Where dnsmasq is looked for besides $PATH (Debian puts it in /usr/sbin).
-const SEARCH: &[&str] = &[
-    "/usr/sbin/dnsmasq",
-    "/usr/local/sbin/dnsmasq",
-    "/sbin/dnsmasq",
-];
-
 /// Finds the dnsmasq binary.
 pub fn find() -> Option<PathBuf> {
-    let path_dirs = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    path_dirs
-        .into_iter()
-        .map(|d| d.join("dnsmasq"))
-        .chain(SEARCH.iter().map(PathBuf::from))
-        .find(|p| p.is_file())
+    super::find_program("dnsmasq")
 }
 
 /// The error when it is missing.

@@ -27,6 +27,17 @@ use crate::engine::{Engine, EngineConfig, Features, Shared};
 use instance::NetnsId;
 use ledger::{Acquired, Change, Ledger};
 
+/// Finds the program `name` in $PATH, then in the sbin directories a non-root $PATH often
+/// lacks (Debian puts dnsmasq and nft in /usr/sbin).
+pub fn find_program(name: &str) -> Option<std::path::PathBuf> {
+    const SBIN: &[&str] = &["/usr/sbin", "/usr/local/sbin", "/sbin"];
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(SBIN.iter().map(std::path::PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
 /// A start-up failure, with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -535,5 +546,14 @@ async fn recv_opt(sig: &mut Option<tokio::signal::unix::Signal>) {
             s.recv().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn programs_are_found_in_path_and_sbin() {
+        assert!(super::find_program("sh").is_some_and(|p| p.is_file()));
+        assert_eq!(super::find_program("tapwire-no-such-program"), None);
     }
 }

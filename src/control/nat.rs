@@ -14,23 +14,13 @@ use std::process::{Command, Stdio};
 
 use crate::config::Subnet;
 
-/// Where nft is looked for besides $PATH.
-const SEARCH: &[&str] = &["/usr/sbin/nft", "/sbin/nft", "/usr/local/sbin/nft"];
-
 /// The error when nft is missing.
 pub const MISSING: &str =
     "nft not found: --nat needs it — install it with `apt-get install nftables`";
 
 /// Finds the nft binary.
 pub fn find() -> Option<PathBuf> {
-    let path_dirs = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    path_dirs
-        .into_iter()
-        .map(|d| d.join("nft"))
-        .chain(SEARCH.iter().map(PathBuf::from))
-        .find(|p| p.is_file())
+    super::find_program("nft")
 }
 
 /// The table of the instance whose TAP is `tap` (TAP names are unique in a namespace, and so

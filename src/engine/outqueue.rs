@@ -39,6 +39,52 @@ impl OutData {
 /// Capacity an emptied queue keeps; a burst's larger allocation is given back.
 const KEEP_CAPACITY: usize = 64;
 
+/// A client's frame bound while a pool of its core runs low.
+pub const PRESSED_FRAMES: usize = 128;
+
+/// How much one client's queue may hold on a core. Frames: `--send-queue`, at most a quarter of
+/// the core's TAP buffers (one non-reading client must not pin most of them), and
+/// [`PRESSED_FRAMES`] while fewer than a quarter of the frame slots are free or fewer than a
+/// quarter of the TAP buffers are lent to the kernel (slow receivers together must not pin a
+/// pool; bursts to readers fit while the pools are healthy). Bytes: `--send-queue-bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueBound {
+    frames: usize,
+    bytes: usize,
+    slots_reserve: usize,
+    tap_reserve: usize,
+}
+
+impl QueueBound {
+    /// The bound for a core with `tap_buffers` TAP buffers and `frame_slots` frame slots.
+    pub fn new(
+        send_queue: usize,
+        send_queue_bytes: usize,
+        tap_buffers: usize,
+        frame_slots: usize,
+    ) -> Self {
+        QueueBound {
+            frames: send_queue.min(tap_buffers / 4).max(2),
+            bytes: send_queue_bytes,
+            slots_reserve: frame_slots / 4,
+            tap_reserve: tap_buffers / 4,
+        }
+    }
+
+    /// Whether `queue` takes `len` more bytes, given the core's free frame slots and the TAP
+    /// buffers lent to the kernel.
+    #[inline]
+    pub fn admits(&self, queue: &OutQueue, len: usize, slots_free: usize, tap_lent: usize) -> bool {
+        let pressed = slots_free < self.slots_reserve || tap_lent < self.tap_reserve;
+        let frames = if pressed {
+            self.frames.min(PRESSED_FRAMES)
+        } else {
+            self.frames
+        };
+        queue.len() < frames && queue.bytes() + len <= self.bytes
+    }
+}
+
 /// A client's pending output.
 #[derive(Debug, Default)]
 pub struct OutQueue {
@@ -318,5 +364,40 @@ mod tests {
             q.entries.capacity() <= KEEP_CAPACITY,
             "a burst's allocation is given back"
         );
+    }
+
+    #[test]
+    fn the_bound_counts_frames_and_bytes_and_tightens_while_pools_run_low() {
+        let bound = QueueBound::new(1024, 4 << 20, 4096, 8192);
+        let mut q = OutQueue::default();
+        for _ in 0..1023 {
+            q.push(owned(&[0; 20]), 0);
+        }
+        assert!(
+            bound.admits(&q, 20, 8192, 4096),
+            "a burst of one receive of minimal frames fits"
+        );
+        q.push(owned(&[0; 20]), 0);
+        assert!(!bound.admits(&q, 20, 8192, 4096), "1024 frames");
+        assert!(
+            !bound.admits(&OutQueue::default(), (4 << 20) + 1, 8192, 4096),
+            "bytes"
+        );
+        let mut short = OutQueue::default();
+        for _ in 0..PRESSED_FRAMES {
+            short.push(owned(&[0; 20]), 0);
+        }
+        assert!(bound.admits(&short, 20, 8192, 4096));
+        assert!(!bound.admits(&short, 20, 2047, 4096), "slots low");
+        assert!(!bound.admits(&short, 20, 8192, 1023), "TAP buffers low");
+        // Jumbo frames: 1024 TAP buffers, so at most 256 frames per client.
+        let jumbo = QueueBound::new(1024, 4 << 20, 1024, 2048);
+        let mut q = OutQueue::default();
+        for _ in 0..255 {
+            q.push(owned(&[0; 20]), 0);
+        }
+        assert!(jumbo.admits(&q, 20, 2048, 1024));
+        q.push(owned(&[0; 20]), 0);
+        assert!(!jumbo.admits(&q, 20, 2048, 1024));
     }
 }

@@ -43,15 +43,13 @@ use super::conn::ConnLimits;
 use super::loggate::{self, held_note};
 use super::mailbox::Mailbox;
 use super::ops::{self, Features, Kind};
+use super::outqueue::QueueBound;
 use super::ring::{Completion, Ring};
 use super::tapq::TapQueue;
 use super::{EngineConfig, Shared};
 
 /// Housekeeping tick.
 const TICK_MS: u64 = 250;
-
-/// A client's frame bound while a pool runs low (the bound before bursts were sized for).
-const PRESSED_QUEUE_FRAMES: usize = 128;
 
 /// Milliseconds of `d`, the engine's clock unit (saturating: durations are user input).
 fn ms(d: std::time::Duration) -> u64 {
@@ -81,15 +79,8 @@ pub struct Worker {
     switch: Switch,
     /// What every new connection is allowed.
     limits: ConnLimits,
-    /// A client's send queue bound: frames (capped at a quarter of the TAP buffers, so one
-    /// non-reading client cannot pin most of them) and bytes.
-    queue_frames: usize,
-    queue_bytes: usize,
-    /// Below this many free frame slots or TAP buffers lent to the kernel, a client's queue
-    /// takes at most [`PRESSED_QUEUE_FRAMES`] frames: slow receivers together cannot pin the
-    /// pools while bursts to readers still fit when the pools are healthy.
-    slots_reserve: usize,
-    tap_reserve: usize,
+    /// How much a client's send queue may hold.
+    queue_bound: QueueBound,
     /// Frame slots holding partial frames (reassemblies), and how many may: a quarter of the
     /// slots, so the rest always serve whole frames.
     partial_slots: usize,
@@ -162,13 +153,12 @@ impl Worker {
             switch: Switch::with_uplink(ms(cfg.clients.mac_ageing), cfg.uplink_macs.clone())
                 .isolated(cfg.isolate),
             limits,
-            queue_frames: policy
-                .send_queue
-                .min(usize::from(cfg.tap_buffers) / 4)
-                .max(2),
-            queue_bytes: policy.send_queue_bytes,
-            slots_reserve: (cfg.frame_slots / 4) as usize,
-            tap_reserve: usize::from(cfg.tap_buffers) / 4,
+            queue_bound: QueueBound::new(
+                policy.send_queue,
+                policy.send_queue_bytes,
+                usize::from(cfg.tap_buffers),
+                cfg.frame_slots as usize,
+            ),
             partial_slots: 0,
             partial_slots_max: (cfg.frame_slots / 4) as usize,
             held: VecDeque::new(),

@@ -198,13 +198,7 @@ impl Worker {
     fn enqueue(&mut self, port: PortId, ready: Ready) {
         let now = self.now_ms;
         let total = ready.header_len + ready.len;
-        let pressed = self.pool.slots_free() < self.slots_reserve
-            || self.pool.tap_available() < self.tap_reserve;
-        let max_frames = if pressed {
-            self.queue_frames.min(super::PRESSED_QUEUE_FRAMES)
-        } else {
-            self.queue_frames
-        };
+        let (slots_free, tap_lent) = (self.pool.slots_free(), self.pool.tap_available());
         let Some(c) = self.clients.get_mut(port) else {
             self.counters.dropped(DropReason::PortGone);
             return;
@@ -212,7 +206,7 @@ impl Worker {
         if !c.conn.is_open() {
             return;
         }
-        if c.out.len() >= max_frames || c.out.bytes() + total > self.queue_bytes {
+        if !self.queue_bound.admits(&c.out, total, slots_free, tap_lent) {
             self.counters.dropped(DropReason::SendQueueFull);
             self.log_once(
                 port,
