@@ -183,6 +183,29 @@ impl Relay {
             .unwrap_or_default()
     }
 
+    /// Sends `sig` to the relay and waits (15 s at most) for it to exit.
+    pub fn signal_and_wait(&mut self, sig: i32) -> std::process::ExitStatus {
+        self.proc().signal(sig);
+        self.proc_mut()
+            .wait_exit(Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("relay did not exit on signal {sig}"))
+    }
+
+    /// Runs `tapwire cleanup --runtime-dir RUNTIME_DIR` in the relay's namespace: whether it
+    /// succeeded, and what it printed.
+    pub fn cleanup(&self) -> (bool, String) {
+        let out = self
+            .ns
+            .cmd(&[tapwire_bin(), "cleanup", "--runtime-dir"])
+            .arg(&self.runtime_dir)
+            .output()
+            .expect("cleanup");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     /// The relay's process.
     pub fn proc(&self) -> &Proc {
         &self.relay.proc
@@ -413,14 +436,37 @@ pub fn links(ns: &Netns) -> Vec<String> {
         .collect()
 }
 
+/// Waits up to `limit` for every process of `pids` to be gone; whether they are.
+pub fn all_gone(pids: &[u32], limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while pids.iter().any(|p| pid_alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pids.iter().all(|p| !pid_alive(*p))
+}
+
 /// Whether a process with this pid exists.
 pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// The dnsmasq pids a ledger recorded.
+/// The dnsmasq pids a relay's log names (`dnsmasq[PID]`).
 pub fn dnsmasq_pids(log: &str) -> Vec<u32> {
     log.lines()
         .filter_map(|l| l.split("dnsmasq[").nth(1)?.split(']').next()?.parse().ok())
         .collect()
+}
+
+/// The status line the relay answers `request` with (sent on a raw connection).
+pub fn http_status(relay: &Relay, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = relay.raw();
+    s.write_all(request).expect("send");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
 }

@@ -1,6 +1,6 @@
 //! Host state: SIGTERM and SIGKILL + `tapwire cleanup` leave nothing behind.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::harness::*;
 
@@ -61,55 +61,23 @@ fn sigkill_then_cleanup_leaves_nothing() {
     let mut guest = relay.guest(0);
     guest.dhcp(&relay.dir.0);
     let dnsmasq = dnsmasq_pids(&relay.proc().log_text());
-    relay.proc().signal(libc::SIGKILL);
-    relay
-        .proc_mut()
-        .wait_exit(Duration::from_secs(10))
-        .expect("killed");
+    relay.signal_and_wait(libc::SIGKILL);
     let ledger = relay.instance_dir().join("ledger");
     assert!(ledger.exists(), "a killed run leaves its ledger");
     // dnsmasq dies with tapwire even on SIGKILL (its guard holds the parent-death signal).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while dnsmasq.iter().any(|p| pid_alive(*p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
     assert!(
-        dnsmasq.iter().all(|p| !pid_alive(*p)),
+        all_gone(&dnsmasq, Duration::from_secs(5)),
         "dnsmasq outlived a SIGKILLed tapwire"
     );
-    let out = relay
-        .ns
-        .cmd(&[tapwire_bin(), "cleanup"])
-        .arg("--runtime-dir")
-        .arg(&relay.runtime_dir)
-        .output()
-        .expect("cleanup");
-    assert!(
-        out.status.success(),
-        "cleanup failed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("undid"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let (ok, text) = relay.cleanup();
+    assert!(ok, "cleanup failed: {text}");
+    assert!(text.contains("undid"), "{text}");
     assert!(!relay.instance_dir().exists(), "ledger and files removed");
     assert_eq!(links(&relay.ns), Vec::<String>::new(), "no link left");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while dnsmasq.iter().any(|p| pid_alive(*p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(dnsmasq.iter().all(|p| !pid_alive(*p)), "dnsmasq gone");
+    assert!(all_gone(&dnsmasq, Duration::from_secs(5)), "dnsmasq gone");
     // A second cleanup finds nothing to do.
-    let again = relay
-        .ns
-        .cmd(&[tapwire_bin(), "cleanup"])
-        .arg("--runtime-dir")
-        .arg(&relay.runtime_dir)
-        .output()
-        .expect("cleanup");
-    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to clean up"));
+    let (_, again) = relay.cleanup();
+    assert!(again.contains("nothing to clean up"), "{again}");
 }
 
 #[test]

@@ -43,11 +43,7 @@ fn relays_in_two_namespaces_with_default_names_run_and_stop_alone() {
     let mut guest = b.guest(0);
     guest.dhcp(&b.dir.0);
 
-    a.proc().signal(libc::SIGTERM);
-    let status = a
-        .proc_mut()
-        .wait_exit(Duration::from_secs(15))
-        .expect("a exits");
+    let status = a.signal_and_wait(libc::SIGTERM);
     assert!(status.success(), "{}", a.proc().log_text());
     assert!(
         still_alive_for(&b_dnsmasq, Duration::from_secs(2)),
@@ -63,17 +59,9 @@ fn relays_in_two_namespaces_with_default_names_run_and_stop_alone() {
 
     // A SIGKILLed run in a third namespace, cleaned up from inside it: b is skipped.
     let mut c = Relay::launch(&[], Some("tapwire0"), Some(&run), &[]);
-    c.proc().signal(libc::SIGKILL);
-    c.proc_mut()
-        .wait_exit(Duration::from_secs(10))
-        .expect("killed");
-    let out =
-        c.ns.cmd(&[tapwire_bin(), "cleanup", "--runtime-dir"])
-            .arg(&run)
-            .output()
-            .expect("cleanup");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    c.signal_and_wait(libc::SIGKILL);
+    let (ok, text) = c.cleanup();
+    assert!(ok, "{text}");
     assert!(text.contains("undid"), "{text}");
     assert!(
         text.contains(&format!("tapwire (pid {}) is still running", b.relay.pid())),
@@ -85,6 +73,23 @@ fn relays_in_two_namespaces_with_default_names_run_and_stop_alone() {
         "cleanup killed b's dnsmasq"
     );
     assert!(b.tap_addresses().contains(GATEWAY));
+    assert_eq!(guest.ping(GATEWAY, 2), 2, "b still relays");
+
+    // A SIGKILLed run whose namespace is then deleted (a CI job's): a cleanup from another
+    // namespace removes its files and touches nothing else.
+    let mut d = Relay::launch(&[], Some("tapwire0"), Some(&run), &[]);
+    let d_dir = d.instance_dir();
+    d.signal_and_wait(libc::SIGKILL);
+    drop(d);
+    assert!(d_dir.join("ledger").exists());
+    let (ok, text) = b.cleanup();
+    assert!(ok, "{text}");
+    assert!(text.contains("its network namespace is gone"), "{text}");
+    assert!(!d_dir.exists(), "{text}");
+    assert!(
+        b.instance_dir().join("ledger").exists(),
+        "b's ledger untouched"
+    );
     assert_eq!(guest.ping(GATEWAY, 2), 2, "b still relays");
 }
 

@@ -103,17 +103,8 @@ fn fetch(guest: &Guest, path: &str, pipe: &str) -> String {
 
 /// Downloads the blob in the guest's namespace; its SHA-256, or `None` when it fails.
 fn download(guest: &Guest) -> Option<String> {
-    let out = guest
-        .ns
-        .cmd(&[
-            "sh",
-            "-c",
-            &format!("ip route replace default via {GATEWAY} dev eth0; timeout 5 busybox wget -q -O - http://{SERVER}:8080/blob | sha256sum"),
-        ])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let sha = text.split_whitespace().next()?.to_string();
+    let out = fetch(guest, "blob", "| sha256sum");
+    let sha = out.split_whitespace().next()?.to_string();
     // sha256sum of nothing: the download failed.
     (sha != "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855").then_some(sha)
 }
@@ -184,11 +175,7 @@ fn guests_reach_the_internet_with_nat_and_not_without() {
     );
     assert!(guest.ping(GATEWAY, 1) == 1, "the guest itself is fine");
 
-    relay.proc().signal(libc::SIGTERM);
-    let status = relay
-        .proc_mut()
-        .wait_exit(Duration::from_secs(15))
-        .expect("exits");
+    let status = relay.signal_and_wait(libc::SIGTERM);
     assert!(status.success(), "{}", relay.proc().log_text());
     assert!(!nft_tables(&relay.ns).contains(&table), "table left behind");
     assert_eq!(ip_forward(&relay.ns), "0", "ip_forward not restored");
@@ -205,29 +192,13 @@ fn sigkill_then_cleanup_or_restart_removes_the_nat_table() {
     let tap = unique("twt");
     let mut relay = Relay::launch_in(ns, &[], Some(&tap), None, &["--nat", "--no-dhcp"]);
     let table = format!("tapwire_{tap}");
-    let kill = |relay: &mut Relay| {
-        relay.proc().signal(libc::SIGKILL);
-        relay
-            .proc_mut()
-            .wait_exit(Duration::from_secs(10))
-            .expect("killed");
-        assert!(
-            nft_tables(&relay.ns).contains(&table),
-            "a killed run leaves its table"
-        );
-    };
-    kill(&mut relay);
-    let out = relay
-        .ns
-        .cmd(&[tapwire_bin(), "cleanup", "--runtime-dir"])
-        .arg(&relay.runtime_dir)
-        .output()
-        .expect("cleanup");
+    relay.signal_and_wait(libc::SIGKILL);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+        nft_tables(&relay.ns).contains(&table),
+        "a killed run leaves its table"
     );
+    let (ok, text) = relay.cleanup();
+    assert!(ok, "{text}");
     assert!(
         !nft_tables(&relay.ns).contains(&table),
         "cleanup left the table"
@@ -239,42 +210,30 @@ fn sigkill_then_cleanup_or_restart_removes_the_nat_table() {
     );
 
     // Killed again, then the same instance restarts: it undoes the dead run and starts clean.
-    let again = relay
-        .another(
-            "again",
-            &[
-                "--tap",
-                &tap,
-                "--nat",
-                "--no-dhcp",
-                "--listen",
-                "127.0.0.1:8087",
-                "--runtime-dir",
-                &relay.runtime_dir.display().to_string(),
-            ],
-        )
-        .expect("first restart");
-    let mut again = again;
+    let runtime_dir = relay.runtime_dir.display().to_string();
+    let restart = |name: &str| {
+        let args = [
+            "--tap",
+            &tap,
+            "--nat",
+            "--no-dhcp",
+            "--listen",
+            "127.0.0.1:8087",
+            "--runtime-dir",
+            &runtime_dir,
+        ];
+        relay
+            .another(name, &args)
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let mut again = restart("again");
     again.proc.signal(libc::SIGKILL);
     again
         .proc
         .wait_exit(Duration::from_secs(10))
         .expect("killed");
-    let mut third = relay
-        .another(
-            "third",
-            &[
-                "--tap",
-                &tap,
-                "--nat",
-                "--no-dhcp",
-                "--listen",
-                "127.0.0.1:8087",
-                "--runtime-dir",
-                &relay.runtime_dir.display().to_string(),
-            ],
-        )
-        .expect("restart after SIGKILL");
+    assert!(nft_tables(&relay.ns).contains(&table));
+    let mut third = restart("third");
     assert!(third.proc.log_text().contains("did not clean up"));
     assert!(nft_tables(&relay.ns).contains(&table));
     assert_eq!(ip_forward(&relay.ns), "1");

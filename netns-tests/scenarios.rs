@@ -11,10 +11,14 @@ mod bad_input;
 mod churn;
 #[path = "cores.rs"]
 mod cores;
+#[path = "exhaustion.rs"]
+mod exhaustion;
 #[path = "host_state.rs"]
 mod host_state;
 #[path = "instances.rs"]
 mod instances;
+#[path = "macs.rs"]
+mod macs;
 #[path = "nat.rs"]
 mod nat;
 #[path = "swarm.rs"]

@@ -277,7 +277,7 @@ fn jumbo_frames_cross_a_real_tap_at_mtu_65521() {
         (gw_mac, me),
         ip,
         GATEWAY.parse().unwrap(),
-        7,
+        (7, 1),
         &data,
     );
     assert_eq!(frame.len(), 65_549);

@@ -199,28 +199,10 @@ fn addresses_behind_the_uplink_and_zero_are_never_learned_on_a_port() {
     let gateway = mac(9);
     let mut sw = Switch::with_uplink(AGEING_MS, vec![gateway]);
     let p = PortId::new(0, 1, 0);
-    assert_eq!(
-        ingress(
-            &mut sw,
-            &mut own,
-            Source::Port(p),
-            Mac::BROADCAST,
-            gateway,
-            0
-        ),
-        Err(SwitchDrop::UplinkMac)
-    );
-    assert_eq!(
-        ingress(
-            &mut sw,
-            &mut own,
-            Source::Port(p),
-            Mac::BROADCAST,
-            Mac::ZERO,
-            0
-        ),
-        Err(SwitchDrop::BadSourceMac)
-    );
+    let mut broadcast_from =
+        |src| ingress(&mut sw, &mut own, Source::Port(p), Mac::BROADCAST, src, 0);
+    assert_eq!(broadcast_from(gateway), Err(SwitchDrop::UplinkMac));
+    assert_eq!(broadcast_from(Mac::ZERO), Err(SwitchDrop::BadSourceMac));
     assert_eq!(
         sw.lookup(gateway),
         None,

@@ -186,34 +186,30 @@ pub fn icmp_echo(
     seq: u16,
     stamp: u64,
 ) -> Vec<u8> {
-    let data = stamp.to_be_bytes();
-    icmp(
+    icmp_echo_data(
         (dst_mac, src_mac),
+        src,
+        dst,
+        (id, seq),
+        &stamp.to_be_bytes(),
+    )
+}
+
+/// An ICMP echo request with identifier and sequence `(id, seq)` carrying `data`.
+pub fn icmp_echo_data(
+    macs: (Mac, Mac),
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    (id, seq): (u16, u16),
+    data: &[u8],
+) -> Vec<u8> {
+    icmp(
+        macs,
         src,
         dst,
         Icmpv4Repr::EchoRequest {
             ident: id,
             seq_no: seq,
-            data: &data,
-        },
-    )
-}
-
-/// An ICMP echo request carrying `data`.
-pub fn icmp_echo_data(
-    (dst_mac, src_mac): (Mac, Mac),
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    id: u16,
-    data: &[u8],
-) -> Vec<u8> {
-    icmp(
-        (dst_mac, src_mac),
-        src,
-        dst,
-        Icmpv4Repr::EchoRequest {
-            ident: id,
-            seq_no: 1,
             data,
         },
     )
