@@ -112,19 +112,7 @@ fn host_frames_reach_each_guest_on_its_own_core() {
     for core in 0..2u8 {
         let mut g = relay.client(Some(source_port_for_core(usize::from(core))));
         g.send_frame(&eth(BROADCAST, mac(60 + core), b"hello"));
-        exec_ok(
-            &relay.ns,
-            &[
-                "ip",
-                "neigh",
-                "replace",
-                &format!("10.86.3.{}", core + 1),
-                "lladdr",
-                &tapwire_testkit::packet::format_mac(mac(60 + core)),
-                "dev",
-                &relay.tap,
-            ],
-        );
+        relay.static_neighbour(&format!("10.86.3.{}", core + 1), mac(60 + core));
         guests.push(g);
     }
     std::thread::sleep(Duration::from_millis(200));

@@ -92,27 +92,8 @@ fn bursts_of_small_frames_reach_a_reading_client_whole() {
 
     let me = mac(0x63);
     let ip: std::net::Ipv4Addr = "10.86.0.201".parse().unwrap();
-    exec_ok(
-        &relay.ns,
-        &[
-            "ip",
-            "neigh",
-            "replace",
-            "10.86.0.201",
-            "lladdr",
-            &packet::format_mac(me),
-            "dev",
-            &relay.tap,
-        ],
-    );
-    let gw = packet::parse_mac(
-        exec_ok(
-            &relay.ns,
-            &["cat", &format!("/sys/class/net/{}/address", relay.tap)],
-        )
-        .trim(),
-    )
-    .expect("TAP MAC");
+    relay.static_neighbour("10.86.0.201", me);
+    let gw = relay.tap_mac();
     let mut pinger = relay.client(None);
     let burst: Vec<u8> = (0..300u16)
         .flat_map(|seq| {

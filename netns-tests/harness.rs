@@ -174,6 +174,26 @@ impl Relay {
         )
     }
 
+    /// The TAP's MAC address (the gateway's, as guests see it).
+    pub fn tap_mac(&self) -> [u8; 6] {
+        let text = exec_ok(
+            &self.ns,
+            &["cat", &format!("/sys/class/net/{}/address", self.tap)],
+        );
+        tapwire_testkit::packet::parse_mac(text.trim()).expect("TAP MAC")
+    }
+
+    /// A static neighbour entry on the TAP, so the host sends to `ip` at `mac` without ARP.
+    pub fn static_neighbour(&self, ip: &str, mac: [u8; 6]) {
+        let mac = tapwire_testkit::packet::format_mac(mac);
+        exec_ok(
+            &self.ns,
+            &[
+                "ip", "neigh", "replace", ip, "lladdr", &mac, "dev", &self.tap,
+            ],
+        );
+    }
+
     /// The IPv4 addresses on this relay's TAP.
     pub fn tap_addresses(&self) -> String {
         self.ns

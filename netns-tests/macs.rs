@@ -16,14 +16,7 @@ fn a_client_cannot_claim_the_gateway_mac() {
     let relay = Relay::start(&[]);
     let mut guest = relay.guest(0);
     guest.dhcp(&relay.dir.0);
-    let gw = tapwire_testkit::packet::parse_mac(
-        exec_ok(
-            &relay.ns,
-            &["cat", &format!("/sys/class/net/{}/address", relay.tap)],
-        )
-        .trim(),
-    )
-    .expect("TAP MAC");
+    let gw = relay.tap_mac();
     // Flush the guest's neighbour entry so it must ask for the gateway again.
     exec_ok(&guest.ns, &["ip", "neigh", "flush", "dev", "eth0"]);
     let mut attacker = relay.client(None);

@@ -250,27 +250,8 @@ fn jumbo_frames_cross_a_real_tap_at_mtu_65521() {
 
     let me = mac(0x65);
     let ip: std::net::Ipv4Addr = "10.86.0.200".parse().unwrap();
-    exec_ok(
-        &relay.ns,
-        &[
-            "ip",
-            "neigh",
-            "replace",
-            "10.86.0.200",
-            "lladdr",
-            &tapwire_testkit::packet::format_mac(me),
-            "dev",
-            &relay.tap,
-        ],
-    );
-    let gw_mac = tapwire_testkit::packet::parse_mac(
-        exec_ok(
-            &relay.ns,
-            &["cat", &format!("/sys/class/net/{}/address", relay.tap)],
-        )
-        .trim(),
-    )
-    .expect("TAP MAC");
+    relay.static_neighbour("10.86.0.200", me);
+    let gw_mac = relay.tap_mac();
     let mut client = relay.client(None);
     let data = vec![0x5a; 65_535 - 28];
     let frame = tapwire_testkit::packet::icmp_echo_data(
@@ -375,19 +356,7 @@ fn host_unicast_reaches_only_its_guest_even_when_idle() {
     a.send_frame(&eth(BROADCAST, a_mac, b"a"));
     b.send_frame(&eth(BROADCAST, b_mac, b"b"));
     let to_a = |ip: &str, m: [u8; 6]| {
-        exec_ok(
-            &relay.ns,
-            &[
-                "ip",
-                "neigh",
-                "replace",
-                ip,
-                "lladdr",
-                &tapwire_testkit::packet::format_mac(m),
-                "dev",
-                &relay.tap,
-            ],
-        );
+        relay.static_neighbour(ip, m);
         let _ = relay.ns.cmd(&["ping", "-c", "1", "-W", "1", ip]).output();
     };
     // Idle for well past the ageing time (checked every second).
