@@ -68,7 +68,7 @@ fn bursts_of_small_frames_reach_a_reading_client_whole() {
     }
     use std::io::Write;
     use tapwire_testkit::packet;
-    let relay = Relay::start(&[]);
+    let relay = Relay::start(&["--reserve", "00:22:15:00:00:63=10.86.0.201"]);
     let mut receiver = relay.client(None);
     let rx = mac(0x61);
     receiver.send_frame(&eth(BROADCAST, rx, b"learn me"));

@@ -490,3 +490,24 @@ pub fn http_status(relay: &Relay, request: &[u8]) -> String {
         .unwrap_or("")
         .to_string()
 }
+
+/// Takes a DHCP lease for `mac` on a synthetic client (DISCOVER, OFFER, REQUEST, ACK) and
+/// returns the address; panics without one within 10 s.
+pub fn lease(client: &mut WsClient, mac: [u8; 6]) -> std::net::Ipv4Addr {
+    use tapwire_testkit::packet::{dhcp_message, dhcp_reply, DhcpKind};
+    let xid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]);
+    let reply = |client: &mut WsClient, want: DhcpKind| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(f) = client.recv_frame(deadline.saturating_duration_since(Instant::now())) {
+            if let Some((kind, ip, server)) = dhcp_reply(&f, xid) {
+                assert_eq!(kind, want, "DHCP reply");
+                return (ip, server);
+            }
+        }
+        panic!("no DHCP {want:?} for {mac:02x?}");
+    };
+    client.send_frame(&dhcp_message(mac, xid, DhcpKind::Discover, None));
+    let offer = reply(client, DhcpKind::Offer);
+    client.send_frame(&dhcp_message(mac, xid, DhcpKind::Request, Some(offer)));
+    reply(client, DhcpKind::Ack).0
+}

@@ -21,6 +21,8 @@ mod instances;
 mod macs;
 #[path = "nat.rs"]
 mod nat;
+#[path = "spoofing.rs"]
+mod spoofing;
 #[path = "swarm.rs"]
 mod swarm;
 #[path = "traffic.rs"]

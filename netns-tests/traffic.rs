@@ -229,7 +229,12 @@ fn jumbo_frames_cross_a_real_tap_at_mtu_65521() {
     if skip_unless_root("jumbo_frames_cross_a_real_tap_at_mtu_65521") {
         return;
     }
-    let relay = Relay::start(&["--mtu", "65521"]);
+    let relay = Relay::start(&[
+        "--mtu",
+        "65521",
+        "--reserve",
+        "00:22:15:00:00:65=10.86.0.200",
+    ]);
     let mut guest = relay.guest(0);
     guest.dhcp(&relay.dir.0);
     exec_ok(&guest.ns, &["ip", "link", "set", "eth0", "mtu", "65521"]);

@@ -12,7 +12,7 @@ use crate::ifname::IfName;
 
 mod subnet;
 use subnet::default_range;
-pub use subnet::{DhcpRange, Subnet};
+pub use subnet::{DhcpRange, Reservation, Subnet};
 
 /// Ethernet header (14) plus one 802.1Q tag (4).
 pub const ETHERNET_OVERHEAD: usize = 18;
@@ -76,6 +76,19 @@ pub struct RunArgs {
     /// The uplink for --nat; default: the interface of this namespace's default route.
     #[arg(long, env = "TAPWIRE_UPLINK")]
     pub uplink: Option<IfName>,
+    /// Turn anti-spoofing off: guests may send from any IPv4 address, answer ARP for any
+    /// address and act as DHCP servers (for guests with static addresses tapwire cannot know).
+    #[arg(long, env = "TAPWIRE_ALLOW_SPOOFING")]
+    pub allow_spoofing: bool,
+    /// Fixed address for a guest's MAC, as MAC=IP (repeatable): dnsmasq always leases it to
+    /// that MAC, and the guest may use it even without DHCP.
+    #[arg(
+        long = "reserve",
+        env = "TAPWIRE_RESERVE",
+        value_delimiter = ',',
+        value_name = "MAC=IP"
+    )]
+    pub reservations: Vec<Reservation>,
     #[command(flatten)]
     pub clients: ClientPolicy,
     /// Use single-shot io_uring operations even where the kernel has multishot ones (for
@@ -204,6 +217,15 @@ pub enum ConfigError {
     NatWithBridge,
     #[error("--uplink names the interface --nat masquerades out of: add --nat, or drop --uplink")]
     UplinkWithoutNat,
+    #[error("--reserve {mac}={ip}: {ip} is not a host address of {subnet} other than the gateway {gateway}")]
+    ReservationOutsideSubnet {
+        mac: crate::switch::Mac,
+        ip: Ipv4Addr,
+        subnet: Subnet,
+        gateway: Ipv4Addr,
+    },
+    #[error("--reserve: {0} is given twice; each MAC and each address may be reserved once")]
+    ReservedTwice(String),
     #[error(
         "--dhcp-range: {ip} is not a host address of {subnet} other than the gateway {gateway}"
     )]
@@ -251,6 +273,10 @@ pub struct Config {
     pub nat: Option<Nat>,
     /// Guests talk only to the uplink.
     pub isolate: bool,
+    /// No anti-spoofing checks.
+    pub allow_spoofing: bool,
+    /// Fixed MAC → address pairs (checked to lie in the subnet when routed).
+    pub reservations: Vec<Reservation>,
 }
 
 /// NAT egress settings.
@@ -315,6 +341,16 @@ impl RunArgs {
         if self.uplink.is_some() && !self.nat {
             return Err(ConfigError::UplinkWithoutNat);
         }
+        for (i, r) in self.reservations.iter().enumerate() {
+            for earlier in &self.reservations[..i] {
+                if earlier.mac == r.mac {
+                    return Err(ConfigError::ReservedTwice(r.mac.to_string()));
+                }
+                if earlier.ip == r.ip {
+                    return Err(ConfigError::ReservedTwice(r.ip.to_string()));
+                }
+            }
+        }
         let host = match &self.attach_bridge {
             Some(_) if self.nat => return Err(ConfigError::NatWithBridge),
             Some(bridge) => {
@@ -325,6 +361,16 @@ impl RunArgs {
             }
             None => {
                 let subnet = self.subnet;
+                for r in &self.reservations {
+                    if !subnet.contains_host(r.ip) || r.ip == subnet.gateway() {
+                        return Err(ConfigError::ReservationOutsideSubnet {
+                            mac: r.mac,
+                            ip: r.ip,
+                            subnet,
+                            gateway: subnet.gateway(),
+                        });
+                    }
+                }
                 let dhcp = if self.no_dhcp {
                     None
                 } else {
@@ -367,6 +413,8 @@ impl RunArgs {
                 uplink: self.uplink.clone(),
             }),
             isolate: self.isolate,
+            allow_spoofing: self.allow_spoofing,
+            reservations: self.reservations.clone(),
         })
     }
 }

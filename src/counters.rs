@@ -70,6 +70,11 @@ drop_reasons! {
     Hairpin => "hairpin", "Destination is the sender itself.";
     Isolated => "isolated", "--isolate: a frame from one client to another.";
     UnknownUnicast => "unknown_unicast", "Unicast frame from the uplink for an address no client owns (never flooded to other guests).";
+    IpSpoof => "ip_spoof", "IPv4 packet whose source address is not bound to the client's MAC by a DHCP lease or --reserve (anti-spoofing).";
+    ArpSpoof => "arp_spoof", "ARP packet claiming an address not bound to the client's MAC (the gateway's, another guest's), or whose sender hardware address is not the frame's source.";
+    RogueDhcp => "rogue_dhcp", "DHCP server message (UDP source port 67) from a client.";
+    DhcpChaddr => "dhcp_chaddr", "DHCP request whose client hardware address is not the frame's source MAC.";
+    VlanTagged => "vlan_tagged", "802.1Q/802.1ad tagged frame from a client (anti-spoofing cannot see inside).";
     RateLimited => "rate_limited", "Client over --client-rate or --client-broadcast-pps.";
     SendQueueFull => "send_queue_full", "Client's send queue full: its copy dropped.";
     SlowClient => "slow_client", "Client shut down after taking none of its output for the slow-client timeout.";
@@ -86,6 +91,19 @@ drop_reasons! {
     PortGone => "port_gone", "Frame for a client that disconnected while it was on its way.";
 }
 
+impl From<crate::switch::guard::GuardDrop> for DropReason {
+    fn from(d: crate::switch::guard::GuardDrop) -> Self {
+        use crate::switch::guard::GuardDrop;
+        match d {
+            GuardDrop::IpSpoof => DropReason::IpSpoof,
+            GuardDrop::ArpSpoof => DropReason::ArpSpoof,
+            GuardDrop::RogueDhcp => DropReason::RogueDhcp,
+            GuardDrop::DhcpChaddr => DropReason::DhcpChaddr,
+            GuardDrop::VlanTagged => DropReason::VlanTagged,
+        }
+    }
+}
+
 impl From<crate::switch::SwitchDrop> for DropReason {
     fn from(d: crate::switch::SwitchDrop) -> Self {
         use crate::switch::SwitchDrop;
@@ -97,6 +115,7 @@ impl From<crate::switch::SwitchDrop> for DropReason {
             SwitchDrop::Hairpin => DropReason::Hairpin,
             SwitchDrop::Isolated => DropReason::Isolated,
             SwitchDrop::UnknownUnicast => DropReason::UnknownUnicast,
+            SwitchDrop::Unbound => DropReason::IpSpoof,
         }
     }
 }
@@ -150,10 +169,19 @@ impl Gauge {
 macro_rules! core_series {
     ($($field:ident: $ty:ident, $kind:ident, $name:literal, $help:literal;)*) => {
         /// Counters and gauges of one core.
-        #[derive(Debug, Default)]
+        #[derive(Debug)]
         pub struct CoreCounters {
             $(#[doc = $help] pub $field: $ty,)*
             drops: [Counter; DropReason::ALL.len()],
+        }
+
+        impl Default for CoreCounters {
+            fn default() -> Self {
+                CoreCounters {
+                    $($field: $ty::default(),)*
+                    drops: std::array::from_fn(|_| Counter::default()),
+                }
+            }
         }
 
         /// Name, help text and type of every series but the drops.
@@ -188,6 +216,8 @@ core_series! {
     buffer_ring_empty: Counter, Counter, "tapwire_buffer_ring_empty_total", "Times a provided-buffer ring ran dry (receives paused until buffers came back).";
     input_held: Counter, Counter, "tapwire_input_held_total", "Receives held back because the TAP or another core was behind (backpressure).";
     steering_failed: Counter, Counter, "tapwire_steering_failed_total", "Learned addresses the TAP steering map did not take (their frames are handed over between cores instead).";
+    dhcp_bindings: Counter, Counter, "tapwire_dhcp_bindings_total", "DHCP ACKs from the uplink that bound an address to a guest's MAC (anti-spoofing).";
+    dhcp_unbindings: Counter, Counter, "tapwire_dhcp_unbindings_total", "Bindings ended by a DHCP NAK from the uplink or a release or decline from the guest.";
     clients_open: Gauge, Gauge, "tapwire_clients_open", "Clients connected right now.";
 }
 

@@ -214,3 +214,56 @@ fn addresses_behind_the_uplink_and_zero_are_never_learned_on_a_port() {
     let d = ingress(&mut sw, &mut own, Source::Uplink, mac(3), gateway, 0).unwrap();
     assert_eq!(d.forward, Forward::Port(p));
 }
+
+#[test]
+fn a_claimed_address_must_be_bound_to_the_source() {
+    use tapwire::switch::{ingress_claiming, Binding};
+    let mut own = Ownership::new(4);
+    let mut sw = Switch::new(AGEING_MS);
+    let (p, q) = (PortId::new(0, 1, 0), PortId::new(0, 1, 1));
+    let (guest, gateway_ip, guest_ip) = (mac(3), [10, 86, 0, 1], [10, 86, 0, 50]);
+    let claim = |sw: &mut Switch, own: &mut Ownership, port, ip, now| {
+        ingress_claiming(sw, own, Source::Port(port), Mac::BROADCAST, guest, ip, now)
+    };
+    // No binding yet: refused, and nothing is learned (a spoofer's MAC is not claimed).
+    assert_eq!(
+        claim(&mut sw, &mut own, p, Some(guest_ip), 0),
+        Err(SwitchDrop::Unbound)
+    );
+    assert_eq!((sw.lookup(guest), own.owner(guest)), (None, None));
+    // Claiming nothing (a DHCP discover from 0.0.0.0) learns the address.
+    assert!(claim(&mut sw, &mut own, p, None, 0).is_ok());
+    // A lease binds it: the learned entry takes it by `set_binding`, a new learn from the
+    // authority.
+    let lease = Binding::lease(guest_ip, 60, 0);
+    own.bind(guest, lease, 0);
+    sw.set_binding(guest, Some(lease));
+    assert!(claim(&mut sw, &mut own, p, Some(guest_ip), 1).is_ok());
+    assert_eq!(
+        claim(&mut sw, &mut own, p, Some(gateway_ip), 1),
+        Err(SwitchDrop::Unbound),
+        "the gateway's address"
+    );
+    // The lease ends.
+    assert_eq!(
+        claim(&mut sw, &mut own, p, Some(guest_ip), 60_000),
+        Err(SwitchDrop::Unbound)
+    );
+    // The client leaves and comes back as another port: a fresh lease is found in the
+    // authority when the MAC is learned again.
+    own.bind(guest, Binding::lease(guest_ip, 60, 60_000), 60_000);
+    own.release_port(p);
+    sw.forget(guest, p);
+    assert!(claim(&mut sw, &mut own, q, Some(guest_ip), 60_001).is_ok());
+    assert_eq!(own.owner(guest), Some(q));
+    // A NAK or release ends a lease binding; a reservation outlives it.
+    own.unbind(guest);
+    assert_eq!(own.binding(guest, 60_002), None);
+    own.reserve(guest, guest_ip);
+    own.bind(guest, Binding::lease([10, 86, 0, 99], 60, 60_002), 60_002);
+    own.unbind(guest);
+    assert_eq!(
+        own.binding(guest, u64::MAX - 1).map(|b| b.ip),
+        Some(guest_ip)
+    );
+}

@@ -114,9 +114,63 @@ pub(super) fn default_range(subnet: &Subnet) -> (Ipv4Addr, Ipv4Addr) {
     (Ipv4Addr::from(first), Ipv4Addr::from(last))
 }
 
+/// `--reserve MAC=IP`: the address dnsmasq always gives this MAC, and a static binding for
+/// anti-spoofing (the guest may use it with or without DHCP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    pub mac: crate::switch::Mac,
+    pub ip: Ipv4Addr,
+}
+
+impl std::str::FromStr for Reservation {
+    type Err = String;
+
+    /// Parses `52:54:00:12:34:56=10.86.0.50`: a unicast, non-zero MAC and an IPv4 address.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (mac, ip) = text
+            .split_once('=')
+            .ok_or_else(|| format!("{text:?} is not MAC=IP (e.g. 52:54:00:12:34:56=10.86.0.50)"))?;
+        let octets: Vec<u8> = mac
+            .split(':')
+            .map(|o| u8::from_str_radix(o, 16).ok().filter(|_| o.len() == 2))
+            .collect::<Option<_>>()
+            .filter(|v: &Vec<u8>| v.len() == 6)
+            .ok_or_else(|| format!("{mac:?} is not a MAC address (six hex pairs with colons)"))?;
+        let mac = crate::switch::Mac([
+            octets[0], octets[1], octets[2], octets[3], octets[4], octets[5],
+        ]);
+        if mac.is_group() || mac == crate::switch::Mac::ZERO {
+            return Err(format!(
+                "{mac} is a group or zero address, which no guest sends from"
+            ));
+        }
+        let ip = ip
+            .parse()
+            .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+        Ok(Reservation { mac, ip })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reservations_parse_and_refuse_what_no_guest_has() {
+        let r: Reservation = "52:54:00:12:34:5A=10.86.0.50".parse().unwrap();
+        assert_eq!(r.mac.to_string(), "52:54:00:12:34:5a");
+        assert_eq!(r.ip, Ipv4Addr::new(10, 86, 0, 50));
+        for bad in [
+            "52:54:00:12:34:56",
+            "52:54:00:12:34=10.86.0.50",
+            "52:54:00:12:34:567=10.86.0.50",
+            "01:00:5e:00:00:01=10.86.0.50",
+            "00:00:00:00:00:00=10.86.0.50",
+            "52:54:00:12:34:56=10.86.0",
+        ] {
+            assert!(bad.parse::<Reservation>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn a_subnet_knows_its_gateway_hosts_and_mask() {

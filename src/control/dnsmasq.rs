@@ -49,12 +49,17 @@ impl Launch {
         };
         let binary = find().ok_or(MISSING)?;
         let lease_file = dir.join("dnsmasq.leases");
-        let args = arguments(
+        let mut args = arguments(
             &cfg.tap,
             subnet,
             dhcp,
             &lease_file,
             cfg.log_level >= log::LevelFilter::Debug,
+        );
+        args.extend(
+            cfg.reservations
+                .iter()
+                .map(|r| format!("--dhcp-host={},{}", r.mac, r.ip)),
         );
         Ok(Some(Launch {
             binary,
@@ -87,6 +92,9 @@ fn arguments(
         "--except-interface=lo".to_string(),
         "--no-ping".to_string(),
         "--dhcp-authoritative".to_string(),
+        // A lease is a MAC's: a client-identifier option (which a guest chooses freely) must
+        // not get one guest a second lease (anti-spoofing binds addresses to MACs).
+        "--dhcp-ignore-clid".to_string(),
         format!("--dhcp-leasefile={}", lease_file.display()),
         format!(
             "--dhcp-range={},{},{},{}",

@@ -395,6 +395,15 @@ async fn start(
         None
     };
     let shared = Shared::new(cfg.cores, cfg.clients.max_macs_per_client, steering)?;
+    {
+        let mut own = shared
+            .authority
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for r in &cfg.reservations {
+            own.reserve(r.mac, r.ip.octets());
+        }
+    }
     let listener_fds: Vec<OwnedFd> = listeners.into_iter().map(OwnedFd::from).collect();
     let engine = Engine::start(
         EngineConfig {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use io_uring::{opcode, types};
 
-use crate::switch::{Mac, PortId};
+use crate::switch::{Binding, Mac, PortId};
 
 use super::bufpool::BufId;
 use super::ops::{self, Kind};
@@ -40,6 +40,8 @@ pub enum Control {
     Forget(Mac, PortId),
     /// Another client wants a MAC `port` (on the receiving core) owns: ping it now.
     Challenge(PortId),
+    /// `mac` is now bound to this address (or to none): a DHCP ACK, NAK or release.
+    Bind(Mac, Option<Binding>),
 }
 
 /// A message from one core to another.

@@ -63,6 +63,8 @@ pub struct EngineConfig {
     pub uplink_macs: Vec<crate::switch::Mac>,
     /// Guests talk only to the uplink (`--isolate`).
     pub isolate: bool,
+    /// Check every client frame against the IPv4 bindings (off with `--allow-spoofing`).
+    pub anti_spoofing: bool,
 }
 
 impl EngineConfig {
@@ -81,6 +83,7 @@ impl EngineConfig {
             frame_slots: if jumbo { 2048 } else { 8192 },
             uplink_macs: Vec::new(),
             isolate: cfg.isolate,
+            anti_spoofing: !cfg.allow_spoofing,
         }
     }
 }
@@ -103,6 +106,9 @@ pub struct Shared {
     pub log_gate: loggate::LogGate,
     /// TAP queue steering by destination MAC (multi-core relays, where the kernel allows it).
     pub steering: Option<crate::steering::Steering>,
+    /// Time zero of every core's millisecond clock, so that a lease's end computed on one
+    /// core means the same on another.
+    pub epoch: std::time::Instant,
 }
 
 impl Shared {
@@ -134,6 +140,7 @@ impl Shared {
                 .map(|_| Arc::new(CoreCounters::default()))
                 .collect(),
             log_gate: loggate::LogGate::default(),
+            epoch: std::time::Instant::now(),
         }))
     }
 

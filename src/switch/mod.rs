@@ -1,6 +1,7 @@
 //! The userspace MAC-learning switch behind the uplink TAP (docs/design.md, "Switch").
 //! Pure: no I/O, no clocks, no `unsafe`.
 
+pub mod guard;
 pub mod limit;
 mod mac;
 mod ownership;
@@ -8,7 +9,34 @@ mod table;
 
 pub use mac::Mac;
 pub use ownership::{Ownership, Refusal};
-pub use table::{ingress, Decision, Forward, OwnershipAccess, Source, Switch, SwitchDrop};
+pub use table::{
+    ingress, ingress_claiming, Decision, Forward, OwnershipAccess, Source, Switch, SwitchDrop,
+};
+
+/// An IPv4 address bound to a MAC until a time (ms on the engine's clock; `u64::MAX` for
+/// static bindings and infinite leases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binding {
+    pub ip: [u8; 4],
+    pub until_ms: u64,
+}
+
+impl Binding {
+    /// Whether `binding` allows `ip` at `now_ms`.
+    pub fn holds(binding: Option<Binding>, ip: [u8; 4], now_ms: u64) -> bool {
+        binding.is_some_and(|b| b.ip == ip && b.until_ms > now_ms)
+    }
+
+    /// A binding for a lease of `lease_secs` seconds (`u32::MAX`: infinite) from `now_ms`.
+    pub fn lease(ip: [u8; 4], lease_secs: u32, now_ms: u64) -> Binding {
+        let until_ms = if lease_secs == u32::MAX {
+            u64::MAX
+        } else {
+            now_ms.saturating_add(u64::from(lease_secs) * 1000)
+        };
+        Binding { ip, until_ms }
+    }
+}
 
 /// A switch port: one client, named by its core, a generation and its slot on that core, so
 /// that a reused slot is never confused with the client that had it before.

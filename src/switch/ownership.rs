@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use super::{Mac, PortId};
+use super::{Binding, Mac, PortId};
 
 /// Why a claim was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +25,11 @@ pub struct Ownership {
     /// Addresses per port, to enforce the limit and release them all on disconnect.
     by_port: HashMap<PortId, Vec<Mac>>,
     max_macs_per_port: usize,
+    /// IPv4 bindings by MAC (anti-spoofing). They outlive the port: a guest that reconnects
+    /// with its MAC keeps its address until the lease ends.
+    bindings: HashMap<Mac, Binding>,
+    /// `--reserve` bindings: never end, whatever DHCP says.
+    reserved: HashMap<Mac, [u8; 4]>,
 }
 
 impl Ownership {
@@ -34,6 +39,8 @@ impl Ownership {
             owner: HashMap::new(),
             by_port: HashMap::new(),
             max_macs_per_port,
+            bindings: HashMap::new(),
+            reserved: HashMap::new(),
         }
     }
 
@@ -78,6 +85,45 @@ impl Ownership {
             self.owner.remove(mac);
         }
         macs
+    }
+
+    /// Binds `mac` to `binding` (a DHCP ACK), and forgets bindings whose lease ended before
+    /// `now_ms`. A reserved MAC keeps its reservation.
+    pub fn bind(&mut self, mac: Mac, binding: Binding, now_ms: u64) {
+        self.bindings.retain(|_, b| b.until_ms > now_ms);
+        if self.reserved.contains_key(&mac) {
+            return;
+        }
+        self.bindings.insert(mac, binding);
+    }
+
+    /// Binds `mac` to `ip` for good (`--reserve`).
+    pub fn reserve(&mut self, mac: Mac, ip: [u8; 4]) {
+        self.reserved.insert(mac, ip);
+    }
+
+    /// Ends the lease binding of `mac` (a DHCP NAK, release or decline); a reservation stays.
+    pub fn unbind(&mut self, mac: Mac) {
+        self.bindings.remove(&mac);
+    }
+
+    /// The binding of `mac`: its lease if one has not ended at `now_ms`, else its reservation.
+    pub fn binding(&self, mac: Mac, now_ms: u64) -> Option<Binding> {
+        self.bindings
+            .get(&mac)
+            .copied()
+            .filter(|b| b.until_ms > now_ms)
+            .or_else(|| {
+                self.reserved.get(&mac).map(|ip| Binding {
+                    ip: *ip,
+                    until_ms: u64::MAX,
+                })
+            })
+    }
+
+    /// Number of bindings (ended ones included until the next [`Ownership::bind`]).
+    pub fn bindings(&self) -> usize {
+        self.bindings.len()
     }
 
     /// Current owner of `mac`.

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use super::ownership::{Ownership, Refusal};
-use super::{Mac, PortId};
+use super::{Binding, Mac, PortId};
 
 /// Where a frame came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +51,9 @@ pub enum SwitchDrop {
     /// here (a guest that left, or an address a guest gave up), and flooding it would hand it
     /// to every other guest.
     UnknownUnicast,
+    /// The IPv4 address the frame claims is not bound to its source address (anti-spoofing;
+    /// the caller knows whether the claim came from IPv4 or ARP).
+    Unbound,
 }
 
 /// A table entry.
@@ -59,6 +62,8 @@ struct Entry {
     port: PortId,
     /// Last time (ms) a frame from this address was seen; meaningful for local ports only.
     last_seen_ms: u64,
+    /// The IPv4 address bound to this MAC; kept for local ports only.
+    binding: Option<Binding>,
 }
 
 /// A core's replica of the MAC table.
@@ -134,8 +139,17 @@ impl Switch {
             Entry {
                 port,
                 last_seen_ms: now_ms,
+                binding: None,
             },
         );
+    }
+
+    /// Sets the binding of `mac` if this replica knows it (a DHCP ACK or NAK seen on any
+    /// core, or a release).
+    pub fn set_binding(&mut self, mac: Mac, binding: Option<Binding>) {
+        if let Some(e) = self.table.get_mut(&mac) {
+            e.binding = binding;
+        }
     }
 
     /// Forgets `mac` if it still belongs to `port`.
@@ -218,26 +232,54 @@ pub fn ingress(
     src: Mac,
     now_ms: u64,
 ) -> Result<Decision, SwitchDrop> {
+    ingress_claiming(sw, authority, source, dst, src, None, now_ms)
+}
+
+/// [`ingress`] for a frame from a client that claims the IPv4 address `claim` as its own
+/// (see [`super::guard`]): the address must be bound to `src`, else [`SwitchDrop::Unbound`]
+/// and nothing is learned.
+pub fn ingress_claiming(
+    sw: &mut Switch,
+    authority: &mut impl OwnershipAccess,
+    source: Source,
+    dst: Mac,
+    src: Mac,
+    claim: Option<[u8; 4]>,
+    now_ms: u64,
+) -> Result<Decision, SwitchDrop> {
     let mut learned = None;
     if let Source::Port(port) = source {
         if src.is_group() {
             return Err(SwitchDrop::BadSourceMac);
         }
         match sw.table.get_mut(&src) {
-            Some(entry) if entry.port == port => entry.last_seen_ms = now_ms,
+            Some(entry) if entry.port == port => {
+                if let Some(ip) = claim {
+                    if !Binding::holds(entry.binding, ip, now_ms) {
+                        return Err(SwitchDrop::Unbound);
+                    }
+                }
+                entry.last_seen_ms = now_ms;
+            }
             Some(_) => return Err(SwitchDrop::MacConflict),
             // Checked only when learning: an address refused here is never in the table as a
             // port's, so frames of known sources skip these comparisons.
             None if src == Mac::ZERO => return Err(SwitchDrop::BadSourceMac),
             None if sw.uplink.contains(&src) => return Err(SwitchDrop::UplinkMac),
             None => {
-                authority
-                    .with(|own| own.claim(src, port))
-                    .map_err(|r| match r {
+                let binding = authority.with(|own| {
+                    let binding = own.binding(src, now_ms);
+                    if claim.is_some_and(|ip| !Binding::holds(binding, ip, now_ms)) {
+                        return Err(SwitchDrop::Unbound);
+                    }
+                    own.claim(src, port).map_err(|r| match r {
                         Refusal::Conflict => SwitchDrop::MacConflict,
                         Refusal::PortLimit => SwitchDrop::MacLimit,
                     })?;
+                    Ok(binding)
+                })?;
                 sw.learn(src, port, now_ms);
+                sw.set_binding(src, binding);
                 learned = Some(src);
             }
         }

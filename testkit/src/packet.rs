@@ -347,39 +347,82 @@ pub fn dhcp_message(
     kind: DhcpKind,
     requested: Option<(Ipv4Addr, Ipv4Addr)>,
 ) -> Vec<u8> {
-    let repr = DhcpRepr {
-        message_type: kind,
-        transaction_id: xid,
-        secs: 0,
-        client_hardware_address: EthernetAddress(mac),
-        client_ip: Ipv4Addr::UNSPECIFIED,
-        your_ip: Ipv4Addr::UNSPECIFIED,
-        server_ip: Ipv4Addr::UNSPECIFIED,
-        router: None,
-        subnet_mask: None,
-        relay_agent_ip: Ipv4Addr::UNSPECIFIED,
-        broadcast: false,
-        requested_ip: requested.map(|(ip, _)| ip),
-        client_identifier: None,
-        server_identifier: requested.map(|(_, server)| server),
-        parameter_request_list: Some(&[1, 3]),
-        dns_servers: None,
-        max_size: None,
-        lease_duration: None,
-        renew_duration: None,
-        rebind_duration: None,
-        additional_options: &[],
+    let msg = Dhcp {
+        kind,
+        xid,
+        chaddr: mac,
+        requested,
+        ..Dhcp::default()
     };
-    let mut bootp = vec![0u8; repr.buffer_len()];
-    repr.emit(&mut DhcpPacket::new_unchecked(&mut bootp[..]))
-        .expect("the buffer is sized for the message");
-    udp_datagram(
-        BROADCAST,
-        mac,
-        (Ipv4Addr::UNSPECIFIED, 68),
-        (Ipv4Addr::BROADCAST, 67),
-        &bootp,
+    msg.frame(
+        (BROADCAST, mac),
+        (Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST),
     )
+}
+
+/// Any DHCP message, for tests that forge them: the fields tapwire's guard reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Dhcp {
+    pub kind: DhcpKind,
+    pub xid: u32,
+    /// Client hardware address.
+    pub chaddr: Mac,
+    /// Client address (`ciaddr`, for renewals and releases) and offered address (`yiaddr`).
+    pub ciaddr: Ipv4Addr,
+    pub yiaddr: Ipv4Addr,
+    /// Requested address and server identifier (DHCPREQUEST).
+    pub requested: Option<(Ipv4Addr, Ipv4Addr)>,
+    pub lease_secs: Option<u32>,
+}
+
+impl Default for Dhcp {
+    fn default() -> Self {
+        Dhcp {
+            kind: DhcpKind::Discover,
+            xid: 1,
+            chaddr: [0; 6],
+            ciaddr: Ipv4Addr::UNSPECIFIED,
+            yiaddr: Ipv4Addr::UNSPECIFIED,
+            requested: None,
+            lease_secs: None,
+        }
+    }
+}
+
+impl Dhcp {
+    /// The message in a frame between `macs` (dst, src) and `ips` (src, dst): from port 68
+    /// to 67 for a client's message, from 67 to 68 for a server's (offer, ack, nak).
+    pub fn frame(&self, macs: (Mac, Mac), ips: (Ipv4Addr, Ipv4Addr)) -> Vec<u8> {
+        let repr = DhcpRepr {
+            message_type: self.kind,
+            transaction_id: self.xid,
+            secs: 0,
+            client_hardware_address: EthernetAddress(self.chaddr),
+            client_ip: self.ciaddr,
+            your_ip: self.yiaddr,
+            server_ip: Ipv4Addr::UNSPECIFIED,
+            router: None,
+            subnet_mask: None,
+            relay_agent_ip: Ipv4Addr::UNSPECIFIED,
+            broadcast: false,
+            requested_ip: self.requested.map(|(ip, _)| ip),
+            client_identifier: None,
+            server_identifier: self.requested.map(|(_, server)| server),
+            parameter_request_list: Some(&[1, 3]),
+            dns_servers: None,
+            max_size: None,
+            lease_duration: self.lease_secs,
+            renew_duration: None,
+            rebind_duration: None,
+            additional_options: &[],
+        };
+        let mut bootp = vec![0u8; repr.buffer_len()];
+        repr.emit(&mut DhcpPacket::new_unchecked(&mut bootp[..]))
+            .expect("the buffer is sized for the message");
+        let server = matches!(self.kind, DhcpKind::Offer | DhcpKind::Ack | DhcpKind::Nak);
+        let (sport, dport) = if server { (67, 68) } else { (68, 67) };
+        udp_datagram(macs.0, macs.1, (ips.0, sport), (ips.1, dport), &bootp)
+    }
 }
 
 /// A DHCP reply for `xid`: (message type, offered address, server identifier).

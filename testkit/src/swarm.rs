@@ -43,7 +43,8 @@ pub struct SwarmArgs {
     /// Connections opened at once (the rest wait for a free place).
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
-    /// Skip DHCP: guest i takes this address plus i (it must be on the gateway's subnet).
+    /// Skip DHCP: guest i takes this address plus i (it must be on the gateway's subnet) and
+    /// the MAC [`static_mac`]`(i)`; [`reservations`] gives the relay's `--reserve` list.
     #[arg(long)]
     pub static_from: Option<Ipv4Addr>,
     /// Once every guest has pinged, each sends UDP datagrams to this IP:PORT (via the gateway's
@@ -147,6 +148,24 @@ struct Guest {
 
 /// A random, locally administered MAC (prefix 02:53). Random, as v86's are: dnsmasq picks a
 /// guest's address from a hash of its MAC and does not reserve open offers, so sequential MACs
+/// The MAC of guest `i` with --static-from: 02:53:5f and `i` in the low 24 bits.
+pub fn static_mac(i: u32) -> [u8; 6] {
+    let b = i.to_be_bytes();
+    [0x02, 0x53, 0x5F, b[1], b[2], b[3]]
+}
+
+/// `--reserve` pairs for `guests` guests with --static-from `base` (comma-separated).
+pub fn reservations(base: Ipv4Addr, guests: u32) -> String {
+    (0..guests)
+        .map(|i| {
+            let m = static_mac(i);
+            let ip = Ipv4Addr::from(u32::from(base) + i);
+            format!("{}={ip}", crate::packet::format_mac(m))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// make concurrent guests collide on the same offer ("address in use" NAKs).
 fn random_mac(seed: &mut u64, taken: &mut std::collections::HashSet<[u8; 6]>) -> [u8; 6] {
     loop {
@@ -415,7 +434,10 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
                 index: index as u32,
                 stream,
                 stage: Stage::Connecting,
-                mac: random_mac(&mut seed, &mut macs),
+                mac: match args.static_from {
+                    Some(_) => static_mac(index as u32),
+                    None => random_mac(&mut seed, &mut macs),
+                },
                 xid: (seed >> 32) as u32,
                 ip: None,
                 gateway_mac: None,

@@ -10,7 +10,7 @@ use std::io;
 use io_uring::{cqueue, opcode, squeue, types};
 
 use crate::counters::DropReason;
-use crate::switch::{ingress, Forward, Mac, PortId, Source};
+use crate::switch::{ingress_claiming, Forward, Mac, PortId, Source, SwitchDrop};
 
 use super::super::bufpool::{BufId, HEADROOM, RECV_GROUP};
 use super::super::conn::{HandshakeStep, Input};
@@ -365,17 +365,24 @@ impl Worker {
         if !self.within_limits(port, len, dst.is_group()) {
             return;
         }
-        let decision = match ingress(
+        let Some(claim) = self.guard(port, frame.bytes, src) else {
+            return;
+        };
+        let decision = match ingress_claiming(
             &mut self.switch,
             &mut &self.shared.authority,
             Source::Port(port),
             dst,
             src,
+            claim.address.map(|(ip, _)| ip),
             self.now_ms,
         ) {
             Ok(d) => d,
             Err(drop) => {
-                let reason = DropReason::from(drop);
+                let reason = match (drop, claim.address) {
+                    (SwitchDrop::Unbound, Some((_, guard_drop))) => DropReason::from(guard_drop),
+                    _ => DropReason::from(drop),
+                };
                 self.counters.dropped(reason);
                 if reason != DropReason::Hairpin {
                     self.log_once(port, reason, format_args!("source {src}"));
@@ -390,6 +397,7 @@ impl Worker {
             self.mailbox.broadcast(Control::Learn(mac, port));
             self.steer(mac);
         }
+        self.after_guard(claim, src);
         match decision.forward {
             Forward::Uplink => self.tap_write(frame),
             Forward::Port(to) => {

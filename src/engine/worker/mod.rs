@@ -20,6 +20,7 @@
 //!
 //! [`Conn`]: super::conn::Conn
 
+mod bindings;
 mod housekeeping;
 mod input;
 mod lifecycle;
@@ -165,7 +166,7 @@ impl Worker {
             recv_starved: Vec::new(),
             recv_probes: housekeeping::RecvProbes::default(),
             timer: Box::new(types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32)),
-            started: Instant::now(),
+            started: shared.epoch,
             now_ms: 0,
             last_ageing_ms: 0,
             last_log_reset_ms: 0,

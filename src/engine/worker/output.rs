@@ -12,6 +12,7 @@ use std::io;
 use io_uring::{opcode, types};
 
 use crate::counters::DropReason;
+use crate::switch::guard::snoop;
 use crate::switch::{ingress, Forward, Mac, PortId, Source};
 
 use super::super::bufpool::{BufId, HEADROOM};
@@ -79,17 +80,21 @@ impl Worker {
     fn tap_frame(&mut self, id: BufId, len: usize) {
         self.counters.tap_rx_frames.inc();
         self.counters.tap_rx_bytes.add(len as u64);
-        let (dst, src) = {
+        let (dst, src, dhcp) = {
             // SAFETY: the kernel handed this buffer over and we hold its reference; nothing
             // writes it while this look lasts.
             let bytes = unsafe { self.pool.bytes(id, HEADROOM, len) };
-            (Mac::destination(bytes), Mac::source(bytes))
+            let dhcp = self.cfg.anti_spoofing.then(|| snoop(bytes)).flatten();
+            (Mac::destination(bytes), Mac::source(bytes), dhcp)
         };
         let whole = len >= crate::ws::session::MIN_ETHERNET_FRAME;
         let (Some(dst), Some(src), true) = (dst, src, whole) else {
             self.counters.dropped(DropReason::TapRunt);
             return;
         };
+        if let Some(dhcp) = dhcp {
+            self.snooped(dhcp);
+        }
         match ingress(
             &mut self.switch,
             &mut &self.shared.authority,
@@ -190,6 +195,9 @@ impl Worker {
                 }
                 Incoming::Control(Control::Forget(mac, port)) => self.switch.forget(mac, port),
                 Incoming::Control(Control::Challenge(port)) => self.challenge(port),
+                Incoming::Control(Control::Bind(mac, binding)) => {
+                    self.switch.set_binding(mac, binding)
+                }
             }
         }
     }
