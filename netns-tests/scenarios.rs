@@ -13,6 +13,8 @@ mod churn;
 mod cores;
 #[path = "exhaustion.rs"]
 mod exhaustion;
+#[path = "host_protection.rs"]
+mod host_protection;
 #[path = "host_state.rs"]
 mod host_state;
 #[path = "instances.rs"]

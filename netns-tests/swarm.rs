@@ -59,7 +59,13 @@ fn swarm_guests_send_timestamped_udp_and_every_echo_comes_back() {
     }
     // Static addresses: reserved, so that anti-spoofing (on) knows them without DHCP.
     let reserved = tapwire_testkit::swarm::reservations("10.86.1.1".parse().unwrap(), 200);
-    let relay = Relay::start(&["--no-dhcp", "--reserve", &reserved]);
+    let relay = Relay::start(&[
+        "--no-dhcp",
+        "--reserve",
+        &reserved,
+        "--allow-host-port",
+        "udp:7777",
+    ]);
     let echo = tapwire_testkit::udp_echo::UdpEcho::start(
         &relay.ns,
         "10.86.0.1:7777".parse().unwrap(),

@@ -183,7 +183,7 @@ fn kernel_guest_runs_iperf3_tcp_and_udp_against_the_host() {
     if skip_unless_root("kernel_guest_runs_iperf3_tcp_and_udp_against_the_host") {
         return;
     }
-    let relay = Relay::start(&[]);
+    let relay = Relay::start(&["--allow-host-port", "tcp:5201,udp:5201"]);
     let mut guest = relay.guest(0);
     guest.dhcp(&relay.dir.0);
     let server = Proc::spawn(

@@ -213,8 +213,13 @@ fn check_guest(guest: &mut V86Guest, sha256: &str) -> Result<String, String> {
     Ok(ip)
 }
 
+/// The relay for guests that download from the host's HTTP server (port 8000).
+fn relay_serving_http() -> Relay {
+    Relay::start(&["--allow-host-port", "tcp:8000"])
+}
+
 fn one_guest(nic: &str) {
-    let relay = Relay::start(&[]);
+    let relay = relay_serving_http();
     let blob = serve_blob(&relay);
     let mut guest = V86Guest::boot(&relay, &relay.url(), nic);
     check_guest(&mut guest, &blob.sha256)
@@ -241,7 +246,7 @@ fn two_v86_guests_ping_each_other() {
     if !ready("two_v86_guests_ping_each_other") {
         return;
     }
-    let relay = Relay::start(&[]);
+    let relay = relay_serving_http();
     let blob = serve_blob(&relay);
     let mut a = V86Guest::boot(&relay, &relay.url(), "ne2k");
     let mut b = V86Guest::boot(&relay, &relay.url(), "virtio");

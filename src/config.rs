@@ -10,7 +10,9 @@ use clap::Args;
 
 use crate::ifname::IfName;
 
+mod access;
 mod subnet;
+pub use access::{HostAccess, HostPort, HostPortArg};
 use subnet::default_range;
 pub use subnet::{DhcpRange, Reservation, Subnet};
 
@@ -80,6 +82,15 @@ pub struct RunArgs {
     /// address and act as DHCP servers (for guests with static addresses tapwire cannot know).
     #[arg(long, env = "TAPWIRE_ALLOW_SPOOFING")]
     pub allow_spoofing: bool,
+    /// A host port guests may reach (repeatable): tcp:22, udp:5000-5010, or all (no host
+    /// protection). By default the host answers guests only DHCP, DNS and ping at the gateway.
+    #[arg(
+        long = "allow-host-port",
+        env = "TAPWIRE_ALLOW_HOST_PORT",
+        value_delimiter = ',',
+        value_name = "PROTO:PORT"
+    )]
+    pub allow_host_ports: Vec<HostPortArg>,
     /// Fixed address for a guest's MAC, as MAC=IP (repeatable): dnsmasq always leases it to
     /// that MAC, and the guest may use it even without DHCP.
     #[arg(
@@ -275,6 +286,8 @@ pub struct Config {
     pub isolate: bool,
     /// No anti-spoofing checks.
     pub allow_spoofing: bool,
+    /// Which host services guests reach (routed TAP only).
+    pub host_access: HostAccess,
     /// Fixed MAC → address pairs (checked to lie in the subnet when routed).
     pub reservations: Vec<Reservation>,
 }
@@ -414,6 +427,7 @@ impl RunArgs {
             }),
             isolate: self.isolate,
             allow_spoofing: self.allow_spoofing,
+            host_access: HostAccess::from_args(&self.allow_host_ports),
             reservations: self.reservations.clone(),
         })
     }

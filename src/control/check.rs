@@ -129,33 +129,38 @@ pub fn run_checks() -> Vec<Finding> {
     out
 }
 
-/// What `--nat` needs: nft, a switchable IPv4 forwarding, and no other table's forward chain
-/// with policy drop (which would drop guest traffic whatever tapwire's table accepts).
+/// What host protection and `--nat` need: nft; for `--nat` also a switchable IPv4 forwarding
+/// and no other table's forward chain with policy drop (which would drop guest traffic
+/// whatever tapwire's table accepts).
 fn check_nat() -> Vec<Finding> {
-    use super::nat;
+    use super::firewall;
     let mut out = Vec::new();
-    if nat::find().is_none() {
-        out.push(finding(false, false, nat::MISSING));
+    if firewall::find().is_none() {
+        out.push(finding(false, false, firewall::MISSING));
         return out;
     }
-    out.push(finding(true, false, "nft found (for --nat)"));
+    out.push(finding(
+        true,
+        false,
+        "nft found (for host protection and --nat)",
+    ));
     let writable = std::fs::OpenOptions::new()
         .write(true)
-        .open(nat::IP_FORWARD)
+        .open(firewall::IP_FORWARD)
         .is_ok();
     out.push(finding(
         writable,
         false,
         if writable {
-            format!("{} can be switched on (for --nat)", nat::IP_FORWARD)
+            format!("{} can be switched on (for --nat)", firewall::IP_FORWARD)
         } else {
             format!(
                 "{} cannot be written: --nat needs root in this namespace",
-                nat::IP_FORWARD
+                firewall::IP_FORWARD
             )
         },
     ));
-    match nat::blocking_forward_chains(&nat::table_name("tapwire0")) {
+    match firewall::blocking_forward_chains(&firewall::table_name("tapwire0")) {
         Ok(chains) if chains.is_empty() => out.push(finding(
             true,
             false,

@@ -65,7 +65,7 @@ pub async fn undo(changes: &[Change], scope: Scope) -> Vec<String> {
                 }
             }
             Change::NftTable(table) => {
-                if let Err(e) = super::nat::delete_table(table) {
+                if let Err(e) = super::firewall::delete_table(table) {
                     failures.push(format!("cannot delete nftables table ip {table}: {e}"));
                 }
             }

@@ -5,11 +5,11 @@
 pub mod check;
 pub mod cleanup;
 pub mod dnsmasq;
+pub mod firewall;
 pub mod instance;
 pub mod ledger;
 pub mod listen;
 pub mod logging;
-pub mod nat;
 pub mod netlink;
 
 use std::net::TcpListener;
@@ -343,9 +343,7 @@ async fn start(
             .await?;
             host.record(Change::LinkUp(cfg.tap.to_string()))?;
             netlink::set_up(&handle, index, &cfg.tap, Some(cfg.mtu)).await?;
-            if let Some(nat) = &cfg.nat {
-                start_nat(cfg, host, subnet, nat)?;
-            }
+            start_firewall(cfg, host, subnet)?;
             if let Some(launch) = dnsmasq {
                 host.record(Change::File(launch.lease_file.clone()))?;
                 let c = launch.spawn().map_err(|e| {
@@ -427,53 +425,77 @@ async fn start(
     Ok((engine, shared, features, child))
 }
 
-/// Turns on IPv4 forwarding (ledgered with its old value) and makes this instance's nftables
-/// table; warns, with the fix, about other tables' forward chains that would drop guest
-/// traffic.
-fn start_nat(
+/// Makes this instance's nftables table (host protection, and with `--nat` masquerade and
+/// IPv4 forwarding, ledgered with its old value); warns, with the fix, about other tables'
+/// forward chains that would drop guest traffic. Nothing to make when the host is open to
+/// guests and there is no NAT.
+fn start_firewall(
     cfg: &Config,
     host: &mut Host,
     subnet: &crate::config::Subnet,
-    nat: &crate::config::Nat,
 ) -> Result<(), RunError> {
-    let uplink = match &nat.uplink {
-        Some(u) => u.to_string(),
-        None => nat::default_route_interface().ok_or_else(|| {
+    if cfg.nat.is_none() && cfg.host_access == crate::config::HostAccess::Open {
+        return Ok(());
+    }
+    let uplink = match cfg.nat.as_ref().map(|n| &n.uplink) {
+        None => None,
+        Some(Some(u)) => Some(u.to_string()),
+        Some(None) => Some(firewall::default_route_interface().ok_or_else(|| {
             RunError::Setup(
                 "--nat: this network namespace has no IPv4 default route to masquerade out of; pass --uplink IFACE, or add a default route".into(),
             )
-        })?,
+        })?),
     };
-    if nat::find().is_none() {
-        return Err(RunError::Setup(nat::MISSING.into()));
+    if firewall::find().is_none() {
+        return Err(RunError::Setup(firewall::MISSING.into()));
     }
-    let path = std::path::PathBuf::from(nat::IP_FORWARD);
-    let old = std::fs::read_to_string(&path)
-        .map_err(|e| RunError::Setup(format!("cannot read {}: {e}", path.display())))?;
-    let old = old.trim().to_string();
-    if old != "1" {
-        host.record(Change::Sysctl {
-            path: path.clone(),
-            old,
-        })?;
-        std::fs::write(&path, "1").map_err(|e| {
-            RunError::Setup(format!(
-                "--nat: cannot turn on IPv4 forwarding ({}: {e}); run as root",
-                path.display()
-            ))
-        })?;
+    if uplink.is_some() {
+        let path = std::path::PathBuf::from(firewall::IP_FORWARD);
+        let old = std::fs::read_to_string(&path)
+            .map_err(|e| RunError::Setup(format!("cannot read {}: {e}", path.display())))?;
+        let old = old.trim().to_string();
+        if old != "1" {
+            host.record(Change::Sysctl {
+                path: path.clone(),
+                old,
+            })?;
+            std::fs::write(&path, "1").map_err(|e| {
+                RunError::Setup(format!(
+                    "--nat: cannot turn on IPv4 forwarding ({}: {e}); run as root",
+                    path.display()
+                ))
+            })?;
+        }
     }
-    let table = nat::table_name(&cfg.tap);
+    let table = firewall::table_name(&cfg.tap);
     host.record(Change::NftTable(table.clone()))?;
-    nat::apply(&nat::ruleset(
-        &table,
-        &cfg.tap,
+    firewall::apply(&firewall::ruleset(&firewall::Rules {
+        table: &table,
+        tap: &cfg.tap,
         subnet,
-        &uplink,
-        cfg.isolate,
-    ))
+        nat: uplink.as_deref(),
+        isolate: cfg.isolate,
+        host: &cfg.host_access,
+    }))
     .map_err(RunError::Setup)?;
-    match nat::blocking_forward_chains(&table) {
+    match &cfg.host_access {
+        crate::config::HostAccess::Open => {
+            log::info!("host protection off (--allow-host-port all): guests reach every service of the host")
+        }
+        crate::config::HostAccess::Protected(ports) => {
+            let extra: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+            log::info!(
+                "host protection: guests reach only DHCP, DNS and ping at {}{}{} (nftables table inet {table})",
+                subnet.gateway(),
+                if extra.is_empty() { "" } else { ", and " },
+                extra.join(", ")
+            );
+        }
+    }
+    let Some(uplink) = uplink else {
+        return Ok(());
+    };
+    match firewall::blocking_forward_chains(&table) {
         Ok(chains) => {
             for chain in chains {
                 log::warn!("--nat: {}", chain.advice(&cfg.tap));
@@ -483,7 +505,7 @@ fn start_nat(
             "--nat: cannot list nftables chains to look for forward chains that would drop guest traffic: {e}"
         ),
     }
-    log::info!("NAT: guests are masqueraded out of {uplink} (nftables table ip {table})");
+    log::info!("NAT: guests are masqueraded out of {uplink} (nftables table inet {table})");
     Ok(())
 }
 

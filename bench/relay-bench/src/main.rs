@@ -42,6 +42,8 @@ enum Group {
     Rtt,
     /// Connection rate and memory per idle client.
     Conn,
+    /// Up with anti-spoofing on (default) and off, alternated.
+    Spoofing,
 }
 
 /// End-to-end benchmark of tapwire against the kernel's limits, measured in the same run.
@@ -187,6 +189,9 @@ fn main() {
     }
     if ctx.opts.runs(Group::Scale) {
         tables.push(updown::run_scale(&ctx, &one_core));
+    }
+    if ctx.opts.runs(Group::Spoofing) {
+        tables.push(updown::run_spoofing(&ctx));
     }
     if ctx.opts.runs(Group::G2g) {
         tables.push(g2g::run(&ctx));

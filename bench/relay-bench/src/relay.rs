@@ -17,6 +17,9 @@ pub(crate) const RELAY_CPU: usize = 0;
 pub(crate) const LOAD_CPU: usize = 1;
 
 pub(crate) const SINK_PORT: u16 = 9999;
+/// Guests 0..this have their address reserved (up/down with up to 1 000 clients, g2g's
+/// 1000 + pair). Scenarios with more guests pass `--allow-spoofing`.
+pub(crate) const RESERVED_GUESTS: usize = 1100;
 
 pub(crate) const GUEST_MAC_BASE: [u8; 6] = [0x02, 0x00, 0x0a, 0x56, 0, 0];
 
@@ -70,6 +73,16 @@ impl Relay {
         .iter()
         .map(|a| a.to_string())
         .collect();
+        // The defaults stay on: host protection (the sink's port is opened) and anti-spoofing
+        // (the bench's guests have static addresses, reserved here) unless `extra` turns it
+        // off.
+        args.extend(["--allow-host-port".to_string(), format!("udp:{SINK_PORT}")]);
+        if !extra.contains(&"--allow-spoofing") {
+            let pairs: Vec<String> = (0..RESERVED_GUESTS)
+                .map(|i| format!("{}={}", format_mac(guest_mac(i)), guest_ip(i)))
+                .collect();
+            args.extend(["--reserve".to_string(), pairs.join(",")]);
+        }
         args.extend(extra.iter().map(|a| a.to_string()));
         let process = RelayProcess::start(
             ns,

@@ -81,8 +81,10 @@ pub(crate) fn scenario_rtt_loaded(
     load_fps: f64,
     count: usize,
 ) -> (Vec<f64>, f64) {
-    let mtu = mtu_args(size);
-    let relay = Relay::start(ns, dir, &str_refs(&mtu));
+    // tapwire-swarm's guests use addresses and MACs of their own, not reserved here.
+    let mut args = mtu_args(size);
+    args.push("--allow-spoofing".into());
+    let relay = Relay::start(ns, dir, &str_refs(&args));
     let sink = ns.enter(|| UdpSocket::bind(("10.86.0.1", SINK_PORT)).expect("sink"));
     let out = dir.join("swarm-paced.out");
     let guests = 64;

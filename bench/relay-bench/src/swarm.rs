@@ -97,8 +97,10 @@ pub(crate) fn scenario_swarm_flood(
     guests: usize,
     seconds: f64,
 ) -> (SwarmFlood, Drops) {
-    let mtu = mtu_args(size);
-    let relay = Relay::start(ns, dir, &str_refs(&mtu));
+    // tapwire-swarm's guests use addresses and MACs of their own, not reserved here.
+    let mut args = mtu_args(size);
+    args.push("--allow-spoofing".into());
+    let relay = Relay::start(ns, dir, &str_refs(&args));
     let sink = ns.enter(|| UdpSocket::bind(("10.86.0.1", SINK_PORT)).expect("sink"));
     let out = dir.join("swarm-flood.out");
     let mut swarm = start_swarm(ns, &out, guests, 2, size, 0, seconds + 1.0);

@@ -39,8 +39,20 @@ pub(crate) fn scenario_up(
     seconds: f64,
     cores: usize,
 ) -> (Sample, Drops) {
-    let mtu = mtu_args(size);
-    let relay = Relay::start_cores(ns, dir, cores, &str_refs(&mtu));
+    scenario_up_with(ns, dir, (size, clients, seconds, cores), &[])
+}
+
+/// [`scenario_up`] with more relay arguments; `shape` is (size, clients, seconds, cores).
+pub(crate) fn scenario_up_with(
+    ns: &Netns,
+    dir: &std::path::Path,
+    shape: (usize, usize, f64, usize),
+    extra: &[&str],
+) -> (Sample, Drops) {
+    let (size, clients, seconds, cores) = shape;
+    let mut args = mtu_args(size);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let relay = Relay::start_cores(ns, dir, cores, &str_refs(&args));
     let sink = ns.enter(|| UdpSocket::bind(("10.86.0.1", SINK_PORT)).expect("sink"));
     let streams = connect_clients(ns, clients);
     let arrivals_at_start = udp_arrivals(ns);
@@ -290,6 +302,51 @@ pub(crate) fn run(ctx: &Ctx, one_core: &mut OneCore) -> Table {
                 table.rows.push(row);
             }
         }
+    }
+    table
+}
+
+/// Group `spoofing`: the cost of the anti-spoofing check, as up with the default (check on)
+/// against up with `--allow-spoofing`, 1 client, runs alternated so that both see the same
+/// machine.
+pub(crate) fn run_spoofing(ctx: &Ctx) -> Table {
+    let o = &ctx.opts;
+    let mut table = Table::new(vec![
+        Col::Scenario("scenario"),
+        Col::Size,
+        Col::Count("clients"),
+        Col::Fps("relay frames/s, checks on (default)"),
+        Col::Reference("--allow-spoofing", "–"),
+        Col::Ratio("on / off", RatioStyle::Decimals(2)),
+        Col::Cpu,
+        Col::Drops,
+    ]);
+    table.intro = Some("**Anti-spoofing cost** (up, one core, 1 client; each repetition runs the default and `--allow-spoofing` back to back):".into());
+    for &size in o.sizes.iter().filter(|s| **s <= 1514) {
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        let (mut drops_on, mut drops_off) = (Drops::new(), Drops::new());
+        for _ in 0..o.reps {
+            for (samples, drops, extra) in [
+                (&mut on, &mut drops_on, &[][..]),
+                (&mut off, &mut drops_off, &["--allow-spoofing"][..]),
+            ] {
+                let (s, d) = scenario_up_with(&ctx.ns, &ctx.dir, (size, 1, o.seconds, 1), extra);
+                samples.push(s);
+                for (k, v) in d {
+                    *drops.entry(k).or_default() += v;
+                }
+            }
+        }
+        let off_fps = stat_of(&off, |s| s.fps);
+        let row = Row {
+            reference_fps: Some(off_fps.median),
+            ..Row::measured("up_antispoof", size, 1, &on, drops_on)
+        };
+        progress(&row);
+        table.rows.push(row);
+        let row = Row::measured("up_allow_spoofing", size, 1, &off, drops_off);
+        progress(&row);
+        table.rows.push(row);
     }
     table
 }

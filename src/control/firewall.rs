@@ -1,22 +1,23 @@
-//! NAT egress: one nftables table per instance (`ip tapwire_TAP`), made and replaced in one
-//! `nft -f -` transaction, deleted at exit and by `tapwire cleanup`. tapwire never adds to,
-//! flushes or reorders anyone else's tables or chains.
+//! The instance's nftables table (`inet tapwire_TAP`): host protection, NAT egress and the
+//! forwarding rules for the TAP, made and replaced in one `nft -f -` transaction, deleted at
+//! exit and by `tapwire cleanup`. tapwire never adds to, flushes or reorders anyone else's
+//! tables or chains.
 //!
 //! Why the `nft` program rather than netlink: the ruleset is a short text that reads like the
 //! documentation, nft checks it and applies it atomically, and its JSON listing is how other
 //! tables' forward chains are inspected. Debian 12's nft (1.0.6) has no `destroy`, so a table
 //! is replaced with the add-delete-create idiom, and nested blocks are written one statement
-//! per line.
+//! per line. The family is `inet`, so that the input chain also covers IPv6 (a guest reaches
+//! the host's link-local address without any configuration).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use crate::config::Subnet;
+use crate::config::{HostAccess, Subnet};
 
 /// The error when nft is missing.
-pub const MISSING: &str =
-    "nft not found: --nat needs it — install it with `apt-get install nftables`";
+pub const MISSING: &str = "nft not found: tapwire's host protection and --nat need it — install it with `apt-get install nftables` (or, to run without host protection and NAT, pass --allow-host-port all)";
 
 /// Finds the nft binary.
 pub fn find() -> Option<PathBuf> {
@@ -39,34 +40,83 @@ pub fn table_name(tap: &str) -> String {
     format!("tapwire_{safe}")
 }
 
-/// The script that (re)creates `table`: guest traffic from `subnet` entering on `tap` is
-/// forwarded out of `uplink` and masqueraded; replies come back; nothing else from the uplink
-/// reaches the guests. With `isolate`, a guest's packet routed back out of the TAP (to another
-/// guest through the gateway) is dropped too.
-pub fn ruleset(table: &str, tap: &str, subnet: &Subnet, uplink: &str, isolate: bool) -> String {
-    let net = format!("{}/{}", subnet.network, subnet.prefix);
-    let hairpin = if isolate {
-        format!("\n    iifname \"{tap}\" oifname \"{tap}\" drop")
-    } else {
-        String::new()
-    };
-    format!(
-        "add table ip {table}
-delete table ip {table}
-table ip {table} {{
-  chain postrouting {{
+/// What the table of one instance holds.
+#[derive(Debug, Clone)]
+pub struct Rules<'a> {
+    pub table: &'a str,
+    pub tap: &'a str,
+    pub subnet: &'a Subnet,
+    /// `--nat`: the uplink guest traffic is masqueraded out of.
+    pub nat: Option<&'a str>,
+    pub isolate: bool,
+    pub host: &'a HostAccess,
+}
+
+/// The script that (re)creates the table of `r`:
+///
+/// - **input** (unless the host is open): from the TAP, the host accepts DHCP, DNS and ICMP
+///   echo at the gateway, IPv6 neighbour discovery, replies to its own connections and the
+///   allowed ports; everything else from the TAP is dropped, whichever host address it is for.
+/// - **forward**: with `nat`, guest traffic from the subnet goes out of the uplink and replies
+///   come back; guest to guest through the gateway passes unless `isolate`; nothing else is
+///   routed from or to the TAP.
+/// - **postrouting** (with `nat`): masquerade out of the uplink.
+pub fn ruleset(r: &Rules<'_>) -> String {
+    let (table, tap) = (r.table, r.tap);
+    let net = format!("{}/{}", r.subnet.network, r.subnet.prefix);
+    let gateway = r.subnet.gateway();
+    let mut s =
+        format!("add table inet {table}\ndelete table inet {table}\ntable inet {table} {{\n");
+    if let HostAccess::Protected(ports) = r.host {
+        s.push_str(&format!(
+            "  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname \"{tap}\" ct state established,related accept
+    iifname \"{tap}\" udp dport 67 accept
+    iifname \"{tap}\" ip daddr {gateway} udp dport 53 accept
+    iifname \"{tap}\" ip daddr {gateway} tcp dport 53 accept
+    iifname \"{tap}\" ip daddr {gateway} icmp type echo-request accept
+    iifname \"{tap}\" icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept
+"
+        ));
+        for p in ports {
+            let proto = if p.udp { "udp" } else { "tcp" };
+            let range = if p.first == p.last {
+                p.first.to_string()
+            } else {
+                format!("{}-{}", p.first, p.last)
+            };
+            s.push_str(&format!(
+                "    iifname \"{tap}\" {proto} dport {range} accept\n"
+            ));
+        }
+        s.push_str(&format!("    iifname \"{tap}\" drop\n  }}\n"));
+    }
+    s.push_str("  chain forward {\n    type filter hook forward priority filter; policy accept;\n");
+    if let Some(uplink) = r.nat {
+        s.push_str(&format!(
+            "    iifname \"{tap}\" oifname \"{uplink}\" ip saddr {net} accept
+    iifname \"{uplink}\" oifname \"{tap}\" ct state established,related accept
+"
+        ));
+    }
+    if !r.isolate {
+        s.push_str(&format!("    iifname \"{tap}\" oifname \"{tap}\" accept\n"));
+    }
+    s.push_str(&format!(
+        "    iifname \"{tap}\" drop\n    oifname \"{tap}\" drop\n  }}\n"
+    ));
+    if let Some(uplink) = r.nat {
+        s.push_str(&format!(
+            "  chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
     ip saddr {net} oifname \"{uplink}\" masquerade
   }}
-  chain forward {{
-    type filter hook forward priority filter; policy accept;
-    iifname \"{tap}\" oifname \"{uplink}\" ip saddr {net} accept
-    iifname \"{uplink}\" oifname \"{tap}\" ct state established,related accept
-    iifname \"{uplink}\" oifname \"{tap}\" drop{hairpin}
-  }}
-}}
 "
-    )
+        ));
+    }
+    s.push_str("}\n");
+    s
 }
 
 /// Runs `nft -f -` with `script`; the error carries nft's own message.
@@ -97,13 +147,14 @@ pub fn apply(script: &str) -> Result<(), String> {
     }
 }
 
-/// Deletes `table` if it exists.
+/// Deletes `table` if it exists (family `inet`; `ip` for a ledger of an earlier version).
 pub fn delete_table(table: &str) -> Result<(), String> {
-    let exists = list_json(&["list", "table", "ip", table]).is_ok();
-    if !exists {
-        return Ok(());
+    for family in ["inet", "ip"] {
+        if list_json(&["list", "table", family, table]).is_ok() {
+            apply(&format!("delete table {family} {table}\n"))?;
+        }
     }
-    apply(&format!("delete table ip {table}\n"))
+    Ok(())
 }
 
 /// The interface of this namespace's IPv4 default route (from /proc/net/route, which shows
@@ -202,16 +253,37 @@ mod tests {
     #[test]
     fn the_ruleset_replaces_only_our_table() {
         let subnet: Subnet = "10.86.0.0/16".parse().unwrap();
-        let r = ruleset("tapwire_t0", "t0", &subnet, "eth0", false);
-        assert!(!r.contains("iifname \"t0\" oifname \"t0\""));
-        let isolated = ruleset("tapwire_t0", "t0", &subnet, "eth0", true);
-        assert!(isolated.contains("iifname \"t0\" oifname \"t0\" drop"));
-        assert!(r.starts_with("add table ip tapwire_t0\ndelete table ip tapwire_t0\n"));
+        let protected = HostAccess::Protected(vec!["tcp:22".parse().unwrap()]);
+        let rules = |nat, isolate, host| {
+            ruleset(&Rules {
+                table: "tapwire_t0",
+                tap: "t0",
+                subnet: &subnet,
+                nat,
+                isolate,
+                host,
+            })
+        };
+        let r = rules(Some("eth0"), false, &protected);
+        assert!(r.starts_with("add table inet tapwire_t0\ndelete table inet tapwire_t0\n"));
         assert!(r.contains("ip saddr 10.86.0.0/16 oifname \"eth0\" masquerade"));
         assert!(r.contains("iifname \"eth0\" oifname \"t0\" ct state established,related accept"));
-        // One statement per line: nft 1.0.6 refuses one-line nested blocks.
-        assert!(r.lines().all(|l| l.matches('{').count() <= 1));
-        assert!(!r.contains("flush"), "never flushes anything");
+        assert!(r.contains("iifname \"t0\" oifname \"t0\" accept"));
+        assert!(r.contains("iifname \"t0\" tcp dport 22 accept\n    iifname \"t0\" drop\n"));
+        assert!(r.contains("ip daddr 10.86.0.1 udp dport 53 accept"));
+        let isolated = rules(Some("eth0"), true, &protected);
+        assert!(!isolated.contains("oifname \"t0\" accept"));
+        // Without --nat nothing is routed to or from the TAP, and there is no NAT chain.
+        let plain = rules(None, false, &protected);
+        assert!(!plain.contains("masquerade") && !plain.contains("eth0"));
+        assert!(plain.contains("    iifname \"t0\" drop\n    oifname \"t0\" drop\n"));
+        let open = rules(None, false, &HostAccess::Open);
+        assert!(!open.contains("chain input"));
+        for r in [r, isolated, plain, open] {
+            // One statement per line: nft 1.0.6 refuses one-line nested blocks.
+            assert!(r.lines().all(|l| l.matches('{').count() <= 1), "{r}");
+            assert!(!r.contains("flush"), "never flushes anything");
+        }
     }
 
     #[test]
