@@ -98,5 +98,75 @@ fn flood_fanout(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse_and_unmask, switch_lookup, flood_fanout);
+/// The anti-spoofing check of one client frame: `guard::inspect` on an ICMP echo, then the
+/// switch decision with the claimed address compared to the entry's binding.
+fn guard_check(c: &mut Criterion) {
+    use std::net::Ipv4Addr;
+    use tapwire::switch::guard::inspect;
+    use tapwire::switch::{ingress_claiming, Binding};
+    let src = Mac([0x00, 0x22, 0, 0, 0, 7]);
+    let gateway = Mac([0x02, 0, 0, 0, 0, 1]);
+    let frame = tapwire_testkit::packet::icmp_echo(
+        gateway.0,
+        src.0,
+        Ipv4Addr::new(10, 86, 0, 50),
+        Ipv4Addr::new(10, 86, 0, 1),
+        1,
+        1,
+        0,
+    );
+    let mut sw = Switch::new(300_000);
+    let mut own = Ownership::new(4);
+    own.bind(src, Binding::lease([10, 86, 0, 50], 3600, 0), 0);
+    let port = PortId::new(0, 1, 7);
+    ingress(
+        &mut sw,
+        &mut own,
+        Source::Port(port),
+        Mac::BROADCAST,
+        src,
+        0,
+    )
+    .expect("learn");
+    sw.set_binding(src, own.binding(src, 0));
+    c.bench_function("guard_inspect_icmp", |b| {
+        b.iter(|| inspect(black_box(&frame), black_box(src)).expect("passes"))
+    });
+    c.bench_function("switch_unicast_with_binding_check", |b| {
+        b.iter(|| {
+            let claim = inspect(black_box(&frame), src).expect("passes");
+            ingress_claiming(
+                &mut sw,
+                &mut own,
+                Source::Port(port),
+                black_box(gateway),
+                black_box(src),
+                claim.address.map(|(ip, _)| ip),
+                1,
+            )
+            .expect("forward")
+        })
+    });
+    c.bench_function("switch_unicast_without_check", |b| {
+        b.iter(|| {
+            ingress(
+                &mut sw,
+                &mut own,
+                Source::Port(port),
+                black_box(gateway),
+                black_box(src),
+                1,
+            )
+            .expect("forward")
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    parse_and_unmask,
+    switch_lookup,
+    flood_fanout,
+    guard_check
+);
 criterion_main!(benches);
