@@ -11,17 +11,20 @@ use super::GATEWAY;
 /// The "internet" server's address (a documentation range, inside our own namespace).
 const SERVER: &str = "198.51.100.2";
 
+/// The relay namespace's address on its uplink (the veth to the "internet").
+pub const UPLINK_ADDRESS: &str = "198.51.100.1";
+
 /// A namespace joined to `relay_ns` by a veth pair, holding the relay namespace's default
 /// route and an HTTP server with one file.
-struct Internet {
-    ns: Netns,
+pub struct Internet {
+    pub ns: Netns,
     _http: Proc,
     _dir: TempDir,
     /// SHA-256 of the served file, as `sha256sum` prints it.
     sha: String,
 }
 
-fn internet(relay_ns: &Netns) -> Internet {
+pub fn internet(relay_ns: &Netns) -> Internet {
     let ns = netns("twn");
     let dir = TempDir::new();
     exec_ok(

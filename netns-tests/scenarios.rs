@@ -13,6 +13,8 @@ mod churn;
 mod cores;
 #[path = "exhaustion.rs"]
 mod exhaustion;
+#[path = "forwards.rs"]
+mod forwards;
 #[path = "host_protection.rs"]
 mod host_protection;
 #[path = "host_state.rs"]

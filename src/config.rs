@@ -11,8 +11,10 @@ use clap::Args;
 use crate::ifname::IfName;
 
 mod access;
+mod forward;
 mod subnet;
 pub use access::{HostAccess, HostPort, HostPortArg};
+pub use forward::{Forward, ForwardArg};
 use subnet::default_range;
 pub use subnet::{DhcpRange, Reservation, Subnet};
 
@@ -82,6 +84,16 @@ pub struct RunArgs {
     /// address and act as DHCP servers (for guests with static addresses tapwire cannot know).
     #[arg(long, env = "TAPWIRE_ALLOW_SPOOFING")]
     pub allow_spoofing: bool,
+    /// Forward a port of the host into a guest (repeatable): tcp:HOSTPORT:GUEST:PORT or
+    /// udp:…, GUEST a MAC (its address is reserved) or an IPv4 address. Reachable from other
+    /// hosts, and from this host at its addresses; on 127.0.0.1 only TCP is proxied.
+    #[arg(
+        long = "forward",
+        env = "TAPWIRE_FORWARD",
+        value_delimiter = ',',
+        value_name = "PROTO:HOSTPORT:GUEST:PORT"
+    )]
+    pub forwards: Vec<ForwardArg>,
     /// A host port guests may reach (repeatable): tcp:22, udp:5000-5010, or all (no host
     /// protection). By default the host answers guests only DHCP, DNS and ping at the gateway.
     #[arg(
@@ -235,6 +247,10 @@ pub enum ConfigError {
         subnet: Subnet,
         gateway: Ipv4Addr,
     },
+    #[error("{0}")]
+    Forward(String),
+    #[error("--forward needs a routed TAP: with --attach-bridge guests are on the bridge's LAN")]
+    ForwardWithBridge,
     #[error("--reserve: {0} is given twice; each MAC and each address may be reserved once")]
     ReservedTwice(String),
     #[error(
@@ -288,6 +304,8 @@ pub struct Config {
     pub allow_spoofing: bool,
     /// Which host services guests reach (routed TAP only).
     pub host_access: HostAccess,
+    /// Host ports forwarded into guests (routed TAP only).
+    pub forwards: Vec<Forward>,
     /// Fixed MAC → address pairs (checked to lie in the subnet when routed).
     pub reservations: Vec<Reservation>,
 }
@@ -364,8 +382,11 @@ impl RunArgs {
                 }
             }
         }
+        let mut reservations = self.reservations.clone();
+        let mut forwards = Vec::new();
         let host = match &self.attach_bridge {
             Some(_) if self.nat => return Err(ConfigError::NatWithBridge),
+            Some(_) if !self.forwards.is_empty() => return Err(ConfigError::ForwardWithBridge),
             Some(bridge) => {
                 if self.dhcp_range.is_some() || !self.dns.is_empty() {
                     return Err(ConfigError::DhcpWithBridge);
@@ -408,6 +429,22 @@ impl RunArgs {
                         dns: self.dns.clone(),
                     })
                 };
+                forwards = forward::resolve(
+                    &self.forwards,
+                    &mut reservations,
+                    &subnet,
+                    dhcp.as_ref().map(|d| d.range),
+                )
+                .map_err(ConfigError::Forward)?;
+                if let Some(f) = forwards
+                    .iter()
+                    .find(|f| !f.udp && f.host_port == self.listen.port())
+                {
+                    return Err(ConfigError::Forward(format!(
+                        "--forward {f}: port {} is tapwire's own --listen port; pick another host port",
+                        f.host_port
+                    )));
+                }
                 HostSide::Routed { subnet, dhcp }
             }
         };
@@ -428,7 +465,8 @@ impl RunArgs {
             isolate: self.isolate,
             allow_spoofing: self.allow_spoofing,
             host_access: HostAccess::from_args(&self.allow_host_ports),
-            reservations: self.reservations.clone(),
+            reservations,
+            forwards,
         })
     }
 }

@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use crate::config::{HostAccess, Subnet};
+use crate::config::{Config, Forward, HostAccess, Subnet};
 
 /// The error when nft is missing.
 pub const MISSING: &str = "nft not found: tapwire's host protection and --nat need it — install it with `apt-get install nftables` (or, to run without host protection and NAT, pass --allow-host-port all)";
@@ -50,6 +50,8 @@ pub struct Rules<'a> {
     pub nat: Option<&'a str>,
     pub isolate: bool,
     pub host: &'a HostAccess,
+    /// `--forward`: DNAT from the host's addresses (not 127.0.0.0/8) into guests.
+    pub forwards: &'a [Forward],
 }
 
 /// The script that (re)creates the table of `r`:
@@ -93,6 +95,11 @@ pub fn ruleset(r: &Rules<'_>) -> String {
         s.push_str(&format!("    iifname \"{tap}\" drop\n  }}\n"));
     }
     s.push_str("  chain forward {\n    type filter hook forward priority filter; policy accept;\n");
+    if !r.forwards.is_empty() {
+        s.push_str(&format!(
+            "    oifname \"{tap}\" ct status dnat accept\n    iifname \"{tap}\" ct status dnat accept\n"
+        ));
+    }
     if let Some(uplink) = r.nat {
         s.push_str(&format!(
             "    iifname \"{tap}\" oifname \"{uplink}\" ip saddr {net} accept
@@ -115,8 +122,130 @@ pub fn ruleset(r: &Rules<'_>) -> String {
 "
         ));
     }
+    if !r.forwards.is_empty() {
+        // Other hosts' packets (prerouting) and this host's own (output), to any local
+        // address but loopback: DNAT to 127.0.0.1 would need route_localnet.
+        // nft 1.0.6 knows the name `dstnat` (-100) only on prerouting.
+        for (hook, priority) in [("prerouting", "dstnat"), ("output", "-100")] {
+            s.push_str(&format!(
+                "  chain {hook} {{\n    type nat hook {hook} priority {priority}; policy accept;\n"
+            ));
+            // Guests' own packets to the host are not forwarded back into the TAP.
+            let from = if hook == "prerouting" {
+                format!("iifname != \"{tap}\" ")
+            } else {
+                String::new()
+            };
+            for f in r.forwards {
+                let proto = if f.udp { "udp" } else { "tcp" };
+                s.push_str(&format!(
+                    "    {from}fib daddr type local ip daddr != 127.0.0.0/8 {proto} dport {} dnat ip to {}:{}\n",
+                    f.host_port, f.ip, f.port
+                ));
+            }
+            s.push_str("  }\n");
+        }
+    }
     s.push_str("}\n");
     s
+}
+
+/// Makes this instance's nftables table (host protection, and with `--nat` masquerade and
+/// IPv4 forwarding, ledgered with its old value); warns, with the fix, about other tables'
+/// forward chains that would drop guest traffic. Nothing to make when the host is open to
+/// guests and there is no NAT.
+pub(super) fn start(
+    cfg: &Config,
+    host: &mut super::Host,
+    subnet: &crate::config::Subnet,
+) -> Result<(), super::RunError> {
+    let routes = cfg.nat.is_some() || !cfg.forwards.is_empty();
+    if !routes && cfg.host_access == crate::config::HostAccess::Open {
+        return Ok(());
+    }
+    let uplink = match cfg.nat.as_ref().map(|n| &n.uplink) {
+        None => None,
+        Some(Some(u)) => Some(u.to_string()),
+        Some(None) => Some(default_route_interface().ok_or_else(|| {
+            super::RunError::Setup(
+                "--nat: this network namespace has no IPv4 default route to masquerade out of; pass --uplink IFACE, or add a default route".into(),
+            )
+        })?),
+    };
+    if find().is_none() {
+        return Err(super::RunError::Setup(MISSING.into()));
+    }
+    if routes {
+        let path = std::path::PathBuf::from(IP_FORWARD);
+        let old = std::fs::read_to_string(&path)
+            .map_err(|e| super::RunError::Setup(format!("cannot read {}: {e}", path.display())))?;
+        let old = old.trim().to_string();
+        if old != "1" {
+            host.record(super::ledger::Change::Sysctl {
+                path: path.clone(),
+                old,
+            })?;
+            std::fs::write(&path, "1").map_err(|e| {
+                super::RunError::Setup(format!(
+                    "--nat/--forward: cannot turn on IPv4 forwarding ({}: {e}); run as root",
+                    path.display()
+                ))
+            })?;
+        }
+    }
+    let table = table_name(&cfg.tap);
+    host.record(super::ledger::Change::NftTable(table.clone()))?;
+    apply(&ruleset(&Rules {
+        table: &table,
+        tap: &cfg.tap,
+        subnet,
+        nat: uplink.as_deref(),
+        isolate: cfg.isolate,
+        host: &cfg.host_access,
+        forwards: &cfg.forwards,
+    }))
+    .map_err(super::RunError::Setup)?;
+    match &cfg.host_access {
+        crate::config::HostAccess::Open => {
+            log::info!("host protection off (--allow-host-port all): guests reach every service of the host")
+        }
+        crate::config::HostAccess::Protected(ports) => {
+            let extra: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+            log::info!(
+                "host protection: guests reach only DHCP, DNS and ping at {}{}{} (nftables table inet {table})",
+                subnet.gateway(),
+                if extra.is_empty() { "" } else { ", and " },
+                extra.join(", ")
+            );
+        }
+    }
+    for f in &cfg.forwards {
+        log::info!(
+            "forward {f} (from other hosts and this host's addresses{})",
+            if f.udp {
+                "; UDP is not forwarded on 127.0.0.1"
+            } else {
+                "; on 127.0.0.1 by a proxy in tapwire"
+            }
+        );
+    }
+    if !routes {
+        return Ok(());
+    }
+    match blocking_forward_chains(&table) {
+        Ok(chains) => {
+            for chain in chains {
+                log::warn!("--nat/--forward: {}", chain.advice(&cfg.tap));
+            }
+        }
+        Err(e) => log::warn!(
+            "--nat/--forward: cannot list nftables chains to look for forward chains that would drop guest traffic: {e}"
+        ),
+    }
+    if let Some(uplink) = uplink {
+        log::info!("NAT: guests are masqueraded out of {uplink} (nftables table inet {table})");
+    }
+    Ok(())
 }
 
 /// Runs `nft -f -` with `script`; the error carries nft's own message.
@@ -262,6 +391,7 @@ mod tests {
                 nat,
                 isolate,
                 host,
+                forwards: &[],
             })
         };
         let r = rules(Some("eth0"), false, &protected);
@@ -277,9 +407,27 @@ mod tests {
         let plain = rules(None, false, &protected);
         assert!(!plain.contains("masquerade") && !plain.contains("eth0"));
         assert!(plain.contains("    iifname \"t0\" drop\n    oifname \"t0\" drop\n"));
+        let forwards = [Forward {
+            udp: true,
+            host_port: 5353,
+            ip: "10.86.0.2".parse().unwrap(),
+            port: 53,
+        }];
+        let forwarded = ruleset(&Rules {
+            table: "tapwire_t0",
+            tap: "t0",
+            subnet: &subnet,
+            nat: None,
+            isolate: false,
+            host: &protected,
+            forwards: &forwards,
+        });
+        assert!(forwarded.contains("    oifname \"t0\" ct status dnat accept\n    iifname \"t0\" ct status dnat accept\n    iifname \"t0\" oifname \"t0\" accept\n"));
+        assert!(forwarded.contains("type nat hook prerouting priority dstnat; policy accept;\n    iifname != \"t0\" fib daddr type local ip daddr != 127.0.0.0/8 udp dport 5353 dnat ip to 10.86.0.2:53\n"));
+        assert!(forwarded.contains("type nat hook output priority -100; policy accept;\n    fib daddr type local ip daddr != 127.0.0.0/8 udp dport 5353 dnat ip to 10.86.0.2:53\n"));
         let open = rules(None, false, &HostAccess::Open);
         assert!(!open.contains("chain input"));
-        for r in [r, isolated, plain, open] {
+        for r in [r, isolated, plain, open, forwarded] {
             // One statement per line: nft 1.0.6 refuses one-line nested blocks.
             assert!(r.lines().all(|l| l.matches('{').count() <= 1), "{r}");
             assert!(!r.contains("flush"), "never flushes anything");

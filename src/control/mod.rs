@@ -11,6 +11,7 @@ pub mod ledger;
 pub mod listen;
 pub mod logging;
 pub mod netlink;
+mod proxy;
 
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
@@ -95,13 +96,13 @@ pub struct RunReport {
 
 /// Host changes made so far, mirrored from the ledger, so a failed start or a shutdown undoes
 /// exactly them.
-struct Host {
+pub(crate) struct Host {
     ledger: Ledger,
     changes: Vec<Change>,
 }
 
 impl Host {
-    fn record(&mut self, change: Change) -> Result<(), RunError> {
+    pub(crate) fn record(&mut self, change: Change) -> Result<(), RunError> {
         self.ledger.record(&change).map_err(|e| {
             RunError::Setup(format!(
                 "cannot write the ledger {}: {e}",
@@ -206,6 +207,7 @@ async fn run_async(
         features.multishot_recv,
         features.multishot_tap_read
     );
+    let proxies = proxy::start(&cfg.forwards);
     supervise(
         &cfg,
         &shutdown,
@@ -215,6 +217,9 @@ async fn run_async(
         &mut host,
     )
     .await;
+    for p in proxies {
+        p.abort();
+    }
     log::info!("shutting down: closing clients with 1001");
     shared.request_shutdown();
     let joined = tokio::task::spawn_blocking(move || engine.join()).await;
@@ -343,7 +348,7 @@ async fn start(
             .await?;
             host.record(Change::LinkUp(cfg.tap.to_string()))?;
             netlink::set_up(&handle, index, &cfg.tap, Some(cfg.mtu)).await?;
-            start_firewall(cfg, host, subnet)?;
+            firewall::start(cfg, host, subnet)?;
             if let Some(launch) = dnsmasq {
                 host.record(Change::File(launch.lease_file.clone()))?;
                 let c = launch.spawn().map_err(|e| {
@@ -423,90 +428,6 @@ async fn start(
         }
     };
     Ok((engine, shared, features, child))
-}
-
-/// Makes this instance's nftables table (host protection, and with `--nat` masquerade and
-/// IPv4 forwarding, ledgered with its old value); warns, with the fix, about other tables'
-/// forward chains that would drop guest traffic. Nothing to make when the host is open to
-/// guests and there is no NAT.
-fn start_firewall(
-    cfg: &Config,
-    host: &mut Host,
-    subnet: &crate::config::Subnet,
-) -> Result<(), RunError> {
-    if cfg.nat.is_none() && cfg.host_access == crate::config::HostAccess::Open {
-        return Ok(());
-    }
-    let uplink = match cfg.nat.as_ref().map(|n| &n.uplink) {
-        None => None,
-        Some(Some(u)) => Some(u.to_string()),
-        Some(None) => Some(firewall::default_route_interface().ok_or_else(|| {
-            RunError::Setup(
-                "--nat: this network namespace has no IPv4 default route to masquerade out of; pass --uplink IFACE, or add a default route".into(),
-            )
-        })?),
-    };
-    if firewall::find().is_none() {
-        return Err(RunError::Setup(firewall::MISSING.into()));
-    }
-    if uplink.is_some() {
-        let path = std::path::PathBuf::from(firewall::IP_FORWARD);
-        let old = std::fs::read_to_string(&path)
-            .map_err(|e| RunError::Setup(format!("cannot read {}: {e}", path.display())))?;
-        let old = old.trim().to_string();
-        if old != "1" {
-            host.record(Change::Sysctl {
-                path: path.clone(),
-                old,
-            })?;
-            std::fs::write(&path, "1").map_err(|e| {
-                RunError::Setup(format!(
-                    "--nat: cannot turn on IPv4 forwarding ({}: {e}); run as root",
-                    path.display()
-                ))
-            })?;
-        }
-    }
-    let table = firewall::table_name(&cfg.tap);
-    host.record(Change::NftTable(table.clone()))?;
-    firewall::apply(&firewall::ruleset(&firewall::Rules {
-        table: &table,
-        tap: &cfg.tap,
-        subnet,
-        nat: uplink.as_deref(),
-        isolate: cfg.isolate,
-        host: &cfg.host_access,
-    }))
-    .map_err(RunError::Setup)?;
-    match &cfg.host_access {
-        crate::config::HostAccess::Open => {
-            log::info!("host protection off (--allow-host-port all): guests reach every service of the host")
-        }
-        crate::config::HostAccess::Protected(ports) => {
-            let extra: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
-            log::info!(
-                "host protection: guests reach only DHCP, DNS and ping at {}{}{} (nftables table inet {table})",
-                subnet.gateway(),
-                if extra.is_empty() { "" } else { ", and " },
-                extra.join(", ")
-            );
-        }
-    }
-    let Some(uplink) = uplink else {
-        return Ok(());
-    };
-    match firewall::blocking_forward_chains(&table) {
-        Ok(chains) => {
-            for chain in chains {
-                log::warn!("--nat: {}", chain.advice(&cfg.tap));
-            }
-        }
-        Err(e) => log::warn!(
-            "--nat: cannot list nftables chains to look for forward chains that would drop guest traffic: {e}"
-        ),
-    }
-    log::info!("NAT: guests are masqueraded out of {uplink} (nftables table inet {table})");
-    Ok(())
 }
 
 /// Waits for the stop request; meanwhile prints counters on SIGUSR1 and restarts dnsmasq if
