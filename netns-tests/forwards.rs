@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use super::harness::*;
-use super::nat::{internet, UPLINK_ADDRESS};
+use super::internet::{internet, UPLINK_ADDRESS};
 use super::GATEWAY;
 
 const GUEST_MAC: &str = "02:aa:bb:cc:dd:01";

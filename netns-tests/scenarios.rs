@@ -21,6 +21,8 @@ mod host_protection;
 mod host_state;
 #[path = "instances.rs"]
 mod instances;
+#[path = "internet.rs"]
+mod internet;
 #[path = "macs.rs"]
 mod macs;
 #[path = "nat.rs"]

@@ -1,7 +1,8 @@
 //! Real v86 guests end to end (root): boot the test guest under Node with its ne2k or virtio
 //! NIC on tapwire; it must take a DHCP lease from tapwire's dnsmasq, ping the gateway, download
 //! 4 MiB over HTTP from the host side with the right checksum, and two guests must ping each
-//! other. A negative control runs the same check against a WebSocket server that drops every
+//! other. With `--nat`, a guest pings and downloads from an "internet" namespace behind the
+//! relay's default route. A negative control runs the same check against a WebSocket server that drops every
 //! frame, and that check must fail.
 //!
 //! Needs `e2e/v86/setup.sh` (npm packages and the guest image). Without them the tests print
@@ -9,6 +10,8 @@
 
 #[path = "harness.rs"]
 mod harness;
+#[path = "internet.rs"]
+mod internet;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -104,6 +107,11 @@ struct V86Guest {
 
 impl V86Guest {
     fn boot(relay: &Relay, url: &str, nic: &str) -> V86Guest {
+        Self::boot_against(relay, url, nic, "10.86.0.1")
+    }
+
+    /// Boots a guest whose ping and download go to `host` (port 8000).
+    fn boot_against(relay: &Relay, url: &str, nic: &str, host: &str) -> V86Guest {
         let script = e2e_dir().join("boot.mjs");
         let mut child = relay
             .ns
@@ -115,7 +123,7 @@ impl V86Guest {
                 "--nic",
                 nic,
                 "--host",
-                "10.86.0.1",
+                host,
                 "--timeout",
                 &BOOT_LIMIT.as_secs().to_string(),
             ])
@@ -239,6 +247,19 @@ fn v86_virtio_guest_leases_pings_and_downloads() {
     if ready("v86_virtio_guest_leases_pings_and_downloads") {
         one_guest("virtio");
     }
+}
+
+#[test]
+fn v86_guest_downloads_from_the_internet_through_nat() {
+    if !ready("v86_guest_downloads_from_the_internet_through_nat") {
+        return;
+    }
+    let ns = netns("twr");
+    let net = internet::internet(&ns);
+    let relay = Relay::launch_in(ns, &[], None, None, &["--nat"]);
+    let mut guest = V86Guest::boot_against(&relay, &relay.url(), "virtio", internet::SERVER);
+    check_guest(&mut guest, &net.sha)
+        .unwrap_or_else(|e| panic!("{e}\nrelay log:\n{}", relay.proc().log_text()));
 }
 
 #[test]
