@@ -9,6 +9,7 @@
 mod conn;
 mod g2g;
 mod kernel;
+mod nat;
 mod relay;
 mod report;
 mod rtt;
@@ -44,6 +45,8 @@ enum Group {
     Conn,
     /// Up with anti-spoofing on (default) and off, alternated.
     Spoofing,
+    /// Guests ↔ an "internet" through --nat, against the kernel's forwarding limit.
+    Nat,
 }
 
 /// End-to-end benchmark of tapwire against the kernel's limits, measured in the same run.
@@ -192,6 +195,9 @@ fn main() {
     }
     if ctx.opts.runs(Group::Spoofing) {
         tables.push(updown::run_spoofing(&ctx));
+    }
+    if ctx.opts.runs(Group::Nat) {
+        tables.push(nat::run(&ctx));
     }
     if ctx.opts.runs(Group::G2g) {
         tables.push(g2g::run(&ctx));
