@@ -25,6 +25,8 @@ mod instances;
 mod internet;
 #[path = "macs.rs"]
 mod macs;
+#[path = "metrics.rs"]
+mod metrics;
 #[path = "nat.rs"]
 mod nat;
 #[path = "spoofing.rs"]

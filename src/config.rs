@@ -94,6 +94,10 @@ pub struct RunArgs {
         value_name = "PROTO:HOSTPORT:GUEST:PORT"
     )]
     pub forwards: Vec<ForwardArg>,
+    /// Serve live counters on GET /metrics (Prometheus text) and GET /healthz at ADDR:PORT, or
+    /// at 127.0.0.1:PORT when only a port is given.
+    #[arg(long, env = "TAPWIRE_METRICS", value_parser = crate::control::metrics::parse_addr, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
     /// A host port guests may reach (repeatable): tcp:22, udp:5000-5010, or all (no host
     /// protection). By default the host answers guests only DHCP, DNS and ping at the gateway.
     #[arg(
@@ -306,6 +310,8 @@ pub struct Config {
     pub host_access: HostAccess,
     /// Host ports forwarded into guests (routed TAP only).
     pub forwards: Vec<Forward>,
+    /// Where live metrics are served.
+    pub metrics: Option<SocketAddr>,
     /// Fixed MAC → address pairs (checked to lie in the subnet when routed).
     pub reservations: Vec<Reservation>,
 }
@@ -467,6 +473,7 @@ impl RunArgs {
             host_access: HostAccess::from_args(&self.allow_host_ports),
             reservations,
             forwards,
+            metrics: self.metrics,
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod instance;
 pub mod ledger;
 pub mod listen;
 pub mod logging;
+pub mod metrics;
 pub mod netlink;
 mod proxy;
 
@@ -207,7 +208,18 @@ async fn run_async(
         features.multishot_recv,
         features.multishot_tap_read
     );
-    let proxies = proxy::start(&cfg.forwards);
+    let mut tasks = proxy::start(&cfg.forwards);
+    if let Some(addr) = cfg.metrics {
+        match metrics::start(addr, shared.clone()) {
+            Ok(task) => {
+                log::info!("metrics on http://{addr}/metrics and /healthz");
+                tasks.push(task);
+            }
+            Err(e) => log::warn!(
+                "--metrics {addr}: cannot listen ({e}); no live metrics (counters still print on SIGUSR1 and at exit). Pick a free port"
+            ),
+        }
+    }
     supervise(
         &cfg,
         &shutdown,
@@ -217,7 +229,7 @@ async fn run_async(
         &mut host,
     )
     .await;
-    for p in proxies {
+    for p in tasks {
         p.abort();
     }
     log::info!("shutting down: closing clients with 1001");

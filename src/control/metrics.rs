@@ -1,0 +1,144 @@
+//! `--metrics ADDR:PORT`: live counters over HTTP, `GET /metrics` (Prometheus text format:
+//! every series with `# HELP`/`# TYPE`, summed and per core, every drop reason, open clients as
+//! a gauge) and `GET /healthz`.
+//!
+//! Served on the control thread. A scrape reads the cores' counters with relaxed atomic loads:
+//! nothing on the data path is locked or waits for it. One request per connection; a request
+//! head must arrive within [`REQUEST_TIMEOUT`] and fit in [`MAX_HEAD`] bytes; at most
+//! [`MAX_CONNECTIONS`] scrapes are served at once (more are closed at once).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::engine::Shared;
+
+/// How long a scraper may take to send its request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request head read.
+pub const MAX_HEAD: usize = 4096;
+/// Scrapes served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Parses `--metrics`: `ADDR:PORT`, or a bare `PORT` on 127.0.0.1.
+pub fn parse_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse()
+        .map_err(|_| format!("{text:?} is not ADDR:PORT or PORT (e.g. 127.0.0.1:9186)"))
+}
+
+/// Binds `addr` and serves until the task is aborted.
+pub fn start(addr: std::net::SocketAddr, shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(std_listener)?;
+    let open = Arc::new(AtomicUsize::new(0));
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            if open.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
+                open.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            let (shared, open) = (shared.clone(), open.clone());
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(REQUEST_TIMEOUT, serve(stream, &shared)).await;
+                open.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    }))
+}
+
+async fn serve(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 || head.len() + n > MAX_HEAD {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let response = respond(&head, shared);
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// The response to a request head.
+fn respond(head: &[u8], shared: &Shared) -> String {
+    let line = head.split(|b| *b == b'\r').next().unwrap_or(&[]);
+    let mut parts = line.split(|b| *b == b' ');
+    let (method, target) = (parts.next().unwrap_or(&[]), parts.next().unwrap_or(&[]));
+    let path = target.split(|b| *b == b'?').next().unwrap_or(&[]);
+    let (status, kind, body) = match (method, path) {
+        (b"GET", b"/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::counters::summary(&shared.counters),
+        ),
+        (b"GET", b"/healthz") if !shared.shutdown.load(Ordering::Relaxed) => {
+            ("200 OK", "text/plain", "ok\n".to_string())
+        }
+        (b"GET", b"/healthz") => (
+            "503 Service Unavailable",
+            "text/plain",
+            "shutting down\n".to_string(),
+        ),
+        (b"GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics or /healthz\n".to_string(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        ),
+    };
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_default_to_loopback() {
+        assert_eq!(parse_addr("9186").unwrap().to_string(), "127.0.0.1:9186");
+        assert_eq!(
+            parse_addr("0.0.0.0:9100").unwrap().to_string(),
+            "0.0.0.0:9100"
+        );
+        assert!(parse_addr("localhost").is_err());
+    }
+
+    #[test]
+    fn routes() {
+        let shared = Shared::new(2, 4, None).unwrap();
+        shared.counters[1].dropped(crate::counters::DropReason::RuntFrame);
+        let metrics = respond(b"GET /metrics HTTP/1.1\r\n\r\n", &shared);
+        assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(metrics.contains("# TYPE tapwire_clients_open gauge"));
+        assert!(metrics.contains("tapwire_drops_total{reason=\"runt_frame\"} 1"));
+        assert!(metrics.contains("tapwire_drops_total{reason=\"runt_frame\",core=\"1\"} 1"));
+        let (_, body) = metrics.split_once("\r\n\r\n").unwrap();
+        assert!(metrics.contains(&format!("Content-Length: {}\r\n", body.len())));
+        assert!(respond(b"GET /healthz HTTP/1.1\r\n\r\n", &shared).ends_with("\r\n\r\nok\n"));
+        assert!(respond(b"GET /x HTTP/1.1\r\n\r\n", &shared).starts_with("HTTP/1.1 404"));
+        assert!(respond(b"POST /metrics HTTP/1.1\r\n\r\n", &shared).starts_with("HTTP/1.1 405"));
+        shared.request_shutdown();
+        assert!(respond(b"GET /healthz HTTP/1.1\r\n\r\n", &shared).starts_with("HTTP/1.1 503"));
+    }
+}
