@@ -77,7 +77,9 @@ fn a_scrape_during_traffic_matches_what_was_sent() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut pinging = pinging;
-    pinging.wait_exit(Duration::from_secs(30)).expect("ping ends");
+    pinging
+        .wait_exit(Duration::from_secs(30))
+        .expect("ping ends");
     assert_eq!(ping_result(&pinging.log_text()), (20, 20));
     // The guest's 20 echo requests show as frames from clients, and their replies as frames
     // to them; the client that left no longer counts as open.

@@ -11,6 +11,7 @@ use clap::Args;
 use crate::ifname::IfName;
 
 mod access;
+pub mod file;
 mod forward;
 mod subnet;
 pub use access::{HostAccess, HostPort, HostPortArg};
@@ -32,6 +33,10 @@ pub const TAP_MAX_MTU: u32 = 65_521;
 /// that join several options.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
+    /// Read options from this TOML file (keys: the long options, e.g. `max-clients = 5000`);
+    /// the command line and the environment take precedence over it.
+    #[arg(long, env = "TAPWIRE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Address and port to accept WebSocket clients on.
     #[arg(long, env = "TAPWIRE_LISTEN", default_value = "127.0.0.1:8086")]
     pub listen: SocketAddr,
@@ -267,6 +272,17 @@ pub enum ConfigError {
     },
 }
 
+/// Why [`RunArgs::load`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The command line or the environment (clap prints it, with usage).
+    #[error(transparent)]
+    Args(#[from] clap::Error),
+    /// The config file.
+    #[error("{0}")]
+    File(String),
+}
+
 /// DHCP settings for the managed dnsmasq.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dhcp {
@@ -366,6 +382,26 @@ pub fn default_max_frame(mtu: u32) -> usize {
 }
 
 impl RunArgs {
+    /// Parses `argv` (the program name, then the options of `tapwire run`), with the options of
+    /// a `--config` file where neither the command line nor the environment sets them.
+    pub fn load(argv: &[std::ffi::OsString]) -> Result<RunArgs, LoadError> {
+        use clap::FromArgMatches;
+        let cmd = RunArgs::augment_args(clap::Command::new("tapwire"));
+        let matches = cmd.clone().try_get_matches_from(argv)?;
+        let args = RunArgs::from_arg_matches(&matches)?;
+        let Some(path) = &args.config else {
+            return Ok(args);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            LoadError::File(format!("--config {}: cannot read it: {e}", path.display()))
+        })?;
+        let extra = file::arguments(&cmd, &matches, path, &text).map_err(LoadError::File)?;
+        let mut all = argv.to_vec();
+        all.extend(extra.into_iter().map(Into::into));
+        let matches = cmd.try_get_matches_from(&all)?;
+        Ok(RunArgs::from_arg_matches(&matches)?)
+    }
+
     /// Checks the rules that join several options; `available_cores` is what the machine
     /// offers.
     pub fn validate(&self, available_cores: usize) -> Result<Config, ConfigError> {

@@ -35,8 +35,21 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        None => run(cli.run),
-        Some(Command::Run(args)) => run(*args),
+        None | Some(Command::Run(_)) => {
+            // Parsed again with the options of a --config file, if any.
+            let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+            if argv.get(1).is_some_and(|a| a == "run") {
+                argv.remove(1);
+            }
+            match RunArgs::load(&argv) {
+                Ok(args) => run(args),
+                Err(tapwire::config::LoadError::Args(e)) => e.exit(),
+                Err(e) => {
+                    eprintln!("tapwire: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Some(Command::Check) => {
             let mut fatal = false;
             for f in check::run_checks() {
