@@ -5,6 +5,8 @@
 #[path = "harness.rs"]
 mod harness;
 
+#[path = "access.rs"]
+mod access;
 #[path = "bad_input.rs"]
 mod bad_input;
 #[path = "churn.rs"]

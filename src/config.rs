@@ -103,6 +103,19 @@ pub struct RunArgs {
     /// at 127.0.0.1:PORT when only a port is given.
     #[arg(long, env = "TAPWIRE_METRICS", value_parser = crate::control::metrics::parse_addr, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
+    /// Require clients to present a token signed with the secret in FILE (at least 16 bytes),
+    /// as ?token=… in the URL; `tapwire token` makes them.
+    #[arg(long, env = "TAPWIRE_TOKEN_SECRET", value_name = "FILE")]
+    pub token_secret: Option<PathBuf>,
+    /// A browser origin allowed to connect (repeatable), e.g. https://farm.example; other
+    /// browsers' Origin headers are refused (403). Clients that send no Origin are not browsers.
+    #[arg(
+        long = "allow-origin",
+        env = "TAPWIRE_ALLOW_ORIGIN",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
+    pub allow_origins: Vec<String>,
     /// A host port guests may reach (repeatable): tcp:22, udp:5000-5010, or all (no host
     /// protection). By default the host answers guests only DHCP, DNS and ping at the gateway.
     #[arg(
@@ -258,6 +271,8 @@ pub enum ConfigError {
     },
     #[error("{0}")]
     Forward(String),
+    #[error("{0}")]
+    Access(String),
     #[error("--forward needs a routed TAP: with --attach-bridge guests are on the bridge's LAN")]
     ForwardWithBridge,
     #[error("--reserve: {0} is given twice; each MAC and each address may be reserved once")]
@@ -270,6 +285,24 @@ pub enum ConfigError {
         subnet: Subnet,
         gateway: Ipv4Addr,
     },
+}
+
+/// The secret of `--token-secret` (and `tapwire token`): the file's bytes without surrounding
+/// white space, at least [`crate::ws::access::MIN_SECRET`] of them.
+pub fn read_token_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use crate::ws::access::MIN_SECRET;
+    let raw = std::fs::read(path)
+        .map_err(|e| format!("--token-secret {}: cannot read it: {e}", path.display()))?;
+    let secret = raw.trim_ascii().to_vec();
+    if secret.len() < MIN_SECRET {
+        return Err(format!(
+            "--token-secret {}: the secret is {} bytes, at least {MIN_SECRET} are needed; make one with `head -c 32 /dev/urandom | base64 > {}`",
+            path.display(),
+            secret.len(),
+            path.display()
+        ));
+    }
+    Ok(secret)
 }
 
 /// Why [`RunArgs::load`] failed.
@@ -328,6 +361,8 @@ pub struct Config {
     pub forwards: Vec<Forward>,
     /// Where live metrics are served.
     pub metrics: Option<SocketAddr>,
+    /// Who may connect.
+    pub access: crate::ws::access::Access,
     /// Fixed MAC → address pairs (checked to lie in the subnet when routed).
     pub reservations: Vec<Reservation>,
 }
@@ -400,6 +435,30 @@ impl RunArgs {
         all.extend(extra.into_iter().map(Into::into));
         let matches = cmd.try_get_matches_from(&all)?;
         Ok(RunArgs::from_arg_matches(&matches)?)
+    }
+
+    /// The access rules: the token secret read from its file, the origins checked for form.
+    fn access(&self) -> Result<crate::ws::access::Access, ConfigError> {
+        use crate::ws::access::Access;
+        for o in &self.allow_origins {
+            let rest = o
+                .strip_prefix("https://")
+                .or_else(|| o.strip_prefix("http://"))
+                .unwrap_or("");
+            if rest.trim_end_matches('/').is_empty() || rest.trim_end_matches('/').contains('/') {
+                return Err(ConfigError::Access(format!(
+                    "--allow-origin {o:?}: an origin is scheme://host[:port], e.g. https://farm.example"
+                )));
+            }
+        }
+        let secret = match &self.token_secret {
+            None => None,
+            Some(path) => Some(read_token_secret(path).map_err(ConfigError::Access)?),
+        };
+        Ok(Access {
+            secret,
+            origins: self.allow_origins.clone(),
+        })
     }
 
     /// Checks the rules that join several options; `available_cores` is what the machine
@@ -510,6 +569,7 @@ impl RunArgs {
             reservations,
             forwards,
             metrics: self.metrics,
+            access: self.access()?,
         })
     }
 }

@@ -55,6 +55,11 @@ macro_rules! drop_reasons {
 drop_reasons! {
     NotWebsocket => "not_websocket", "Request was not a valid WebSocket upgrade (400/426).";
     HeadTooLarge => "head_too_large", "Request head over 8 KiB (431).";
+    TokenMissing => "token_missing", "--token-secret: no token in the URL (401).";
+    TokenMalformed => "token_malformed", "--token-secret: a token that is not one (401).";
+    TokenExpired => "token_expired", "--token-secret: an expired token (403).";
+    TokenForged => "token_forged", "--token-secret: a token not signed with the relay's secret (403).";
+    OriginRefused => "origin_refused", "--allow-origin: a browser's Origin not in the list (403).";
     HandshakeTimeout => "handshake_timeout", "Handshake not completed before the deadline.";
     ProtocolViolation => "protocol_violation", "Unmasked frame, RSV bits, reserved opcode, non-minimal length, bad continuation or close (1002).";
     ControlFrameInvalid => "control_frame_invalid", "Control frame over 125 bytes or fragmented (1002).";

@@ -22,6 +22,21 @@ enum Command {
     Run(Box<RunArgs>),
     /// Check that this machine can run tapwire, with the fix for each problem.
     Check,
+    /// Print an access token for a relay run with --token-secret, and the URL to give v86.
+    Token {
+        /// The secret file given to the relay's --token-secret.
+        #[arg(long, env = "TAPWIRE_TOKEN_SECRET", value_name = "FILE")]
+        token_secret: std::path::PathBuf,
+        /// How long the token opens the relay (e.g. 1h, 30m, 7d).
+        #[arg(long, default_value = "1h", value_parser = tapwire::config::parse_duration)]
+        ttl: std::time::Duration,
+        /// A network name carried in the token (letters, digits, _ and -; up to 32).
+        #[arg(long, default_value = "")]
+        network: String,
+        /// The relay's URL, to print the URL with the token.
+        #[arg(long, default_value = "ws://127.0.0.1:8086/")]
+        url: String,
+    },
     /// Undo what a crashed or killed run left behind (from its ledger).
     Cleanup {
         /// Only the run that used this TAP name (default: every dead run).
@@ -44,6 +59,31 @@ fn main() -> ExitCode {
             match RunArgs::load(&argv) {
                 Ok(args) => run(args),
                 Err(tapwire::config::LoadError::Args(e)) => e.exit(),
+                Err(e) => {
+                    eprintln!("tapwire: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some(Command::Token {
+            token_secret,
+            ttl,
+            network,
+            url,
+        }) => {
+            let made = tapwire::config::read_token_secret(&token_secret).and_then(|secret| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                tapwire::ws::access::mint(&secret, now.saturating_add(ttl.as_secs()), &network)
+            });
+            match made {
+                Ok(token) => {
+                    let sep = if url.contains('?') { '&' } else { '?' };
+                    println!("{token}");
+                    println!("{url}{sep}token={token}");
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("tapwire: {e}");
                     ExitCode::from(2)

@@ -85,6 +85,7 @@ pub enum HandshakeStep {
     Upgraded {
         response: Vec<u8>,
         path: String,
+        origin: Option<String>,
         stream_at: usize,
     },
 }
@@ -249,6 +250,14 @@ impl Conn {
         Some(server_close_frame(code))
     }
 
+    /// Refused after a valid upgrade request (access control): the refusal queued by the
+    /// caller is the last output, flushed within `flush_ms`.
+    pub fn refuse(&mut self, now_ms: u64, flush_ms: u64) {
+        self.lifecycle = Lifecycle::Flushing {
+            deadline_ms: Some(now_ms + flush_ms),
+        };
+    }
+
     /// The socket is being shut down.
     pub fn close(&mut self) {
         self.lifecycle = Lifecycle::Closed;
@@ -284,6 +293,7 @@ impl Conn {
                 response,
                 head_len,
                 path,
+                origin,
             } => {
                 // The head was incomplete before these bytes, so it ends inside them; what
                 // follows (possibly more than was copied into `head`) is the stream.
@@ -301,6 +311,7 @@ impl Conn {
                 HandshakeStep::Upgraded {
                     response: response.into_bytes(),
                     path,
+                    origin,
                     stream_at,
                 }
             }

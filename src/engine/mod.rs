@@ -65,6 +65,8 @@ pub struct EngineConfig {
     pub isolate: bool,
     /// Check every client frame against the IPv4 bindings (off with `--allow-spoofing`).
     pub anti_spoofing: bool,
+    /// Who may connect (`--token-secret`, `--allow-origin`); open by default.
+    pub access: Arc<crate::ws::access::Access>,
 }
 
 impl EngineConfig {
@@ -84,6 +86,7 @@ impl EngineConfig {
             uplink_macs: Vec::new(),
             isolate: cfg.isolate,
             anti_spoofing: !cfg.allow_spoofing,
+            access: Arc::new(cfg.access.clone()),
         }
     }
 }

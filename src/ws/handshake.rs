@@ -59,6 +59,8 @@ pub enum Upgrade {
         response: String,
         head_len: usize,
         path: String,
+        /// The `Origin` header (browsers send it), for `--allow-origin`.
+        origin: Option<String>,
     },
     /// Refuse with this response, then close.
     Reject(Rejection),
@@ -139,6 +141,7 @@ pub fn parse_upgrade(buf: &[u8]) -> Upgrade {
         response,
         head_len,
         path: req.path.unwrap_or("/").to_string(),
+        origin: find("origin").map(|v| String::from_utf8_lossy(v).into_owned()),
     }
 }
 
@@ -172,9 +175,11 @@ mod tests {
                 response,
                 head_len,
                 path,
+                origin,
             } => {
                 assert_eq!(head_len, NODE_STYLE.len());
                 assert_eq!(path, "/some/path?x=1");
+                assert_eq!(origin, None, "Node's ws sends no Origin");
                 assert!(response.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
                 assert!(!response.to_ascii_lowercase().contains("extensions"));
                 assert!(!response.to_ascii_lowercase().contains("protocol:"));

@@ -1,6 +1,7 @@
 //! WebSocket (RFC 6455) for tapwire's hot path: frame codec, streaming in-place decoder and
 //! the HTTP upgrade. Pure: no I/O, no clocks, no `unsafe`.
 
+pub mod access;
 pub mod frame;
 pub mod handshake;
 pub mod session;

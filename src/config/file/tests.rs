@@ -60,6 +60,8 @@ mac-ageing = "60s"
 io-fallback = true
 runtime-dir = "/run/tw-test"
 log-level = "debug"
+token-secret = "/etc/tapwire/secret"
+allow-origin = ["https://farm.example", "http://127.0.0.1:8000"]
 "#;
 
 #[test]

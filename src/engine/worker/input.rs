@@ -11,6 +11,10 @@ use io_uring::{cqueue, opcode, squeue, types};
 
 use crate::counters::DropReason;
 use crate::switch::{ingress_claiming, Forward, Mac, PortId, Source, SwitchDrop};
+use crate::ws::access;
+
+/// How long a refusal after the upgrade request may take to flush before the socket closes.
+const REFUSAL_FLUSH_MS: u64 = 5_000;
 
 use super::super::bufpool::{BufId, HEADROOM, RECV_GROUP};
 use super::super::conn::{HandshakeStep, Input};
@@ -189,9 +193,32 @@ impl Worker {
             HandshakeStep::Upgraded {
                 response,
                 path,
+                origin,
                 stream_at,
             } => {
-                log::debug!("core {}: client {port:?} upgraded on {path}", self.id);
+                if let Err(denied) = self.authorize(&path, origin.as_deref()) {
+                    let reason = denied.reason();
+                    self.counters.dropped(reason);
+                    if let Some(held) = self.shared.log_gate.admit(loggate::kind(reason)) {
+                        log::info!(
+                            "core {}: refused a connection on {}: {}{}",
+                            self.id,
+                            access::path_only(&path),
+                            reason.label(),
+                            held_note(held)
+                        );
+                    }
+                    if let Some(c) = self.clients.get_mut(port) {
+                        c.conn.refuse(now, REFUSAL_FLUSH_MS);
+                    }
+                    self.enqueue_owned(port, denied.response().into_bytes());
+                    return;
+                }
+                log::debug!(
+                    "core {}: client {port:?} upgraded on {}",
+                    self.id,
+                    access::path_only(&path)
+                );
                 self.clients.set_open(port);
                 self.counters.connections_upgraded.inc();
                 self.enqueue_owned(port, response);
@@ -201,6 +228,19 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Access control of an upgrade request for `target` (`--token-secret`,
+    /// `--allow-origin`); reads the wall clock only when tokens are required.
+    fn authorize(&self, target: &str, origin: Option<&str>) -> Result<(), access::Denied> {
+        let rules = &self.cfg.access;
+        if rules.is_open() {
+            return Ok(());
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        rules.check(target, origin, now).map(|_network| ())
     }
 
     /// Decodes frames in `bytes`, which lie in receive buffer `buf`.
