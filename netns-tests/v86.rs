@@ -112,21 +112,47 @@ impl V86Guest {
 
     /// Boots a guest whose ping and download go to `host` (port 8000).
     fn boot_against(relay: &Relay, url: &str, nic: &str, host: &str) -> V86Guest {
-        let script = e2e_dir().join("boot.mjs");
+        Self::run(
+            "boot.mjs",
+            relay,
+            &["--relay", url, "--nic", nic, "--host", host],
+            nic,
+        )
+    }
+
+    /// Boots a guest in headless Chromium, from a page on `page_host`:`page_port`.
+    fn boot_in_browser(relay: &Relay, url: &str, page_host: &str, page_port: u16) -> V86Guest {
+        let port = page_port.to_string();
+        let args = [
+            "--relay",
+            url,
+            "--nic",
+            "virtio",
+            "--host",
+            "10.86.0.1",
+            "--page-port",
+            &port,
+            "--page-host",
+            page_host,
+        ];
+        Self::run(
+            "browser.mjs",
+            relay,
+            &args,
+            &format!("chromium {page_host}"),
+        )
+    }
+
+    /// Runs the e2e script `script` with `args` in the relay's namespace.
+    fn run(script: &str, relay: &Relay, args: &[&str], label: &str) -> V86Guest {
+        let script = e2e_dir().join(script).display().to_string();
+        let limit = BOOT_LIMIT.as_secs().to_string();
+        let mut all = vec!["node", script.as_str()];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--timeout", &limit]);
         let mut child = relay
             .ns
-            .cmd(&[
-                "node",
-                &script.display().to_string(),
-                "--relay",
-                url,
-                "--nic",
-                nic,
-                "--host",
-                host,
-                "--timeout",
-                &BOOT_LIMIT.as_secs().to_string(),
-            ])
+            .cmd(&all)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -147,7 +173,7 @@ impl V86Guest {
             stdin,
             lines,
             seen: Vec::new(),
-            label: nic.to_string(),
+            label: label.to_string(),
         }
     }
 
@@ -260,6 +286,68 @@ fn v86_guest_downloads_from_the_internet_through_nat() {
     let mut guest = V86Guest::boot_against(&relay, &relay.url(), "virtio", internet::SERVER);
     check_guest(&mut guest, &net.sha)
         .unwrap_or_else(|e| panic!("{e}\nrelay log:\n{}", relay.proc().log_text()));
+}
+
+/// The page's origin and the relay's token decide whether a browser connects: from the allowed
+/// origin with a valid token the guest leases, pings and downloads; from another origin, or
+/// with an expired token, the page's WebSocket fails and the relay counts why.
+#[test]
+fn v86_guest_in_chromium_with_token_and_origin() {
+    if !ready("v86_guest_in_chromium_with_token_and_origin") {
+        return;
+    }
+    if !Path::new("/usr/bin/chromium").exists() {
+        assert!(
+            std::env::var_os("TAPWIRE_V86_REQUIRED").is_none(),
+            "chromium is needed (apt-get install chromium)"
+        );
+        println!("skipped: chromium missing");
+        return;
+    }
+    let dir = TempDir::new();
+    let secret = dir.0.join("secret");
+    std::fs::write(&secret, "YnJvd3NlciB0ZXN0IHNlY3JldCwgdGhpcnR5LXR3byBi\n").unwrap();
+    let secret = secret.display().to_string();
+    let page_port = 8001u16;
+    let origin = format!("http://127.0.0.1:{page_port}");
+    let relay = Relay::start(&[
+        "--allow-host-port",
+        "tcp:8000",
+        "--token-secret",
+        &secret,
+        "--allow-origin",
+        &origin,
+    ]);
+    let blob = serve_blob(&relay);
+    let token = |ttl: &str| {
+        let out = Command::new(tapwire_bin())
+            .args(["token", "--token-secret", &secret, "--ttl", ttl])
+            .output()
+            .expect("tapwire token");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().nth(1).expect("url").to_string()
+    };
+    let mut guest = V86Guest::boot_in_browser(&relay, &token("1h"), "127.0.0.1", page_port);
+    guest
+        .wait_for("TW-WS-OPEN", Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
+    check_guest(&mut guest, &blob.sha256)
+        .unwrap_or_else(|e| panic!("{e}\nrelay log:\n{}", relay.proc().log_text()));
+    drop(guest);
+
+    // Another origin (the same page at localhost), then an expired token.
+    let mut other = V86Guest::boot_in_browser(&relay, &token("1h"), "localhost", page_port);
+    let refused = other.wait_for("TW-WS-OPEN", Duration::from_secs(60));
+    assert!(refused.is_err(), "a page from another origin connected");
+    drop(other);
+    let mut late = V86Guest::boot_in_browser(&relay, &token("0s"), "127.0.0.1", page_port);
+    assert!(late
+        .wait_for("TW-WS-OPEN", Duration::from_secs(60))
+        .is_err());
+    drop(late);
+    let c = relay.counters();
+    assert!(c.drops("origin_refused") >= 1);
+    assert!(c.drops("token_expired") >= 1);
 }
 
 #[test]
