@@ -11,10 +11,13 @@ use clap::Args;
 use crate::ifname::IfName;
 
 mod access;
+mod auth;
 pub mod file;
 mod forward;
 mod subnet;
 pub use access::{HostAccess, HostPort, HostPortArg};
+pub use auth::read_token_secret;
+pub use file::LoadError;
 pub use forward::{Forward, ForwardArg};
 use subnet::default_range;
 pub use subnet::{DhcpRange, Reservation, Subnet};
@@ -287,35 +290,6 @@ pub enum ConfigError {
     },
 }
 
-/// The secret of `--token-secret` (and `tapwire token`): the file's bytes without surrounding
-/// white space, at least [`crate::ws::access::MIN_SECRET`] of them.
-pub fn read_token_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    use crate::ws::access::MIN_SECRET;
-    let raw = std::fs::read(path)
-        .map_err(|e| format!("--token-secret {}: cannot read it: {e}", path.display()))?;
-    let secret = raw.trim_ascii().to_vec();
-    if secret.len() < MIN_SECRET {
-        return Err(format!(
-            "--token-secret {}: the secret is {} bytes, at least {MIN_SECRET} are needed; make one with `head -c 32 /dev/urandom | base64 > {}`",
-            path.display(),
-            secret.len(),
-            path.display()
-        ));
-    }
-    Ok(secret)
-}
-
-/// Why [`RunArgs::load`] failed.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// The command line or the environment (clap prints it, with usage).
-    #[error(transparent)]
-    Args(#[from] clap::Error),
-    /// The config file.
-    #[error("{0}")]
-    File(String),
-}
-
 /// DHCP settings for the managed dnsmasq.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dhcp {
@@ -417,50 +391,6 @@ pub fn default_max_frame(mtu: u32) -> usize {
 }
 
 impl RunArgs {
-    /// Parses `argv` (the program name, then the options of `tapwire run`), with the options of
-    /// a `--config` file where neither the command line nor the environment sets them.
-    pub fn load(argv: &[std::ffi::OsString]) -> Result<RunArgs, LoadError> {
-        use clap::FromArgMatches;
-        let cmd = RunArgs::augment_args(clap::Command::new("tapwire"));
-        let matches = cmd.clone().try_get_matches_from(argv)?;
-        let args = RunArgs::from_arg_matches(&matches)?;
-        let Some(path) = &args.config else {
-            return Ok(args);
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            LoadError::File(format!("--config {}: cannot read it: {e}", path.display()))
-        })?;
-        let extra = file::arguments(&cmd, &matches, path, &text).map_err(LoadError::File)?;
-        let mut all = argv.to_vec();
-        all.extend(extra.into_iter().map(Into::into));
-        let matches = cmd.try_get_matches_from(&all)?;
-        Ok(RunArgs::from_arg_matches(&matches)?)
-    }
-
-    /// The access rules: the token secret read from its file, the origins checked for form.
-    fn access(&self) -> Result<crate::ws::access::Access, ConfigError> {
-        use crate::ws::access::Access;
-        for o in &self.allow_origins {
-            let rest = o
-                .strip_prefix("https://")
-                .or_else(|| o.strip_prefix("http://"))
-                .unwrap_or("");
-            if rest.trim_end_matches('/').is_empty() || rest.trim_end_matches('/').contains('/') {
-                return Err(ConfigError::Access(format!(
-                    "--allow-origin {o:?}: an origin is scheme://host[:port], e.g. https://farm.example"
-                )));
-            }
-        }
-        let secret = match &self.token_secret {
-            None => None,
-            Some(path) => Some(read_token_secret(path).map_err(ConfigError::Access)?),
-        };
-        Ok(Access {
-            secret,
-            origins: self.allow_origins.clone(),
-        })
-    }
-
     /// Checks the rules that join several options; `available_cores` is what the machine
     /// offers.
     pub fn validate(&self, available_cores: usize) -> Result<Config, ConfigError> {
@@ -575,139 +505,4 @@ impl RunArgs {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        run: RunArgs,
-    }
-
-    fn parse(args: &[&str]) -> Result<Config, String> {
-        let mut all = vec!["tapwire"];
-        all.extend_from_slice(args);
-        Cli::try_parse_from(all)
-            .map_err(|e| e.to_string())?
-            .run
-            .validate(2)
-            .map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn defaults() {
-        let c = parse(&[]).unwrap();
-        assert_eq!(c.listen.to_string(), "127.0.0.1:8086");
-        assert_eq!(c.cores, 2);
-        assert_eq!(c.max_frame, 1518);
-        let HostSide::Routed {
-            subnet,
-            dhcp: Some(dhcp),
-        } = c.host
-        else {
-            panic!()
-        };
-        assert_eq!(subnet.gateway(), Ipv4Addr::new(10, 86, 0, 1));
-        assert_eq!(
-            dhcp.range,
-            (
-                Ipv4Addr::new(10, 86, 0, 10),
-                Ipv4Addr::new(10, 86, 255, 254)
-            )
-        );
-    }
-
-    #[test]
-    fn rejections_name_the_option() {
-        assert!(parse(&["--subnet", "10.86.0.1/16"])
-            .unwrap_err()
-            .contains("host bits"));
-        assert!(parse(&["--tap", "abcdefghijklmnopq"])
-            .unwrap_err()
-            .contains("--tap"));
-        assert!(parse(&["--tap", "eth0:1"])
-            .unwrap_err()
-            .contains("not an interface name"));
-        assert!(parse(&["--send-queue", "1"])
-            .unwrap_err()
-            .contains("--send-queue"));
-        assert!(parse(&["--dhcp-lease-time", "1m"])
-            .unwrap_err()
-            .contains("at least 2m"));
-        assert!(parse(&["--dhcp-range", "10.86.0.20,10.86.0.10"])
-            .unwrap_err()
-            .contains("comes after"));
-        assert!(parse(&["--max-frame", "70000"])
-            .unwrap_err()
-            .contains("--max-frame"));
-        assert!(parse(&["--mtu", "9000", "--max-frame", "1518"])
-            .unwrap_err()
-            .contains("raise --max-frame"));
-        assert!(parse(&["--dhcp-range", "10.86.0.1,10.86.0.9"])
-            .unwrap_err()
-            .contains("gateway"));
-        assert!(parse(&["--attach-bridge", "br0", "--dns", "1.1.1.1"])
-            .unwrap_err()
-            .contains("bridge"));
-    }
-
-    #[test]
-    fn every_log_level_is_accepted_and_listed() {
-        assert_eq!(
-            parse(&["--log-level", "trace"]).unwrap().log_level,
-            log::LevelFilter::Trace
-        );
-        let e = parse(&["--log-level", "loud"]).unwrap_err();
-        for level in ["error", "warn", "info", "debug", "trace"] {
-            assert!(e.contains(level), "{e}");
-        }
-    }
-
-    #[test]
-    fn zero_turns_pings_and_limits_off() {
-        let c = parse(&["--ping-interval", "0", "--client-rate", "0"]).unwrap();
-        assert_eq!(c.clients.ping_interval(), None);
-        assert_eq!(c.clients.client_rate(), None);
-        let c = parse(&["--client-broadcast-pps", "5"]).unwrap();
-        assert_eq!(c.clients.client_broadcast_pps(), Some(5));
-        assert_eq!(c.clients.ping_interval(), Some(Duration::from_secs(30)));
-    }
-
-    #[test]
-    fn jumbo_frames() {
-        // The TAP's limit, named with the option when exceeded.
-        let c = parse(&["--mtu", "65521"]).unwrap();
-        assert_eq!(c.mtu, TAP_MAX_MTU);
-        // A v86 guest at MTU 65535 sends 65549-byte frames: the default takes them.
-        assert_eq!(c.max_frame, MAX_FRAME_LIMIT);
-        let err = parse(&["--mtu", "65535"]).unwrap_err();
-        assert!(err.contains("--mtu") && err.contains("65521"), "{err}");
-        assert_eq!(parse(&["--mtu", "9000"]).unwrap().max_frame, 9018);
-        let c = parse(&["--mtu", "65521", "--max-frame", "65553"]).unwrap();
-        assert_eq!(c.max_frame, MAX_FRAME_LIMIT);
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert!(parse_duration("5y").is_err());
-    }
-
-    #[test]
-    fn nat_options() {
-        assert_eq!(parse(&[]).unwrap().nat, None);
-        let c = parse(&["--nat"]).unwrap();
-        assert_eq!(c.nat, Some(Nat { uplink: None }));
-        let c = parse(&["--nat", "--uplink", "eth0"]).unwrap();
-        assert_eq!(c.nat.unwrap().uplink.unwrap().to_string(), "eth0");
-        assert!(parse(&["--uplink", "eth0"])
-            .unwrap_err()
-            .contains("add --nat"));
-        assert!(parse(&["--nat", "--attach-bridge", "br0"])
-            .unwrap_err()
-            .contains("routed TAP"));
-    }
-}
+mod tests;

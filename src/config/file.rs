@@ -86,5 +86,38 @@ fn option_args(key: &str, value: &toml::Value) -> Result<Vec<String>, String> {
     }
 }
 
+/// Why [`RunArgs::load`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The command line or the environment (clap prints it, with usage).
+    #[error(transparent)]
+    Args(#[from] clap::Error),
+    /// The config file.
+    #[error("{0}")]
+    File(String),
+}
+
+impl super::RunArgs {
+    /// Parses `argv` (the program name, then the options of `tapwire run`), with the options of
+    /// a `--config` file where neither the command line nor the environment sets them.
+    pub fn load(argv: &[std::ffi::OsString]) -> Result<super::RunArgs, LoadError> {
+        use clap::FromArgMatches;
+        let cmd = <super::RunArgs as clap::Args>::augment_args(clap::Command::new("tapwire"));
+        let matches = cmd.clone().try_get_matches_from(argv)?;
+        let args = super::RunArgs::from_arg_matches(&matches)?;
+        let Some(path) = &args.config else {
+            return Ok(args);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            LoadError::File(format!("--config {}: cannot read it: {e}", path.display()))
+        })?;
+        let extra = arguments(&cmd, &matches, path, &text).map_err(LoadError::File)?;
+        let mut all = argv.to_vec();
+        all.extend(extra.into_iter().map(Into::into));
+        let matches = cmd.try_get_matches_from(&all)?;
+        Ok(super::RunArgs::from_arg_matches(&matches)?)
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -113,15 +113,7 @@ pub(crate) fn scenario_g2g(
     drop(receiver.join());
     let drops = drops_of(&relay.stop());
     let frames = (r1 - r0) as f64;
-    (
-        Sample {
-            fps: frames / dt,
-            offered_fps: 0.0,
-            loss: 0.0,
-            cpu_ns_per_frame: (c1 - c0) as f64 / ticks_per_second() * 1e9 / frames.max(1.0),
-        },
-        drops,
-    )
+    (Sample::delivered(frames, dt, c1 - c0), drops)
 }
 
 /// Group `g2g`: every frame size and pair count, against loopback TCP of the same sizes.

@@ -302,15 +302,7 @@ fn relay_nat(ctx: &Ctx, size: usize, clients: usize, up: bool) -> (Sample, Drops
     let drops = drops_of(&relay.stop());
     drop(sink);
     drop(net);
-    (
-        Sample {
-            fps: frames / dt,
-            offered_fps: 0.0,
-            loss: 0.0,
-            cpu_ns_per_frame: (c1 - c0) as f64 / ticks_per_second() * 1e9 / frames.max(1.0),
-        },
-        drops,
-    )
+    (Sample::delivered(frames, dt, c1 - c0), drops)
 }
 
 /// Group `nat`: per size (≤ 1514 B) the kernel's forwarding limit each way, then the relay

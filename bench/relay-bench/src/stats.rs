@@ -13,6 +13,18 @@ pub(crate) struct Sample {
     pub cpu_ns_per_frame: f64,
 }
 
+impl Sample {
+    /// `frames` delivered in `seconds`, the relay having used `cpu_ticks` of CPU meanwhile.
+    pub(crate) fn delivered(frames: f64, seconds: f64, cpu_ticks: u64) -> Sample {
+        Sample {
+            fps: frames / seconds,
+            cpu_ns_per_frame: cpu_ticks as f64 / crate::sys::ticks_per_second() * 1e9
+                / frames.max(1.0),
+            ..Sample::default()
+        }
+    }
+}
+
 pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     if v.is_empty() {

@@ -1,0 +1,134 @@
+use super::*;
+use clap::Parser;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+fn parse(args: &[&str]) -> Result<Config, String> {
+    let mut all = vec!["tapwire"];
+    all.extend_from_slice(args);
+    Cli::try_parse_from(all)
+        .map_err(|e| e.to_string())?
+        .run
+        .validate(2)
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn defaults() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8086");
+    assert_eq!(c.cores, 2);
+    assert_eq!(c.max_frame, 1518);
+    let HostSide::Routed {
+        subnet,
+        dhcp: Some(dhcp),
+    } = c.host
+    else {
+        panic!()
+    };
+    assert_eq!(subnet.gateway(), Ipv4Addr::new(10, 86, 0, 1));
+    assert_eq!(
+        dhcp.range,
+        (
+            Ipv4Addr::new(10, 86, 0, 10),
+            Ipv4Addr::new(10, 86, 255, 254)
+        )
+    );
+}
+
+#[test]
+fn rejections_name_the_option() {
+    assert!(parse(&["--subnet", "10.86.0.1/16"])
+        .unwrap_err()
+        .contains("host bits"));
+    assert!(parse(&["--tap", "abcdefghijklmnopq"])
+        .unwrap_err()
+        .contains("--tap"));
+    assert!(parse(&["--tap", "eth0:1"])
+        .unwrap_err()
+        .contains("not an interface name"));
+    assert!(parse(&["--send-queue", "1"])
+        .unwrap_err()
+        .contains("--send-queue"));
+    assert!(parse(&["--dhcp-lease-time", "1m"])
+        .unwrap_err()
+        .contains("at least 2m"));
+    assert!(parse(&["--dhcp-range", "10.86.0.20,10.86.0.10"])
+        .unwrap_err()
+        .contains("comes after"));
+    assert!(parse(&["--max-frame", "70000"])
+        .unwrap_err()
+        .contains("--max-frame"));
+    assert!(parse(&["--mtu", "9000", "--max-frame", "1518"])
+        .unwrap_err()
+        .contains("raise --max-frame"));
+    assert!(parse(&["--dhcp-range", "10.86.0.1,10.86.0.9"])
+        .unwrap_err()
+        .contains("gateway"));
+    assert!(parse(&["--attach-bridge", "br0", "--dns", "1.1.1.1"])
+        .unwrap_err()
+        .contains("bridge"));
+}
+
+#[test]
+fn every_log_level_is_accepted_and_listed() {
+    assert_eq!(
+        parse(&["--log-level", "trace"]).unwrap().log_level,
+        log::LevelFilter::Trace
+    );
+    let e = parse(&["--log-level", "loud"]).unwrap_err();
+    for level in ["error", "warn", "info", "debug", "trace"] {
+        assert!(e.contains(level), "{e}");
+    }
+}
+
+#[test]
+fn zero_turns_pings_and_limits_off() {
+    let c = parse(&["--ping-interval", "0", "--client-rate", "0"]).unwrap();
+    assert_eq!(c.clients.ping_interval(), None);
+    assert_eq!(c.clients.client_rate(), None);
+    let c = parse(&["--client-broadcast-pps", "5"]).unwrap();
+    assert_eq!(c.clients.client_broadcast_pps(), Some(5));
+    assert_eq!(c.clients.ping_interval(), Some(Duration::from_secs(30)));
+}
+
+#[test]
+fn jumbo_frames() {
+    // The TAP's limit, named with the option when exceeded.
+    let c = parse(&["--mtu", "65521"]).unwrap();
+    assert_eq!(c.mtu, TAP_MAX_MTU);
+    // A v86 guest at MTU 65535 sends 65549-byte frames: the default takes them.
+    assert_eq!(c.max_frame, MAX_FRAME_LIMIT);
+    let err = parse(&["--mtu", "65535"]).unwrap_err();
+    assert!(err.contains("--mtu") && err.contains("65521"), "{err}");
+    assert_eq!(parse(&["--mtu", "9000"]).unwrap().max_frame, 9018);
+    let c = parse(&["--mtu", "65521", "--max-frame", "65553"]).unwrap();
+    assert_eq!(c.max_frame, MAX_FRAME_LIMIT);
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+    assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+    assert!(parse_duration("5y").is_err());
+}
+
+#[test]
+fn nat_options() {
+    assert_eq!(parse(&[]).unwrap().nat, None);
+    let c = parse(&["--nat"]).unwrap();
+    assert_eq!(c.nat, Some(Nat { uplink: None }));
+    let c = parse(&["--nat", "--uplink", "eth0"]).unwrap();
+    assert_eq!(c.nat.unwrap().uplink.unwrap().to_string(), "eth0");
+    assert!(parse(&["--uplink", "eth0"])
+        .unwrap_err()
+        .contains("add --nat"));
+    assert!(parse(&["--nat", "--attach-bridge", "br0"])
+        .unwrap_err()
+        .contains("routed TAP"));
+}
