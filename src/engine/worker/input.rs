@@ -13,9 +13,6 @@ use crate::counters::DropReason;
 use crate::switch::{ingress_claiming, Forward, Mac, PortId, Source, SwitchDrop};
 use crate::ws::access;
 
-/// How long a refusal after the upgrade request may take to flush before the socket closes.
-const REFUSAL_FLUSH_MS: u64 = 5_000;
-
 use super::super::bufpool::{BufId, HEADROOM, RECV_GROUP};
 use super::super::conn::{HandshakeStep, Input};
 use super::super::loggate::{self, held_note};
@@ -23,6 +20,9 @@ use super::super::mailbox::Control;
 use super::super::ops::{self, Kind};
 use super::output::Ready;
 use super::{Held, Worker};
+
+/// How long a refusal after the upgrade request may take to flush before the socket closes.
+const REFUSAL_FLUSH_MS: u64 = 5_000;
 
 /// Client input is also held while the frames this core sent to other cores, and has not got
 /// back, exceed 1/CROSS_HIGH_WATER_DIV of its slots. Each such frame pins a slot of the sender
