@@ -6,8 +6,9 @@
 //!
 //! The base image (`debian:12-slim`) is made from Debian packages with mmdebstrap and imported,
 //! since no registry is reachable. Everything lives in a podman storage of the test's own
-//! (`--root`, `--runroot`), removed at the end. Needs podman, runc and mmdebstrap; without them
-//! the test prints `skipped: ...`, unless CI is set, where it fails.
+//! (`--root`, `--runroot`), removed at the end (its containers and images first, then the
+//! directories). Needs podman, runc and mmdebstrap; without them the test prints
+//! `skipped: ...`, unless CI is set, where it fails.
 
 #[path = "harness.rs"]
 mod harness;
@@ -60,7 +61,10 @@ impl Podman {
 
 impl Drop for Podman {
     fn drop(&mut self) {
-        let _ = self.cmd(&["system", "reset", "--force"]).output();
+        // Only this storage's containers and images (`system reset` would also remove the
+        // machine's podman networks, which are not the test's).
+        let _ = self.cmd(&["rm", "--all", "--force"]).output();
+        let _ = self.cmd(&["rmi", "--all", "--force"]).output();
         let _ = std::fs::remove_dir_all(&self.root);
         let _ = std::fs::remove_dir_all(&self.runroot);
     }
