@@ -156,12 +156,14 @@ fn a_guest_that_reconnects_keeps_its_address_and_releases_end_it() {
         assert!(pings_gateway(&mut first, m, ip, gw_mac, 1));
         ip
     };
-    // v86 keeps its MAC and lease across a reconnect: no new DHCP exchange.
+    // v86 keeps its MAC and lease across a reconnect: no new DHCP exchange. The relay may not
+    // have seen the old connection close when the first frame of the new one arrives (the MAC
+    // is then still the old port's, and the frame is dropped as a conflict), so the guest
+    // retries, as its stack would.
     let mut again = relay.client(None);
-    assert!(
-        pings_gateway(&mut again, m, ip, gw_mac, 2),
-        "reconnected guest lost its address"
-    );
+    let answered = (2..7).any(|seq| pings_gateway(&mut again, m, ip, gw_mac, seq));
+    assert!(answered, "reconnected guest lost its address");
+    assert_eq!(relay.counters().drops("ip_spoof"), 0, "dropped as unbound");
     let release = Dhcp {
         kind: DhcpKind::Release,
         chaddr: m,
@@ -175,7 +177,7 @@ fn a_guest_that_reconnects_keeps_its_address_and_releases_end_it() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(
-        !pings_gateway(&mut again, m, ip, gw_mac, 3),
+        !pings_gateway(&mut again, m, ip, gw_mac, 9),
         "released address still usable"
     );
     assert!(relay.counters().drops("ip_spoof") >= 1);
