@@ -17,26 +17,6 @@ fn request(target: &str, origin: Option<&str>) -> Vec<u8> {
     .into_bytes()
 }
 
-/// `tapwire token` with `args`: (token, URL).
-fn token(args: &[&str]) -> (String, String) {
-    let out = std::process::Command::new(tapwire_bin())
-        .arg("token")
-        .args(args)
-        .output()
-        .expect("tapwire token");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut lines = text.lines();
-    (
-        lines.next().unwrap_or("").to_string(),
-        lines.next().unwrap_or("").to_string(),
-    )
-}
-
 #[test]
 fn tokens_and_origins_decide_who_connects() {
     if skip_unless_root("tokens_and_origins_decide_who_connects") {
@@ -52,7 +32,7 @@ fn tokens_and_origins_decide_who_connects() {
     let secret = secret.display().to_string();
     let page = "http://127.0.0.1:8000";
     let relay = Relay::start(&["--token-secret", &secret, "--allow-origin", page]);
-    let (good, url) = token(&[
+    let (good, url) = tapwire_token(&[
         "--token-secret",
         &secret,
         "--ttl",
@@ -62,27 +42,12 @@ fn tokens_and_origins_decide_who_connects() {
     ]);
     assert_eq!(url, format!("ws://127.0.0.1:8086/?token={good}"));
     assert!(good.starts_with("v1.") && good.contains(".farm-1."));
-    let (expired, _) = token(&["--token-secret", &secret, "--ttl", "0s"]);
+    let (expired, _) = tapwire_token(&["--token-secret", &secret, "--ttl", "0s"]);
     let mut forged = good.clone();
     let last = forged.pop().unwrap();
     forged.push(if last == 'A' { 'B' } else { 'A' });
 
-    // The status line, read up to the end of the response head (a 101 keeps the connection).
-    let status = |target: &str, origin: Option<&str>| {
-        use std::io::{Read, Write};
-        let mut s = relay.raw();
-        s.write_all(&request(target, origin)).expect("send");
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
-            head.push(byte[0]);
-        }
-        String::from_utf8_lossy(&head)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string()
-    };
+    let status = |target: &str, origin: Option<&str>| http_status(&relay, &request(target, origin));
     assert!(status("/", None).starts_with("HTTP/1.1 401"));
     assert!(status("/?token=nonsense", None).starts_with("HTTP/1.1 401"));
     assert!(status(&format!("/?token={expired}"), None).starts_with("HTTP/1.1 403"));

@@ -13,7 +13,7 @@
 #[path = "harness.rs"]
 mod harness;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -67,35 +67,6 @@ impl Drop for Podman {
         let _ = self.cmd(&["rmi", "--all", "--force"]).output();
         let _ = std::fs::remove_dir_all(&self.root);
         let _ = std::fs::remove_dir_all(&self.runroot);
-    }
-}
-
-/// A kernel-stack guest in its own namespace on the relay at ws://127.0.0.1:8086 of `ns`.
-fn guest(ns: &Netns, dir: &Path) -> Guest {
-    let gns = netns("twg");
-    let cmd = ns.cmd(&[
-        &tool_bin("tapwire-guest"),
-        "--url",
-        "ws://127.0.0.1:8086/",
-        "--netns",
-        &gns.name,
-        "--tap",
-        "eth0",
-    ]);
-    let proc = Proc::spawn(cmd, dir.join("guest.log")).expect("guest");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !gns
-        .cmd(&["ip", "link", "show", "eth0"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        assert!(Instant::now() < deadline, "guest: {}", proc.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Guest {
-        proc,
-        ns: gns,
-        ip: None,
     }
 }
 
@@ -223,7 +194,7 @@ fn the_image_runs_with_the_shipped_profile_and_only_net_admin() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let mut g = guest(&ns, &dir.0);
+    let mut g = spawn_guest(&ns, "ws://127.0.0.1:8086/", &dir.0, None);
     g.dhcp(&dir.0);
     let pinged = g.ping(GATEWAY, 3);
     let logs = podman.ok(&["logs", &name]);

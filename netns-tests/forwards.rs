@@ -33,20 +33,6 @@ while True:
     Proc::spawn(cmd, dir.join("guest_services.log")).expect("guest services")
 }
 
-/// What `ns` gets from TCP `addr:port` (the greeting) and from UDP (the echo of "ping").
-fn probe(ns: &Netns, addr: &str, port: u16, udp: bool) -> String {
-    let script = if udp {
-        format!("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\ntry:\n  s.sendto(b'ping', ('{addr}', {port})); print(s.recv(64))\nexcept OSError as e:\n  print(e)")
-    } else {
-        format!("import socket\ntry:\n  print(socket.create_connection(('{addr}', {port}), timeout=2).recv(64))\nexcept OSError as e:\n  print(e)")
-    };
-    let out = ns
-        .cmd(&["timeout", "5", "python3", "-c", &script])
-        .output()
-        .expect("python3");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn forwards_reach_a_guest_from_other_hosts_and_from_the_host() {
     if skip_unless_root("forwards_reach_a_guest_from_other_hosts_and_from_the_host") {

@@ -274,38 +274,53 @@ impl Relay {
 
     /// Starts a kernel-stack guest in a new namespace, placed on `core` of 2.
     pub fn guest(&self, core: usize) -> Guest {
-        let ns = netns("twg");
-        let port = source_port_for_core(core);
-        let url = self.url();
-        let guest_bin = tool_bin("tapwire-guest");
-        let cmd = self.ns.cmd(&[
-            &guest_bin,
-            "--url",
-            &url,
-            "--netns",
-            &ns.name,
-            "--tap",
-            "eth0",
-            "--source-port",
-            &port.to_string(),
-        ]);
-        let proc = Proc::spawn(cmd, self.dir.0.join(format!("{}.log", ns.name))).expect("guest");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while ns
-            .cmd(&["ip", "link", "show", "eth0"])
-            .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "guest TAP did not appear: {}",
-                proc.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Guest { proc, ns, ip: None }
+        spawn_guest(
+            &self.ns,
+            &self.url(),
+            &self.dir.0,
+            Some(source_port_for_core(core)),
+        )
     }
+}
+
+/// Starts `tapwire-guest` in `relay_ns` on the relay at `url`, with its TAP in a new namespace,
+/// optionally from `source_port`; returns once the guest's `eth0` exists. Logs go to `log_dir`.
+pub fn spawn_guest(relay_ns: &Netns, url: &str, log_dir: &Path, source_port: Option<u16>) -> Guest {
+    let ns = netns("twg");
+    let guest_bin = tool_bin("tapwire-guest");
+    let port = source_port.map(|p| p.to_string());
+    let mut args = vec![
+        guest_bin.as_str(),
+        "--url",
+        url,
+        "--netns",
+        &ns.name,
+        "--tap",
+        "eth0",
+    ];
+    if let Some(p) = &port {
+        args.extend(["--source-port", p.as_str()]);
+    }
+    let proc = Proc::spawn(
+        relay_ns.cmd(&args),
+        log_dir.join(format!("{}.log", ns.name)),
+    )
+    .expect("guest");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ns
+        .cmd(&["ip", "link", "show", "eth0"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "guest TAP did not appear: {}",
+            proc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Guest { proc, ns, ip: None }
 }
 
 static PORT: AtomicUsize = AtomicUsize::new(0);
@@ -477,18 +492,42 @@ pub fn dnsmasq_pids(log: &str) -> Vec<u32> {
         .collect()
 }
 
-/// The status line the relay answers `request` with (sent on a raw connection).
+/// The status line the relay answers `request` with (sent on a raw connection), read up to
+/// the end of the response head (a `101` keeps the connection open).
 pub fn http_status(relay: &Relay, request: &[u8]) -> String {
     use std::io::{Read, Write};
     let mut s = relay.raw();
     s.write_all(request).expect("send");
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out)
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head)
         .lines()
         .next()
         .unwrap_or("")
         .to_string()
+}
+
+/// `tapwire token` with `args`: (token, URL with the token).
+pub fn tapwire_token(args: &[&str]) -> (String, String) {
+    let out = std::process::Command::new(tapwire_bin())
+        .arg("token")
+        .args(args)
+        .output()
+        .expect("tapwire token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    (
+        lines.next().unwrap_or("").to_string(),
+        lines.next().unwrap_or("").to_string(),
+    )
 }
 
 /// Takes a DHCP lease for `mac` on a synthetic client (DISCOVER, OFFER, REQUEST, ACK) and
@@ -510,4 +549,19 @@ pub fn lease(client: &mut WsClient, mac: [u8; 6]) -> std::net::Ipv4Addr {
     let offer = reply(client, DhcpKind::Offer);
     client.send_frame(&dhcp_message(mac, xid, DhcpKind::Request, Some(offer)));
     reply(client, DhcpKind::Ack).0
+}
+
+/// What `ns` gets from TCP `addr:port` (what the server sends first, or the error) or, with
+/// `udp`, the answer to a datagram "ping" (python3, so IPv6 with a `%scope` works too).
+pub fn probe(ns: &Netns, addr: &str, port: u16, udp: bool) -> String {
+    let script = if udp {
+        format!("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\ntry:\n  s.sendto(b'ping', ('{addr}', {port})); print(s.recv(64))\nexcept OSError as e:\n  print(e)")
+    } else {
+        format!("import socket\ntry:\n  print(socket.create_connection(('{addr}', {port}), timeout=2).recv(64))\nexcept OSError as e:\n  print(e)")
+    };
+    let out = ns
+        .cmd(&["timeout", "5", "python3", "-c", &script])
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

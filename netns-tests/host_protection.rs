@@ -33,15 +33,7 @@ fn services(relay: &Relay) -> UdpSocket {
 
 /// Whether the guest gets the greeting from `addr` (IPv4, or IPv6 with its `%eth0` scope).
 fn greeted(guest: &Guest, addr: &str) -> bool {
-    let script = format!(
-        "import socket\ntry:\n  s = socket.create_connection(('{addr}', {TCP_PORT}), timeout=2)\n  print(s.recv(16))\nexcept OSError as e:\n  print(e)"
-    );
-    let out = guest
-        .ns
-        .cmd(&["timeout", "5", "python3", "-c", &script])
-        .output()
-        .expect("python3");
-    String::from_utf8_lossy(&out.stdout).contains("hello")
+    probe(&guest.ns, addr, TCP_PORT, false).contains("hello")
 }
 
 /// How many of 3 datagrams from the guest reach the UDP socket.

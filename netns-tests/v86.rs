@@ -319,14 +319,7 @@ fn v86_guest_in_chromium_with_token_and_origin() {
         &origin,
     ]);
     let blob = serve_blob(&relay);
-    let token = |ttl: &str| {
-        let out = Command::new(tapwire_bin())
-            .args(["token", "--token-secret", &secret, "--ttl", ttl])
-            .output()
-            .expect("tapwire token");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.lines().nth(1).expect("url").to_string()
-    };
+    let token = |ttl: &str| tapwire_token(&["--token-secret", &secret, "--ttl", ttl]).1;
     let mut guest = V86Guest::boot_in_browser(&relay, &token("1h"), "127.0.0.1", page_port);
     guest
         .wait_for("TW-WS-OPEN", Duration::from_secs(60))

@@ -60,9 +60,7 @@ impl std::str::FromStr for ForwardArg {
         let guest = if let Ok(ip) = guest.parse::<Ipv4Addr>() {
             Guest::Ip(ip)
         } else {
-            // Reuse the MAC parsing (and its checks) of --reserve.
-            let r: Reservation = format!("{guest}=0.0.0.0").parse()?;
-            Guest::Mac(r.mac)
+            Guest::Mac(Mac::parse_guest(guest)?)
         };
         Ok(ForwardArg {
             udp,

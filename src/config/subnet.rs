@@ -130,20 +130,7 @@ impl std::str::FromStr for Reservation {
         let (mac, ip) = text
             .split_once('=')
             .ok_or_else(|| format!("{text:?} is not MAC=IP (e.g. 52:54:00:12:34:56=10.86.0.50)"))?;
-        let octets: Vec<u8> = mac
-            .split(':')
-            .map(|o| u8::from_str_radix(o, 16).ok().filter(|_| o.len() == 2))
-            .collect::<Option<_>>()
-            .filter(|v: &Vec<u8>| v.len() == 6)
-            .ok_or_else(|| format!("{mac:?} is not a MAC address (six hex pairs with colons)"))?;
-        let mac = crate::switch::Mac([
-            octets[0], octets[1], octets[2], octets[3], octets[4], octets[5],
-        ]);
-        if mac.is_group() || mac == crate::switch::Mac::ZERO {
-            return Err(format!(
-                "{mac} is a group or zero address, which no guest sends from"
-            ));
-        }
+        let mac = crate::switch::Mac::parse_guest(mac)?;
         let ip = ip
             .parse()
             .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;

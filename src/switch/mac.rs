@@ -32,6 +32,28 @@ impl Mac {
     }
 }
 
+impl Mac {
+    /// Parses a guest's address as an option gives it: six hex pairs with colons, unicast and
+    /// not all zeros (no guest sends from any other).
+    pub fn parse_guest(text: &str) -> Result<Mac, String> {
+        let octets: Vec<u8> = text
+            .split(':')
+            .map(|o| u8::from_str_radix(o, 16).ok().filter(|_| o.len() == 2))
+            .collect::<Option<_>>()
+            .filter(|v: &Vec<u8>| v.len() == 6)
+            .ok_or_else(|| format!("{text:?} is not a MAC address (six hex pairs with colons)"))?;
+        let mac = Mac([
+            octets[0], octets[1], octets[2], octets[3], octets[4], octets[5],
+        ]);
+        if mac.is_group() || mac == Mac::ZERO {
+            return Err(format!(
+                "{mac} is a group or zero address, which no guest sends from"
+            ));
+        }
+        Ok(mac)
+    }
+}
+
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;

@@ -121,11 +121,6 @@ impl Ownership {
             })
     }
 
-    /// Number of bindings (ended ones included until the next [`Ownership::bind`]).
-    pub fn bindings(&self) -> usize {
-        self.bindings.len()
-    }
-
     /// Current owner of `mac`.
     pub fn owner(&self, mac: Mac) -> Option<PortId> {
         self.owner.get(&mac).copied()

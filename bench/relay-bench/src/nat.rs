@@ -88,20 +88,9 @@ impl<'a> Masquerade<'a> {
     fn new(bench: &'a Netns) -> Masquerade<'a> {
         run_ok(bench, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         let rules = format!("table ip relaybench_nat {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr 10.87.0.0/24 oifname \"{UPLINK}\" masquerade\n  }}\n}}\n");
-        let mut nft = bench
-            .cmd(&["nft", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .expect("nft");
-        nft.stdin
-            .take()
-            .expect("stdin")
-            .write_all(rules.as_bytes())
-            .expect("rules");
-        assert!(
-            nft.wait().expect("nft").success(),
-            "nft refused the bench's table"
-        );
+        bench
+            .enter(move || tapwire::control::firewall::apply(&rules))
+            .unwrap_or_else(|e| panic!("the bench's masquerade: {e}"));
         Masquerade { bench }
     }
 }
