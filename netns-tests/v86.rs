@@ -1,6 +1,6 @@
 //! Real v86 guests end to end (root): boot the test guest under Node with its ne2k or virtio
 //! NIC on tapwire; it must take a DHCP lease from tapwire's dnsmasq, ping the gateway, download
-//! 4 MiB over HTTP from the host side with the right checksum, and two guests must ping each
+//! 1 MiB over HTTP from the host side with the right checksum, and two guests must ping each
 //! other. With `--nat`, a guest pings and downloads from an "internet" namespace behind the
 //! relay's default route. A negative control runs the same check against a WebSocket server that drops every
 //! frame, and that check must fail.
@@ -59,7 +59,7 @@ fn ready(test: &str) -> bool {
     false
 }
 
-/// A 4 MiB file served over HTTP on the gateway address, and its SHA-256.
+/// A 1 MiB file served over HTTP on the gateway address, and its SHA-256.
 struct Blob {
     server: Proc,
     sha256: String,
@@ -68,7 +68,7 @@ struct Blob {
 fn serve_blob(relay: &Relay) -> Blob {
     let root = relay.dir.0.join("www");
     std::fs::create_dir_all(&root).expect("www");
-    let mut data = vec![0u8; 4 * 1024 * 1024];
+    let mut data = vec![0u8; 1024 * 1024];
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     for b in data.iter_mut() {
         x ^= x << 13;
@@ -236,7 +236,7 @@ fn check_guest(guest: &mut V86Guest, sha256: &str) -> Result<String, String> {
         return Err(format!("lease {ip} is not from tapwire's subnet"));
     }
     guest.wait_for("TW-PING-OK", Duration::from_secs(30))?;
-    let download = guest.wait_for("TW-DOWNLOAD ", Duration::from_secs(120))?;
+    let download = guest.wait_for("TW-DOWNLOAD ", Duration::from_secs(240))?;
     let got = download.trim_start_matches("TW-DOWNLOAD ").trim();
     if got != sha256 {
         return Err(format!(
