@@ -15,12 +15,14 @@ mod auth;
 pub mod file;
 mod forward;
 mod subnet;
+mod tls;
 pub use access::{HostAccess, HostPort, HostPortArg};
 pub use auth::read_token_secret;
 pub use file::LoadError;
 pub use forward::{Forward, ForwardArg};
 use subnet::default_range;
 pub use subnet::{DhcpRange, Reservation, Subnet};
+pub use tls::TlsListen;
 
 /// Ethernet header (14) plus one 802.1Q tag (4).
 pub const ETHERNET_OVERHEAD: usize = 18;
@@ -43,6 +45,16 @@ pub struct RunArgs {
     /// Address and port to accept WebSocket clients on.
     #[arg(long, env = "TAPWIRE_LISTEN", default_value = "127.0.0.1:8086")]
     pub listen: SocketAddr,
+    /// Also accept wss:// clients on this address and port (TLS in every core's loop; needs
+    /// --tls-cert and --tls-key).
+    #[arg(long, env = "TAPWIRE_LISTEN_TLS", value_name = "ADDR:PORT")]
+    pub listen_tls: Option<SocketAddr>,
+    /// Certificate for --listen-tls: PEM, the leaf first, then its chain; re-read on SIGHUP.
+    #[arg(long, env = "TAPWIRE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert: PEM (PKCS#8, PKCS#1 or SEC1); re-read on SIGHUP.
+    #[arg(long, env = "TAPWIRE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     /// Number of cores (threads, TAP queues, listeners) to use, 1 to 128; default: all
     /// available (at most 128).
     #[arg(long, env = "TAPWIRE_CORES", value_parser = in_range(1, MAX_CORES))]
@@ -276,6 +288,8 @@ pub enum ConfigError {
     Forward(String),
     #[error("{0}")]
     Access(String),
+    #[error("{0}")]
+    Tls(String),
     #[error("--forward needs a routed TAP: with --attach-bridge guests are on the bridge's LAN")]
     ForwardWithBridge,
     #[error("--reserve: {0} is given twice; each MAC and each address may be reserved once")]
@@ -314,6 +328,8 @@ pub enum HostSide {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The wss:// listener and its certificate, when enabled.
+    pub tls: Option<TlsListen>,
     pub cores: usize,
     pub tap: IfName,
     pub host: HostSide,
@@ -481,6 +497,7 @@ impl RunArgs {
         };
         Ok(Config {
             listen: self.listen,
+            tls: self.tls()?,
             cores,
             tap: self.tap.clone(),
             host,

@@ -60,7 +60,11 @@ drop_reasons! {
     TokenExpired => "token_expired", "--token-secret: an expired token (403).";
     TokenForged => "token_forged", "--token-secret: a token not signed with the relay's secret (403).";
     OriginRefused => "origin_refused", "--allow-origin: a browser's Origin not in the list (403).";
-    HandshakeTimeout => "handshake_timeout", "Handshake not completed before the deadline.";
+    HandshakeTimeout => "handshake_timeout", "TLS or WebSocket handshake not completed before the deadline.";
+    TlsNotTls => "tls_not_tls", "wss:// listener: the first bytes are not a TLS record (plain HTTP, garbage); closed.";
+    TlsHandshakeFailed => "tls_handshake_failed", "wss:// listener: TLS handshake failed (no common version or cipher suite, a malformed message, an alert from the client); closed with an alert.";
+    TlsBadRecord => "tls_bad_record", "wss:// client: a TLS record that does not decrypt, is oversized or unexpected; closed with an alert.";
+    TlsAlert => "tls_alert", "wss:// client: sent a fatal TLS alert after the handshake; closed.";
     ProtocolViolation => "protocol_violation", "Unmasked frame, RSV bits, reserved opcode, non-minimal length, bad continuation or close (1002).";
     ControlFrameInvalid => "control_frame_invalid", "Control frame over 125 bytes or fragmented (1002).";
     TextMessage => "text_message", "Text message (1003).";
@@ -212,6 +216,8 @@ core_series! {
     tap_rx_bytes: Counter, Counter, "tapwire_tap_rx_bytes_total", "Bytes read from the TAP.";
     cross_core_frames: Counter, Counter, "tapwire_cross_core_frames_total", "Frames handed to another core.";
     connections_accepted: Counter, Counter, "tapwire_connections_accepted_total", "TCP connections accepted.";
+    tls_handshakes: Counter, Counter, "tapwire_tls_handshakes_total", "TLS handshakes completed on the wss:// listener.";
+    tls_handshake_failures: Counter, Counter, "tapwire_tls_handshake_failures_total", "TLS handshakes that failed or timed out (reasons tls_not_tls, tls_handshake_failed, handshake_timeout before the TLS handshake ended).";
     connections_upgraded: Counter, Counter, "tapwire_connections_upgraded_total", "Connections upgraded to WebSocket.";
     connections_closed: Counter, Counter, "tapwire_connections_closed_total", "Connections closed and freed.";
     pings_answered: Counter, Counter, "tapwire_pings_answered_total", "Pings received from clients and answered.";

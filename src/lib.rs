@@ -14,20 +14,22 @@ pub mod ifname;
 pub mod steering;
 pub mod switch;
 pub mod tap;
+pub mod tls;
 pub mod ws;
 
 pub use config::Config;
-pub use control::listen::bind_listeners;
+pub use control::listen::{bind_listeners, bind_tls_listeners};
 pub use control::{RunError, RunReport, Shutdown};
 
-/// Runs tapwire with `config` on `listeners` (one per core, e.g. from [`bind_listeners`])
-/// until `shutdown` is triggered (or, with [`Shutdown::with_signals`], SIGINT/SIGTERM): makes
+/// Runs tapwire with `config` on `listeners` (one per core, e.g. from [`bind_listeners`]),
+/// and with `--listen-tls` on `tls_listeners` (one per core, from [`bind_tls_listeners`]) until `shutdown` is triggered (or, with [`Shutdown::with_signals`], SIGINT/SIGTERM): makes
 /// the TAP and host state, starts dnsmasq and the cores, and on stop closes every client with
 /// 1001 and undoes every host change in reverse order.
 pub fn run(
     config: Config,
     listeners: Vec<std::net::TcpListener>,
+    tls_listeners: Vec<std::net::TcpListener>,
     shutdown: Shutdown,
 ) -> Result<RunReport, RunError> {
-    control::run(config, listeners, shutdown)
+    control::run(config, listeners, tls_listeners, shutdown)
 }

@@ -153,7 +153,24 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match tapwire::run(cfg, listeners, tapwire::Shutdown::with_signals()) {
+    let tls_listeners = match cfg
+        .tls
+        .as_ref()
+        .map(|t| tapwire::bind_tls_listeners(t.listen, cfg.cores))
+    {
+        None => Vec::new(),
+        Some(Ok(l)) => l,
+        Some(Err(e)) => {
+            eprintln!("tapwire: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match tapwire::run(
+        cfg,
+        listeners,
+        tls_listeners,
+        tapwire::Shutdown::with_signals(),
+    ) {
         Ok(report) => {
             eprint!("{}", report.summary);
             ExitCode::SUCCESS

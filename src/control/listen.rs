@@ -26,6 +26,16 @@ pub fn steer(port: u16, cores: usize) -> usize {
 /// two relays and this one's steering program would replace the other's. So the address is
 /// first probed with a socket without `SO_REUSEPORT`, which any listener already there refuses.
 pub fn bind_listeners(addr: SocketAddr, cores: usize) -> io::Result<Vec<TcpListener>> {
+    bind_for("--listen", addr, cores)
+}
+
+/// [`bind_listeners`] for the wss:// listener (`--listen-tls`).
+pub fn bind_tls_listeners(addr: SocketAddr, cores: usize) -> io::Result<Vec<TcpListener>> {
+    bind_for("--listen-tls", addr, cores)
+}
+
+/// The listeners of `option`, named in errors.
+fn bind_for(option: &str, addr: SocketAddr, cores: usize) -> io::Result<Vec<TcpListener>> {
     if addr.port() != 0 {
         let probe = Socket::new(
             Domain::for_address(addr),
@@ -36,7 +46,7 @@ pub fn bind_listeners(addr: SocketAddr, cores: usize) -> io::Result<Vec<TcpListe
         probe.bind(&addr.into()).map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!("cannot listen on {addr}: {e} — something in this network namespace already listens there (another tapwire?); stop it or choose another --listen"),
+                format!("cannot listen on {addr}: {e} — something in this network namespace already listens there (another tapwire?); stop it or choose another {option}"),
             )
         })?;
     }
@@ -55,7 +65,7 @@ pub fn bind_listeners(addr: SocketAddr, cores: usize) -> io::Result<Vec<TcpListe
         // to every frame sent to a client that is also receiving a stream.
         socket.set_tcp_nodelay(true)?;
         socket.bind(&addr.into()).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot listen on {addr}: {e} — is another tapwire or program using it? choose another --listen"))
+            io::Error::new(e.kind(), format!("cannot listen on {addr}: {e} — is another tapwire or program using it? choose another {option}"))
         })?;
         socket.listen(BACKLOG)?;
         let listener: TcpListener = socket.into();

@@ -66,7 +66,8 @@ impl Shutdown {
         Self::default()
     }
 
-    /// Also stops on SIGINT/SIGTERM, and prints counters on SIGUSR1.
+    /// Also stops on SIGINT/SIGTERM, prints counters on SIGUSR1 and reloads the wss://
+    /// certificate on SIGHUP.
     pub fn with_signals() -> Self {
         Shutdown {
             signals: true,
@@ -147,23 +148,26 @@ impl Host {
 pub fn run(
     cfg: Config,
     listeners: Vec<TcpListener>,
+    tls_listeners: Vec<TcpListener>,
     shutdown: Shutdown,
 ) -> Result<RunReport, RunError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run_async(cfg, listeners, shutdown))
+    runtime.block_on(run_async(cfg, (listeners, tls_listeners), shutdown))
 }
 
 async fn run_async(
     cfg: Config,
-    listeners: Vec<TcpListener>,
+    listeners: (Vec<TcpListener>, Vec<TcpListener>),
     shutdown: Shutdown,
 ) -> Result<RunReport, RunError> {
-    if listeners.len() != cfg.cores {
+    let tls_count = if cfg.tls.is_some() { cfg.cores } else { 0 };
+    if listeners.0.len() != cfg.cores || listeners.1.len() != tls_count {
         return Err(RunError::Setup(format!(
-            "{} listeners for {} cores: pass one listener per core",
-            listeners.len(),
+            "{} ws:// and {} wss:// listeners for {} cores: pass one listener per core (and one wss:// listener per core with --listen-tls)",
+            listeners.0.len(),
+            listeners.1.len(),
             cfg.cores
         )));
     }
@@ -200,8 +204,11 @@ async fn run_async(
         }
     };
     log::info!(
-        "relaying ws://{}/ ⇄ TAP {} on {} core(s) (multishot accept/recv/TAP read: {}/{}/{})",
+        "relaying ws://{}/{} ⇄ TAP {} on {} core(s) (multishot accept/recv/TAP read: {}/{}/{})",
         cfg.listen,
+        cfg.tls
+            .as_ref()
+            .map_or(String::new(), |t| format!(" and wss://{}/", t.listen)),
         cfg.tap,
         cfg.cores,
         features.multishot_accept,
@@ -330,7 +337,7 @@ async fn start(
     cfg: &Config,
     host: &mut Host,
     dnsmasq: Option<&dnsmasq::Launch>,
-    listeners: Vec<TcpListener>,
+    listeners: (Vec<TcpListener>, Vec<TcpListener>),
 ) -> Result<Started, RunError> {
     host.record(Change::Tap(cfg.tap.to_string()))?;
     let taps = crate::tap::open_multiqueue(&cfg.tap, cfg.cores)?;
@@ -419,14 +426,15 @@ async fn start(
             own.reserve(r.mac, r.ip.octets());
         }
     }
-    let listener_fds: Vec<OwnedFd> = listeners.into_iter().map(OwnedFd::from).collect();
+    let fds = |l: Vec<TcpListener>| l.into_iter().map(OwnedFd::from).collect::<Vec<_>>();
     let engine = Engine::start(
         EngineConfig {
             uplink_macs,
             ..EngineConfig::from_config(cfg)
         },
         shared.clone(),
-        listener_fds,
+        fds(listeners.0),
+        fds(listeners.1),
         taps,
     )?;
     let features = match engine.wait_ready() {
@@ -442,8 +450,8 @@ async fn start(
     Ok((engine, shared, features, child))
 }
 
-/// Waits for the stop request; meanwhile prints counters on SIGUSR1 and restarts dnsmasq if
-/// it dies.
+/// Waits for the stop request; meanwhile prints counters on SIGUSR1, reloads the certificate
+/// on SIGHUP and restarts dnsmasq if it dies.
 async fn supervise(
     cfg: &Config,
     shutdown: &Shutdown,
@@ -464,6 +472,10 @@ async fn supervise(
         .signals
         .then(|| signal(SignalKind::user_defined1()).ok())
         .flatten();
+    let mut hup = shutdown
+        .signals
+        .then(|| signal(SignalKind::hangup()).ok())
+        .flatten();
     let mut restarts = 0u32;
     loop {
         let child_exit = async {
@@ -477,6 +489,7 @@ async fn supervise(
             _ = recv_opt(&mut term) => return,
             _ = recv_opt(&mut int) => return,
             _ = recv_opt(&mut usr1) => eprint!("{}", counters::summary(&shared.counters)),
+            _ = recv_opt(&mut hup) => reload_certificate(cfg),
             status = child_exit => {
                 let delay = dnsmasq::backoff(restarts);
                 restarts += 1;
@@ -501,6 +514,22 @@ async fn supervise(
                 }
             }
         }
+    }
+}
+
+/// SIGHUP: reads the wss:// certificate and key again; new connections get them, connected
+/// clients keep theirs. On error the old certificate stays.
+fn reload_certificate(cfg: &Config) {
+    let Some(tls) = &cfg.tls else {
+        log::info!("SIGHUP: nothing to reload (no --listen-tls)");
+        return;
+    };
+    match tls.certs.reload() {
+        Ok(()) => log::info!(
+            "SIGHUP: reloaded the certificate {}; new wss:// connections use it",
+            tls.certs.cert_path().display()
+        ),
+        Err(e) => log::error!("SIGHUP: {e}; still using the certificate loaded before"),
     }
 }
 

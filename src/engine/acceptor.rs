@@ -15,6 +15,8 @@ use super::ring::Ring;
 /// A core's listener.
 pub struct Acceptor {
     listener: OwnedFd,
+    /// Its number on the core (in the accept's user data): 0 for ws://, 1 for wss://.
+    index: u32,
     multishot: bool,
     armed: bool,
     /// Accept failed: re-arm from the next tick.
@@ -22,10 +24,11 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
-    /// Accepts on `listener`.
-    pub fn new(listener: OwnedFd, multishot: bool) -> Self {
+    /// Accepts on `listener`, the core's listener number `index`.
+    pub fn new(listener: OwnedFd, index: u32, multishot: bool) -> Self {
         Acceptor {
             listener,
+            index,
             multishot,
             armed: false,
             retry_on_tick: false,
@@ -45,14 +48,14 @@ impl Acceptor {
                 .build()
         };
         // SAFETY: no pointers: the peer address is not asked for.
-        unsafe { ring.push(&entry.user_data(ops::for_index(Kind::Accept, 0))) };
+        unsafe { ring.push(&entry.user_data(ops::for_index(Kind::Accept, self.index))) };
         self.armed = true;
     }
 
     /// Cancels the armed accept (shutdown).
     pub fn cancel(&mut self, ring: &mut Ring) {
         if self.armed {
-            let entry = opcode::AsyncCancel::new(ops::for_index(Kind::Accept, 0))
+            let entry = opcode::AsyncCancel::new(ops::for_index(Kind::Accept, self.index))
                 .build()
                 .user_data(ops::for_index(Kind::Cancel, 0));
             // SAFETY: a cancel names an operation by user_data; no pointers.

@@ -28,20 +28,36 @@ pub enum BufClass {
     Tap(u16),
     /// A frame slot: its index on the free list.
     Slot(u32),
+    /// A plaintext buffer (receive-buffer sized, never lent to the kernel): decrypted TLS
+    /// input, handled like a receive buffer.
+    Plain(u16),
 }
 
-/// The id space: receive buffers first, then TAP buffers, then frame slots.
+/// The id space: receive buffers first, then plaintext buffers (both receive-buffer sized),
+/// then TAP buffers, then frame slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ids {
     pub recv_count: u16,
+    pub plain_count: u16,
     pub tap_count: u16,
     pub slot_count: u32,
 }
 
 impl Ids {
-    /// Buffers in all three pools.
+    /// Buffers in all four pools.
     pub fn total(&self) -> u32 {
-        u32::from(self.recv_count) + u32::from(self.tap_count) + self.slot_count
+        self.flat() + u32::from(self.tap_count) + self.slot_count
+    }
+
+    /// Receive-buffer-sized buffers (receive and plaintext), which come first.
+    fn flat(&self) -> u32 {
+        u32::from(self.recv_count) + u32::from(self.plain_count)
+    }
+
+    /// The buffer of plaintext buffer `index`.
+    pub fn plain(&self, index: u16) -> BufId {
+        debug_assert!(index < self.plain_count);
+        BufId(u32::from(self.recv_count) + u32::from(index))
     }
 
     /// The buffer of a receive completion's buffer id.
@@ -53,22 +69,25 @@ impl Ids {
     /// The buffer of a TAP read completion's buffer id.
     pub fn tap(&self, bid: u16) -> BufId {
         debug_assert!(bid < self.tap_count);
-        BufId(u32::from(self.recv_count) + u32::from(bid))
+        BufId(self.flat() + u32::from(bid))
     }
 
     /// The buffer of frame slot `index`.
     pub fn slot(&self, index: u32) -> BufId {
         debug_assert!(index < self.slot_count);
-        BufId(u32::from(self.recv_count) + u32::from(self.tap_count) + index)
+        BufId(self.flat() + u32::from(self.tap_count) + index)
     }
 
     /// Which pool `id` belongs to.
     pub fn class(&self, id: BufId) -> BufClass {
-        let tap_base = u32::from(self.recv_count);
+        let plain_base = u32::from(self.recv_count);
+        let tap_base = self.flat();
         let slot_base = tap_base + u32::from(self.tap_count);
         // Lossless: each branch is below a u16 count.
-        if id.0 < tap_base {
+        if id.0 < plain_base {
             BufClass::Recv(id.0 as u16)
+        } else if id.0 < tap_base {
+            BufClass::Plain((id.0 - plain_base) as u16)
         } else if id.0 < slot_base {
             BufClass::Tap((id.0 - tap_base) as u16)
         } else {
@@ -76,9 +95,10 @@ impl Ids {
         }
     }
 
-    /// TAP buffers and slots have [`HEADROOM`] in front of their frame; receive buffers not.
+    /// TAP buffers and slots have [`HEADROOM`] in front of their frame; receive and plaintext
+    /// buffers not.
     pub fn has_headroom(&self, id: BufId) -> bool {
-        !matches!(self.class(id), BufClass::Recv(_))
+        id.0 >= self.flat()
     }
 }
 
@@ -140,7 +160,7 @@ impl Arena {
     pub fn new(ids: Ids, recv_size: usize, max_frame: usize) -> io::Result<Self> {
         let frame_stride = (HEADROOM + max_frame).div_ceil(64) * 64;
         let frames = usize::from(ids.tap_count) + ids.slot_count as usize;
-        let len = usize::from(ids.recv_count) * recv_size + frames * frame_stride;
+        let len = ids.flat() as usize * recv_size + frames * frame_stride;
         Ok(Arena {
             memory: Mapping::new(len)?,
             ids,
@@ -166,9 +186,9 @@ impl Arena {
     /// Pointer to byte `offset` of buffer `id` (for submissions and cross-core messages).
     pub fn ptr(&self, id: BufId, offset: usize) -> *mut u8 {
         assert!(id.0 < self.ids.total() && offset <= self.capacity(id));
-        let recv_bytes = usize::from(self.ids.recv_count) * self.recv_size;
+        let flat_bytes = self.ids.flat() as usize * self.recv_size;
         let start = if self.ids.has_headroom(id) {
-            recv_bytes + (id.0 - u32::from(self.ids.recv_count)) as usize * self.frame_stride
+            flat_bytes + (id.0 - self.ids.flat()) as usize * self.frame_stride
         } else {
             id.0 as usize * self.recv_size
         };
@@ -208,16 +228,21 @@ mod tests {
 
     const IDS: Ids = Ids {
         recv_count: 4,
+        plain_count: 2,
         tap_count: 2,
         slot_count: 3,
     };
 
     #[test]
     fn ids_map_to_their_pool_and_back() {
-        assert_eq!(IDS.total(), 9);
+        assert_eq!(IDS.total(), 11);
         for bid in 0..4 {
             assert_eq!(IDS.class(IDS.recv(bid)), BufClass::Recv(bid));
             assert!(!IDS.has_headroom(IDS.recv(bid)));
+        }
+        for i in 0..2 {
+            assert_eq!(IDS.class(IDS.plain(i)), BufClass::Plain(i));
+            assert!(!IDS.has_headroom(IDS.plain(i)));
         }
         for bid in 0..2 {
             assert_eq!(IDS.class(IDS.tap(bid)), BufClass::Tap(bid));
@@ -226,8 +251,9 @@ mod tests {
         for i in 0..3 {
             assert_eq!(IDS.class(IDS.slot(i)), BufClass::Slot(i));
         }
-        assert_eq!(IDS.tap(0), BufId(4));
-        assert_eq!(IDS.slot(0), BufId(6));
+        assert_eq!(IDS.plain(0), BufId(4));
+        assert_eq!(IDS.tap(0), BufId(6));
+        assert_eq!(IDS.slot(0), BufId(8));
     }
 
     #[test]

@@ -28,12 +28,14 @@ pub const RECV_GROUP: u16 = 0;
 /// Provided-buffer group of TAP read buffers.
 pub const TAP_GROUP: u16 = 1;
 
-/// Sizes of the three pools.
+/// Sizes of the four pools.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSizes {
     /// Number and size of receive buffers (power-of-two count ≤ 32768).
     pub recv_count: u16,
     pub recv_size: usize,
+    /// Number of plaintext buffers (receive-buffer sized; decrypted TLS input).
+    pub plain_count: u16,
     /// Number of TAP buffers (power of two); each holds HEADROOM + max_frame.
     pub tap_count: u16,
     /// Number of frame slots.
@@ -137,6 +139,7 @@ pub struct BufferPool {
     recv_ring: ProvidedRing,
     tap_ring: ProvidedRing,
     free_slots: Vec<u32>,
+    free_plain: Vec<u16>,
     refs: Refs,
     /// Buffers lent to the kernel right now, per ring (to know when a dry ring refilled).
     recv_lent: usize,
@@ -150,6 +153,7 @@ impl BufferPool {
         assert!(sizes.recv_size <= u32::MAX as usize && sizes.max_frame <= 65_553);
         let ids = Ids {
             recv_count: sizes.recv_count,
+            plain_count: sizes.plain_count,
             tap_count: sizes.tap_count,
             slot_count: sizes.slot_count,
         };
@@ -161,6 +165,7 @@ impl BufferPool {
             recv_ring: ProvidedRing::new(submitter, sizes.recv_count, RECV_GROUP)?,
             tap_ring: ProvidedRing::new(submitter, sizes.tap_count, TAP_GROUP)?,
             free_slots: (0..sizes.slot_count).rev().collect(),
+            free_plain: (0..sizes.plain_count).rev().collect(),
             refs: Refs::new(ids.total()),
             recv_lent: 0,
             tap_lent: 0,
@@ -240,6 +245,19 @@ impl BufferPool {
         Some(id)
     }
 
+    /// Takes a plaintext buffer (reference count 1, receive-buffer sized, no headroom), or
+    /// `None` when all are in use.
+    pub fn alloc_plain(&mut self) -> Option<BufId> {
+        let id = self.ids.plain(self.free_plain.pop()?);
+        self.refs.take(id);
+        Some(id)
+    }
+
+    /// Plaintext buffers on the free list.
+    pub fn plain_free(&self) -> usize {
+        self.free_plain.len()
+    }
+
     /// A new slot holding a copy of `frame` at [`HEADROOM`] (reference count 1), or `None`
     /// when all slots are in use.
     pub fn copy_to_slot(&mut self, frame: &[u8]) -> Option<BufId> {
@@ -267,7 +285,9 @@ impl BufferPool {
         match self.ids.class(id) {
             BufClass::Recv(_) => self.recv_lent -= 1,
             BufClass::Tap(_) => self.tap_lent -= 1,
-            BufClass::Slot(_) => debug_assert!(false, "the kernel never holds slots"),
+            BufClass::Slot(_) | BufClass::Plain(_) => {
+                debug_assert!(false, "the kernel never holds slots or plaintext buffers")
+            }
         }
     }
 
@@ -296,6 +316,7 @@ impl BufferPool {
                 self.tap_lent += 1;
             }
             BufClass::Slot(index) => self.free_slots.push(index),
+            BufClass::Plain(index) => self.free_plain.push(index),
         }
     }
 
@@ -362,6 +383,7 @@ mod tests {
         let sizes = PoolSizes {
             recv_count: 4,
             recv_size: 256,
+            plain_count: 1,
             tap_count: 2,
             slot_count: 2,
             max_frame: 1514,
@@ -402,5 +424,11 @@ mod tests {
         pool.release(r);
         assert_eq!(pool.recv_available(), 4);
         assert!(pool.has_headroom(pool.tap_buf(0)) && !pool.has_headroom(r));
+        // A plaintext buffer comes from its own free list and goes back to it.
+        let p = pool.alloc_plain().unwrap();
+        assert!(!pool.has_headroom(p) && pool.alloc_plain().is_none());
+        assert_eq!(pool.plain_free(), 0);
+        pool.release(p);
+        assert_eq!((pool.plain_free(), pool.recv_available()), (1, 4));
     }
 }

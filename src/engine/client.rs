@@ -12,6 +12,7 @@ use crate::switch::PortId;
 use super::bufpool::BufId;
 use super::conn::Conn;
 use super::outqueue::OutQueue;
+use super::tls_session::TlsSession;
 
 /// Runs per `sendmsg`.
 pub const MAX_IOV: usize = 32;
@@ -101,6 +102,34 @@ impl Socket {
     }
 }
 
+impl Socket {
+    /// [`Socket::prepare_send`] for `len` bytes at `ptr` (a wss:// client's ciphertext), or
+    /// `None` while a send is in flight.
+    pub fn prepare_send_bytes(
+        &mut self,
+        ptr: *const u8,
+        len: usize,
+    ) -> Option<*const libc::msghdr> {
+        if self.send_in_flight || len == 0 {
+            return None;
+        }
+        self.iov[0] = libc::iovec {
+            // The kernel only reads through this pointer (sendmsg); the cast is what iovec wants.
+            iov_base: ptr as *mut libc::c_void,
+            iov_len: len,
+        };
+        self.msg.msg_iov = self.iov.as_mut_ptr();
+        self.msg.msg_iovlen = 1;
+        self.send_in_flight = true;
+        Some(&*self.msg as *const libc::msghdr)
+    }
+
+    /// A send is in flight.
+    pub fn sending(&self) -> bool {
+        self.send_in_flight
+    }
+}
+
 /// A client connection.
 pub struct Client {
     /// Its switch port (core, generation, slot): also its handle in the client table.
@@ -111,17 +140,20 @@ pub struct Client {
     /// Frame slot holding a message being reassembled, and its length so far. `None` also
     /// when the slot could not be had: the message's pieces are then discarded.
     pub assembly: Option<(BufId, usize)>,
+    /// TLS of a wss:// client (boxed: most clients of a mixed relay have none).
+    pub tls: Option<Box<TlsSession>>,
 }
 
 impl Client {
     /// A new connection on `port`.
-    pub fn new(fd: OwnedFd, port: PortId, conn: Conn) -> Self {
+    pub fn new(fd: OwnedFd, port: PortId, conn: Conn, tls: Option<Box<TlsSession>>) -> Self {
         Client {
             port,
             socket: Socket::new(fd),
             conn,
             out: OutQueue::default(),
             assembly: None,
+            tls,
         }
     }
 

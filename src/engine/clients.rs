@@ -200,7 +200,7 @@ mod tests {
             slow_client_timeout_ms: 1,
             frame_timeout_ms: 1,
         };
-        Client::new(a.into(), port, Conn::new(limits, 0, 1))
+        Client::new(a.into(), port, Conn::new(limits, 0, 1), None)
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod ops;
 mod outqueue;
 mod ring;
 mod tapq;
+mod tls_session;
 mod worker;
 
 use std::io;
@@ -54,6 +55,8 @@ pub struct EngineConfig {
     /// Receive buffers per core (power of two) and their size.
     pub recv_buffers: u16,
     pub recv_buffer_size: usize,
+    /// Plaintext buffers per core (decrypted TLS input; none without a TLS listener).
+    pub plain_buffers: u16,
     /// TAP read buffers per core (power of two; at least the TAP's txqueuelen of 1000).
     pub tap_buffers: u16,
     /// Frame slots per core.
@@ -67,6 +70,8 @@ pub struct EngineConfig {
     pub anti_spoofing: bool,
     /// Who may connect (`--token-secret`, `--allow-origin`); open by default.
     pub access: Arc<crate::ws::access::Access>,
+    /// The certificate of the wss:// listener, if there is one.
+    pub tls: Option<Arc<crate::tls::Certs>>,
 }
 
 impl EngineConfig {
@@ -81,12 +86,14 @@ impl EngineConfig {
             ring_entries: 4096,
             recv_buffers: 2048,
             recv_buffer_size: 16 * 1024,
+            plain_buffers: if cfg.tls.is_some() { 256 } else { 0 },
             tap_buffers: if jumbo { 1024 } else { 4096 },
             frame_slots: if jumbo { 2048 } else { 8192 },
             uplink_macs: Vec::new(),
             isolate: cfg.isolate,
             anti_spoofing: !cfg.allow_spoofing,
             access: Arc::new(cfg.access.clone()),
+            tls: cfg.tls.as_ref().map(|t| t.certs.clone()),
         }
     }
 }
@@ -175,15 +182,18 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts one pinned thread per (listener, TAP queue) pair.
+    /// Starts one pinned thread per (listener, TAP queue) pair; `tls_listeners` is empty or
+    /// has one wss:// listener per core.
     pub fn start(
         cfg: EngineConfig,
         shared: Arc<Shared>,
         listeners: Vec<OwnedFd>,
+        tls_listeners: Vec<OwnedFd>,
         taps: Vec<OwnedFd>,
     ) -> io::Result<Self> {
         let cfg = Arc::new(cfg);
         let cores = listeners.len();
+        let mut tls_listeners = tls_listeners.into_iter();
         let cpus = core_affinity::get_core_ids().unwrap_or_default();
         let (ready_tx, ready) = std::sync::mpsc::channel();
         let mut threads = Vec::new();
@@ -192,14 +202,21 @@ impl Engine {
             let shared = shared.clone();
             let cpu = (cpus.len() >= cores).then(|| cpus[id]);
             let ready_tx = ready_tx.clone();
+            let tls_listener = tls_listeners.next();
             let thread = std::thread::Builder::new()
                 .name(format!("tapwire-core{id}"))
                 .spawn(move || {
                     if let Some(cpu) = cpu {
                         core_affinity::set_for_current(cpu);
                     }
-                    let mut core = match worker::Worker::new(id, cfg, shared.clone(), listener, tap)
-                    {
+                    let mut core = match worker::Worker::new(
+                        id,
+                        cfg,
+                        shared.clone(),
+                        listener,
+                        tls_listener,
+                        tap,
+                    ) {
                         Ok(core) => core,
                         Err(e) => {
                             let _ = ready_tx.send(Err(io::Error::new(

@@ -67,7 +67,9 @@ impl Worker {
             return;
         }
         self.tap.retry(&mut self.ring, &self.pool);
-        self.acceptor.retry(&mut self.ring);
+        for a in &mut self.acceptors {
+            a.retry(&mut self.ring);
+        }
     }
 
     fn reset_log_interval(&mut self) {
@@ -135,7 +137,9 @@ impl Worker {
     /// down; stragglers are shut down at the drain deadline.
     pub(super) fn start_drain(&mut self) {
         self.drain_deadline_ms = Some(self.now_ms + DRAIN_MS);
-        self.acceptor.cancel(&mut self.ring);
+        for a in &mut self.acceptors {
+            a.cancel(&mut self.ring);
+        }
         for slot in 0..self.clients.capacity() {
             let Some(port) = self.clients.port_at(slot) else {
                 continue;

@@ -19,10 +19,7 @@ use super::super::loggate::{self, held_note};
 use super::super::mailbox::Control;
 use super::super::ops::{self, Kind};
 use super::output::Ready;
-use super::{Held, Worker};
-
-/// How long a refusal after the upgrade request may take to flush before the socket closes.
-const REFUSAL_FLUSH_MS: u64 = 5_000;
+use super::{Held, Worker, REFUSAL_FLUSH_MS};
 
 /// Client input is also held while the frames this core sent to other cores, and has not got
 /// back, exceed 1/CROSS_HIGH_WATER_DIV of its slots. Each such frame pins a slot of the sender
@@ -111,10 +108,12 @@ impl Worker {
         }
     }
 
-    /// True while client input must wait: too many TAP writes or cross-core frames in flight.
+    /// True while client input must wait: too many TAP writes or cross-core frames in flight,
+    /// or (with a wss:// listener) too few plaintext buffers free for one more receive.
     fn backpressured(&self) -> bool {
         self.tap.behind()
             || self.mailbox.in_flight() >= self.cfg.frame_slots as usize / CROSS_HIGH_WATER_DIV
+            || (self.cfg.tls.is_some() && self.pool.plain_free() < super::tls::PLAIN_PER_RECEIVE)
     }
 
     /// Handles held input while the TAP and the other cores have room.
@@ -134,7 +133,11 @@ impl Worker {
                 c.conn.received(self.now_ms);
                 if let Some(id) = buf {
                     // Lossless: res > 0.
-                    self.on_bytes(port, id, res as usize);
+                    if c.tls.is_some() {
+                        self.on_tls_bytes(port, id, res as usize);
+                    } else {
+                        self.on_bytes(port, id, res as usize);
+                    }
                 }
             } else if res == 0
                 || res == -libc::ECONNRESET
@@ -158,8 +161,8 @@ impl Worker {
         }
     }
 
-    /// `len` received bytes in receive buffer `id`.
-    fn on_bytes(&mut self, port: PortId, id: BufId, len: usize) {
+    /// `len` received bytes in receive buffer `id` (for a wss:// client: a plaintext buffer).
+    pub(super) fn on_bytes(&mut self, port: PortId, id: BufId, len: usize) {
         let arena = self.pool.arena();
         // SAFETY: the kernel handed this receive buffer over; it stays referenced until the
         // caller releases it after this call, and this is the only view of it (frames passed

@@ -14,26 +14,29 @@ use super::super::client::Client;
 use super::super::conn::Conn;
 use super::super::mailbox::Control;
 use super::super::ops::{self, Kind};
+use super::super::tls_session::TlsSession;
 use super::Worker;
 
 impl Worker {
-    /// An accept completed.
-    pub(super) fn on_accept(&mut self, res: i32, flags: u32) {
-        let (fd, rearm) = self
-            .acceptor
-            .on_completion(res, flags, self.id, &self.shared.log_gate);
+    /// An accept completed on acceptor `index` (0: ws://, 1: wss://).
+    pub(super) fn on_accept(&mut self, index: usize, res: i32, flags: u32) {
+        let draining = self.draining();
+        let Some(acceptor) = self.acceptors.get_mut(index) else {
+            return;
+        };
+        let (fd, rearm) = acceptor.on_completion(res, flags, self.id, &self.shared.log_gate);
+        if rearm && !draining {
+            acceptor.arm(&mut self.ring);
+        }
         if let Some(fd) = fd {
             self.counters.connections_accepted.inc();
-            self.admit(fd);
-        }
-        if rearm && !self.draining() {
-            self.acceptor.arm(&mut self.ring);
+            self.admit(fd, index == 1);
         }
     }
 
     /// Takes a new connection as a client, or refuses it with `503` beyond `--max-clients`.
     /// Accepted sockets inherit `TCP_NODELAY` from the listener.
-    fn admit(&mut self, fd: OwnedFd) {
+    fn admit(&mut self, fd: OwnedFd, tls: bool) {
         if self.draining() {
             return;
         }
@@ -54,7 +57,21 @@ impl Worker {
             .now_ms
             .saturating_add(super::ms(self.cfg.clients.handshake_timeout));
         let conn = Conn::new(self.limits, self.now_ms, deadline);
-        let port = self.clients.insert(|port| Client::new(fd, port, conn));
+        let session = match (&self.cfg.tls, tls) {
+            (Some(certs), true) => match TlsSession::new(certs.current()) {
+                Ok(s) => Some(Box::new(s)),
+                Err(e) => {
+                    self.shared.clients.fetch_sub(1, Ordering::AcqRel);
+                    self.counters.dropped(DropReason::TlsHandshakeFailed);
+                    log::warn!("core {}: cannot start TLS: {e}", self.id);
+                    return;
+                }
+            },
+            _ => None,
+        };
+        let port = self
+            .clients
+            .insert(|port| Client::new(fd, port, conn, session));
         self.counters.clients_open.inc();
         self.arm_recv(port);
     }

@@ -25,6 +25,7 @@ mod housekeeping;
 mod input;
 mod lifecycle;
 mod output;
+mod tls;
 
 use std::collections::VecDeque;
 use std::io;
@@ -53,6 +54,10 @@ use super::{EngineConfig, Shared};
 const TICK_MS: u64 = 250;
 
 /// Milliseconds of `d`, the engine's clock unit (saturating: durations are user input).
+/// How long a refusal (after the upgrade request, or of a failed TLS connection) may take to
+/// flush before the socket closes.
+const REFUSAL_FLUSH_MS: u64 = 5_000;
+
 fn ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -73,7 +78,8 @@ pub struct Worker {
     shared: Arc<Shared>,
     counters: Arc<CoreCounters>,
     features: Features,
-    acceptor: Acceptor,
+    /// The ws:// listener's acceptor, then the wss:// one's if any.
+    acceptors: Vec<Acceptor>,
     tap: TapQueue,
     clients: ClientTable,
     mailbox: Mailbox,
@@ -102,6 +108,10 @@ pub struct Worker {
     last_log_reset_ms: u64,
     /// Set when shutdown began: clients past it are shut down.
     drain_deadline_ms: Option<u64>,
+    /// wss:// output gathered into one record (small frames), and plaintext buffers filled by
+    /// one receive (kept for their capacity).
+    tls_stage: Vec<u8>,
+    tls_plain: Vec<(BufId, usize)>,
 }
 
 // SAFETY: a Worker is made, driven and dropped by one thread at a time: its raw pointers
@@ -118,6 +128,7 @@ impl Worker {
         cfg: Arc<EngineConfig>,
         shared: Arc<Shared>,
         listener: OwnedFd,
+        tls_listener: Option<OwnedFd>,
         tap: OwnedFd,
     ) -> io::Result<Self> {
         let ring = Ring::new(cfg.ring_entries, id)?;
@@ -127,6 +138,7 @@ impl Worker {
             PoolSizes {
                 recv_count: cfg.recv_buffers,
                 recv_size: cfg.recv_buffer_size,
+                plain_count: cfg.plain_buffers,
                 tap_count: cfg.tap_buffers,
                 slot_count: cfg.frame_slots,
                 max_frame: cfg.max_frame,
@@ -147,7 +159,13 @@ impl Worker {
             id,
             counters: shared.counters[id].clone(),
             features,
-            acceptor: Acceptor::new(listener, features.multishot_accept),
+            acceptors: std::iter::once(listener)
+                .chain(tls_listener)
+                .zip(0..)
+                .map(|(fd, index)| Acceptor::new(fd, index, features.multishot_accept))
+                .collect(),
+            tls_stage: Vec::new(),
+            tls_plain: Vec::new(),
             tap: TapQueue::new(tap, features.multishot_tap_read, cfg.max_frame),
             clients: ClientTable::new(id),
             mailbox: Mailbox::new(id, shared.clone()),
@@ -183,7 +201,9 @@ impl Worker {
 
     /// Runs until shutdown has drained every client.
     pub fn run(&mut self) -> io::Result<()> {
-        self.acceptor.arm(&mut self.ring);
+        for a in &mut self.acceptors {
+            a.arm(&mut self.ring);
+        }
         self.tap.arm_reads(&mut self.ring, &self.pool);
         self.mailbox.arm_wake(&mut self.ring);
         self.arm_timer();
@@ -239,7 +259,7 @@ impl Worker {
             return;
         };
         match kind {
-            Kind::Accept => self.on_accept(c.result, c.flags),
+            Kind::Accept => self.on_accept(port.slot() as usize, c.result, c.flags),
             Kind::TapRead => self.on_tap_read(c.result, c.flags),
             Kind::Wake => {
                 if c.result != -libc::ECANCELED {

@@ -276,6 +276,10 @@ impl Worker {
             let Some(c) = self.clients.get_mut(port) else {
                 continue;
             };
+            if c.tls.is_some() {
+                self.flush_tls(port);
+                continue;
+            }
             if !c.conn.wants_output() {
                 continue;
             }
@@ -313,6 +317,11 @@ impl Worker {
             }
             self.begin_close(port);
             self.maybe_free(port);
+            return;
+        }
+        if c.tls.is_some() {
+            // Lossless: res ≥ 0.
+            self.on_tls_sent(port, res as usize);
             return;
         }
         let pool = &mut self.pool;
