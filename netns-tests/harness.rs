@@ -17,6 +17,7 @@ pub use tapwire_testkit::counters::Counters;
 pub use tapwire_testkit::netns::{unique, Netns};
 pub use tapwire_testkit::packet::{eth, BROADCAST};
 pub use tapwire_testkit::process::{Proc, RelayProcess};
+pub use tapwire_testkit::tls::{Pem, TlsStream, Transport};
 pub use tapwire_testkit::ws::{Got, WsClient};
 
 /// Prints the skip line and returns true when not root (the caller returns).
@@ -260,6 +261,31 @@ impl Relay {
         WsClient::new(stream)
     }
 
+    /// wss:// URL of a relay started with [`tls_args`].
+    pub fn tls_url(&self) -> String {
+        format!("wss://127.0.0.1:{TLS_PORT}/")
+    }
+
+    /// A wss:// client connected from inside the relay's namespace, trusting `ca`.
+    pub fn tls_client(&self, ca: &Path) -> std::io::Result<WsClient<TlsStream>> {
+        let url = self.tls_url();
+        let ca = ca.to_path_buf();
+        self.ns
+            .enter(move || tapwire_testkit::ws::connect_tls(&url, &ca, None))
+            .map(WsClient::new)
+    }
+
+    /// A kernel-stack guest over wss:// trusting `ca`, placed on `core` of 2.
+    pub fn tls_guest(&self, core: usize, ca: &Path) -> Guest {
+        spawn_guest_with(
+            &self.ns,
+            &self.tls_url(),
+            &self.dir.0,
+            Some(source_port_for_core(core)),
+            Some(ca),
+        )
+    }
+
     /// A raw TCP connection from inside the relay's namespace (no handshake).
     pub fn raw(&self) -> TcpStream {
         let port = self.port;
@@ -286,7 +312,19 @@ impl Relay {
 /// Starts `tapwire-guest` in `relay_ns` on the relay at `url`, with its TAP in a new namespace,
 /// optionally from `source_port`; returns once the guest's `eth0` exists. Logs go to `log_dir`.
 pub fn spawn_guest(relay_ns: &Netns, url: &str, log_dir: &Path, source_port: Option<u16>) -> Guest {
+    spawn_guest_with(relay_ns, url, log_dir, source_port, None)
+}
+
+/// [`spawn_guest`] that trusts the PEM file `ca` for a wss:// `url`.
+pub fn spawn_guest_with(
+    relay_ns: &Netns,
+    url: &str,
+    log_dir: &Path,
+    source_port: Option<u16>,
+    ca: Option<&Path>,
+) -> Guest {
     let ns = netns("twg");
+    let ca = ca.map(|p| p.display().to_string());
     let guest_bin = tool_bin("tapwire-guest");
     let port = source_port.map(|p| p.to_string());
     let mut args = vec![
@@ -300,6 +338,9 @@ pub fn spawn_guest(relay_ns: &Netns, url: &str, log_dir: &Path, source_port: Opt
     ];
     if let Some(p) = &port {
         args.extend(["--source-port", p.as_str()]);
+    }
+    if let Some(ca) = &ca {
+        args.extend(["--ca", ca.as_str()]);
     }
     let proc = Proc::spawn(
         relay_ns.cmd(&args),
@@ -321,6 +362,25 @@ pub fn spawn_guest(relay_ns: &Netns, url: &str, log_dir: &Path, source_port: Opt
         std::thread::sleep(Duration::from_millis(50));
     }
     Guest { proc, ns, ip: None }
+}
+
+/// The wss:// port of relays started with [`tls_args`].
+pub const TLS_PORT: u16 = 8443;
+
+/// A fresh self-signed certificate for 127.0.0.1 and localhost, written to `dir` as `NAME.crt`
+/// and `NAME.key`, and the relay options that serve it on [`TLS_PORT`].
+pub fn tls_args(dir: &Path, name: &str) -> (Pem, Vec<String>) {
+    let pem = tapwire_testkit::tls::self_signed(dir, name, &["127.0.0.1", "localhost"])
+        .expect("certificate");
+    let args = vec![
+        "--listen-tls".to_string(),
+        format!("127.0.0.1:{TLS_PORT}"),
+        "--tls-cert".to_string(),
+        pem.cert.display().to_string(),
+        "--tls-key".to_string(),
+        pem.key.display().to_string(),
+    ];
+    (pem, args)
 }
 
 static PORT: AtomicUsize = AtomicUsize::new(0);
@@ -532,10 +592,10 @@ pub fn tapwire_token(args: &[&str]) -> (String, String) {
 
 /// Takes a DHCP lease for `mac` on a synthetic client (DISCOVER, OFFER, REQUEST, ACK) and
 /// returns the address; panics without one within 10 s.
-pub fn lease(client: &mut WsClient, mac: [u8; 6]) -> std::net::Ipv4Addr {
+pub fn lease<S: Transport>(client: &mut WsClient<S>, mac: [u8; 6]) -> std::net::Ipv4Addr {
     use tapwire_testkit::packet::{dhcp_message, dhcp_reply, DhcpKind};
     let xid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]);
-    let reply = |client: &mut WsClient, want: DhcpKind| {
+    let reply = |client: &mut WsClient<S>, want: DhcpKind| {
         let deadline = Instant::now() + Duration::from_secs(10);
         while let Some(f) = client.recv_frame(deadline.saturating_duration_since(Instant::now())) {
             if let Some((kind, ip, server)) = dhcp_reply(&f, xid) {

@@ -35,6 +35,8 @@ mod nat;
 mod spoofing;
 #[path = "swarm.rs"]
 mod swarm;
+#[path = "tls.rs"]
+mod tls;
 #[path = "traffic.rs"]
 mod traffic;
 

@@ -132,3 +132,56 @@ fn nat_options() {
         .unwrap_err()
         .contains("routed TAP"));
 }
+
+#[test]
+fn tls_options_go_together_and_load_the_certificate() {
+    let dir = std::env::temp_dir().join(format!("tapwire-config-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, keyfile) = (dir.join("c.pem"), dir.join("k.pem"));
+    std::fs::write(&cert, key.cert.pem()).unwrap();
+    std::fs::write(&keyfile, key.signing_key.serialize_pem()).unwrap();
+    let (c, k) = (cert.to_str().unwrap(), keyfile.to_str().unwrap());
+    assert!(parse(&[]).unwrap().tls.is_none());
+    let err = parse(&["--tls-cert", c, "--tls-key", k]).unwrap_err();
+    assert!(err.contains("go with --listen-tls"), "{err}");
+    let err = parse(&["--listen-tls", "127.0.0.1:8443", "--tls-cert", c]).unwrap_err();
+    assert!(
+        err.contains("needs --tls-cert FILE and --tls-key FILE"),
+        "{err}"
+    );
+    let err = parse(&[
+        "--listen-tls",
+        "127.0.0.1:8086",
+        "--tls-cert",
+        c,
+        "--tls-key",
+        k,
+    ])
+    .unwrap_err();
+    assert!(err.contains("a port of its own"), "{err}");
+    let err = parse(&[
+        "--listen-tls",
+        "127.0.0.1:8443",
+        "--tls-cert",
+        k,
+        "--tls-key",
+        k,
+    ])
+    .unwrap_err();
+    assert!(err.contains("no CERTIFICATE block"), "{err}");
+    let tls = parse(&[
+        "--listen-tls",
+        "[::1]:8443",
+        "--tls-cert",
+        c,
+        "--tls-key",
+        k,
+    ])
+    .unwrap()
+    .tls
+    .unwrap();
+    assert_eq!(tls.listen.to_string(), "[::1]:8443");
+    assert_eq!(tls.certs.cert_path(), cert.as_path());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

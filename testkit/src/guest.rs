@@ -17,9 +17,12 @@ use crate::ws::{client_frame, connect, Decoder, Message};
 /// Options of `tapwire-guest`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GuestArgs {
-    /// Relay to connect to, ws://HOST:PORT/PATH.
+    /// Relay to connect to, ws://HOST:PORT/PATH or wss://HOST:PORT/PATH (with --ca).
     #[arg(long)]
     pub url: String,
+    /// For wss://: the PEM certificate(s) to trust (the relay's, or its CA).
+    #[arg(long)]
+    pub ca: Option<std::path::PathBuf>,
     /// Network namespace (from `ip netns add`) to make the TAP in; default: the current one.
     #[arg(long)]
     pub netns: Option<String>,
@@ -62,6 +65,13 @@ fn set_up(name: &str) -> io::Result<()> {
 
 /// Runs the guest until the relay closes the connection.
 pub fn run(args: &GuestArgs) -> io::Result<()> {
+    if args.url.starts_with("wss://") {
+        let ca = args
+            .ca
+            .as_deref()
+            .ok_or_else(|| io::Error::other("a wss:// URL needs --ca FILE"))?;
+        return run_tls(args, ca);
+    }
     let stream = connect(&args.url, args.source_port)?;
     if let Some(ns) = &args.netns {
         crate::netns::enter_named(ns)?;
@@ -121,6 +131,115 @@ pub fn run(args: &GuestArgs) -> io::Result<()> {
         result?;
         if closed {
             return Ok(());
+        }
+    }
+}
+
+/// [`run`] over wss://: one thread polling the TAP and the socket (a TLS connection cannot be
+/// read and written from two threads). A TAP frame is read only when the previous one has
+/// gone out.
+fn run_tls(args: &GuestArgs, ca: &std::path::Path) -> io::Result<()> {
+    let mut stream = crate::ws::connect_tls(&args.url, ca, args.source_port)?;
+    if let Some(ns) = &args.netns {
+        crate::netns::enter_named(ns)?;
+    }
+    let tap = tapwire::tap::open_single(&args.tap, false).map_err(io::Error::other)?;
+    set_up(&args.tap)?;
+    stream.sock.set_nonblocking(true)?;
+    let mut decoder = Decoder::default();
+    let mut frame_buf = vec![0u8; 65_600];
+    let mut plain = Vec::with_capacity(256 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let flushing = stream.conn.wants_write();
+        let mut fds = [
+            libc::pollfd {
+                fd: tap.as_raw_fd(),
+                events: if flushing { 0 } else { libc::POLLIN },
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stream.sock.as_raw_fd(),
+                events: libc::POLLIN | if flushing { libc::POLLOUT } else { 0 },
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfd entries we own.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[1].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+            // rustls holds little decrypted data: take it out after every read.
+            plain.clear();
+            let mut eof = false;
+            loop {
+                match stream.conn.read_tls(&mut stream.sock) {
+                    Ok(0) => eof = true,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+                stream.conn.process_new_packets().map_err(io::Error::other)?;
+                loop {
+                    match stream.conn.reader().read(&mut chunk) {
+                        Ok(0) => {
+                            eof = true;
+                            break;
+                        }
+                        Ok(n) => plain.extend_from_slice(&chunk[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                if eof {
+                    break;
+                }
+            }
+            let got = plain.len();
+            let mut closed = false;
+            let conn = &mut stream.conn;
+            decoder
+                .feed(&mut plain[..got], |m| match m {
+                    Message::Frame(f) => {
+                        // SAFETY: writing a complete frame from our buffer to the TAP.
+                        unsafe { libc::write(tap.as_raw_fd(), f.as_ptr().cast(), f.len()) };
+                    }
+                    Message::Ping(p) => {
+                        let _ = conn.writer().write_all(&client_frame(frame::OP_PONG, p));
+                    }
+                    Message::Pong(_) => {}
+                    Message::Close(_) => closed = true,
+                })
+                .map_err(io::Error::other)?;
+            if closed || eof {
+                return Ok(());
+            }
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            // SAFETY: reading into our own buffer from the TAP descriptor.
+            let n = unsafe {
+                libc::read(
+                    tap.as_raw_fd(),
+                    frame_buf.as_mut_ptr().cast(),
+                    frame_buf.len(),
+                )
+            };
+            if n <= 0 {
+                return Ok(());
+            }
+            let msg = client_frame(frame::OP_BINARY, &frame_buf[..n as usize]);
+            stream.conn.writer().write_all(&msg)?;
+        }
+        while stream.conn.wants_write() {
+            match stream.conn.write_tls(&mut stream.sock) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
         }
     }
 }

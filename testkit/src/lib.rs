@@ -6,6 +6,7 @@
 //!   `smoltcp::wire`;
 //! - [`guest`]: a fake guest whose network stack is the Linux one (`tapwire-guest`);
 //! - [`swarm`]: thousands of synthetic guests in one process (`tapwire-swarm`);
+//! - [`tls`]: self-signed certificates and a rustls client for wss://;
 //! - [`netns`], [`process`], [`counters`], [`udp_echo`]: namespaces, child processes and the
 //!   one relay-process wrapper, the counter-summary parser, a UDP echo server.
 //!
@@ -17,6 +18,7 @@ pub mod netns;
 pub mod packet;
 pub mod process;
 pub mod swarm;
+pub mod tls;
 pub mod udp_echo;
 pub mod ws;
 

@@ -11,6 +11,8 @@ use base64::Engine as _;
 use tapwire::ws::frame::{self, apply_mask, encode_header};
 use tapwire::ws::{handshake, Event, Session, Violation};
 
+use crate::tls::Transport;
+
 /// Largest message the test clients accept (jumbo frames included).
 pub const MAX_MESSAGE: usize = 70_000;
 
@@ -22,11 +24,15 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
-/// Splits `ws://HOST:PORT/PATH` into the resolved address, `HOST:PORT` and `/PATH`.
+/// Splits `ws://HOST:PORT/PATH` (or `wss://`) into the resolved address, `HOST:PORT` and
+/// `/PATH`.
 pub fn parse_ws_url(url: &str) -> io::Result<(SocketAddr, String, String)> {
     let rest = url
         .strip_prefix("ws://")
-        .ok_or_else(|| io::Error::other(format!("{url}: only ws:// URLs are supported")))?;
+        .or_else(|| url.strip_prefix("wss://"))
+        .ok_or_else(|| {
+            io::Error::other(format!("{url}: only ws:// and wss:// URLs are supported"))
+        })?;
     let (hostport, path) = rest
         .split_once('/')
         .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
@@ -65,6 +71,24 @@ pub fn connect(url: &str, source_port: Option<u16>) -> io::Result<TcpStream> {
     connect_with(url, source_port, None)
 }
 
+/// Opens a client WebSocket to the wss:// `url`, trusting only the certificates in the PEM
+/// file `ca` (the URL's host is the name checked), optionally from `source_port`.
+pub fn connect_tls(
+    url: &str,
+    ca: &std::path::Path,
+    source_port: Option<u16>,
+) -> io::Result<crate::tls::TlsStream> {
+    let (addr, hostport, path) = parse_ws_url(url)?;
+    let tcp = tcp_connect(addr, source_port, None)?;
+    let host = hostport
+        .rsplit_once(':')
+        .map_or(hostport.as_str(), |(h, _)| h)
+        .trim_matches(|c| c == '[' || c == ']');
+    let mut stream = crate::tls::connect(tcp, host, ca)?;
+    upgrade(&mut stream, &path, &hostport)?;
+    Ok(stream)
+}
+
 /// [`connect`] with a receive buffer size set before connecting (a small one makes a client
 /// that stops reading stall the relay's sends quickly, as a slow browser tab would).
 pub fn connect_with(
@@ -73,6 +97,17 @@ pub fn connect_with(
     recv_buffer: Option<usize>,
 ) -> io::Result<TcpStream> {
     let (addr, hostport, path) = parse_ws_url(url)?;
+    let mut stream = tcp_connect(addr, source_port, recv_buffer)?;
+    upgrade(&mut stream, &path, &hostport)?;
+    Ok(stream)
+}
+
+/// A TCP connection to `addr` (without Nagle), from `source_port` on loopback if given.
+fn tcp_connect(
+    addr: SocketAddr,
+    source_port: Option<u16>,
+    recv_buffer: Option<usize>,
+) -> io::Result<TcpStream> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -91,10 +126,15 @@ pub fn connect_with(
         socket.bind(&local.into())?;
     }
     socket.connect(&addr.into())?;
-    let mut stream: TcpStream = socket.into();
+    let stream: TcpStream = socket.into();
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// The WebSocket upgrade on a connected stream.
+fn upgrade(stream: &mut (impl Read + Write), path: &str, hostport: &str) -> io::Result<()> {
     let key = new_key();
-    stream.write_all(upgrade_request(&path, &hostport, &key).as_bytes())?;
+    stream.write_all(upgrade_request(path, hostport, &key).as_bytes())?;
     // Byte by byte, so no frame behind the head is consumed here.
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -107,8 +147,7 @@ pub fn connect_with(
         }
         head.push(byte[0]);
     }
-    check_upgrade_response(&head, &key)?;
-    Ok(stream)
+    check_upgrade_response(&head, &key)
 }
 
 /// One masked client frame (random key).
@@ -195,16 +234,16 @@ pub enum Got {
     Timeout,
 }
 
-/// A blocking WebSocket client sending and receiving Ethernet frames.
-pub struct WsClient {
-    pub stream: TcpStream,
+/// A blocking WebSocket client sending and receiving Ethernet frames, over TCP or TLS.
+pub struct WsClient<S: Transport = TcpStream> {
+    pub stream: S,
     decoder: Decoder,
     received: VecDeque<Got>,
 }
 
-impl WsClient {
-    /// Wraps an upgraded stream (see [`connect`]).
-    pub fn new(stream: TcpStream) -> Self {
+impl<S: Transport> WsClient<S> {
+    /// Wraps an upgraded stream (see [`connect`], [`connect_tls`]).
+    pub fn new(stream: S) -> Self {
         WsClient {
             stream,
             decoder: Decoder::default(),
@@ -369,6 +408,10 @@ mod tests {
             (8086, "127.0.0.1:8086", "/n/x")
         );
         assert_eq!(parse_ws_url("ws://127.0.0.1:1").unwrap().2, "/");
-        assert!(parse_ws_url("wss://x/").is_err());
+        assert_eq!(
+            parse_ws_url("wss://127.0.0.1:8443/").unwrap().1,
+            "127.0.0.1:8443"
+        );
+        assert!(parse_ws_url("http://x/").is_err());
     }
 }

@@ -28,6 +28,9 @@ fn with_file(cli: &[&str], toml: &str) -> Result<RunArgs, String> {
 
 const EVERY_OPTION: &str = r#"
 listen = "127.0.0.1:9000"
+listen-tls = "127.0.0.1:9443"
+tls-cert = "/etc/tapwire/cert.pem"
+tls-key = "/etc/tapwire/key.pem"
 cores = 2
 tap = "tw-test0"
 subnet = "10.99.0.0/16"

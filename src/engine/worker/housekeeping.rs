@@ -107,6 +107,9 @@ impl Worker {
                 }
                 Some(Timeout::ShutDown(reason)) => {
                     self.counters.dropped(reason);
+                    if c.tls.as_ref().is_some_and(|t| !t.handshaken()) {
+                        self.counters.tls_handshake_failures.inc();
+                    }
                     self.log_once(port, reason, format_args!("closing the connection"));
                     self.begin_close(port);
                     self.maybe_free(port);
