@@ -120,10 +120,25 @@ impl V86Guest {
         )
     }
 
-    /// Boots a guest in headless Chromium, from a page on `page_host`:`page_port`.
-    fn boot_in_browser(relay: &Relay, url: &str, page_host: &str, page_port: u16) -> V86Guest {
+    /// Boots a guest under Node over wss://, trusting the certificate `ca` (the `ws` package
+    /// takes Node's CA list, to which NODE_EXTRA_CA_CERTS adds).
+    fn boot_tls(relay: &Relay, url: &str, nic: &str, ca: &Path) -> V86Guest {
+        let args = ["--relay", url, "--nic", nic, "--host", "10.86.0.1"];
+        let env = [("NODE_EXTRA_CA_CERTS", ca.as_os_str())];
+        Self::run_with("boot.mjs", relay, &args, &env, &format!("{nic} wss"))
+    }
+
+    /// Boots a guest in headless Chromium, from a page on `page_host`:`page_port`; `spki`
+    /// names the only self-signed certificate it trusts (for wss://).
+    fn boot_in_browser(
+        relay: &Relay,
+        url: &str,
+        page_host: &str,
+        page_port: u16,
+        spki: Option<&str>,
+    ) -> V86Guest {
         let port = page_port.to_string();
-        let args = [
+        let mut args = vec![
             "--relay",
             url,
             "--nic",
@@ -135,6 +150,9 @@ impl V86Guest {
             "--page-host",
             page_host,
         ];
+        if let Some(spki) = spki {
+            args.extend(["--spki", spki]);
+        }
         Self::run(
             "browser.mjs",
             relay,
@@ -145,14 +163,25 @@ impl V86Guest {
 
     /// Runs the e2e script `script` with `args` in the relay's namespace.
     fn run(script: &str, relay: &Relay, args: &[&str], label: &str) -> V86Guest {
+        Self::run_with(script, relay, args, &[], label)
+    }
+
+    /// [`V86Guest::run`] with extra environment variables.
+    fn run_with(
+        script: &str,
+        relay: &Relay,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+        label: &str,
+    ) -> V86Guest {
         let script = e2e_dir().join(script).display().to_string();
         let limit = BOOT_LIMIT.as_secs().to_string();
         let mut all = vec!["node", script.as_str()];
         all.extend_from_slice(args);
         all.extend_from_slice(&["--timeout", &limit]);
-        let mut child = relay
-            .ns
-            .cmd(&all)
+        let mut cmd = relay.ns.cmd(&all);
+        cmd.envs(env.iter().copied());
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -296,12 +325,7 @@ fn v86_guest_in_chromium_with_token_and_origin() {
     if !ready("v86_guest_in_chromium_with_token_and_origin") {
         return;
     }
-    if !Path::new("/usr/bin/chromium").exists() {
-        assert!(
-            std::env::var_os("TAPWIRE_V86_REQUIRED").is_none(),
-            "chromium is needed (apt-get install chromium)"
-        );
-        println!("skipped: chromium missing");
+    if !chromium_present() {
         return;
     }
     let dir = TempDir::new();
@@ -320,7 +344,7 @@ fn v86_guest_in_chromium_with_token_and_origin() {
     ]);
     let blob = serve_blob(&relay);
     let token = |ttl: &str| tapwire_token(&["--token-secret", &secret, "--ttl", ttl]).1;
-    let mut guest = V86Guest::boot_in_browser(&relay, &token("1h"), "127.0.0.1", page_port);
+    let mut guest = V86Guest::boot_in_browser(&relay, &token("1h"), "127.0.0.1", page_port, None);
     guest
         .wait_for("TW-WS-OPEN", Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -329,11 +353,11 @@ fn v86_guest_in_chromium_with_token_and_origin() {
     drop(guest);
 
     // Another origin (the same page at localhost), then an expired token.
-    let mut other = V86Guest::boot_in_browser(&relay, &token("1h"), "localhost", page_port);
+    let mut other = V86Guest::boot_in_browser(&relay, &token("1h"), "localhost", page_port, None);
     let refused = other.wait_for("TW-WS-OPEN", Duration::from_secs(60));
     assert!(refused.is_err(), "a page from another origin connected");
     drop(other);
-    let mut late = V86Guest::boot_in_browser(&relay, &token("0s"), "127.0.0.1", page_port);
+    let mut late = V86Guest::boot_in_browser(&relay, &token("0s"), "127.0.0.1", page_port, None);
     assert!(late
         .wait_for("TW-WS-OPEN", Duration::from_secs(60))
         .is_err());
@@ -341,6 +365,94 @@ fn v86_guest_in_chromium_with_token_and_origin() {
     let c = relay.counters();
     assert!(c.drops("origin_refused") >= 1);
     assert!(c.drops("token_expired") >= 1);
+}
+
+/// Debian's chromium is installed (required under TAPWIRE_V86_REQUIRED, else the test skips).
+fn chromium_present() -> bool {
+    if Path::new("/usr/bin/chromium").exists() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("TAPWIRE_V86_REQUIRED").is_none(),
+        "chromium is needed (apt-get install chromium)"
+    );
+    println!("skipped: chromium missing");
+    false
+}
+
+/// A v86 guest under Node (the `ws` package) over wss:// with a self-signed certificate it
+/// trusts: it leases, pings and downloads with its hash checked.
+#[test]
+fn v86_guest_over_wss_in_node() {
+    if !ready("v86_guest_over_wss_in_node") {
+        return;
+    }
+    let dir = TempDir::new();
+    let (pem, mut args) = tls_args(&dir.0, "relay");
+    args.extend(["--allow-host-port".into(), "tcp:8000".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relay = Relay::start(&args);
+    let blob = serve_blob(&relay);
+    let mut guest = V86Guest::boot_tls(&relay, &relay.tls_url(), "virtio", &pem.cert);
+    check_guest(&mut guest, &blob.sha256)
+        .unwrap_or_else(|e| panic!("{e}\nrelay log:\n{}", relay.proc().log_text()));
+    assert!(relay.counters().get("tapwire_tls_handshakes_total") >= 1);
+}
+
+/// The browser test over wss://: headless Chromium trusts only the relay's self-signed
+/// certificate; with a token and the allowed origin the guest leases, pings and downloads; the
+/// same page from another origin cannot open its WebSocket.
+#[test]
+fn v86_guest_in_chromium_over_wss() {
+    if !ready("v86_guest_in_chromium_over_wss") || !chromium_present() {
+        return;
+    }
+    let dir = TempDir::new();
+    let secret = dir.0.join("secret");
+    std::fs::write(&secret, "d3NzIGJyb3dzZXIgdGVzdCBzZWNyZXQsIHRoaXJ0eQ==\n").unwrap();
+    let secret = secret.display().to_string();
+    let page_port = 8002u16;
+    let origin = format!("http://127.0.0.1:{page_port}");
+    let (pem, mut args) = tls_args(&dir.0, "relay");
+    for a in [
+        "--allow-host-port",
+        "tcp:8000",
+        "--token-secret",
+        &secret,
+        "--allow-origin",
+        &origin,
+    ] {
+        args.push(a.to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relay = Relay::start(&args);
+    let blob = serve_blob(&relay);
+    let url = tapwire_token(&[
+        "--token-secret",
+        &secret,
+        "--ttl",
+        "1h",
+        "--url",
+        &relay.tls_url(),
+    ])
+    .1;
+    assert!(url.starts_with("wss://127.0.0.1:8443/?token="), "{url}");
+    let spki = Some(pem.spki_sha256.as_str());
+    let mut guest = V86Guest::boot_in_browser(&relay, &url, "127.0.0.1", page_port, spki);
+    guest
+        .wait_for("TW-WS-OPEN", Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\nrelay log:\n{}", relay.proc().log_text()));
+    check_guest(&mut guest, &blob.sha256)
+        .unwrap_or_else(|e| panic!("{e}\nrelay log:\n{}", relay.proc().log_text()));
+    drop(guest);
+    let mut other = V86Guest::boot_in_browser(&relay, &url, "localhost", page_port, spki);
+    assert!(other
+        .wait_for("TW-WS-OPEN", Duration::from_secs(60))
+        .is_err());
+    drop(other);
+    let c = relay.counters();
+    assert!(c.get("tapwire_tls_handshakes_total") >= 2);
+    assert!(c.drops("origin_refused") >= 1);
 }
 
 #[test]

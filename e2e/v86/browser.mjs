@@ -1,7 +1,8 @@
 // Boots the tapwire test guest under v86 in headless Chromium (Debian's chromium, driven by
 // puppeteer-core: no browser download), from a page served on loopback by this script.
 // Usage: node browser.mjs --relay URL --nic ne2k|virtio --host IP --page-port N
-//          [--page-host 127.0.0.1|localhost] [--timeout 240]
+//          [--page-host 127.0.0.1|localhost] [--spki BASE64] [--timeout 240]
+// --spki trusts the certificate whose public key has this SHA-256 (a self-signed wss:// relay).
 // The page first opens a probe WebSocket to the relay and prints TW-WS-OPEN or TW-WS-ERROR
 // (a relay that refuses the upgrade: wrong Origin, missing or expired token), then boots the
 // guest. Every serial line goes to stdout; exits 1 on TW-FAIL or TW-WS-ERROR, 2 on timeout.
@@ -81,7 +82,13 @@ await new Promise((ok) => server.listen(pagePort, "127.0.0.1", ok));
 const browser = await puppeteer.launch({
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
   headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+  args: [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    // wss:// to a relay with a self-signed certificate: trust exactly its key.
+    ...(args.spki ? [`--ignore-certificate-errors-spki-list=${args.spki}`] : []),
+  ],
 });
 const finish = async (code) => {
   await browser.close().catch(() => {});

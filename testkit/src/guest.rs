@@ -183,7 +183,10 @@ fn run_tls(args: &GuestArgs, ca: &std::path::Path) -> io::Result<()> {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => return Err(e),
                 }
-                stream.conn.process_new_packets().map_err(io::Error::other)?;
+                stream
+                    .conn
+                    .process_new_packets()
+                    .map_err(io::Error::other)?;
                 loop {
                     match stream.conn.reader().read(&mut chunk) {
                         Ok(0) => {

@@ -46,6 +46,9 @@ impl Transport for TlsStream {
 pub struct Pem {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Base64 of the SHA-256 of the public key (SubjectPublicKeyInfo), as Chromium's
+    /// `--ignore-certificate-errors-spki-list` takes it.
+    pub spki_sha256: String,
 }
 
 /// Writes a fresh self-signed certificate for `names` (DNS names or IP addresses) and its key
@@ -53,9 +56,14 @@ pub struct Pem {
 pub fn self_signed(dir: &Path, name: &str, names: &[&str]) -> io::Result<Pem> {
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let key = rcgen::generate_simple_self_signed(names).map_err(io::Error::other)?;
+    use base64::Engine as _;
+    use rcgen::PublicKeyData as _;
+    use sha2::Digest as _;
+    let spki = sha2::Sha256::digest(key.signing_key.subject_public_key_info());
     let pem = Pem {
         cert: dir.join(format!("{name}.crt")),
         key: dir.join(format!("{name}.key")),
+        spki_sha256: base64::engine::general_purpose::STANDARD.encode(spki),
     };
     std::fs::write(&pem.cert, key.cert.pem())?;
     std::fs::write(&pem.key, key.signing_key.serialize_pem())?;
