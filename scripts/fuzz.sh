@@ -7,7 +7,8 @@ cd "$(dirname "$0")/../fuzz"
 seconds="${1:-20}"
 shift || true
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(ws_stream http_upgrade switch_ops header_differential)
+# Default: every target in fuzz/Cargo.toml.
+[ "${#targets[@]}" -gt 0 ] || mapfile -t targets < <(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^tapwire-fuzz$')
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "installing cargo-fuzz"
   cargo install cargo-fuzz --locked --quiet

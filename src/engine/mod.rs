@@ -20,7 +20,7 @@ pub mod ops;
 mod outqueue;
 mod ring;
 mod tapq;
-mod tls_session;
+pub mod tls_session;
 mod worker;
 
 use std::io;
