@@ -4,10 +4,13 @@
 //! Contract (pure: no I/O, no `unsafe`):
 //! - [`TlsSession::receive`] processes ciphertext in place; each decrypted record goes to the
 //!   caller's sink. Only a record split across receives is copied (into `partial`, at most one
-//!   record). A failure names the drop reason; its alert, if rustls made one, is queued to send.
+//!   record), and, while rustls joins a handshake message split over records, the input
+//!   behind it (at most [`MAX_JOIN`] bytes). A failure names the drop reason; its alert, if
+//!   rustls made one, is queued to send.
 //! - Output is one buffer, `tx`: handshake messages, encrypted data and alerts in the order
-//!   they were made. [`TlsSession::unsent`] is what to send next; nothing is added to `tx`
-//!   while a send of it is in flight (output made meanwhile waits in `later`).
+//!   they were made. [`TlsSession::unsent`] is what to send next. Output made while processing
+//!   input waits in `later` and is moved behind `tx`'s content by [`TlsSession::prepare`],
+//!   which the caller runs only with no send in flight; so is [`TlsSession::encrypt`].
 //!
 //! rustls 0.23 decrypts each record in place and then copies its plaintext into a `Vec` of
 //! its own; the caller copies it once more, into a plaintext buffer the frame path can
@@ -56,7 +59,8 @@ pub struct TlsSession {
     tx: Box<[u8]>,
     len: usize,
     sent: usize,
-    /// Output made while `tx` could not take it.
+    /// Output made while processing input (handshake messages, alerts, key-update answers),
+    /// moved behind `tx`'s content by the next [`TlsSession::prepare`].
     later: Vec<u8>,
     handshaken: bool,
     close_queued: bool,
@@ -64,7 +68,7 @@ pub struct TlsSession {
     failed: bool,
     /// Both sides sent close_notify.
     closed: bool,
-    /// Bytes of any kind processed so far (to tell garbage from a failed handshake).
+    /// rustls has consumed a record (to tell garbage from a failed handshake).
     seen_record: bool,
 }
 

@@ -41,6 +41,15 @@ impl Transport for TlsStream {
     }
 }
 
+impl<T: Transport + ?Sized> Transport for Box<T> {
+    fn set_read_timeout(&self, limit: Option<Duration>) -> io::Result<()> {
+        (**self).set_read_timeout(limit)
+    }
+    fn tcp(&self) -> &TcpStream {
+        (**self).tcp()
+    }
+}
+
 /// A certificate and its key written as PEM files.
 #[derive(Debug, Clone)]
 pub struct Pem {

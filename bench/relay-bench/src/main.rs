@@ -17,6 +17,7 @@ mod stats;
 mod swarm;
 mod sys;
 mod updown;
+mod wss;
 
 use std::path::PathBuf;
 
@@ -47,6 +48,8 @@ enum Group {
     Spoofing,
     /// Guests ↔ an "internet" through --nat, against the kernel's forwarding limit.
     Nat,
+    /// Up and down over wss:// next to ws://, and connections per second with TLS.
+    Wss,
 }
 
 /// End-to-end benchmark of tapwire against the kernel's limits, measured in the same run.
@@ -198,6 +201,9 @@ fn main() {
     }
     if ctx.opts.runs(Group::Nat) {
         tables.push(nat::run(&ctx));
+    }
+    if ctx.opts.runs(Group::Wss) {
+        tables.push(wss::run(&ctx));
     }
     if ctx.opts.runs(Group::G2g) {
         tables.push(g2g::run(&ctx));

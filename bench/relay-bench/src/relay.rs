@@ -150,6 +150,56 @@ pub(crate) fn connect_clients(ns: &Netns, n: usize) -> Vec<TcpStream> {
     .expect("connect thread")
 }
 
+/// How the clients reach the relay: ws://, or wss:// with the relay's certificate.
+#[derive(Debug, Clone)]
+pub(crate) enum Link {
+    Ws,
+    Wss(tapwire_testkit::tls::Pem),
+}
+
+/// A client stream of either kind.
+pub(crate) type Stream = Box<dyn tapwire_testkit::tls::Transport + Send>;
+
+impl Link {
+    /// The relay options this link needs.
+    pub(crate) fn relay_args(&self) -> Vec<String> {
+        match self {
+            Link::Ws => Vec::new(),
+            Link::Wss(pem) => vec![
+                "--listen-tls".into(),
+                "127.0.0.1:8443".into(),
+                "--tls-cert".into(),
+                pem.cert.display().to_string(),
+                "--tls-key".into(),
+                pem.key.display().to_string(),
+            ],
+        }
+    }
+
+    /// Connects `n` clients from CPU `LOAD_CPU` inside `ns`.
+    pub(crate) fn connect(&self, ns: &Netns, n: usize) -> Vec<Stream> {
+        let link = self.clone();
+        spawn_in(ns, LOAD_CPU, move || {
+            (0..n).map(|_| link.connect_one()).collect::<Vec<Stream>>()
+        })
+        .join()
+        .expect("connect thread")
+    }
+
+    /// One client (the caller is in the relay's namespace).
+    pub(crate) fn connect_one(&self) -> Stream {
+        match self {
+            Link::Ws => Box::new(
+                tapwire_testkit::ws::connect("ws://127.0.0.1:8086/", None).expect("connect"),
+            ),
+            Link::Wss(pem) => Box::new(
+                tapwire_testkit::ws::connect_tls("wss://127.0.0.1:8443/", &pem.cert, None)
+                    .expect("connect over TLS"),
+            ),
+        }
+    }
+}
+
 /// Relay options for frames of `size` bytes: jumbo sizes need a larger MTU.
 pub(crate) fn mtu_args(size: usize) -> Vec<String> {
     if size > 1514 {

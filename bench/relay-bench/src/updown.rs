@@ -1,7 +1,7 @@
 //! Groups `up`, `down` and `scale`: guests → host and host → guests through the relay.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream, UdpSocket};
+use std::io::Write;
+use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tapwire::ws::{frame, Event, Session};
 use tapwire_testkit::netns::Netns;
 use tapwire_testkit::packet::udp_frame;
+use tapwire_testkit::tls::Transport;
 
 use crate::kernel::*;
 use crate::relay::*;
@@ -49,12 +50,24 @@ pub(crate) fn scenario_up_with(
     shape: (usize, usize, f64, usize),
     extra: &[&str],
 ) -> (Sample, Drops) {
+    scenario_up_over(ns, dir, shape, extra, &Link::Ws)
+}
+
+/// [`scenario_up_with`] with clients over `link`.
+pub(crate) fn scenario_up_over(
+    ns: &Netns,
+    dir: &std::path::Path,
+    shape: (usize, usize, f64, usize),
+    extra: &[&str],
+    link: &Link,
+) -> (Sample, Drops) {
     let (size, clients, seconds, cores) = shape;
     let mut args = mtu_args(size);
     args.extend(extra.iter().map(|a| a.to_string()));
+    args.extend(link.relay_args());
     let relay = Relay::start_cores(ns, dir, cores, &str_refs(&args));
     let sink = ns.enter(|| UdpSocket::bind(("10.86.0.1", SINK_PORT)).expect("sink"));
-    let streams = connect_clients(ns, clients);
+    let streams = link.connect(ns, clients);
     let arrivals_at_start = udp_arrivals(ns);
     let batches: Vec<Vec<u8>> = (0..clients)
         .map(|i| up_batch(i, relay.tap_mac, size, 64))
@@ -125,13 +138,17 @@ pub(crate) fn scenario_up_with(
 }
 
 /// Counts binary messages arriving on `streams` (non-blocking, round robin) until `stop`.
-pub(crate) fn receive_loop(streams: &mut [TcpStream], stop: &AtomicBool, received: &AtomicU64) {
+pub(crate) fn receive_loop<S: Transport>(
+    streams: &mut [S],
+    stop: &AtomicBool,
+    received: &AtomicU64,
+) {
     let mut sessions: Vec<Session> = streams
         .iter()
         .map(|_| Session::new(70_000, false))
         .collect();
     for s in streams.iter() {
-        s.set_nonblocking(true).expect("nonblocking");
+        s.tcp().set_nonblocking(true).expect("nonblocking");
     }
     let mut buf = vec![0u8; 256 * 1024];
     while !stop.load(Ordering::Relaxed) {
@@ -168,9 +185,21 @@ pub(crate) fn scenario_down(
     seconds: f64,
     cores: usize,
 ) -> (Sample, Drops) {
-    let mtu = mtu_args(size);
-    let relay = Relay::start_cores(ns, dir, cores, &str_refs(&mtu));
-    let mut streams = connect_clients(ns, clients);
+    scenario_down_over(ns, dir, (size, clients, seconds, cores), &Link::Ws)
+}
+
+/// [`scenario_down`] with clients over `link`; `shape` is (size, clients, seconds, cores).
+pub(crate) fn scenario_down_over(
+    ns: &Netns,
+    dir: &std::path::Path,
+    shape: (usize, usize, f64, usize),
+    link: &Link,
+) -> (Sample, Drops) {
+    let (size, clients, seconds, cores) = shape;
+    let mut args = mtu_args(size);
+    args.extend(link.relay_args());
+    let relay = Relay::start_cores(ns, dir, cores, &str_refs(&args));
+    let mut streams = link.connect(ns, clients);
     // Each guest announces its MAC (one frame), and the host learns it statically.
     for (i, s) in streams.iter_mut().enumerate() {
         let hello = udp_frame(
