@@ -16,6 +16,7 @@ fn the_unit_verifies_cleanly() {
         "ExecStopPost=/usr/local/bin/tapwire cleanup",
         "NoNewPrivileges=yes",
         "DeviceAllow=/dev/net/tun rw",
+        "ExecReload=/bin/kill -HUP $MAINPID",
     ] {
         assert!(unit.contains(key), "the unit lacks {key}");
     }
