@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::ServerConfig;
+use rustls::{CipherSuite, ServerConfig};
 
 /// The certificate files and the configuration made from them.
 #[derive(Debug)]
@@ -59,8 +59,19 @@ impl Certs {
 fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
     let chain = read_chain(cert)?;
     let private = read_key(key)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let mut provider = rustls::crypto::ring::default_provider();
+    // AES-128-GCM first (TLS 1.3, then 1.2): as safe here and about a third cheaper per byte
+    // than AES-256-GCM, which rustls lists first and its clients ask for first.
+    provider.cipher_suites.sort_by_key(|s| {
+        let aes128 = matches!(
+            s.suite(),
+            CipherSuite::TLS13_AES_128_GCM_SHA256
+                | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        );
+        (s.tls13().is_none(), !aes128)
+    });
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?
         .with_no_client_auth()
@@ -74,6 +85,7 @@ fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
         })?;
     // Browsers offer http/1.1 for WebSocket over TLS; nothing else is spoken here.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.ignore_client_order = true;
     // No session tickets: a relay connection lives long, and a ticket would be one more
     // message to send after the handshake.
     config.send_tls13_tickets = 0;

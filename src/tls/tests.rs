@@ -22,6 +22,14 @@ fn loads_and_reloads_and_keeps_the_old_one_on_error() {
     let certs = Certs::load(&c, &k).unwrap();
     let first = certs.current();
     assert_eq!(first.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    let suites: Vec<_> = first
+        .crypto_provider()
+        .cipher_suites
+        .iter()
+        .map(|s| s.suite())
+        .collect();
+    assert_eq!(suites[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    assert!(first.ignore_client_order, "the server's order wins");
     write_pair(&d, "b.example");
     certs.reload().unwrap();
     assert!(

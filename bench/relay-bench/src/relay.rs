@@ -178,9 +178,33 @@ impl Link {
 
     /// Connects `n` clients from CPU `LOAD_CPU` inside `ns`.
     pub(crate) fn connect(&self, ns: &Netns, n: usize) -> Vec<Stream> {
+        self.connect_messages(ns, n, None)
+    }
+
+    /// [`Link::connect`] for clients that write messages of `message` bytes: over wss://,
+    /// each goes out in a TLS record of its own, as a browser's WebSocket sends them.
+    pub(crate) fn connect_messages(
+        &self,
+        ns: &Netns,
+        n: usize,
+        message: Option<usize>,
+    ) -> Vec<Stream> {
         let link = self.clone();
         spawn_in(ns, LOAD_CPU, move || {
-            (0..n).map(|_| link.connect_one()).collect::<Vec<Stream>>()
+            (0..n)
+                .map(|_| match (&link, message) {
+                    (Link::Wss(pem), Some(message)) => Box::new(RecordPerMessage {
+                        inner: tapwire_testkit::ws::connect_tls(
+                            "wss://127.0.0.1:8443/",
+                            &pem.cert,
+                            None,
+                        )
+                        .expect("connect over TLS"),
+                        message,
+                    }) as Stream,
+                    _ => link.connect_one(),
+                })
+                .collect::<Vec<Stream>>()
         })
         .join()
         .expect("connect thread")
@@ -197,6 +221,57 @@ impl Link {
                     .expect("connect over TLS"),
             ),
         }
+    }
+}
+
+/// A TLS client stream that puts every `message` bytes it writes into a record of its own.
+pub(crate) struct RecordPerMessage {
+    inner: tapwire_testkit::tls::TlsStream,
+    message: usize,
+}
+
+impl std::io::Read for RecordPerMessage {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl std::io::Write for RecordPerMessage {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        // One writer call, one record (rustls splits only above 16 KiB); records go out
+        // together, up to 32 KiB at a time (rustls buffers at most 64 KiB), as a browser's
+        // queued messages do.
+        let mut pending = 0;
+        for m in buf.chunks(self.message) {
+            self.inner.conn.writer().write_all(m)?;
+            pending += m.len();
+            if pending >= 32 * 1024 {
+                self.inner.conn.complete_io(&mut self.inner.sock)?;
+                pending = 0;
+            }
+        }
+        while self.inner.conn.wants_write() {
+            self.inner.conn.write_tls(&mut self.inner.sock)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl tapwire_testkit::tls::Transport for RecordPerMessage {
+    fn set_read_timeout(&self, limit: Option<std::time::Duration>) -> std::io::Result<()> {
+        self.inner.sock.set_read_timeout(limit)
+    }
+    fn tcp(&self) -> &TcpStream {
+        &self.inner.sock
     }
 }
 

@@ -67,12 +67,12 @@ pub(crate) fn scenario_up_over(
     args.extend(link.relay_args());
     let relay = Relay::start_cores(ns, dir, cores, &str_refs(&args));
     let sink = ns.enter(|| UdpSocket::bind(("10.86.0.1", SINK_PORT)).expect("sink"));
-    let streams = link.connect(ns, clients);
-    let arrivals_at_start = udp_arrivals(ns);
     let batches: Vec<Vec<u8>> = (0..clients)
         .map(|i| up_batch(i, relay.tap_mac, size, 64))
         .collect();
     let wire_frame = batches[0].len() / 64;
+    let streams = link.connect_messages(ns, clients, Some(wire_frame));
+    let arrivals_at_start = udp_arrivals(ns);
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let (sent2, stop2) = (sent.clone(), stop.clone());

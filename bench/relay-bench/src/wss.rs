@@ -59,10 +59,11 @@ pub(crate) fn run(ctx: &Ctx) -> Table {
         Col::Fps("relay frames/s over wss://"),
         Col::Reference("over ws://", "–"),
         Col::Ratio("wss / ws", RatioStyle::Decimals(2)),
+        Col::Load,
         Col::Cpu,
         Col::Drops,
     ]);
-    table.intro = Some("**wss://** (TLS in the relay's loop, one core; each repetition runs ws:// and wss:// back to back; the CPU column is the wss:// run's, the ws:// run's is in the next row):".into());
+    table.intro = Some("**wss://** (TLS in the relay's loop, one core; each repetition runs ws:// and wss:// back to back; the CPU column is the wss:// run's, the ws:// run's is in the next row). Up: each WebSocket message goes in a TLS record of its own, as browsers send them; the generator encrypts on the load CPU. Down: the clients decrypt on the load CPU, which the UDP sender shares:".into());
     for &size in o.sizes.iter().filter(|s| **s == 64 || **s == 1514) {
         for &clients in o.clients.iter().filter(|c| **c <= 64) {
             for up in [true, false] {
@@ -88,11 +89,15 @@ pub(crate) fn run(ctx: &Ctx) -> Table {
                 let dir = if up { "up" } else { "down" };
                 let row = Row {
                     reference_fps: Some(stat_of(&plain, |s| s.fps).median),
+                    load: Some(stat_of(&tls, |s| s.offered_fps).median),
                     ..Row::measured(format!("{dir}_wss"), size, clients, &tls, drops_tls)
                 };
                 progress(&row);
                 table.rows.push(row);
-                let row = Row::measured(format!("{dir}_ws"), size, clients, &plain, drops_plain);
+                let row = Row {
+                    load: Some(stat_of(&plain, |s| s.offered_fps).median),
+                    ..Row::measured(format!("{dir}_ws"), size, clients, &plain, drops_plain)
+                };
                 progress(&row);
                 table.rows.push(row);
             }

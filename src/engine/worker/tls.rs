@@ -1,8 +1,11 @@
 //! wss:// clients on a core. Ciphertext is decrypted where it was received; each record's
 //! plaintext is copied into plaintext buffers, which the WebSocket path then reads like
 //! receive buffers (frames written to the TAP from there). Output queued for the client is
-//! encrypted into its session's send buffer when no send is in flight: runs of at least
-//! [`DIRECT_RUN`] bytes where they lie, shorter ones gathered into one record first.
+//! encrypted into its session's send buffer when no send is in flight, gathered into records
+//! of up to [`STAGE`] bytes first: rustls 0.23 allocates and copies per record, so fewer,
+//! larger records cost less than one per frame even with the gathering copy (relay-bench
+//! `wss`, 1514-byte frames to 64 clients: 0.62 of ws:// with a record per frame, 0.74
+//! gathered).
 
 use io_uring::{opcode, types};
 
@@ -10,7 +13,6 @@ use crate::counters::DropReason;
 use crate::switch::PortId;
 
 use super::super::bufpool::BufId;
-use super::super::client::MAX_IOV;
 use super::super::ops::{self, Kind};
 use super::{Worker, REFUSAL_FLUSH_MS};
 
@@ -18,9 +20,7 @@ use super::{Worker, REFUSAL_FLUSH_MS};
 /// earlier receive and of the records of one receive buffer, each at most a buffer's size,
 /// spread over buffers as they fill.
 pub(super) const PLAIN_PER_RECEIVE: usize = 4;
-/// Queued runs at least this long are encrypted as one record each, where they lie.
-const DIRECT_RUN: usize = 1024;
-/// Shorter runs are gathered into records of up to this much plaintext.
+/// Plaintext gathered per record (the most a TLS record holds).
 const STAGE: usize = 16 * 1024;
 
 impl Worker {
@@ -131,7 +131,8 @@ impl Worker {
         stage.clear();
         let mut taken = 0;
         let mut failure = None;
-        for (ptr, len) in out.pending(MAX_IOV) {
+        // Not bound by iovecs: as many queued frames as the send buffer takes.
+        for (ptr, len) in out.pending(usize::MAX) {
             let room = tls.room().saturating_sub(stage.len());
             if room == 0 {
                 break;
@@ -139,15 +140,7 @@ impl Worker {
             // SAFETY: the queue holds a reference on every pool buffer it names and owns its
             // other entries; neither changes until the queue is advanced past them below.
             let run = unsafe { std::slice::from_raw_parts(ptr, len.min(room)) };
-            let result = if run.len() >= DIRECT_RUN {
-                let staged = if stage.is_empty() {
-                    Ok(())
-                } else {
-                    tls.encrypt(stage)
-                };
-                stage.clear();
-                staged.and_then(|()| tls.encrypt(run))
-            } else if stage.len() + run.len() > STAGE {
+            let result = if stage.len() + run.len() > STAGE {
                 let staged = tls.encrypt(stage);
                 stage.clear();
                 stage.extend_from_slice(run);
