@@ -272,8 +272,20 @@ fn check_guest(guest: &mut V86Guest, sha256: &str) -> Result<String, String> {
             "downloaded blob has SHA-256 {got}, expected {sha256}"
         ));
     }
+    for retry in guest.seen.iter().filter(|l| l.starts_with("TW-RETRY")) {
+        println!("{} guest: {retry}", guest.label);
+    }
     guest.wait_for("TW-READY", Duration::from_secs(10))?;
     Ok(ip)
+}
+
+/// Fails the test with `what`, the relay's log and its drop counters so far.
+fn failed(relay: &Relay, what: &str) -> ! {
+    panic!(
+        "{what}\nrelay drops: {:?}\nrelay log:\n{}",
+        relay.counters().nonzero_drops(),
+        relay.proc().log_text()
+    )
 }
 
 /// The relay for guests that download from the host's HTTP server (port 8000).
@@ -285,8 +297,7 @@ fn one_guest(nic: &str) {
     let relay = relay_serving_http();
     let blob = serve_blob(&relay);
     let mut guest = V86Guest::boot(&relay, &relay.url(), nic);
-    check_guest(&mut guest, &blob.sha256)
-        .unwrap_or_else(|e| panic!("{e}\nrelay log:\n{}", relay.proc().log_text()));
+    check_guest(&mut guest, &blob.sha256).unwrap_or_else(|e| failed(&relay, &e));
     drop(blob.server);
 }
 
@@ -313,8 +324,7 @@ fn v86_guest_downloads_from_the_internet_through_nat() {
     let net = internet::internet(&ns);
     let relay = Relay::launch_in(ns, &[], None, None, &["--nat"]);
     let mut guest = V86Guest::boot_against(&relay, &relay.url(), "virtio", internet::SERVER);
-    check_guest(&mut guest, &net.sha)
-        .unwrap_or_else(|e| panic!("{e}\nrelay log:\n{}", relay.proc().log_text()));
+    check_guest(&mut guest, &net.sha).unwrap_or_else(|e| failed(&relay, &e));
 }
 
 /// The page's origin and the relay's token decide whether a browser connects: from the allowed
@@ -329,27 +339,16 @@ fn v86_guest_in_chromium_with_token_and_origin() {
         return;
     }
     let dir = TempDir::new();
-    let secret = dir.0.join("secret");
-    std::fs::write(&secret, "YnJvd3NlciB0ZXN0IHNlY3JldCwgdGhpcnR5LXR3byBi\n").unwrap();
-    let secret = secret.display().to_string();
     let page_port = 8001u16;
-    let origin = format!("http://127.0.0.1:{page_port}");
-    let relay = Relay::start(&[
-        "--allow-host-port",
-        "tcp:8000",
-        "--token-secret",
-        &secret,
-        "--allow-origin",
-        &origin,
-    ]);
+    let (secret, args) = browser_relay_args(&dir, page_port);
+    let relay = Relay::start(&str_refs(&args));
     let blob = serve_blob(&relay);
     let token = |ttl: &str| tapwire_token(&["--token-secret", &secret, "--ttl", ttl]).1;
     let mut guest = V86Guest::boot_in_browser(&relay, &token("1h"), "127.0.0.1", page_port, None);
     guest
         .wait_for("TW-WS-OPEN", Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e}"));
-    check_guest(&mut guest, &blob.sha256)
-        .unwrap_or_else(|e| panic!("{e}\nrelay log:\n{}", relay.proc().log_text()));
+    check_guest(&mut guest, &blob.sha256).unwrap_or_else(|e| failed(&relay, &e));
     drop(guest);
 
     // Another origin (the same page at localhost), then an expired token.
@@ -365,6 +364,29 @@ fn v86_guest_in_chromium_with_token_and_origin() {
     let c = relay.counters();
     assert!(c.drops("origin_refused") >= 1);
     assert!(c.drops("token_expired") >= 1);
+}
+
+/// The relay options of a browser test: the guest's HTTP port open, a token secret written to
+/// `dir`, and the page's origin on `page_port` allowed; returns the secret's path too.
+fn browser_relay_args(dir: &TempDir, page_port: u16) -> (String, Vec<String>) {
+    let secret = dir.0.join("secret");
+    std::fs::write(&secret, "YnJvd3NlciB0ZXN0IHNlY3JldCwgdGhpcnR5LXR3byBi\n").unwrap();
+    let secret = secret.display().to_string();
+    let args = [
+        "--allow-host-port",
+        "tcp:8000",
+        "--token-secret",
+        &secret,
+        "--allow-origin",
+        &format!("http://127.0.0.1:{page_port}"),
+    ]
+    .map(str::to_string)
+    .to_vec();
+    (secret, args)
+}
+
+fn str_refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 /// Debian's chromium is installed (required under TAPWIRE_V86_REQUIRED, else the test skips).
@@ -394,8 +416,7 @@ fn v86_guest_over_wss_in_node() {
     let relay = Relay::start(&args);
     let blob = serve_blob(&relay);
     let mut guest = V86Guest::boot_tls(&relay, &relay.tls_url(), "virtio", &pem.cert);
-    check_guest(&mut guest, &blob.sha256)
-        .unwrap_or_else(|e| panic!("{e}\nrelay log:\n{}", relay.proc().log_text()));
+    check_guest(&mut guest, &blob.sha256).unwrap_or_else(|e| failed(&relay, &e));
     assert!(relay.counters().get("tapwire_tls_handshakes_total") >= 1);
 }
 
@@ -408,23 +429,11 @@ fn v86_guest_in_chromium_over_wss() {
         return;
     }
     let dir = TempDir::new();
-    let secret = dir.0.join("secret");
-    std::fs::write(&secret, "d3NzIGJyb3dzZXIgdGVzdCBzZWNyZXQsIHRoaXJ0eQ==\n").unwrap();
-    let secret = secret.display().to_string();
     let page_port = 8002u16;
-    let origin = format!("http://127.0.0.1:{page_port}");
-    let (pem, mut args) = tls_args(&dir.0, "relay");
-    for a in [
-        "--allow-host-port",
-        "tcp:8000",
-        "--token-secret",
-        &secret,
-        "--allow-origin",
-        &origin,
-    ] {
-        args.push(a.to_string());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (secret, mut args) = browser_relay_args(&dir, page_port);
+    let (pem, tls) = tls_args(&dir.0, "relay");
+    args.extend(tls);
+    let args = str_refs(&args);
     let relay = Relay::start(&args);
     let blob = serve_blob(&relay);
     let url = tapwire_token(&[
@@ -441,9 +450,8 @@ fn v86_guest_in_chromium_over_wss() {
     let mut guest = V86Guest::boot_in_browser(&relay, &url, "127.0.0.1", page_port, spki);
     guest
         .wait_for("TW-WS-OPEN", Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}\nrelay log:\n{}", relay.proc().log_text()));
-    check_guest(&mut guest, &blob.sha256)
-        .unwrap_or_else(|e| panic!("{e}\nrelay log:\n{}", relay.proc().log_text()));
+        .unwrap_or_else(|e| failed(&relay, &e));
+    check_guest(&mut guest, &blob.sha256).unwrap_or_else(|e| failed(&relay, &e));
     drop(guest);
     let mut other = V86Guest::boot_in_browser(&relay, &url, "localhost", page_port, spki);
     assert!(other
@@ -464,8 +472,8 @@ fn two_v86_guests_ping_each_other() {
     let blob = serve_blob(&relay);
     let mut a = V86Guest::boot(&relay, &relay.url(), "ne2k");
     let mut b = V86Guest::boot(&relay, &relay.url(), "virtio");
-    let ip_a = check_guest(&mut a, &blob.sha256).unwrap_or_else(|e| panic!("{e}"));
-    let ip_b = check_guest(&mut b, &blob.sha256).unwrap_or_else(|e| panic!("{e}"));
+    let ip_a = check_guest(&mut a, &blob.sha256).unwrap_or_else(|e| failed(&relay, &e));
+    let ip_b = check_guest(&mut b, &blob.sha256).unwrap_or_else(|e| failed(&relay, &e));
     a.send(&format!("PEER {ip_b}"));
     b.send(&format!("PEER {ip_a}"));
     a.wait_for("TW-PEER-OK", Duration::from_secs(60))

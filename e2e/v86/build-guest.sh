@@ -3,7 +3,8 @@
 #   bios.bin, vgabios.bin   SeaBIOS (package seabios)
 #   bzImage                 Debian's i386 686 kernel (linux-image-*-686)
 #   initrd.gz               busybox-static:i386 + kernel modules for ne2k and virtio-net + /init
-# Rebuilt only when the package versions change (cache/STAMP). Needs root for apt.
+# Rebuilt only when the package versions, /init, udhcpc.script or this script change
+# (cache/STAMP). Needs root for apt.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cache="$here/cache"
@@ -25,7 +26,7 @@ fi
 [ -n "$kernel_pkg" ] || { echo "cannot find Debian's i386 686 kernel package (linux-image-686)" >&2; exit 1; }
 kernel_ver=$(apt-cache policy "$kernel_pkg" | awk '/Candidate:/ {print $2}')
 busybox_ver=$(apt-cache policy busybox-static:i386 | awk '/Candidate:/ {print $2}')
-stamp="$kernel_pkg=$kernel_ver busybox-static:i386=$busybox_ver init=$(sha256sum "$here/init" "$here/udhcpc.script" | sha256sum | cut -c1-16)"
+stamp="$kernel_pkg=$kernel_ver busybox-static:i386=$busybox_ver init=$(sha256sum "$here/init" "$here/udhcpc.script" "$here/build-guest.sh" | sha256sum | cut -c1-16)"
 if [ -f "$cache/STAMP" ] && [ "$(cat "$cache/STAMP")" = "$stamp" ] && [ -f "$cache/initrd.gz" ]; then
   echo "v86 guest up to date ($stamp)"
   exit 0
@@ -45,7 +46,7 @@ cp /usr/share/seabios/vgabios-stdvga.bin "$cache/vgabios.bin"
 root="$work/root"
 mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,root,lib/modules}
 cp "$work/busybox/bin/busybox" "$root/bin/busybox"
-for applet in sh mount ip udhcpc ping wget sha256sum insmod cat echo sleep read poweroff ifconfig route halt mkdir ls dmesg sysctl; do
+for applet in sh mount ip udhcpc ping wget sha256sum insmod cat echo sleep read poweroff ifconfig route halt mkdir ls dmesg sysctl timeout; do
   ln -sf busybox "$root/bin/$applet"
 done
 mods="$work/kernel/lib/modules/$kver/kernel"
