@@ -64,8 +64,7 @@ fn a_wss_guest_leases_pings_and_downloads_beside_a_ws_guest() {
     let certs = TempDir::new();
     let (pem, mut args) = tls_args(&certs.0, "relay");
     args.extend(["--allow-host-port".into(), "tcp:8000".into()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let relay = Relay::start(&args);
+    let relay = Relay::start(&str_refs(&args));
     assert!(relay
         .proc()
         .log_text()
@@ -107,8 +106,7 @@ fn bad_tls_input_is_counted_and_closed_while_a_wss_guest_pings() {
     let certs = TempDir::new();
     let (pem, mut args) = tls_args(&certs.0, "relay");
     args.extend(["--handshake-timeout".into(), "2s".into()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let relay = Relay::start(&args);
+    let relay = Relay::start(&str_refs(&args));
     let mut guest = relay.tls_guest(0, &pem.cert);
     guest.dhcp(&relay.dir.0);
     let mut pinger = guest.ping_background(GATEWAY, 40, relay.dir.0.join("ping.log"));
@@ -156,10 +154,7 @@ fn bad_tls_input_is_counted_and_closed_while_a_wss_guest_pings() {
     // After a good handshake: a fatal alert (the client's answer to a corrupted record).
     fatal_alert_mid_stream(&relay, &pem.cert);
 
-    pinger
-        .wait_exit(Duration::from_secs(40))
-        .expect("ping finished");
-    let (sent, got) = ping_result(&pinger.log_text());
+    let (sent, got) = ping_outcome(&mut pinger, Duration::from_secs(40));
     assert_eq!(
         (sent, got),
         (40, 40),
@@ -229,8 +224,7 @@ fn sighup_reloads_the_certificate_and_clients_keep_their_connections() {
     }
     let certs = TempDir::new();
     let (old, args) = tls_args(&certs.0, "relay");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let relay = Relay::start(&args);
+    let relay = Relay::start(&str_refs(&args));
     // Trust roots kept apart from the files the relay reads.
     let old_ca = certs.0.join("old-ca.crt");
     std::fs::copy(&old.cert, &old_ca).expect("copy");
@@ -264,11 +258,8 @@ fn sighup_reloads_the_certificate_and_clients_keep_their_connections() {
     wait_for_log(&relay, "still using the certificate loaded before");
     relay.tls_client(&new.cert).expect("still served");
 
-    pinger
-        .wait_exit(Duration::from_secs(30))
-        .expect("ping finished");
     assert_eq!(
-        ping_result(&pinger.log_text()),
+        ping_outcome(&mut pinger, Duration::from_secs(30)),
         (30, 30),
         "the connected guest kept its connection"
     );

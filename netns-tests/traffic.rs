@@ -116,10 +116,7 @@ fn slow_guest_does_not_delay_others() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut pinger = pinger;
-    pinger
-        .wait_exit(Duration::from_secs(30))
-        .expect("ping finished");
-    let (sent, got) = ping_result(&pinger.log_text());
+    let (sent, got) = ping_outcome(&mut pinger, Duration::from_secs(30));
     assert_eq!(
         (sent, got),
         (25, 25),

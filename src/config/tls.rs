@@ -16,7 +16,7 @@ impl RunArgs {
     /// The wss:// listener, when `--listen-tls` is given (with both files, read now).
     pub(super) fn tls(&self) -> Result<Option<TlsListen>, ConfigError> {
         let err = |m: String| Err(ConfigError::Tls(m));
-        let (cert, key) = match (&self.listen_tls, &self.tls_cert, &self.tls_key) {
+        let (listen, cert, key) = match (self.listen_tls, &self.tls_cert, &self.tls_key) {
             (None, None, None) => return Ok(None),
             (None, _, _) => {
                 return err("--tls-cert and --tls-key go with --listen-tls ADDR:PORT, the port wss:// clients connect to; add it".into())
@@ -24,9 +24,8 @@ impl RunArgs {
             (Some(addr), None, _) | (Some(addr), _, None) => {
                 return err(format!("--listen-tls {addr} needs --tls-cert FILE and --tls-key FILE (PEM)"))
             }
-            (Some(_), Some(cert), Some(key)) => (cert, key),
+            (Some(listen), Some(cert), Some(key)) => (listen, cert, key),
         };
-        let listen = self.listen_tls.unwrap_or(self.listen);
         if listen.port() == self.listen.port() {
             return err(format!(
                 "--listen-tls {listen} uses the --listen port {}: wss:// needs a port of its own",
