@@ -176,7 +176,19 @@ impl V86Guest {
     ) -> V86Guest {
         let script = e2e_dir().join(script).display().to_string();
         let limit = BOOT_LIMIT.as_secs().to_string();
-        let mut all = vec!["node", script.as_str()];
+        // In a PID namespace of its own: the browser puppeteer starts leaves node's process
+        // group (and Chromium's crash handlers their own sessions), so killing node alone left
+        // Chromium running for hours. When `unshare` dies, its child (node, PID 1 there) gets
+        // SIGKILL, and with it every process of the namespace.
+        let mut all = vec![
+            "unshare",
+            "--fork",
+            "--pid",
+            "--mount-proc",
+            "--kill-child",
+            "node",
+            script.as_str(),
+        ];
         all.extend_from_slice(args);
         all.extend_from_slice(&["--timeout", &limit]);
         let mut cmd = relay.ns.cmd(&all);
@@ -385,10 +397,6 @@ fn browser_relay_args(dir: &TempDir, page_port: u16) -> (String, Vec<String>) {
     (secret, args)
 }
 
-fn str_refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
 /// Debian's chromium is installed (required under TAPWIRE_V86_REQUIRED, else the test skips).
 fn chromium_present() -> bool {
     if Path::new("/usr/bin/chromium").exists() {
@@ -412,8 +420,7 @@ fn v86_guest_over_wss_in_node() {
     let dir = TempDir::new();
     let (pem, mut args) = tls_args(&dir.0, "relay");
     args.extend(["--allow-host-port".into(), "tcp:8000".into()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let relay = Relay::start(&args);
+    let relay = Relay::start(&str_refs(&args));
     let blob = serve_blob(&relay);
     let mut guest = V86Guest::boot_tls(&relay, &relay.tls_url(), "virtio", &pem.cert);
     check_guest(&mut guest, &blob.sha256).unwrap_or_else(|e| failed(&relay, &e));
