@@ -108,8 +108,8 @@ pub struct Worker {
     last_log_reset_ms: u64,
     /// Set when shutdown began: clients past it are shut down.
     drain_deadline_ms: Option<u64>,
-    /// wss:// output gathered into one record (small frames), and plaintext buffers filled by
-    /// one receive (kept for their capacity).
+    /// wss:// output gathered into a record before encryption, and the plaintext buffers
+    /// filled by one receive (both kept for their capacity).
     tls_stage: Vec<u8>,
     tls_plain: Vec<(BufId, usize)>,
 }

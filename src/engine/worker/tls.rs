@@ -16,10 +16,14 @@ use super::super::bufpool::BufId;
 use super::super::ops::{self, Kind};
 use super::{Worker, REFUSAL_FLUSH_MS};
 
-/// Plaintext buffers one receive may need: the plaintext of a record completed from an
-/// earlier receive and of the records of one receive buffer, each at most a buffer's size,
-/// spread over buffers as they fill.
-pub(super) const PLAIN_PER_RECEIVE: usize = 4;
+/// Plaintext buffers one receive may need. The sink fills buffers to the brim, so this is the
+/// most plaintext one receive yields, in buffers: a record completed from earlier receives
+/// (16 KiB), then either the rest of this receive buffer (less than 16 KiB) or, while rustls
+/// joins a handshake message, everything kept for it (at most `MAX_JOIN`, 64 KiB): 80 KiB,
+/// five 16 KiB buffers, and one to spare.
+pub(super) const PLAIN_PER_RECEIVE: usize = 6;
+const _: () =
+    assert!((16_384 + super::super::tls_session::MAX_JOIN) / (16 * 1024) < PLAIN_PER_RECEIVE);
 /// Plaintext gathered per record (the most a TLS record holds).
 const STAGE: usize = 16 * 1024;
 
