@@ -49,18 +49,34 @@ cp "$work/busybox/bin/busybox" "$root/bin/busybox"
 for applet in sh mount ip udhcpc ping wget sha256sum insmod cat echo sleep read poweroff ifconfig route halt mkdir ls dmesg sysctl timeout; do
   ln -sf busybox "$root/bin/$applet"
 done
+# Each NIC's driver with the modules it depends on (read from each module's own `depends=`, as
+# the package has no modules.dep), copied uncompressed, and its load order (dependencies first)
+# in lib/modules/NIC.order for /init. Stable kernel updates do change these dependencies.
 mods="$work/kernel/lib/modules/$kver/kernel"
-for m in drivers/net/ethernet/8390/8390.ko drivers/net/ethernet/8390/ne2k-pci.ko \
-         drivers/virtio/virtio.ko drivers/virtio/virtio_ring.ko drivers/virtio/virtio_pci_modern_dev.ko \
-         drivers/virtio/virtio_pci_legacy_dev.ko drivers/virtio/virtio_pci.ko net/core/failover.ko \
-         drivers/net/net_failover.ko drivers/net/virtio_net.ko; do
-  if [ -f "$mods/$m" ]; then
-    cp "$mods/$m" "$root/lib/modules/"
-  elif [ -f "$mods/$m.xz" ]; then
-    xz -dc "$mods/$m.xz" > "$root/lib/modules/$(basename "$m")"
-  else
-    echo "module $m not in $kernel_pkg (built in?)" >&2
-  fi
+declare -A modfile
+while IFS= read -r f; do
+  name=$(basename "$f"); name=${name%.xz}; name=${name%.ko}
+  modfile[${name//-/_}]=$f
+done < <(find "$mods" -name '*.ko' -o -name '*.ko.xz')
+module_bytes() { case "$1" in *.xz) xz -dc "$1" ;; *) cat "$1" ;; esac; }
+order=()
+visit() {
+  local m=${1//-/_} d seen
+  for seen in "${order[@]}"; do [ "$seen" = "$m" ] && return 0; done
+  [ -n "${modfile[$m]:-}" ] || { echo "module $m not in $kernel_pkg (built in?)" >&2; return 0; }
+  for d in $(module_bytes "${modfile[$m]}" | tr '\0' '\n' | grep -a '^depends=' | cut -d= -f2 | tr ',' ' '); do
+    visit "$d"
+  done
+  order+=("$m")
+}
+for nic in ne2k:ne2k_pci virtio:virtio_net:virtio_pci; do
+  order=()
+  IFS=: read -r -a wanted <<<"$nic"
+  for m in "${wanted[@]:1}"; do visit "$m"; done
+  for m in "${order[@]}"; do
+    module_bytes "${modfile[$m]}" > "$root/lib/modules/$m.ko"
+  done
+  printf '%s\n' "${order[@]}" > "$root/lib/modules/${wanted[0]}.order"
 done
 cp "$here/init" "$root/init"
 cp "$here/udhcpc.script" "$root/etc/udhcpc.script"
