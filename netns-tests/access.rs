@@ -43,9 +43,7 @@ fn tokens_and_origins_decide_who_connects() {
     assert_eq!(url, format!("ws://127.0.0.1:8086/?token={good}"));
     assert!(good.starts_with("v1.") && good.contains(".farm-1."));
     let (expired, _) = tapwire_token(&["--token-secret", &secret, "--ttl", "0s"]);
-    let mut forged = good.clone();
-    let last = forged.pop().unwrap();
-    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let forged = tapwire_testkit::token::forge(&good);
 
     let status = |target: &str, origin: Option<&str>| http_status(&relay, &request(target, origin));
     assert!(status("/", None).starts_with("HTTP/1.1 401"));

@@ -178,6 +178,20 @@ pub fn ping_result(log: &str) -> (u32, u32) {
     )
 }
 
+/// The round-trip times (ms) of the replies in a ping's output (`time=0.123 ms`).
+pub fn ping_rtts(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter_map(|l| l.split("time=").nth(1)?.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// The median of `values` (0 when empty).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// Waits (at most `limit`) for the background ping `pinger` to finish; (transmitted, received).
 pub fn ping_outcome(pinger: &mut Proc, limit: Duration) -> (u32, u32) {
     pinger.wait_exit(limit).expect("ping finished");

@@ -23,14 +23,11 @@ pub use tapwire_testkit::ws::{Got, WsClient};
 mod guest;
 pub use guest::*;
 
-/// Prints the skip line and returns true when not root (the caller returns).
+/// Skips the test when not root (counted; a failure under `TAPWIRE_NO_SKIP`): whether the
+/// caller must return.
+#[track_caller]
 pub fn skip_unless_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("skipped: needs root ({test})");
-        return true;
-    }
-    false
+    tapwire_testkit::skip::unless_root(test)
 }
 
 /// The tapwire binary under test.
@@ -142,6 +139,10 @@ impl Relay {
         .map(|a| a.to_string())
         .collect();
         args.push(runtime_dir.display().to_string());
+        // Counters are read from /metrics (fresh or an error, never a stale summary).
+        if !extra.contains(&"--metrics") {
+            args.extend(["--metrics".to_string(), METRICS_PORT.to_string()]);
+        }
         args.extend(extra.iter().map(|a| a.to_string()));
         let relay = RelayProcess::start(
             &ns,
@@ -214,6 +215,7 @@ impl Relay {
 
     /// Sends `sig` to the relay and waits (15 s at most) for it to exit.
     pub fn signal_and_wait(&mut self, sig: i32) -> std::process::ExitStatus {
+        self.relay.expect_exit();
         self.proc().signal(sig);
         self.proc_mut()
             .wait_exit(Duration::from_secs(15))
@@ -249,9 +251,16 @@ impl Relay {
         format!("ws://127.0.0.1:{}/", self.port)
     }
 
-    /// Counters from a SIGUSR1 summary (or the exit summary once stopped).
+    /// Counters scraped from its `/metrics` (or its exit summary once stopped); panics when
+    /// there are none.
+    #[track_caller]
     pub fn counters(&self) -> Counters {
         self.relay.counters()
+    }
+
+    /// [`Relay::counters`], or why there are none.
+    pub fn try_counters(&self) -> Result<Counters, String> {
+        self.relay.try_counters()
     }
 
     /// A synthetic client connected from inside the relay's namespace, from `source_port`.
@@ -316,6 +325,9 @@ impl Relay {
         )
     }
 }
+
+/// The `--metrics` port of every relay the harness starts (unless the test gives its own).
+pub const METRICS_PORT: u16 = 9186;
 
 /// The wss:// port of relays started with [`tls_args`].
 pub const TLS_PORT: u16 = 8443;

@@ -144,10 +144,24 @@ fn host_services_are_closed_to_guests_unless_allowed() {
         .proc()
         .log_text()
         .contains(&format!("tcp:{TCP_PORT}, udp:{UDP_PORT}")));
+    exec_ok(
+        &relay.ns,
+        &["ip", "addr", "add", "192.0.2.1/32", "dev", "lo"],
+    );
     let udp = services(&relay);
     let mut guest = relay.guest(1);
     guest.dhcp(&relay.dir.0);
     assert!(greeted(&guest, GATEWAY), "allowed TCP port");
+    // The positive control of the closed case above: the same route to the same address
+    // greets once the port is allowed.
+    exec_ok(
+        &guest.ns,
+        &["ip", "route", "add", "192.0.2.1", "via", GATEWAY],
+    );
+    assert!(
+        greeted(&guest, "192.0.2.1"),
+        "allowed TCP port at another host address"
+    );
     guest_link_local(&guest);
     let ll = link_local(&relay);
     assert!(greeted(&guest, &ll), "allowed TCP port at {ll}");

@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 use super::harness::*;
 use super::GATEWAY;
 
-const METRICS_PORT: u16 = 9186;
-
 /// GET `path` on the relay's metrics port: (status line, body).
 fn get(relay: &Relay, path: &str) -> (String, String) {
     let mut s = relay

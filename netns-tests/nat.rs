@@ -170,6 +170,53 @@ fn sigkill_then_cleanup_or_restart_removes_the_nat_table() {
     );
 }
 
+/// `--nat` turns IPv4 forwarding on and gives back what it found: a host that already
+/// forwarded (a router) still forwards after SIGTERM, and after SIGKILL and `tapwire cleanup`.
+#[test]
+fn ip_forward_that_was_on_stays_on_after_sigterm_and_after_sigkill_and_cleanup() {
+    if skip_unless_root(
+        "ip_forward_that_was_on_stays_on_after_sigterm_and_after_sigkill_and_cleanup",
+    ) {
+        return;
+    }
+    let ns = netns("twr");
+    let _net = internet(&ns);
+    exec_ok(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    let tap = unique("twt");
+    let mut relay = Relay::launch_in(ns, &[], Some(&tap), None, &["--nat", "--no-dhcp"]);
+    assert_eq!(ip_forward(&relay.ns), "1");
+    let status = relay.signal_and_wait(libc::SIGTERM);
+    assert!(status.success(), "{}", relay.proc().log_text());
+    assert_eq!(ip_forward(&relay.ns), "1", "SIGTERM turned forwarding off");
+
+    let runtime_dir = relay.runtime_dir.display().to_string();
+    let args = [
+        "--tap",
+        &tap,
+        "--nat",
+        "--no-dhcp",
+        "--listen",
+        "127.0.0.1:8087",
+        "--runtime-dir",
+        &runtime_dir,
+    ];
+    let mut killed = relay
+        .another("killed", &args)
+        .unwrap_or_else(|e| panic!("{e}"));
+    killed.proc.signal(libc::SIGKILL);
+    killed
+        .proc
+        .wait_exit(Duration::from_secs(10))
+        .expect("killed");
+    let (ok, text) = relay.cleanup();
+    assert!(ok, "{text}");
+    assert!(
+        !nft_tables(&relay.ns).contains(&format!("tapwire_{tap}")),
+        "cleanup left the table"
+    );
+    assert_eq!(ip_forward(&relay.ns), "1", "cleanup turned forwarding off");
+}
+
 #[test]
 fn a_forward_chain_with_policy_drop_is_reported_with_the_fix() {
     if skip_unless_root("a_forward_chain_with_policy_drop_is_reported_with_the_fix") {

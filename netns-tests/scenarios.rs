@@ -1,6 +1,7 @@
 //! Root-only scenarios: a tapwire relay with 2 cores in its own namespace, kernel-stack guests
 //! in theirs (real DHCP, ARP, ICMP), synthetic WebSocket guests for exact frames and bad input.
-//! When not root each test prints `skipped: needs root` and passes.
+//! When not root each test skips (counted by `scripts/test.sh`; a failure under
+//! `TAPWIRE_NO_SKIP`).
 
 #[path = "harness.rs"]
 mod harness;

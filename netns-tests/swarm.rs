@@ -90,7 +90,9 @@ fn swarm_guests_send_timestamped_udp_and_every_echo_comes_back() {
     );
     let echoed = echo.stop();
     assert!(
-        text.contains("200 guests, 200 upgraded, 200 leased, 200 pinged the gateway"),
+        text.contains(
+            "200 guests, 200 upgraded, static addresses (no DHCP), 200 pinged the gateway"
+        ),
         "{text}"
     );
     let sent = number_before(&text, " sent in");

@@ -1,15 +1,33 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, a short fuzz pass, unit and property tests, and (as
-# root) the network-namespace scenarios and real v86 guests. Not root: those print
-# "skipped: needs root".
+# root) the network-namespace scenarios and real v86 guests.
+#
+# Skips: as root every test must run (TAPWIRE_NO_SKIP=1 makes a skip a failure). Not root,
+# the root-only tests skip. Either way the script ends by printing how many tests skipped and
+# why, and what passing tests asked to be seen (a retried download): each appends a line to
+# TAPWIRE_TEST_REPORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TAPWIRE_TEST_REPORT=$(mktemp /tmp/tapwire-test-report.XXXXXX)
+export TAPWIRE_TEST_REPORT
+report() {
+  local skipped
+  skipped=$(grep -c '^skipped' "$TAPWIRE_TEST_REPORT" || true)
+  echo "== tests skipped: $skipped"
+  grep '^skipped' "$TAPWIRE_TEST_REPORT" | cut -f3 | sort | uniq -c | sort -rn | sed 's/^/   /' || true
+  if grep -q '^notice' "$TAPWIRE_TEST_REPORT"; then
+    echo "== notices from passing tests:"
+    grep '^notice' "$TAPWIRE_TEST_REPORT" | cut -f2,3 | sed 's/^/   /'
+  fi
+  rm -f "$TAPWIRE_TEST_REPORT"
+}
+trap report EXIT
 if [ "$(id -u)" -eq 0 ]; then
   bash scripts/deps.sh test
   # Real v86 guests: pinned npm packages and a guest image built from Debian packages
-  # (cached in e2e/v86/cache). With them in place, their tests must run, not skip.
+  # (cached in e2e/v86/cache).
   bash e2e/v86/setup.sh
-  export TAPWIRE_V86_REQUIRED=1
+  export TAPWIRE_NO_SKIP=1
 fi
 cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings

@@ -100,6 +100,19 @@ drop_reasons! {
     PortGone => "port_gone", "Frame for a client that disconnected while it was on its way.";
 }
 
+impl From<crate::ws::access::Denied> for DropReason {
+    fn from(d: crate::ws::access::Denied) -> Self {
+        use crate::ws::access::Denied;
+        match d {
+            Denied::TokenMissing => DropReason::TokenMissing,
+            Denied::TokenMalformed => DropReason::TokenMalformed,
+            Denied::TokenExpired => DropReason::TokenExpired,
+            Denied::TokenForged => DropReason::TokenForged,
+            Denied::OriginRefused => DropReason::OriginRefused,
+        }
+    }
+}
+
 impl From<crate::switch::guard::GuardDrop> for DropReason {
     fn from(d: crate::switch::guard::GuardDrop) -> Self {
         use crate::switch::guard::GuardDrop;

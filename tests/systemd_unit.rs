@@ -21,11 +21,10 @@ fn the_unit_verifies_cleanly() {
         assert!(unit.contains(key), "the unit lacks {key}");
     }
     let Ok(version) = Command::new("systemd-analyze").arg("--version").output() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "systemd-analyze is missing (apt-get install systemd)"
+        tapwire_testkit::skip::skip(
+            "the_unit_verifies_cleanly",
+            "systemd-analyze is not installed (apt-get install systemd)",
         );
-        println!("skipped: systemd-analyze is missing");
         return;
     };
     assert!(version.status.success());

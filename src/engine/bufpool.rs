@@ -376,7 +376,10 @@ mod tests {
         let ring = match io_uring::IoUring::new(8) {
             Ok(ring) => ring,
             Err(e) => {
-                eprintln!("skipped: io_uring unavailable here: {e}");
+                tapwire_testkit::skip::skip(
+                    "slots_and_lent_buffers_balance",
+                    &format!("io_uring unavailable here: {e}"),
+                );
                 return;
             }
         };
@@ -391,7 +394,10 @@ mod tests {
         let mut pool = match BufferPool::new(&ring.submitter(), sizes) {
             Ok(pool) => pool,
             Err(e) => {
-                eprintln!("skipped: provided-buffer rings unavailable here: {e}");
+                tapwire_testkit::skip::skip(
+                    "slots_and_lent_buffers_balance",
+                    &format!("provided-buffer rings unavailable here: {e}"),
+                );
                 return;
             }
         };

@@ -11,8 +11,6 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::counters::DropReason;
-
 /// Longest network name in a token.
 pub const MAX_NETWORK: usize = 32;
 /// Shortest secret accepted.
@@ -38,17 +36,6 @@ pub enum Denied {
 }
 
 impl Denied {
-    /// Its counter.
-    pub fn reason(self) -> DropReason {
-        match self {
-            Denied::TokenMissing => DropReason::TokenMissing,
-            Denied::TokenMalformed => DropReason::TokenMalformed,
-            Denied::TokenExpired => DropReason::TokenExpired,
-            Denied::TokenForged => DropReason::TokenForged,
-            Denied::OriginRefused => DropReason::OriginRefused,
-        }
-    }
-
     /// The whole HTTP response: `401` when no usable token came, `403` when it was refused.
     pub fn response(self) -> String {
         let (status, why) = match self {
@@ -245,6 +232,66 @@ mod tests {
         assert!(Denied::TokenForged
             .response()
             .starts_with("HTTP/1.1 403 Forbidden\r\n"));
+    }
+
+    /// The signature is 32 bytes in 43 base64 characters: the last one carries 4 bits of the
+    /// signature and 2 bits that must be zero. Changing it gives a malformed token when those
+    /// bits are set and a forged one when they are not; a change anywhere else is a forgery.
+    #[test]
+    fn a_changed_signature_character_is_forged_or_malformed_by_its_padding_bits() {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let a = tokens();
+        let t = mint(SECRET, 1_000, "n").unwrap();
+        let sig_at = t.rfind('.').unwrap() + 1;
+        assert_eq!(t.len() - sig_at, 43);
+        let with = |at: usize, c: u8| {
+            let mut b = t.clone().into_bytes();
+            b[at] = c;
+            String::from_utf8(b).unwrap()
+        };
+        let (mut forged, mut malformed) = (0, 0);
+        for (value, &c) in ALPHABET.iter().enumerate() {
+            if c == t.as_bytes()[t.len() - 1] {
+                continue;
+            }
+            let got = a.check(&format!("/?token={}", with(t.len() - 1, c)), None, 0);
+            if value & 0b11 == 0 {
+                assert_eq!(
+                    got,
+                    Err(Denied::TokenForged),
+                    "last character {}",
+                    c as char
+                );
+                forged += 1;
+            } else {
+                assert_eq!(
+                    got,
+                    Err(Denied::TokenMalformed),
+                    "last character {}",
+                    c as char
+                );
+                malformed += 1;
+            }
+        }
+        assert_eq!((forged, malformed), (15, 48));
+        // Any character of the signature but the last, changed to any other: forged.
+        for at in sig_at..t.len() - 1 {
+            for &c in ALPHABET.iter().filter(|&&c| c != t.as_bytes()[at]) {
+                assert_eq!(
+                    a.check(&format!("/?token={}", with(at, c)), None, 0),
+                    Err(Denied::TokenForged)
+                );
+            }
+        }
+        // The forgery the scenarios use.
+        assert_eq!(
+            a.check(
+                &format!("/?token={}", tapwire_testkit::token::forge(&t)),
+                None,
+                0
+            ),
+            Err(Denied::TokenForged)
+        );
     }
 
     #[test]

@@ -1,5 +1,10 @@
-//! The one parser of a relay's counter summary (Prometheus text format, printed at exit and
-//! on SIGUSR1): each series' last value.
+//! The one parser of a relay's counters (Prometheus text format: a `/metrics` scrape, or the
+//! summary printed at exit and on SIGUSR1): each series' last value.
+//!
+//! A series that is absent is an error, not a zero: every series and every drop reason is in
+//! every summary, so an absent one means a renamed series or a summary that never came. Only
+//! per-core series (`{core="N"}`), which are left out when zero, may be read as "absent means
+//! 0", and only by asking for it ([`Counters::get_or_zero`]).
 
 use std::collections::HashMap;
 
@@ -23,12 +28,44 @@ impl Counters {
         Counters(map)
     }
 
-    /// A series' value (0 when absent).
+    /// A series' value; panics when the series is absent (renamed, or not a summary at all).
+    #[track_caller]
     pub fn get(&self, series: &str) -> u64 {
+        match self.0.get(series) {
+            Some(v) => *v,
+            None => {
+                let family = series.split('{').next().unwrap_or(series);
+                let mut similar: Vec<&String> = self
+                    .0
+                    .keys()
+                    .filter(|k| {
+                        k.starts_with(family)
+                            || family.starts_with(k.split('{').next().unwrap_or(k))
+                    })
+                    .collect();
+                similar.sort();
+                similar.truncate(8);
+                panic!(
+                    "series {series} is absent from the relay's counters ({} series read; similar: {similar:?})",
+                    self.0.len()
+                )
+            }
+        }
+    }
+
+    /// A series' value, 0 when absent: for per-core series (`{core="N"}`), which a summary
+    /// leaves out when they are zero.
+    pub fn get_or_zero(&self, series: &str) -> u64 {
         self.0.get(series).copied().unwrap_or(0)
     }
 
-    /// Drops counted for `reason`, over all cores.
+    /// Whether nothing was read.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Drops counted for `reason`, over all cores; panics when the reason is unknown.
+    #[track_caller]
     pub fn drops(&self, reason: &str) -> u64 {
         self.get(&format!("tapwire_drops_total{{reason=\"{reason}\"}}"))
     }
@@ -67,7 +104,14 @@ mod tests {
         let c = Counters::parse(text);
         assert_eq!(c.get("tapwire_tap_tx_frames_total"), 9);
         assert_eq!(c.drops("runt_frame"), 1);
-        assert_eq!(c.drops("absent"), 0);
+        assert_eq!(c.drops("hairpin"), 0);
+        assert_eq!(c.get_or_zero("tapwire_tap_tx_frames_total{core=\"0\"}"), 0);
         assert_eq!(c.nonzero_drops(), vec![("runt_frame".to_string(), 1)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "tapwire_drops_total{reason=\"renamed\"} is absent")]
+    fn an_absent_series_is_an_error() {
+        Counters::parse("tapwire_drops_total{reason=\"hairpin\"} 0\n").drops("renamed");
     }
 }

@@ -7,6 +7,9 @@
 //! - [`guest`]: a fake guest whose network stack is the Linux one (`tapwire-guest`);
 //! - [`swarm`]: thousands of synthetic guests in one process (`tapwire-swarm`);
 //! - [`tls`]: self-signed certificates and a rustls client for wss://;
+//! - [`token`]: access tokens as tests need them (a forgery that is always one);
+//! - [`skip`]: the one rule for a test that cannot run here (counted, and a failure under
+//!   `TAPWIRE_NO_SKIP`);
 //! - [`netns`], [`process`], [`counters`], [`udp_echo`]: namespaces, child processes and the
 //!   one relay-process wrapper, the counter-summary parser, a UDP echo server.
 //!
@@ -17,8 +20,10 @@ pub mod guest;
 pub mod netns;
 pub mod packet;
 pub mod process;
+pub mod skip;
 pub mod swarm;
 pub mod tls;
+pub mod token;
 pub mod udp_echo;
 pub mod ws;
 

@@ -4,7 +4,8 @@
 //! stopped the way a user stops it (SIGTERM: clients closed, host state undone) and only
 //! killed if it hangs.
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -81,11 +82,68 @@ impl Drop for Proc {
 /// A `tapwire run` in a namespace.
 pub struct RelayProcess {
     pub proc: Proc,
+    /// Where its live counters are read: its namespace's path and its `--metrics` address
+    /// (None: it has no metrics listener, so counters come from SIGUSR1 summaries).
+    metrics: Option<(String, SocketAddr)>,
+    /// Summaries in its log when it was told to stop: its exit summary is the one after them.
+    summaries_at_stop: Option<usize>,
+}
+
+/// How long a relay has to answer for its counters (a scrape, or a SIGUSR1 summary).
+pub const COUNTERS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The number of counter summaries in a relay's log: one sample line of the open-clients
+/// gauge each (its `# HELP`/`# TYPE` lines start with `#`).
+fn summaries(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.starts_with("tapwire_clients_open "))
+        .count()
+}
+
+/// The number of summaries in a relay's log that reached their last line (the total of the
+/// last drop reason).
+fn whole_summaries(log: &str) -> usize {
+    let last = tapwire::counters::DropReason::ALL
+        .last()
+        .expect("drop reasons")
+        .label();
+    let prefix = format!("tapwire_drops_total{{reason=\"{last}\"}} ");
+    log.lines().filter(|l| l.starts_with(&prefix)).count()
+}
+
+/// The `--metrics` address in a relay's arguments (`PORT` means 127.0.0.1:PORT).
+fn metrics_addr(args: &[String]) -> Option<SocketAddr> {
+    let at = args.iter().position(|a| a == "--metrics")?;
+    let text = args.get(at + 1)?;
+    match text.parse::<u16>() {
+        Ok(port) => Some(SocketAddr::from(([127, 0, 0, 1], port))),
+        Err(_) => text.parse().ok(),
+    }
+}
+
+/// `GET /metrics` at `addr` from inside the namespace at `ns_path`: the body.
+pub fn scrape(ns_path: &str, addr: SocketAddr) -> io::Result<String> {
+    let ns_path = ns_path.to_string();
+    std::thread::spawn(move || -> io::Result<String> {
+        crate::netns::enter_path(&ns_path)?;
+        let mut s = TcpStream::connect_timeout(&addr, COUNTERS_TIMEOUT)?;
+        s.set_read_timeout(Some(COUNTERS_TIMEOUT))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: tapwire\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        match text.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.1 200 ") => Ok(body.to_string()),
+            _ => Err(io::Error::other(format!("unexpected answer: {text:.200}"))),
+        }
+    })
+    .join()
+    .unwrap_or_else(|_| Err(io::Error::other("scrape thread panicked")))
 }
 
 impl RelayProcess {
     /// Runs `ip netns exec NS [wrapper…] BIN run ARGS…` with its output in `log`, and waits
-    /// until it relays (or says why it cannot).
+    /// until it relays (or says why it cannot). With `--metrics` in `args`, its counters are
+    /// read from there.
     pub fn start(
         ns: &Netns,
         wrapper: &[&str],
@@ -101,6 +159,8 @@ impl RelayProcess {
         cmd.args(args);
         let relay = RelayProcess {
             proc: Proc::spawn(cmd, log)?,
+            metrics: metrics_addr(args).map(|a| (ns.path(), a)),
+            summaries_at_stop: None,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -125,37 +185,79 @@ impl RelayProcess {
         self.proc.pid()
     }
 
-    /// Counters from a fresh SIGUSR1 summary while running, or the exit summary once stopped.
+    /// Its counters now: a `/metrics` scrape when it has a metrics listener, else a fresh
+    /// SIGUSR1 summary; once stopped, its exit summary. Panics when none comes (a hung relay,
+    /// or one that died without a summary): a stale reading must never pass for a fresh one.
+    #[track_caller]
     pub fn counters(&self) -> Counters {
-        if self.proc.child.is_some() {
-            // One sample line of this gauge per summary (its `# HELP`/`# TYPE` lines start
-            // with `#`).
-            let summaries = |t: &str| {
-                t.lines()
-                    .filter(|l| l.starts_with("tapwire_clients_open "))
-                    .count()
-            };
-            let before = summaries(&self.proc.log_text());
-            self.proc.signal(libc::SIGUSR1);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while summaries(&self.proc.log_text()) == before && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
+        self.try_counters().unwrap_or_else(|e| {
+            let log = self.proc.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "no fresh counters from the relay: {e}\nlast lines of its log:\n{}",
+                tail.join("\n")
+            )
+        })
+    }
+
+    /// [`RelayProcess::counters`], or why there are none.
+    pub fn try_counters(&self) -> Result<Counters, String> {
+        let log = self.proc.log_text();
+        if self.proc.child.is_none() {
+            let before = self.summaries_at_stop.unwrap_or(0);
+            if summaries(&log) <= before {
+                return Err("it exited without printing its exit summary".into());
             }
-            // The summary is written in one go, but give its last lines a moment.
-            std::thread::sleep(Duration::from_millis(100));
+            return Ok(Counters::parse(&log));
         }
-        Counters::parse(&self.proc.log_text())
+        if let Some((ns, addr)) = &self.metrics {
+            let body = scrape(ns, *addr).map_err(|e| format!("scraping {addr}/metrics: {e}"))?;
+            let c = Counters::parse(&body);
+            if summaries(&body) != 1 {
+                return Err(format!(
+                    "{addr}/metrics answered without the open-clients gauge"
+                ));
+            }
+            return Ok(c);
+        }
+        let before = summaries(&log);
+        self.proc.signal(libc::SIGUSR1);
+        let deadline = Instant::now() + COUNTERS_TIMEOUT;
+        loop {
+            let text = self.proc.log_text();
+            // The drop family comes last in a summary: it is whole once its last reason's
+            // total is in.
+            let fresh = summaries(&text);
+            if fresh > before && whole_summaries(&text) >= fresh {
+                return Ok(Counters::parse(&text));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "no summary within {} s of SIGUSR1",
+                    COUNTERS_TIMEOUT.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Stops it with SIGTERM (killing it if it ignores that for 10 s); its exit status.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         self.proc.child.as_ref()?;
+        self.summaries_at_stop = Some(summaries(&self.proc.log_text()));
         self.proc.signal(libc::SIGTERM);
         let status = self.proc.wait_exit(Duration::from_secs(10));
         if status.is_none() {
             eprintln!("relay ignored SIGTERM for 10 s; killing it");
         }
         status
+    }
+
+    /// Notes that it is about to be stopped by a signal the caller sends itself (its exit
+    /// summary is then the one after this point).
+    pub fn expect_exit(&mut self) {
+        self.summaries_at_stop = Some(summaries(&self.proc.log_text()));
     }
 }
 

@@ -67,6 +67,7 @@ pub struct SwarmArgs {
 pub struct SwarmReport {
     pub guests: usize,
     pub upgraded: usize,
+    /// Guests that took a DHCP lease (none with `--static-from`).
     pub leased: usize,
     pub pinged: usize,
     /// Seconds from start until every guest that pinged had done so.
@@ -570,7 +571,11 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
             }
         }
     }
-    report.leased = guests.iter().filter(|g| g.ip.is_some()).count();
+    // Only a DHCP ACK is a lease: with --static-from no guest leases.
+    report.leased = match args.static_from {
+        Some(_) => 0,
+        None => guests.iter().filter(|g| g.ip.is_some()).count(),
+    };
     report.pinged = guests.iter().filter(|g| g.stage == Stage::Done).count();
     report.elapsed = all_pinged_at.unwrap_or_else(|| start.elapsed().as_secs_f64());
     if let Some(t) = udp_start {

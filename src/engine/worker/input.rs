@@ -200,7 +200,7 @@ impl Worker {
                 stream_at,
             } => {
                 if let Err(denied) = self.authorize(&path, origin.as_deref()) {
-                    let reason = denied.reason();
+                    let reason = DropReason::from(denied);
                     self.counters.dropped(reason);
                     if let Some(held) = self.shared.log_gate.admit(loggate::kind(reason)) {
                         log::info!(

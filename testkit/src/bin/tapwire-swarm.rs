@@ -24,9 +24,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let addressing = match args.static_from {
+        Some(_) => "static addresses (no DHCP)".to_string(),
+        None => format!("{} leased", r.leased),
+    };
     println!(
-        "swarm: {} guests, {} upgraded, {} leased, {} pinged the gateway, {:.2} s, {} retransmits, {} echoes answered",
-        r.guests, r.upgraded, r.leased, r.pinged, r.elapsed, r.retransmits, r.echoes_answered
+        "swarm: {} guests, {} upgraded, {addressing}, {} pinged the gateway, {:.2} s, {} retransmits, {} echoes answered",
+        r.guests, r.upgraded, r.pinged, r.elapsed, r.retransmits, r.echoes_answered
     );
     if args.udp_to.is_some() {
         let pct = |p| r.rtt_percentile(p).map_or("–".into(), |v| v.to_string());
