@@ -14,11 +14,13 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked --quiet
 fi
 export RUSTC_BOOTSTRAP=1
-cargo fuzz build -O
+# -O with fuzz/Cargo.toml's release profile: optimised, with debug assertions and overflow
+# checks on (-a says so to cargo-fuzz too); every target refuses to run without them.
+cargo fuzz build -O -a
 for target in "${targets[@]}"; do
   mkdir -p "corpus/$target"
   echo "fuzzing $target for ${seconds}s"
-  if ! cargo fuzz run -O "$target" "corpus/$target" "seeds/$target" -- -max_total_time="$seconds" -print_final_stats=1 >"corpus/$target.log" 2>&1; then
+  if ! cargo fuzz run -O -a "$target" "corpus/$target" "seeds/$target" -- -max_total_time="$seconds" -print_final_stats=1 >"corpus/$target.log" 2>&1; then
     tail -n 40 "corpus/$target.log" >&2
     echo "fuzz target $target failed; the input is under fuzz/artifacts/$target/" >&2
     exit 1

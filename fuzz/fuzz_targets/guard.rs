@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use tapwire::switch::guard::{inspect, snoop, Snoop};
 use tapwire::switch::Mac;
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: tapwire_fuzz::checks_are_on(), |data: &[u8]| {
     let src = Mac::source(data).unwrap_or(Mac([2, 0, 0, 0, 0, 1]));
     if let Ok(claim) = inspect(data, src) {
         if let Some((ip, _)) = claim.address {

@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use std::io::Cursor;
 use tapwire::ws::frame::{parse_header, HeaderError};
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: tapwire_fuzz::checks_are_on(), |data: &[u8]| {
     let mut cursor = Cursor::new(data);
     let theirs = tungstenite::protocol::frame::FrameHeader::parse(&mut cursor);
     match parse_header(data, false) {

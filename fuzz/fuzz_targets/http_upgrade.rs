@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use tapwire::ws::handshake::{parse_upgrade, Upgrade, MAX_HEAD_LEN};
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: tapwire_fuzz::checks_are_on(), |data: &[u8]| {
     match parse_upgrade(data) {
         Upgrade::Accept { response, head_len, .. } => {
             assert!(head_len <= data.len() && head_len <= MAX_HEAD_LEN);

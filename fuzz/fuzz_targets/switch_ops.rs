@@ -26,7 +26,7 @@ fn mac(i: u8) -> Mac {
     }
 }
 
-fuzz_target!(|ops: Vec<Op>| {
+fuzz_target!(init: tapwire_fuzz::checks_are_on(), |ops: Vec<Op>| {
     let authority = Mutex::new(Ownership::new(MAX_MACS));
     let mut replicas = [Switch::new(1000), Switch::new(1000)];
     let mut ports: Vec<PortId> = Vec::new();

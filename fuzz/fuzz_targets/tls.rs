@@ -66,7 +66,7 @@ fn back(server: &mut TlsSession, client: &mut ClientConnection) -> Option<Vec<u8
     Some(out)
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: tapwire_fuzz::checks_are_on(), |data: &[u8]| {
     let (server_config, client_config) = configs();
     let mut server = TlsSession::new(server_config.clone()).unwrap();
     let Some((&mode, ops)) = data.split_first() else {

@@ -67,7 +67,7 @@ fn decode(data: &[u8], cuts: &[u8]) -> Vec<Seen> {
     seen
 }
 
-fuzz_target!(|input: (Vec<u8>, Vec<u8>)| {
+fuzz_target!(init: tapwire_fuzz::checks_are_on(), |input: (Vec<u8>, Vec<u8>)| {
     let (data, cuts) = input;
     let whole = decode(&data, &[]);
     let split = decode(&data, &cuts);

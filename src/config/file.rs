@@ -101,6 +101,26 @@ impl super::RunArgs {
     /// Parses `argv` (the program name, then the options of `tapwire run`), with the options of
     /// a `--config` file where neither the command line nor the environment sets them.
     pub fn load(argv: &[std::ffi::OsString]) -> Result<super::RunArgs, LoadError> {
+        Self::load_reading(argv, |path| {
+            std::fs::read_to_string(path).map_err(|e| {
+                LoadError::File(format!("--config {}: cannot read it: {e}", path.display()))
+            })
+        })
+    }
+
+    /// [`RunArgs::load`] with `text` as the content of whatever file `--config` names (for
+    /// tests and the fuzzer: no file is read).
+    pub fn load_with_text(
+        argv: &[std::ffi::OsString],
+        text: &str,
+    ) -> Result<super::RunArgs, LoadError> {
+        Self::load_reading(argv, |_| Ok(text.to_string()))
+    }
+
+    fn load_reading(
+        argv: &[std::ffi::OsString],
+        read: impl FnOnce(&std::path::Path) -> Result<String, LoadError>,
+    ) -> Result<super::RunArgs, LoadError> {
         use clap::FromArgMatches;
         let cmd = <super::RunArgs as clap::Args>::augment_args(clap::Command::new("tapwire"));
         let matches = cmd.clone().try_get_matches_from(argv)?;
@@ -108,9 +128,7 @@ impl super::RunArgs {
         let Some(path) = &args.config else {
             return Ok(args);
         };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            LoadError::File(format!("--config {}: cannot read it: {e}", path.display()))
-        })?;
+        let text = read(path)?;
         let extra = arguments(&cmd, &matches, path, &text).map_err(LoadError::File)?;
         let mut all = argv.to_vec();
         all.extend(extra.into_iter().map(Into::into));

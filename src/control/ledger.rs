@@ -47,7 +47,8 @@ pub enum Change {
 }
 
 impl Change {
-    fn to_line(&self) -> String {
+    /// Its ledger line (without the newline); [`Change::parse`] reads it back.
+    pub fn to_line(&self) -> String {
         match self {
             Change::Owner { pid, start_time } => format!("owner {pid} {start_time}"),
             Change::Netns(n) => format!("netns {} {}", n.inode, n.cookie),
@@ -113,6 +114,21 @@ impl Change {
     }
 }
 
+/// The changes recorded in a ledger's bytes: every complete line that parses, in order. A
+/// record is one write made before its change, so a last line without its newline was cut
+/// short by a crash before the change was made: it is left out (a cut path would name another
+/// file). Lines that are not UTF-8 or do not parse (a damaged file) are skipped.
+pub fn parse_ledger(bytes: &[u8]) -> Vec<Change> {
+    let complete = match bytes.iter().rposition(|b| *b == b'\n') {
+        Some(end) => &bytes[..end],
+        None => return Vec::new(),
+    };
+    complete
+        .split(|b| *b == b'\n')
+        .filter_map(|line| Change::parse(std::str::from_utf8(line).ok()?))
+        .collect()
+}
+
 /// An open, locked ledger: the lock is held until the value is dropped.
 pub struct Ledger {
     path: PathBuf,
@@ -150,10 +166,10 @@ impl Ledger {
             match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => {}
                 Err(rustix::io::Errno::WOULDBLOCK) => {
-                    let mut text = String::new();
-                    let _ = file.read_to_string(&mut text);
-                    let pid = text.lines().find_map(|l| match Change::parse(l) {
-                        Some(Change::Owner { pid, .. }) => Some(pid),
+                    let mut bytes = Vec::new();
+                    let _ = file.read_to_end(&mut bytes);
+                    let pid = parse_ledger(&bytes).into_iter().find_map(|c| match c {
+                        Change::Owner { pid, .. } => Some(pid),
                         _ => None,
                     });
                     return Ok(Acquired::Busy(pid));
@@ -167,9 +183,9 @@ impl Ledger {
                 Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => {}
                 _ => continue,
             }
-            let mut text = String::new();
-            file.read_to_string(&mut text)?;
-            let stale = text.lines().filter_map(Change::parse).collect();
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)?;
+            let stale = parse_ledger(&bytes);
             return Ok(Acquired::Ours(Ledger { path, file }, stale));
         }
     }
@@ -187,7 +203,10 @@ impl Ledger {
 
     /// Appends `change` and syncs it to disk; call before making the change.
     pub fn record(&mut self, change: &Change) -> io::Result<()> {
-        writeln!(self.file, "{}", change.to_line())?;
+        // One write for the line and its newline (`writeln!` on a file may make two), so a
+        // crash leaves a whole line or none.
+        self.file
+            .write_all(format!("{}\n", change.to_line()).as_bytes())?;
         self.file.sync_data()
     }
 
@@ -268,6 +287,31 @@ mod tests {
             assert_eq!(Change::parse(&c.to_line()), Some(c));
         }
         assert_eq!(Change::parse("bogus 1"), None);
+    }
+
+    #[test]
+    fn a_cut_or_damaged_ledger_gives_its_whole_lines_only() {
+        let text = b"owner 42 7\nsysctl 0 /proc/sys/net/ipv4/ip_forward\n";
+        let whole = parse_ledger(text);
+        assert_eq!(whole.len(), 2);
+        // Cut anywhere: the complete lines before the cut, never a cut path.
+        for cut in 0..text.len() {
+            let got = parse_ledger(&text[..cut]);
+            let lines = text[..cut].iter().filter(|b| **b == b'\n').count();
+            assert_eq!(got, whole[..lines], "cut at {cut}");
+        }
+        // Garbage and non-UTF-8 lines are skipped, the others kept.
+        let damaged = b"owner 42 7\n\xff\xfe garbage\n\0\0\0\nnft-table tapwire_t\n";
+        assert_eq!(
+            parse_ledger(damaged),
+            vec![
+                Change::Owner {
+                    pid: 42,
+                    start_time: 7
+                },
+                Change::NftTable("tapwire_t".into())
+            ]
+        );
     }
 
     fn temp(name: &str) -> PathBuf {

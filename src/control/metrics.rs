@@ -73,32 +73,53 @@ async fn serve(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     stream.shutdown().await
 }
 
-/// The response to a request head.
-fn respond(head: &[u8], shared: &Shared) -> String {
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Metrics,
+    Healthz,
+    /// A GET for any other path.
+    NotFound,
+    /// Any other method.
+    MethodNotAllowed,
+}
+
+/// The route of a request head: its request line's method and path (the query ignored).
+pub fn route(head: &[u8]) -> Route {
     let line = head.split(|b| *b == b'\r').next().unwrap_or(&[]);
     let mut parts = line.split(|b| *b == b' ');
     let (method, target) = (parts.next().unwrap_or(&[]), parts.next().unwrap_or(&[]));
     let path = target.split(|b| *b == b'?').next().unwrap_or(&[]);
-    let (status, kind, body) = match (method, path) {
-        (b"GET", b"/metrics") => (
+    match (method, path) {
+        (b"GET", b"/metrics") => Route::Metrics,
+        (b"GET", b"/healthz") => Route::Healthz,
+        (b"GET", _) => Route::NotFound,
+        _ => Route::MethodNotAllowed,
+    }
+}
+
+/// The response to a request head.
+fn respond(head: &[u8], shared: &Shared) -> String {
+    let (status, kind, body) = match route(head) {
+        Route::Metrics => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
             crate::counters::summary(&shared.counters),
         ),
-        (b"GET", b"/healthz") if !shared.shutdown.load(Ordering::Relaxed) => {
+        Route::Healthz if !shared.shutdown.load(Ordering::Relaxed) => {
             ("200 OK", "text/plain", "ok\n".to_string())
         }
-        (b"GET", b"/healthz") => (
+        Route::Healthz => (
             "503 Service Unavailable",
             "text/plain",
             "shutting down\n".to_string(),
         ),
-        (b"GET", _) => (
+        Route::NotFound => (
             "404 Not Found",
             "text/plain",
             "try /metrics or /healthz\n".to_string(),
         ),
-        _ => (
+        Route::MethodNotAllowed => (
             "405 Method Not Allowed",
             "text/plain",
             "GET only\n".to_string(),
