@@ -8,7 +8,7 @@ seconds="${1:-20}"
 shift || true
 targets=("$@")
 # Default: every target in fuzz/Cargo.toml.
-[ "${#targets[@]}" -gt 0 ] || mapfile -t targets < <(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^tapwire-fuzz$')
+[ "${#targets[@]}" -gt 0 ] || mapfile -t targets < <(awk '/^\[\[bin\]\]/ {bin = 1; next} /^\[/ {bin = 0} bin && /^name = / {gsub(/"/, "", $3); print $3}' Cargo.toml)
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "installing cargo-fuzz"
   cargo install cargo-fuzz --locked --quiet
