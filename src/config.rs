@@ -116,7 +116,7 @@ pub struct RunArgs {
     pub forwards: Vec<ForwardArg>,
     /// Serve live counters on GET /metrics (Prometheus text) and GET /healthz at ADDR:PORT, or
     /// at 127.0.0.1:PORT when only a port is given.
-    #[arg(long, env = "TAPWIRE_METRICS", value_parser = crate::control::metrics::parse_addr, value_name = "ADDR:PORT")]
+    #[arg(long, env = "TAPWIRE_METRICS", value_parser = parse_metrics_addr, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
     /// Require clients to present a token signed with the secret in FILE (at least 16 bytes),
     /// as ?token=… in the URL; `tapwire token` makes them.
@@ -362,6 +362,15 @@ pub struct Config {
 pub struct Nat {
     /// The uplink interface; `None`: the default route's, found at start.
     pub uplink: Option<IfName>,
+}
+
+/// Parses `--metrics`: `ADDR:PORT`, or a bare `PORT` on 127.0.0.1.
+pub fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse()
+        .map_err(|_| format!("{text:?} is not ADDR:PORT or PORT (e.g. 127.0.0.1:9186)"))
 }
 
 /// Parses `500ms`, `30s`, `5m`, `12h` or a plain number of seconds.

@@ -185,3 +185,16 @@ fn tls_options_go_together_and_load_the_certificate() {
     assert_eq!(tls.certs.cert_path(), cert.as_path());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn metrics_addresses_default_to_loopback() {
+    assert_eq!(
+        parse_metrics_addr("9186").unwrap().to_string(),
+        "127.0.0.1:9186"
+    );
+    assert_eq!(
+        parse_metrics_addr("0.0.0.0:9100").unwrap().to_string(),
+        "0.0.0.0:9100"
+    );
+    assert!(parse_metrics_addr("localhost").is_err());
+}

@@ -24,15 +24,6 @@ pub const MAX_HEAD: usize = 4096;
 /// Scrapes served at once.
 pub const MAX_CONNECTIONS: usize = 64;
 
-/// Parses `--metrics`: `ADDR:PORT`, or a bare `PORT` on 127.0.0.1.
-pub fn parse_addr(text: &str) -> Result<std::net::SocketAddr, String> {
-    if let Ok(port) = text.parse::<u16>() {
-        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
-    }
-    text.parse()
-        .map_err(|_| format!("{text:?} is not ADDR:PORT or PORT (e.g. 127.0.0.1:9186)"))
-}
-
 /// Binds `addr` and serves until the task is aborted.
 pub fn start(addr: std::net::SocketAddr, shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
     let std_listener = std::net::TcpListener::bind(addr)?;
@@ -134,16 +125,6 @@ fn respond(head: &[u8], shared: &Shared) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn addresses_default_to_loopback() {
-        assert_eq!(parse_addr("9186").unwrap().to_string(), "127.0.0.1:9186");
-        assert_eq!(
-            parse_addr("0.0.0.0:9100").unwrap().to_string(),
-            "0.0.0.0:9100"
-        );
-        assert!(parse_addr("localhost").is_err());
-    }
 
     #[test]
     fn routes() {
