@@ -20,7 +20,9 @@ cargo fuzz build -O -a
 for target in "${targets[@]}"; do
   mkdir -p "corpus/$target"
   echo "fuzzing $target for ${seconds}s"
-  if ! cargo fuzz run -O -a "$target" "corpus/$target" "seeds/$target" -- -max_total_time="$seconds" -print_final_stats=1 >"corpus/$target.log" 2>&1; then
+  seeds=()
+  [ -d "seeds/$target" ] && seeds=("seeds/$target")
+  if ! cargo fuzz run -O -a "$target" "corpus/$target" "${seeds[@]}" -- -max_total_time="$seconds" -print_final_stats=1 >"corpus/$target.log" 2>&1; then
     tail -n 40 "corpus/$target.log" >&2
     echo "fuzz target $target failed; the input is under fuzz/artifacts/$target/" >&2
     exit 1
