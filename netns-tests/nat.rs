@@ -134,22 +134,7 @@ fn sigkill_then_cleanup_or_restart_removes_the_nat_table() {
     );
 
     // Killed again, then the same instance restarts: it undoes the dead run and starts clean.
-    let runtime_dir = relay.runtime_dir.display().to_string();
-    let restart = |name: &str| {
-        let args = [
-            "--tap",
-            &tap,
-            "--nat",
-            "--no-dhcp",
-            "--listen",
-            "127.0.0.1:8087",
-            "--runtime-dir",
-            &runtime_dir,
-        ];
-        relay
-            .another(name, &args)
-            .unwrap_or_else(|e| panic!("{name}: {e}"))
-    };
+    let restart = |name: &str| same_instance(&relay, &tap, name);
     let mut again = restart("again");
     again.proc.signal(libc::SIGKILL);
     again
@@ -168,6 +153,25 @@ fn sigkill_then_cleanup_or_restart_removes_the_nat_table() {
         "0",
         "the original value, not the dead run's 1"
     );
+}
+
+/// Another `--nat --no-dhcp` run of `relay`'s instance (its namespace, TAP `tap` and runtime
+/// directory) on port 8087, logging as `name`.
+fn same_instance(relay: &Relay, tap: &str, name: &str) -> RelayProcess {
+    let runtime_dir = relay.runtime_dir.display().to_string();
+    let args = [
+        "--tap",
+        tap,
+        "--nat",
+        "--no-dhcp",
+        "--listen",
+        "127.0.0.1:8087",
+        "--runtime-dir",
+        &runtime_dir,
+    ];
+    relay
+        .another(name, &args)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 /// `--nat` turns IPv4 forwarding on and gives back what it found: a host that already
@@ -189,20 +193,7 @@ fn ip_forward_that_was_on_stays_on_after_sigterm_and_after_sigkill_and_cleanup()
     assert!(status.success(), "{}", relay.proc().log_text());
     assert_eq!(ip_forward(&relay.ns), "1", "SIGTERM turned forwarding off");
 
-    let runtime_dir = relay.runtime_dir.display().to_string();
-    let args = [
-        "--tap",
-        &tap,
-        "--nat",
-        "--no-dhcp",
-        "--listen",
-        "127.0.0.1:8087",
-        "--runtime-dir",
-        &runtime_dir,
-    ];
-    let mut killed = relay
-        .another("killed", &args)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut killed = same_instance(&relay, &tap, "killed");
     killed.proc.signal(libc::SIGKILL);
     killed
         .proc

@@ -59,11 +59,6 @@ impl Counters {
         self.0.get(series).copied().unwrap_or(0)
     }
 
-    /// Whether nothing was read.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Drops counted for `reason`, over all cores; panics when the reason is unknown.
     #[track_caller]
     pub fn drops(&self, reason: &str) -> u64 {

@@ -4,6 +4,7 @@
 //! stopped the way a user stops it (SIGTERM: clients closed, host state undone) and only
 //! killed if it hangs.
 
+use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -85,8 +86,9 @@ pub struct RelayProcess {
     /// Where its live counters are read: its namespace's path and its `--metrics` address
     /// (None: it has no metrics listener, so counters come from SIGUSR1 summaries).
     metrics: Option<(String, SocketAddr)>,
-    /// Summaries in its log when it was told to stop: its exit summary is the one after them.
-    summaries_at_stop: Option<usize>,
+    /// Summaries in its log already accounted for (read after a SIGUSR1, or there when it was
+    /// told to stop): its exit summary is one after them.
+    summaries_seen: Cell<usize>,
 }
 
 /// How long a relay has to answer for its counters (a scrape, or a SIGUSR1 summary).
@@ -111,14 +113,10 @@ fn whole_summaries(log: &str) -> usize {
     log.lines().filter(|l| l.starts_with(&prefix)).count()
 }
 
-/// The `--metrics` address in a relay's arguments (`PORT` means 127.0.0.1:PORT).
+/// The `--metrics` address in a relay's arguments, read as the relay reads it.
 fn metrics_addr(args: &[String]) -> Option<SocketAddr> {
     let at = args.iter().position(|a| a == "--metrics")?;
-    let text = args.get(at + 1)?;
-    match text.parse::<u16>() {
-        Ok(port) => Some(SocketAddr::from(([127, 0, 0, 1], port))),
-        Err(_) => text.parse().ok(),
-    }
+    tapwire::config::parse_metrics_addr(args.get(at + 1)?).ok()
 }
 
 /// `GET /metrics` at `addr` from inside the namespace at `ns_path`: the body.
@@ -160,7 +158,7 @@ impl RelayProcess {
         let relay = RelayProcess {
             proc: Proc::spawn(cmd, log)?,
             metrics: metrics_addr(args).map(|a| (ns.path(), a)),
-            summaries_at_stop: None,
+            summaries_seen: Cell::new(0),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -205,8 +203,7 @@ impl RelayProcess {
     pub fn try_counters(&self) -> Result<Counters, String> {
         let log = self.proc.log_text();
         if self.proc.child.is_none() {
-            let before = self.summaries_at_stop.unwrap_or(0);
-            if summaries(&log) <= before {
+            if summaries(&log) <= self.summaries_seen.get() {
                 return Err("it exited without printing its exit summary".into());
             }
             return Ok(Counters::parse(&log));
@@ -230,6 +227,7 @@ impl RelayProcess {
             // total is in.
             let fresh = summaries(&text);
             if fresh > before && whole_summaries(&text) >= fresh {
+                self.summaries_seen.set(fresh);
                 return Ok(Counters::parse(&text));
             }
             if Instant::now() >= deadline {
@@ -245,7 +243,7 @@ impl RelayProcess {
     /// Stops it with SIGTERM (killing it if it ignores that for 10 s); its exit status.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         self.proc.child.as_ref()?;
-        self.summaries_at_stop = Some(summaries(&self.proc.log_text()));
+        self.expect_exit();
         self.proc.signal(libc::SIGTERM);
         let status = self.proc.wait_exit(Duration::from_secs(10));
         if status.is_none() {
@@ -257,7 +255,7 @@ impl RelayProcess {
     /// Notes that it is about to be stopped by a signal the caller sends itself (its exit
     /// summary is then the one after this point).
     pub fn expect_exit(&mut self) {
-        self.summaries_at_stop = Some(summaries(&self.proc.log_text()));
+        self.summaries_seen.set(summaries(&self.proc.log_text()));
     }
 }
 

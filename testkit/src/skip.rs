@@ -73,18 +73,3 @@ pub fn unless_root(test: &str) -> bool {
     skip(test, "needs root");
     true
 }
-
-/// Skips `test` unless `program` answers `--version`; whether it was skipped.
-#[track_caller]
-pub fn unless_program(test: &str, program: &str) -> bool {
-    let found = std::process::Command::new(program)
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        skip(test, &format!("{program} is not installed"));
-    }
-    !found
-}
