@@ -2,7 +2,10 @@
 //! decisions, drops and table contents must match after every event.
 
 use proptest::prelude::*;
-use tapwire::switch::{ingress, Forward, Mac, Ownership, PortId, Source, Switch, SwitchDrop};
+use tapwire::switch::{
+    ingress, Forward, Mac, Ownership, OwnershipAccess, PortId, SharedOwnership, Source, Switch,
+    SwitchDrop,
+};
 
 const AGEING_MS: u64 = 1_000;
 const MAX_MACS: usize = 2;
@@ -162,7 +165,7 @@ proptest! {
 #[test]
 fn learning_on_one_core_is_seen_as_conflict_on_another() {
     // Two replicas sharing one authority, as two cores do.
-    let own = std::sync::Mutex::new(Ownership::new(4));
+    let own = SharedOwnership::new(Ownership::new(4));
     let mut core0 = Switch::new(AGEING_MS);
     let mut core1 = Switch::new(AGEING_MS);
     let a = PortId::new(0, 1, 0);
@@ -182,6 +185,91 @@ fn learning_on_one_core_is_seen_as_conflict_on_another() {
             .forward,
         Forward::Port(a)
     );
+}
+
+#[test]
+fn a_frame_to_an_address_another_core_just_learned_reaches_its_owner() {
+    // A guest appears on core 0 and another guest on core 1 answers it at once, before core 1
+    // has heard of it: the frame goes to the owner, not up the TAP (where the kernel would
+    // drop it), and the same from the host's side.
+    let own = SharedOwnership::new(Ownership::new(4));
+    let mut core0 = Switch::new(AGEING_MS);
+    let mut core1 = Switch::new(AGEING_MS);
+    let (a, b) = (PortId::new(0, 1, 0), PortId::new(1, 1, 0));
+    let (ma, mb) = (mac(5), mac(6));
+    ingress(
+        &mut core0,
+        &mut &own,
+        Source::Port(a),
+        Mac::BROADCAST,
+        ma,
+        0,
+    )
+    .unwrap();
+    assert_eq!(core1.lookup(ma), None, "the news has not reached core 1");
+    let d = ingress(&mut core1, &mut &own, Source::Port(b), ma, mb, 0).unwrap();
+    assert_eq!(d.forward, Forward::Port(a));
+    let d = ingress(&mut core1, &mut &own, Source::Uplink, ma, mac(9), 0).unwrap();
+    assert_eq!(d.forward, Forward::Port(a));
+    // And the answer back, before core 0 has heard of the other guest.
+    assert_eq!(
+        ingress(&mut core0, &mut &own, Source::Port(a), mb, ma, 0).map(|d| d.forward),
+        Ok(Forward::Port(b))
+    );
+}
+
+/// Counts how often the authority is locked.
+struct Counting {
+    own: Ownership,
+    locks: usize,
+}
+
+impl OwnershipAccess for Counting {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Ownership) -> R) -> R {
+        self.locks += 1;
+        f(&mut self.own)
+    }
+
+    fn claims(&self) -> u64 {
+        self.own.claims()
+    }
+}
+
+#[test]
+fn an_unowned_destination_takes_the_lock_again_only_after_a_new_claim() {
+    let mut auth = Counting {
+        own: Ownership::new(4),
+        locks: 0,
+    };
+    let mut sw = Switch::new(AGEING_MS);
+    let (a, b) = (PortId::new(0, 1, 0), PortId::new(1, 1, 0));
+    let (guest, outside) = (mac(5), mac(7));
+    let send = |sw: &mut Switch, auth: &mut Counting| {
+        ingress(sw, auth, Source::Port(a), outside, guest, 0).map(|d| d.forward)
+    };
+    // The first frame learns its source and asks about the destination.
+    assert_eq!(send(&mut sw, &mut auth), Ok(Forward::Uplink));
+    assert_eq!(auth.locks, 2);
+    for _ in 0..100 {
+        assert_eq!(send(&mut sw, &mut auth), Ok(Forward::Uplink));
+    }
+    assert_eq!(auth.locks, 2, "asked again while nothing was claimed");
+    // Host frames to an address nobody owns: asked once, then remembered.
+    for _ in 0..100 {
+        assert_eq!(
+            ingress(&mut sw, &mut auth, Source::Uplink, mac(8), outside, 0),
+            Err(SwitchDrop::UnknownUnicast)
+        );
+    }
+    assert_eq!(auth.locks, 3);
+    // Another core's client claims an unrelated address: asked once more, still unowned.
+    auth.own.claim(mac(6), b).unwrap();
+    assert_eq!(send(&mut sw, &mut auth), Ok(Forward::Uplink));
+    assert_eq!(send(&mut sw, &mut auth), Ok(Forward::Uplink));
+    assert_eq!(auth.locks, 4);
+    // It claims the destination itself: the next frame goes to it.
+    auth.own.claim(outside, b).unwrap();
+    assert_eq!(send(&mut sw, &mut auth), Ok(Forward::Port(b)));
 }
 
 #[test]

@@ -203,18 +203,6 @@ async fn run_async(
             return Err(e);
         }
     };
-    log::info!(
-        "relaying ws://{}/{} ⇄ TAP {} on {} core(s) (multishot accept/recv/TAP read: {}/{}/{})",
-        cfg.listen,
-        cfg.tls
-            .as_ref()
-            .map_or(String::new(), |t| format!(" and wss://{}/", t.listen)),
-        cfg.tap,
-        cfg.cores,
-        features.multishot_accept,
-        features.multishot_recv,
-        features.multishot_tap_read
-    );
     let mut tasks = proxy::start(&cfg.forwards);
     if let Some(addr) = cfg.metrics {
         match metrics::start(addr, shared.clone()) {
@@ -227,6 +215,19 @@ async fn run_async(
             ),
         }
     }
+    // Last: whoever waits for this line finds the metrics and forwards already listening.
+    log::info!(
+        "relaying ws://{}/{} ⇄ TAP {} on {} core(s) (multishot accept/recv/TAP read: {}/{}/{})",
+        cfg.listen,
+        cfg.tls
+            .as_ref()
+            .map_or(String::new(), |t| format!(" and wss://{}/", t.listen)),
+        cfg.tap,
+        cfg.cores,
+        features.multishot_accept,
+        features.multishot_recv,
+        features.multishot_tap_read
+    );
     supervise(
         &cfg,
         &shutdown,
@@ -417,15 +418,11 @@ async fn start(
         None
     };
     let shared = Shared::new(cfg.cores, cfg.clients.max_macs_per_client, steering)?;
-    {
-        let mut own = shared
-            .authority
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    shared.authority.with(|own| {
         for r in &cfg.reservations {
             own.reserve(r.mac, r.ip.octets());
         }
-    }
+    });
     let fds = |l: Vec<TcpListener>| l.into_iter().map(OwnedFd::from).collect::<Vec<_>>();
     let engine = Engine::start(
         EngineConfig {

@@ -26,14 +26,14 @@ mod worker;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_queue::ArrayQueue;
 
 use crate::config::ClientPolicy;
 use crate::counters::CoreCounters;
-use crate::switch::Ownership;
+use crate::switch::{Ownership, SharedOwnership};
 
 pub use ops::Features;
 
@@ -106,7 +106,7 @@ pub struct Shared {
     /// One eventfd per core, to wake it when messages arrive or at shutdown.
     pub wake_fds: Vec<OwnedFd>,
     /// Who owns which MAC (taken only when a core meets an unknown source address).
-    pub authority: Mutex<Ownership>,
+    pub authority: SharedOwnership,
     /// Set once to stop: every core drains its clients and returns.
     pub shutdown: AtomicBool,
     /// Clients connected across cores (for --max-clients).
@@ -142,7 +142,7 @@ impl Shared {
                 .map(|_| ArrayQueue::new(CROSS_CORE_QUEUE))
                 .collect(),
             wake_fds,
-            authority: Mutex::new(Ownership::new(max_macs_per_client)),
+            authority: SharedOwnership::new(Ownership::new(max_macs_per_client)),
             shutdown: AtomicBool::new(false),
             clients: AtomicUsize::new(0),
             steering,

@@ -8,7 +8,7 @@ mod ownership;
 mod table;
 
 pub use mac::Mac;
-pub use ownership::{Ownership, Refusal};
+pub use ownership::{Ownership, Refusal, SharedOwnership};
 pub use table::{
     ingress, ingress_claiming, Decision, Forward, OwnershipAccess, Source, Switch, SwitchDrop,
 };

@@ -6,6 +6,8 @@
 //! replica does not know, so the lock around it (in the engine) is off the per-frame path.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use super::{Binding, Mac, PortId};
 
@@ -30,6 +32,9 @@ pub struct Ownership {
     bindings: HashMap<Mac, Binding>,
     /// `--reserve` bindings: never end, whatever DHCP says.
     reserved: HashMap<Mac, [u8; 4]>,
+    /// Claims granted so far (a count that only grows): an address with no owner at one
+    /// count still has none while the count is unchanged.
+    claims: u64,
 }
 
 impl Ownership {
@@ -41,6 +46,7 @@ impl Ownership {
             max_macs_per_port,
             bindings: HashMap::new(),
             reserved: HashMap::new(),
+            claims: 0,
         }
     }
 
@@ -60,6 +66,7 @@ impl Ownership {
         }
         macs.push(mac);
         self.owner.insert(mac, port);
+        self.claims += 1;
         Ok(())
     }
 
@@ -126,6 +133,11 @@ impl Ownership {
         self.owner.get(&mac).copied()
     }
 
+    /// Claims granted so far; only grows.
+    pub fn claims(&self) -> u64 {
+        self.claims
+    }
+
     /// Number of owned addresses.
     pub fn len(&self) -> usize {
         self.owner.len()
@@ -134,5 +146,43 @@ impl Ownership {
     /// Whether no address is owned.
     pub fn is_empty(&self) -> bool {
         self.owner.is_empty()
+    }
+}
+
+/// The authority as the cores share it: the map under a lock, and its claim count readable
+/// without the lock (so a core can tell, with one atomic load, that no address gained an owner
+/// since it last looked).
+#[derive(Debug)]
+pub struct SharedOwnership {
+    map: Mutex<Ownership>,
+    claims: AtomicU64,
+}
+
+impl SharedOwnership {
+    /// Shares `ownership`.
+    pub fn new(ownership: Ownership) -> Self {
+        let claims = AtomicU64::new(ownership.claims());
+        SharedOwnership {
+            map: Mutex::new(ownership),
+            claims,
+        }
+    }
+
+    /// Runs `f` with the map locked, then publishes its claim count.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Ownership) -> R) -> R {
+        // A poisoned lock means another core panicked mid-claim; the map itself is still
+        // consistent (every mutation is a single insert/remove), so keep using it.
+        let mut guard = self
+            .map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let r = f(&mut guard);
+        self.claims.store(guard.claims(), Ordering::Release);
+        r
+    }
+
+    /// The claim count as last published (see [`Ownership::claims`]).
+    pub fn claims(&self) -> u64 {
+        self.claims.load(Ordering::Acquire)
     }
 }

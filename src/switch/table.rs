@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use super::ownership::{Ownership, Refusal};
+use super::ownership::{Ownership, Refusal, SharedOwnership};
 use super::{Binding, Mac, PortId};
 
 /// Where a frame came from.
@@ -77,27 +77,42 @@ pub struct Switch {
     /// Clients talk only to the uplink: their broadcasts go only there, frames to another
     /// client are dropped.
     isolate: bool,
+    /// Unicast destinations this replica does not know that the authority had no owner for
+    /// either, with the authority's claim count then: while the count is unchanged the
+    /// destination still has no owner, so the authority's lock is not taken again for it.
+    unowned: HashMap<Mac, u64>,
 }
 
-/// Something that lends the ownership authority briefly (a mutex in the engine, a plain
-/// value in tests).
+/// At most this many unowned destinations are remembered; past it the memory starts afresh.
+const UNOWNED_MEMORY: usize = 256;
+
+/// Something that lends the ownership authority briefly (a lock in the engine, a plain value
+/// in tests).
 pub trait OwnershipAccess {
     /// Runs `f` with exclusive access to the authority.
     fn with<R>(&mut self, f: impl FnOnce(&mut Ownership) -> R) -> R;
+
+    /// The authority's claim count ([`Ownership::claims`]), read without exclusive access.
+    fn claims(&self) -> u64;
 }
 
 impl OwnershipAccess for Ownership {
     fn with<R>(&mut self, f: impl FnOnce(&mut Ownership) -> R) -> R {
         f(self)
     }
+
+    fn claims(&self) -> u64 {
+        Ownership::claims(self)
+    }
 }
 
-impl OwnershipAccess for &std::sync::Mutex<Ownership> {
+impl OwnershipAccess for &SharedOwnership {
     fn with<R>(&mut self, f: impl FnOnce(&mut Ownership) -> R) -> R {
-        // A poisoned lock means another core panicked mid-claim; the map itself is still
-        // consistent (every mutation is a single insert/remove), so keep using it.
-        let mut guard = self.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&mut guard)
+        SharedOwnership::with(self, f)
+    }
+
+    fn claims(&self) -> u64 {
+        SharedOwnership::claims(self)
     }
 }
 
@@ -123,6 +138,7 @@ impl Switch {
             ageing_ms,
             uplink,
             isolate: false,
+            unowned: HashMap::new(),
         }
     }
 
@@ -292,19 +308,44 @@ pub fn ingress_claiming(
             Forward::Flood
         }
     } else {
-        match (sw.lookup(dst), source) {
+        let owner = match sw.lookup(dst) {
+            Some(owner) => Some(owner),
+            // The host's own addresses: no client can own them (they are never learned).
+            None if matches!(source, Source::Port(_)) && sw.uplink.contains(&dst) => None,
+            None => unseen_owner(sw, authority, dst),
+        };
+        match (owner, source) {
             (Some(owner), Source::Port(port)) if owner == port => return Err(SwitchDrop::Hairpin),
             (Some(_), Source::Port(_)) if isolated => return Err(SwitchDrop::Isolated),
             (Some(owner), _) => Forward::Port(owner),
             (None, Source::Port(_)) => Forward::Uplink,
-            // Unknown to this replica: the authority may know an owner whose learning has not
-            // reached this core yet. Otherwise no guest here has the address: drop, never flood
-            // (a client's freshest address never ages out, see `expire`).
-            (None, Source::Uplink) => match authority.with(|own| own.owner(dst)) {
-                Some(owner) => Forward::Port(owner),
-                None => return Err(SwitchDrop::UnknownUnicast),
-            },
+            // No guest here has the address: drop, never flood (a client's freshest address
+            // never ages out, see `expire`).
+            (None, Source::Uplink) => return Err(SwitchDrop::UnknownUnicast),
         }
     };
     Ok(Decision { forward, learned })
+}
+
+/// The owner of `dst`, an address this replica does not know, as the authority has it: a
+/// client of another core may have claimed it, its learning not yet arrived here (a guest
+/// that has just appeared). A destination the authority had no owner for is remembered with
+/// the claim count of then, and the lock is not taken for it again until some claim is granted.
+fn unseen_owner(sw: &mut Switch, authority: &mut impl OwnershipAccess, dst: Mac) -> Option<PortId> {
+    if sw.unowned.get(&dst) == Some(&authority.claims()) {
+        return None;
+    }
+    let (owner, claims) = authority.with(|own| (own.owner(dst), own.claims()));
+    match owner {
+        Some(_) => {
+            sw.unowned.remove(&dst);
+        }
+        None => {
+            if sw.unowned.len() >= UNOWNED_MEMORY {
+                sw.unowned.clear();
+            }
+            sw.unowned.insert(dst, claims);
+        }
+    }
+    owner
 }

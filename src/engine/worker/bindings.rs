@@ -62,19 +62,14 @@ impl Worker {
     /// `mac` meanwhile reads the authority under its lock, so none misses the change.
     fn rebind(&mut self, mac: Mac, binding: Option<Binding>) {
         let now = self.now_ms;
-        let binding = {
-            let mut own = self
-                .shared
-                .authority
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let binding = self.shared.authority.with(|own| {
             match binding {
                 Some(b) => own.bind(mac, b, now),
                 None => own.unbind(mac),
             }
             // A reservation outlives what DHCP says.
             own.binding(mac, now)
-        };
+        });
         self.switch.set_binding(mac, binding);
         self.mailbox.broadcast(Control::Bind(mac, binding));
     }

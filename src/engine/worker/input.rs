@@ -355,13 +355,10 @@ impl Worker {
         if !c.conn.may_challenge(now) {
             return;
         }
-        let owner = self.switch.lookup(mac).or_else(|| {
-            self.shared
-                .authority
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .owner(mac)
-        });
+        let owner = self
+            .switch
+            .lookup(mac)
+            .or_else(|| self.shared.authority.with(|own| own.owner(mac)));
         let Some(owner) = owner.filter(|o| *o != challenger) else {
             return;
         };

@@ -90,12 +90,7 @@ impl Worker {
         let _ = rustix::net::shutdown(c.socket.fd(), rustix::net::Shutdown::Both);
         let fd = types::Fd(c.socket.raw_fd());
         self.clients.set_closed(port);
-        let macs = self
-            .shared
-            .authority
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .release_port(port);
+        let macs = self.shared.authority.with(|own| own.release_port(port));
         for mac in macs {
             self.switch.forget(mac, port);
             self.mailbox.broadcast(Control::Forget(mac, port));
