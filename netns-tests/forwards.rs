@@ -14,7 +14,8 @@ const GUEST_MAC: &str = "02:aa:bb:cc:dd:01";
 /// A Python TCP greeter on `tcp` and UDP echo on `udp`, inside `ns`.
 fn guest_services(ns: &Netns, dir: &std::path::Path, tcp: u16, udp: u16) -> Proc {
     let script = format!(
-        "import socket, threading
+        "import signal, socket, threading
+signal.alarm(120)
 t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 t.bind(('0.0.0.0', {tcp})); t.listen(16)
@@ -29,7 +30,9 @@ while True:
     );
     let path = dir.join("guest_services.py");
     std::fs::write(&path, script).expect("script");
-    let cmd = ns.cmd(&["timeout", "120", "python3", &path.display().to_string()]);
+    // Limited by its own alarm, not a `timeout` wrapper: killing the wrapper on drop would leave
+    // python running.
+    let cmd = ns.cmd(&["python3", &path.display().to_string()]);
     Proc::spawn(cmd, dir.join("guest_services.log")).expect("guest services")
 }
 

@@ -16,6 +16,8 @@ mod churn;
 mod cores;
 #[path = "exhaustion.rs"]
 mod exhaustion;
+#[path = "faults.rs"]
+mod faults;
 #[path = "forwards.rs"]
 mod forwards;
 #[path = "host_protection.rs"]

@@ -245,6 +245,37 @@ core_series! {
     clients_open: Gauge, Gauge, "tapwire_clients_open", "Clients connected right now.";
 }
 
+/// Counters of the control thread: the host state it watches, and what it put back.
+#[derive(Debug, Default)]
+pub struct HostCounters {
+    pub dnsmasq_restarts: Counter,
+    pub firewall_restores: Counter,
+    pub tap_set_up_again: Counter,
+}
+
+impl HostCounters {
+    /// Name, help and value of each, in the summary's order.
+    fn series(&self) -> [(&'static str, &'static str, u64); 3] {
+        [
+            (
+                "tapwire_dnsmasq_restarts_total",
+                "Times the instance's dnsmasq exited and was started again.",
+                self.dnsmasq_restarts.get(),
+            ),
+            (
+                "tapwire_firewall_restores_total",
+                "Times the instance's nftables table was found deleted or changed by someone else and made again.",
+                self.firewall_restores.get(),
+            ),
+            (
+                "tapwire_tap_set_up_again_total",
+                "Times the TAP was found set down by someone else and set up again.",
+                self.tap_set_up_again.get(),
+            ),
+        ]
+    }
+}
+
 /// Name and help of the drop family.
 const DROPS: (&str, &str) = (
     "tapwire_drops_total",
@@ -266,7 +297,7 @@ impl CoreCounters {
 
 /// The summary printed at exit and on SIGUSR1, in Prometheus text format: per series its
 /// `# HELP` and `# TYPE`, the sum over cores, then each core's non-zero value.
-pub fn summary(cores: &[std::sync::Arc<CoreCounters>]) -> String {
+pub fn summary(cores: &[std::sync::Arc<CoreCounters>], host: &HostCounters) -> String {
     let mut out = String::new();
     let values: Vec<[u64; SERIES.len()]> = cores.iter().map(|c| c.values()).collect();
     for (i, (name, help, kind)) in SERIES.iter().enumerate() {
@@ -278,6 +309,12 @@ pub fn summary(cores: &[std::sync::Arc<CoreCounters>]) -> String {
                 let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", v[i]);
             }
         }
+    }
+    for (name, help, value) in host.series() {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
     }
     let (name, help) = DROPS;
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -309,7 +346,7 @@ mod tests {
         a.dropped(DropReason::RuntFrame);
         b.dropped(DropReason::RuntFrame);
         b.tap_tx_frames.add(5);
-        let s = summary(&[a, b]);
+        let s = summary(&[a, b], &HostCounters::default());
         assert!(s.contains("tapwire_drops_total{reason=\"runt_frame\"} 2\n"));
         assert!(s.contains("tapwire_tap_tx_frames_total 5\n"));
         assert!(s.contains("tapwire_tap_tx_frames_total{core=\"1\"} 5\n"));
@@ -321,12 +358,16 @@ mod tests {
         c.clients_open.inc();
         c.clients_open.inc();
         c.clients_open.dec();
-        let s = summary(&[c]);
+        let host = HostCounters::default();
+        host.firewall_restores.inc();
+        let s = summary(&[c], &host);
         for (name, _, _) in SERIES {
             assert!(s.contains(&format!("# HELP {name} ")), "{name}");
             assert!(s.contains(&format!("# TYPE {name} ")), "{name}");
         }
         assert!(s.contains("# TYPE tapwire_clients_open gauge\n"));
+        assert!(s.contains("\ntapwire_firewall_restores_total 1\n"));
+        assert!(s.contains("\ntapwire_dnsmasq_restarts_total 0\n"));
         assert!(s.contains("# TYPE tapwire_drops_total counter\n"));
         assert!(s.contains("tapwire_clients_open 1\n"));
         // Each family's samples follow its own header (Prometheus requires them grouped).

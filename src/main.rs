@@ -173,7 +173,13 @@ fn run(args: RunArgs) -> ExitCode {
     ) {
         Ok(report) => {
             eprint!("{}", report.summary);
-            ExitCode::SUCCESS
+            match report.lost {
+                Some(why) => {
+                    eprintln!("tapwire: {why}");
+                    ExitCode::FAILURE
+                }
+                None => ExitCode::SUCCESS,
+            }
         }
         Err(e) => {
             eprintln!("tapwire: {e}");

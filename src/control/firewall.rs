@@ -158,10 +158,10 @@ pub(super) fn start(
     cfg: &Config,
     host: &mut super::Host,
     subnet: &crate::config::Subnet,
-) -> Result<(), super::RunError> {
+) -> Result<Option<Installed>, super::RunError> {
     let routes = cfg.nat.is_some() || !cfg.forwards.is_empty();
     if !routes && cfg.host_access == crate::config::HostAccess::Open {
-        return Ok(());
+        return Ok(None);
     }
     let uplink = match cfg.nat.as_ref().map(|n| &n.uplink) {
         None => None,
@@ -195,7 +195,7 @@ pub(super) fn start(
     }
     let table = table_name(&cfg.tap);
     host.record(super::ledger::Change::NftTable(table.clone()))?;
-    apply(&ruleset(&Rules {
+    let script = ruleset(&Rules {
         table: &table,
         tap: &cfg.tap,
         subnet,
@@ -203,8 +203,18 @@ pub(super) fn start(
         isolate: cfg.isolate,
         host: &cfg.host_access,
         forwards: &cfg.forwards,
-    }))
-    .map_err(super::RunError::Setup)?;
+    });
+    apply(&script).map_err(super::RunError::Setup)?;
+    let listing = list_table(&table).map_err(|e| {
+        super::RunError::Setup(format!(
+            "the nftables table inet {table} was made but cannot be read back: {e}"
+        ))
+    })?;
+    let installed = Installed {
+        table: table.clone(),
+        script,
+        listing,
+    };
     match &cfg.host_access {
         crate::config::HostAccess::Open => {
             log::info!("host protection off (--allow-host-port all): guests reach every service of the host")
@@ -230,7 +240,7 @@ pub(super) fn start(
         );
     }
     if !routes {
-        return Ok(());
+        return Ok(Some(installed));
     }
     match blocking_forward_chains(&table) {
         Ok(chains) => {
@@ -245,7 +255,59 @@ pub(super) fn start(
     if let Some(uplink) = uplink {
         log::info!("NAT: guests are masqueraded out of {uplink} (nftables table inet {table})");
     }
-    Ok(())
+    Ok(Some(installed))
+}
+
+/// The table as this instance made it, to put back when someone else deletes or changes it
+/// (an `nft flush ruleset` by a firewall script, a `delete table`): host protection would be
+/// gone without a word.
+#[derive(Debug)]
+pub struct Installed {
+    pub table: String,
+    /// The script that makes it (it replaces whatever is there).
+    script: String,
+    /// `nft list table inet TABLE` right after it was made.
+    listing: String,
+}
+
+/// What [`Installed::check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// The table is as it was made.
+    Intact,
+    /// The table was deleted, and is made again.
+    Deleted,
+    /// The table was changed (flushed, or rules or chains added or removed), and is made again.
+    Changed,
+}
+
+impl Installed {
+    /// Compares the table with what was made, and makes it again if it differs.
+    pub fn check(&mut self) -> Result<Found, String> {
+        let found = match list_table(&self.table) {
+            Ok(now) if now == self.listing => return Ok(Found::Intact),
+            Ok(_) => Found::Changed,
+            Err(_) => Found::Deleted,
+        };
+        apply(&self.script)?;
+        self.listing = list_table(&self.table)?;
+        Ok(found)
+    }
+}
+
+/// `nft list table inet TABLE`: the table as nft prints it (an error when it does not exist).
+fn list_table(table: &str) -> Result<String, String> {
+    let nft = find().ok_or(MISSING)?;
+    let out = Command::new(&nft)
+        .args(["list", "table", "inet", table])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", nft.display()))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
 }
 
 /// Runs `nft -f -` with `script`; the error carries nft's own message.

@@ -95,7 +95,7 @@ fn respond(head: &[u8], shared: &Shared) -> String {
         Route::Metrics => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            crate::counters::summary(&shared.counters),
+            crate::counters::summary(&shared.counters, &shared.host_counters),
         ),
         Route::Healthz if !shared.shutdown.load(Ordering::Relaxed) => {
             ("200 OK", "text/plain", "ok\n".to_string())

@@ -13,6 +13,7 @@ pub mod logging;
 pub mod metrics;
 pub mod netlink;
 mod proxy;
+mod watch;
 
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
@@ -94,6 +95,9 @@ pub struct RunReport {
     pub summary: String,
     /// The io_uring features the cores used.
     pub features: Features,
+    /// Why the relay stopped by itself, when something it cannot serve without was taken
+    /// away (its TAP deleted); None when it was asked to stop.
+    pub lost: Option<String>,
 }
 
 /// Host changes made so far, mirrored from the ledger, so a failed start or a shutdown undoes
@@ -107,8 +111,9 @@ impl Host {
     pub(crate) fn record(&mut self, change: Change) -> Result<(), RunError> {
         self.ledger.record(&change).map_err(|e| {
             RunError::Setup(format!(
-                "cannot write the ledger {}: {e}",
-                self.ledger.path().display()
+                "cannot write the ledger {}: {e} — {}",
+                self.ledger.path().display(),
+                runtime_dir_advice(&e)
             ))
         })?;
         self.changes.push(change);
@@ -196,7 +201,13 @@ async fn run_async(
         }
     };
     let started = start(&cfg, &mut host, dnsmasq.as_ref(), listeners).await;
-    let (engine, shared, features, mut child) = match started {
+    let Started {
+        engine,
+        shared,
+        features,
+        dnsmasq: mut child,
+        mut watched,
+    } = match started {
         Ok(parts) => parts,
         Err(e) => {
             host.undo().await;
@@ -228,13 +239,13 @@ async fn run_async(
         features.multishot_recv,
         features.multishot_tap_read
     );
-    supervise(
+    let lost = supervise(
         &cfg,
         &shutdown,
         &shared,
-        dnsmasq.as_ref(),
-        &mut child,
+        (dnsmasq.as_ref(), &mut child),
         &mut host,
+        &mut watched,
     )
     .await;
     for p in tasks {
@@ -247,9 +258,13 @@ async fn run_async(
         dnsmasq::stop(c, Duration::from_secs(2)).await;
     }
     host.undo().await;
-    let summary = counters::summary(&shared.counters);
+    let summary = counters::summary(&shared.counters, &shared.host_counters);
     match joined {
-        Ok(Ok(())) => Ok(RunReport { summary, features }),
+        Ok(Ok(())) => Ok(RunReport {
+            summary,
+            features,
+            lost,
+        }),
         Ok(Err(e)) => Err(RunError::Io(e)),
         Err(e) => Err(RunError::Setup(format!("engine join failed: {e}"))),
     }
@@ -302,8 +317,9 @@ async fn take_ledger(
         }
         Err(e) => {
             return Err(RunError::Setup(format!(
-                "cannot open the ledger {}: {e} — run as root or choose a writable --runtime-dir",
-                Ledger::path_in(dir).display()
+                "cannot open the ledger {}: {e} — {}",
+                Ledger::path_in(dir).display(),
+                runtime_dir_advice(&e)
             )))
         }
     };
@@ -325,14 +341,46 @@ async fn take_ledger(
     }
     ledger.begin(netns).map_err(|e| {
         RunError::Setup(format!(
-            "cannot write the ledger {}: {e}",
-            ledger.path().display()
+            "cannot write the ledger {}: {e} — {}",
+            ledger.path().display(),
+            runtime_dir_advice(&e)
         ))
     })?;
     Ok(ledger)
 }
 
-type Started = (Engine, Arc<Shared>, Features, Option<tokio::process::Child>);
+/// What to do when the runtime directory cannot be written.
+fn runtime_dir_advice(e: &std::io::Error) -> &'static str {
+    match rustix::io::Errno::from_io_error(e) {
+        Some(rustix::io::Errno::NOSPC) | Some(rustix::io::Errno::DQUOT) => {
+            "the file system of --runtime-dir is full: free some space there, or choose another --runtime-dir"
+        }
+        Some(rustix::io::Errno::ROFS) => {
+            "--runtime-dir is on a read-only file system: choose a writable one (tapwire keeps its ledger of host changes there)"
+        }
+        _ => "run as root, or choose a writable --runtime-dir",
+    }
+}
+
+/// A started relay: its cores, what they share, their features, its dnsmasq, and what the
+/// supervisor watches for changes by others.
+struct Started {
+    engine: Engine,
+    shared: Arc<Shared>,
+    features: Features,
+    dnsmasq: Option<tokio::process::Child>,
+    watched: Watched,
+}
+
+/// Host state made by this instance that others may take away while it runs.
+struct Watched {
+    handle: rtnetlink::Handle,
+    /// The TAP's interface index (a TAP deleted and made again by someone else under the same
+    /// name has another index, and none of the cores' queues).
+    tap_index: u32,
+    /// The nftables table, where the instance has one.
+    table: Option<firewall::Installed>,
+}
 
 async fn start(
     cfg: &Config,
@@ -347,6 +395,7 @@ async fn start(
         .await
         .ok_or_else(|| RunError::Setup(format!("TAP {} vanished right after creation", cfg.tap)))?;
     let mut child = None;
+    let mut table = None;
     // Addresses behind the uplink, never to be learned on a client port: the TAP's own, and
     // with a bridge the bridge's and its ports' (the TAP is enslaved below, so it is one).
     let mut uplink_macs = vec![crate::tap::mac_of(&taps[0]).map_err(|e| {
@@ -368,7 +417,7 @@ async fn start(
             .await?;
             host.record(Change::LinkUp(cfg.tap.to_string()))?;
             netlink::set_up(&handle, index, &cfg.tap, Some(cfg.mtu)).await?;
-            firewall::start(cfg, host, subnet)?;
+            table = firewall::start(cfg, host, subnet)?;
             if let Some(launch) = dnsmasq {
                 host.record(Change::File(launch.lease_file.clone()))?;
                 let c = launch.spawn().map_err(|e| {
@@ -444,19 +493,31 @@ async fn start(
             )));
         }
     };
-    Ok((engine, shared, features, child))
+    Ok(Started {
+        engine,
+        shared,
+        features,
+        dnsmasq: child,
+        watched: Watched {
+            handle,
+            tap_index: index,
+            table,
+        },
+    })
 }
 
 /// Waits for the stop request; meanwhile prints counters on SIGUSR1, reloads the certificate
-/// on SIGHUP and restarts dnsmasq if it dies.
+/// on SIGHUP, restarts dnsmasq if it dies, puts back the nftables table and sets the TAP up
+/// again when someone else takes them away. Returns why the relay must stop by itself (its
+/// TAP deleted), or None when it was asked to stop.
 async fn supervise(
     cfg: &Config,
     shutdown: &Shutdown,
     shared: &Shared,
-    dnsmasq: Option<&dnsmasq::Launch>,
-    child: &mut Option<tokio::process::Child>,
+    (dnsmasq, child): (Option<&dnsmasq::Launch>, &mut Option<tokio::process::Child>),
     host: &mut Host,
-) {
+    watched: &mut Watched,
+) -> Option<String> {
     let mut term = shutdown
         .signals
         .then(|| signal(SignalKind::terminate()).ok())
@@ -473,6 +534,19 @@ async fn supervise(
         .signals
         .then(|| signal(SignalKind::hangup()).ok())
         .flatten();
+    let mut nft_bell = watched.table.as_ref().and_then(|t| {
+        watch::Doorbell::nftables()
+            .map_err(|e| log::warn!("cannot watch nftables for changes ({e}): if someone deletes or flushes the table inet {}, host protection is gone until tapwire restarts", t.table))
+            .ok()
+    });
+    let mut link_bell = watch::Doorbell::links()
+        .map_err(|e| log::warn!("cannot watch links for changes ({e}): if someone deletes or sets down TAP {}, tapwire will not notice", cfg.tap))
+        .ok();
+    // Anything changed before the doorbells were open.
+    check_table(shared, watched);
+    if let Some(lost) = check_tap(cfg, shared, watched).await {
+        return Some(lost);
+    }
     let mut restarts = 0u32;
     loop {
         let child_exit = async {
@@ -482,20 +556,30 @@ async fn supervise(
             }
         };
         tokio::select! {
-            _ = shutdown.wait() => return,
-            _ = recv_opt(&mut term) => return,
-            _ = recv_opt(&mut int) => return,
-            _ = recv_opt(&mut usr1) => eprint!("{}", counters::summary(&shared.counters)),
+            _ = shutdown.wait() => return None,
+            _ = recv_opt(&mut term) => return None,
+            _ = recv_opt(&mut int) => return None,
+            _ = recv_opt(&mut usr1) => eprint!("{}", counters::summary(&shared.counters, &shared.host_counters)),
             _ = recv_opt(&mut hup) => reload_certificate(cfg),
+            _ = ring_opt(&mut nft_bell) => {
+                settle(&mut nft_bell).await;
+                check_table(shared, watched);
+            }
+            _ = ring_opt(&mut link_bell) => {
+                settle(&mut link_bell).await;
+                if let Some(lost) = check_tap(cfg, shared, watched).await {
+                    return Some(lost);
+                }
+            }
             status = child_exit => {
                 let delay = dnsmasq::backoff(restarts);
                 restarts += 1;
                 log::warn!("dnsmasq exited ({}); restarting in {delay:?}", status.map_or("unknown status".into(), |s| s.to_string()));
                 *child = None;
                 tokio::select! {
-                    _ = shutdown.wait() => return,
-                    _ = recv_opt(&mut term) => return,
-                    _ = recv_opt(&mut int) => return,
+                    _ = shutdown.wait() => return None,
+                    _ = recv_opt(&mut term) => return None,
+                    _ = recv_opt(&mut int) => return None,
                     _ = tokio::time::sleep(delay) => {}
                 }
                 if let Some(launch) = dnsmasq {
@@ -504,6 +588,8 @@ async fn supervise(
                             if let Err(e) = host.record(Change::Dnsmasq { pid: c.id().unwrap_or(0), ifname: cfg.tap.to_string(), lease_file: launch.lease_file.clone() }) {
                                 log::warn!("{e}");
                             }
+                            shared.host_counters.dnsmasq_restarts.inc();
+                            log::info!("dnsmasq started again (pid {})", c.id().unwrap_or(0));
                             *child = Some(c);
                         }
                         Err(e) => log::error!("cannot restart dnsmasq: {e}"),
@@ -511,6 +597,76 @@ async fn supervise(
                 }
             }
         }
+    }
+}
+
+/// Puts the nftables table back if someone else deleted or changed it. Runs `nft` (a few
+/// milliseconds) on the control thread, which serves nothing time-critical.
+fn check_table(shared: &Shared, watched: &mut Watched) {
+    let Some(table) = watched.table.as_mut() else {
+        return;
+    };
+    match table.check() {
+        Ok(firewall::Found::Intact) => {}
+        Ok(found) => {
+            shared.host_counters.firewall_restores.inc();
+            log::warn!(
+                "the nftables table inet {} was {} by someone else: made again (host protection, NAT and forwards are tapwire's own rules; to change them, change tapwire's options)",
+                table.table,
+                if found == firewall::Found::Deleted { "deleted" } else { "changed" }
+            );
+        }
+        Err(e) => log::error!(
+            "the nftables table inet {} was deleted or changed by someone else and cannot be made again ({e}): guests may reach the host's services; restart tapwire",
+            table.table
+        ),
+    }
+}
+
+/// Sets the TAP up again if someone else set it down; the reason to stop if it was deleted.
+async fn check_tap(cfg: &Config, shared: &Shared, watched: &Watched) -> Option<String> {
+    match netlink::link_up(&watched.handle, watched.tap_index).await {
+        Ok(Some(true)) => None,
+        Ok(Some(false)) => {
+            match netlink::set_up(&watched.handle, watched.tap_index, &cfg.tap, None).await {
+                Ok(()) => {
+                    shared.host_counters.tap_set_up_again.inc();
+                    log::warn!(
+                        "TAP {} was set down by someone else: set up again (to take the guests off the network, stop tapwire)",
+                        cfg.tap
+                    );
+                }
+                Err(e) => log::error!(
+                    "TAP {} was set down by someone else and cannot be set up again ({e}): guests have no network until it is up",
+                    cfg.tap
+                ),
+            }
+            None
+        }
+        Ok(None) => Some(format!(
+            "TAP {} was deleted by someone else, and with it the guests' network: stopped, and undid the rest of this instance's host state; start tapwire again (systemd's Restart=on-failure does)",
+            cfg.tap
+        )),
+        Err(e) => {
+            log::warn!("cannot read the state of TAP {}: {e}", cfg.tap);
+            None
+        }
+    }
+}
+
+async fn ring_opt(bell: &mut Option<watch::Doorbell>) {
+    match bell {
+        Some(b) => b.rung().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// After a ring: lets a burst of changes (`nft -f` makes several) finish, then takes the
+/// rest of its messages, so that one burst is looked at once.
+async fn settle(bell: &mut Option<watch::Doorbell>) {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    if let Some(b) = bell {
+        b.drain();
     }
 }
 

@@ -37,6 +37,18 @@ pub async fn link_index(handle: &Handle, name: &str) -> Option<u32> {
         .map(|l| l.header.index)
 }
 
+/// Whether link `index` is up; None when no link has that index any more (deleted).
+pub async fn link_up(handle: &Handle, index: u32) -> Result<Option<bool>, NetlinkError> {
+    use rtnetlink::packet_route::link::LinkFlags;
+    let mut links = handle.link().get().match_index(index).execute();
+    match links.try_next().await {
+        Ok(Some(link)) => Ok(Some(link.header.flags.contains(LinkFlags::Up))),
+        Ok(None) => Ok(None),
+        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(ctx(format!("read the state of link {index}"))(e)),
+    }
+}
+
 /// MAC addresses of bridge `bridge` and of every interface enslaved to it.
 pub async fn bridge_macs(
     handle: &Handle,

@@ -32,7 +32,7 @@ use std::thread::JoinHandle;
 use crossbeam_queue::ArrayQueue;
 
 use crate::config::ClientPolicy;
-use crate::counters::CoreCounters;
+use crate::counters::{CoreCounters, HostCounters};
 use crate::switch::{Ownership, SharedOwnership};
 
 pub use ops::Features;
@@ -112,6 +112,8 @@ pub struct Shared {
     /// Clients connected across cores (for --max-clients).
     pub clients: AtomicUsize,
     pub counters: Vec<Arc<CoreCounters>>,
+    /// The control thread's counters.
+    pub host_counters: HostCounters,
     /// One log line per kind per interval, over all cores.
     pub log_gate: loggate::LogGate,
     /// TAP queue steering by destination MAC (multi-core relays, where the kernel allows it).
@@ -149,6 +151,7 @@ impl Shared {
             counters: (0..cores)
                 .map(|_| Arc::new(CoreCounters::default()))
                 .collect(),
+            host_counters: HostCounters::default(),
             log_gate: loggate::LogGate::default(),
             epoch: std::time::Instant::now(),
         }))

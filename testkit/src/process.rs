@@ -74,10 +74,54 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // Its descendants first, found while it is still their parent: a wrapper such as
+            // `timeout` killed alone leaves its child running, reparented to init.
+            for pid in descendants(c.id()) {
+                // SAFETY: signalling a process our own child started, by pid.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
     }
+}
+
+/// Every process descended from `pid` (children, their children, ...), from /proc.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            // The parent is the second field after the command, which is in parentheses and
+            // may itself hold spaces or parentheses.
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parent_of.push((p, ppid));
+            }
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parent_of
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
 }
 
 /// A `tapwire run` in a namespace.
@@ -262,5 +306,44 @@ impl RelayProcess {
 impl Drop for RelayProcess {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropping_a_wrapper_also_stops_what_it_started() {
+        let dir = std::env::temp_dir().join(format!("tapwire-proc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut cmd = Command::new("timeout");
+        cmd.args(["30", "sleep", "30"]);
+        let p = Proc::spawn(cmd, dir.join("log")).expect("spawn");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let sleeper = loop {
+            if let Some(s) = descendants(p.pid()).first() {
+                break *s;
+            }
+            assert!(Instant::now() < deadline, "timeout never started sleep");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        drop(p);
+        // Reaped by init once killed; gone or a zombie within the bound.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let state = std::fs::read_to_string(format!("/proc/{sleeper}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().to_string()));
+            if state.as_deref().is_none_or(|s| s.starts_with('Z')) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sleep {sleeper} outlived its wrapper"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
