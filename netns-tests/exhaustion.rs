@@ -74,24 +74,7 @@ fn bursts_of_small_frames_reach_a_reading_client_whole() {
     receiver.send_frame(&eth(BROADCAST, rx, b"learn me"));
     let mut sender = relay.client(None);
     let tx = mac(0x62);
-    // The receiver's address is known before the burst: one probe goes through first (the
-    // two may be on different cores, and the receiver's first frame may still be queued).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    'probe: loop {
-        assert!(Instant::now() < deadline, "no probe reached the receiver");
-        sender.send_frame(&eth(rx, tx, b"probe"));
-        while let Some(f) = receiver.recv_frame(Duration::from_millis(200)) {
-            if f[6..12] == tx {
-                break 'probe;
-            }
-        }
-    }
-    // Any later copy of the probe, before the burst's frames are counted.
-    for _ in 0..20 {
-        if receiver.recv_frame(Duration::from_millis(200)).is_none() {
-            break;
-        }
-    }
+    until_delivered(&mut sender, &mut receiver, rx, tx);
     let burst: Vec<u8> = (0..400u16)
         .flat_map(|i| tapwire_testkit::ws::client_frame(2, &eth(rx, tx, &i.to_be_bytes())))
         .collect();

@@ -244,3 +244,208 @@ fn a_runtime_directory_read_only_or_full_stops_the_start_with_what_to_do() {
         assert!(tables.trim().is_empty(), "{mount}: it left {tables}");
     }
 }
+
+/// Open descriptors and threads of `pid`.
+fn fds_and_threads(pid: u32) -> (usize, usize) {
+    let count = |d: String| std::fs::read_dir(d).map_or(0, |r| r.count());
+    (
+        count(format!("/proc/{pid}/fd")),
+        count(format!("/proc/{pid}/task")),
+    )
+}
+
+#[test]
+fn a_relay_stopped_for_5_s_under_load_goes_on_with_every_client() {
+    if skip_unless_root("a_relay_stopped_for_5_s_under_load_goes_on_with_every_client") {
+        return;
+    }
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::Arc;
+    let relay = Relay::start(&[]);
+    let mut guest = relay.guest(0);
+    guest.dhcp(&relay.dir.0);
+    let (rx, tx) = (mac(0x71), mac(0x72));
+    let mut receiver = relay.client(None);
+    receiver.send_frame(&eth(BROADCAST, rx, b"learn me"));
+    let mut sender = relay.client(None);
+    until_delivered(&mut sender, &mut receiver, rx, tx);
+    let pid = relay.relay.pid();
+    let before = fds_and_threads(pid);
+
+    // The sender writes numbered frames with blocking writes (a write timeout could cut a
+    // frame in two) until told to stop; the receiver counts them and checks their order.
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU32::new(0));
+    let sending = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0u32;
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(40)
+                && sent < 5_000_000
+            {
+                sender.send_frame(&eth(rx, tx, &sent.to_be_bytes()));
+                sent += 1;
+            }
+            (sender, sent)
+        })
+    };
+    let receiving = {
+        let (stop, received) = (stop.clone(), received.clone());
+        std::thread::spawn(move || {
+            let mut last = None;
+            loop {
+                match receiver.recv_frame(Duration::from_secs(2)) {
+                    Some(f) if f[6..12] == tx && f.len() == 18 => {
+                        let n = u32::from_be_bytes([f[14], f[15], f[16], f[17]]);
+                        assert!(last < Some(n), "frame {n} after {last:?}");
+                        last = Some(n);
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(_) => {}
+                    None if stop.load(Ordering::Relaxed) => return receiver,
+                    None => {}
+                }
+            }
+        })
+    };
+    let flowing = |d| {
+        let at = received.load(Ordering::Relaxed);
+        eventually(d, || received.load(Ordering::Relaxed) > at + 1_000)
+    };
+    assert!(flowing(Duration::from_secs(10)), "no load before the stop");
+    relay.proc().signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(5));
+    relay.proc().signal(libc::SIGCONT);
+    assert!(flowing(Duration::from_secs(10)), "the load did not resume");
+    stop.store(true, Ordering::Relaxed);
+    let (mut sender, sent) = sending.join().expect("sender");
+    let mut receiver = receiving.join().expect("receiver");
+    eprintln!(
+        "{sent} frames sent, {} received across a 5 s SIGSTOP",
+        received.load(Ordering::Relaxed)
+    );
+    // Every client is still there and served: both ways between the two, and the guest.
+    until_delivered(&mut sender, &mut receiver, rx, tx);
+    until_delivered(&mut receiver, &mut sender, tx, rx);
+    assert_eq!(guest.ping(GATEWAY, 3), 3);
+    let c = relay.counters();
+    assert_eq!(c.get("tapwire_connections_closed_total"), 0, "{c:?}");
+    assert_eq!(
+        c.get("tapwire_clients_open"),
+        3,
+        "the two and the guest: {c:?}"
+    );
+    assert_eq!(fds_and_threads(pid), before, "descriptors and threads");
+}
+
+#[test]
+fn ten_thousand_connections_in_one_burst_are_all_served_and_freed() {
+    if skip_unless_root("ten_thousand_connections_in_one_burst_are_all_served_and_freed") {
+        return;
+    }
+    const BURST: usize = 10_000;
+    // Room for the burst in this process (the relay raises its own limit to the hard one).
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    assert!(
+        limit.rlim_max >= BURST as u64 + 1_000,
+        "this test needs {} open files; the hard limit is {} (raise it: ulimit -Hn)",
+        BURST + 1_000,
+        limit.rlim_max
+    );
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+    let relay = Relay::start(&[]);
+    let port = relay.port;
+    let opened = relay.ns.enter(move || {
+        // Four threads connect at once, then each sends its upgrades.
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let streams: Vec<std::net::TcpStream> = (0..BURST / 4)
+                        .map(|_| {
+                            std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect")
+                        })
+                        .collect();
+                    streams
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("connector"))
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(opened.len(), BURST);
+    // None waits in the kernel's accept queue: the relay took every one.
+    assert!(
+        eventually(Duration::from_secs(20), || relay
+            .counters()
+            .get("tapwire_connections_accepted_total")
+            == BURST as u64),
+        "accepted {} of {BURST}",
+        relay.counters().get("tapwire_connections_accepted_total")
+    );
+    let queued = exec_ok(&relay.ns, &["ss", "-Hltn", "sport", "=", ":8086"]);
+    for line in queued.lines() {
+        let recv_q = line.split_whitespace().nth(1).unwrap_or("?");
+        assert_eq!(recv_q, "0", "accept queue not empty: {queued}");
+    }
+    // Every one upgrades and is a client; then all leave and every slot is freed.
+    let clients = upgrade_all(opened);
+    assert_eq!(relay.counters().get("tapwire_clients_open"), BURST as u64);
+    drop(clients);
+    assert!(
+        eventually(Duration::from_secs(20), || relay
+            .counters()
+            .get("tapwire_clients_open")
+            == 0),
+        "clients left open: {}",
+        relay.counters().get("tapwire_clients_open")
+    );
+    let c = relay.counters();
+    assert_eq!(
+        c.get("tapwire_connections_closed_total"),
+        BURST as u64,
+        "{c:?}"
+    );
+    // And the relay still serves a newcomer.
+    let mut guest = relay.guest(0);
+    guest.dhcp(&relay.dir.0);
+    assert_eq!(guest.ping(GATEWAY, 3), 3);
+}
+
+/// Sends a WebSocket upgrade on every stream and reads each 101.
+fn upgrade_all(streams: Vec<std::net::TcpStream>) -> Vec<std::net::TcpStream> {
+    use std::io::{Read, Write};
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let mut streams = streams;
+    for s in &mut streams {
+        s.write_all(request).expect("upgrade request");
+    }
+    for (i, s) in streams.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match s.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                other => panic!("connection {i}: no answer to its upgrade ({other:?})"),
+            }
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "connection {i}: {}",
+            String::from_utf8_lossy(&head)
+        );
+    }
+    streams
+}

@@ -401,6 +401,27 @@ pub fn dnsmasq_pids(log: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Sends probes from `sender` (source `from`) to `to` until one reaches `receiver` (10 s at
+/// most), then takes any later copy: afterwards every core knows where `to` is (the two may
+/// be on different cores, and `to`'s first frame may still have been queued).
+pub fn until_delivered(sender: &mut WsClient, receiver: &mut WsClient, to: [u8; 6], from: [u8; 6]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    'probe: loop {
+        assert!(Instant::now() < deadline, "no probe reached the receiver");
+        sender.send_frame(&eth(to, from, b"probe"));
+        while let Some(f) = receiver.recv_frame(Duration::from_millis(200)) {
+            if f[6..12] == from {
+                break 'probe;
+            }
+        }
+    }
+    for _ in 0..20 {
+        if receiver.recv_frame(Duration::from_millis(200)).is_none() {
+            break;
+        }
+    }
+}
+
 /// The status line the relay answers `request` with (sent on a raw connection), read up to
 /// the end of the response head (a `101` keeps the connection open).
 pub fn http_status(relay: &Relay, request: &[u8]) -> String {

@@ -195,6 +195,25 @@ pub fn backoff(n: u32) -> Duration {
     Duration::from_secs(1u64 << n.min(5)).min(Duration::from_secs(30))
 }
 
+/// A dnsmasq that ran this long was healthy: its exit starts the back-off afresh.
+pub const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// Exits of dnsmasq in a row, each within [`HEALTHY_RUN`] of its start.
+#[derive(Debug, Default)]
+pub struct Restarts(u32);
+
+impl Restarts {
+    /// The wait before starting again a dnsmasq that exited after running for `ran`.
+    pub fn after_exit(&mut self, ran: Duration) -> Duration {
+        if ran >= HEALTHY_RUN {
+            self.0 = 0;
+        }
+        let delay = backoff(self.0);
+        self.0 = self.0.saturating_add(1);
+        delay
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +245,15 @@ mod tests {
         assert!(args.contains(&"--dhcp-lease-max=65525".to_string()));
         assert_eq!(backoff(0), Duration::from_secs(1));
         assert_eq!(backoff(10), Duration::from_secs(30));
+        let mut r = Restarts::default();
+        let quick = Duration::from_secs(1);
+        let waits: Vec<u64> = (0..7).map(|_| r.after_exit(quick).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(
+            r.after_exit(HEALTHY_RUN).as_secs(),
+            1,
+            "a healthy run resets"
+        );
+        assert_eq!(r.after_exit(quick).as_secs(), 2);
     }
 }

@@ -547,7 +547,8 @@ async fn supervise(
     if let Some(lost) = check_tap(cfg, shared, watched).await {
         return Some(lost);
     }
-    let mut restarts = 0u32;
+    let mut restarts = dnsmasq::Restarts::default();
+    let mut started = tokio::time::Instant::now();
     loop {
         let child_exit = async {
             match child.as_mut() {
@@ -572,8 +573,7 @@ async fn supervise(
                 }
             }
             status = child_exit => {
-                let delay = dnsmasq::backoff(restarts);
-                restarts += 1;
+                let delay = restarts.after_exit(started.elapsed());
                 log::warn!("dnsmasq exited ({}); restarting in {delay:?}", status.map_or("unknown status".into(), |s| s.to_string()));
                 *child = None;
                 tokio::select! {
@@ -589,6 +589,7 @@ async fn supervise(
                                 log::warn!("{e}");
                             }
                             shared.host_counters.dnsmasq_restarts.inc();
+                            started = tokio::time::Instant::now();
                             log::info!("dnsmasq started again (pid {})", c.id().unwrap_or(0));
                             *child = Some(c);
                         }
