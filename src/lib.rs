@@ -3,7 +3,7 @@
 //!
 //! Layout: [`ws`] and [`switch`] are pure (no I/O, no `unsafe`); [`engine`] is the per-core
 //! io_uring data plane; [`tap`] makes the TAP; [`control`] does host state, the ledger,
-//! dnsmasq and signals. [`run`] is the entry point: it takes its listeners (bind port 0 in
+//! dnsmasq and signals; [`processes`] is what both read about other processes in /proc. [`run`] is the entry point: it takes its listeners (bind port 0 in
 //! tests) and a [`Shutdown`] handle.
 
 pub mod config;
@@ -11,6 +11,7 @@ pub mod control;
 pub mod counters;
 pub mod engine;
 pub mod ifname;
+pub mod processes;
 pub mod steering;
 pub mod switch;
 pub mod tap;

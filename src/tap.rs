@@ -3,14 +3,13 @@
 //! persistent, the kernel deletes the interface when the last queue closes, even after a
 //! SIGKILL. Also makes single-queue TAPs inside a namespace for test guests.
 
-use std::ffi::CString;
-use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::OwnedFd;
 
-/// `TUNSETIFF` = `_IOW('T', 202, int)`.
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+use rustix::io::Errno;
+
+/// `TUNSETIFF` = `_IOW('T', 202, int)` (it takes a `struct ifreq`, read and written back).
+const TUNSETIFF: rustix::ioctl::Opcode = rustix::ioctl::opcode::write::<libc::c_int>(b'T', 202);
 
 /// Errors making the TAP; each message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -66,39 +65,42 @@ impl IfReq {
 }
 
 fn open_tun() -> Result<OwnedFd, TapError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open("/dev/net/tun")
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::PermissionDenied => TapError::TunPermission(e),
-            _ => TapError::NoTunDevice(e),
-        })?;
-    Ok(OwnedFd::from(file))
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open(
+        "/dev/net/tun",
+        OFlags::RDWR | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::ACCESS | Errno::PERM => TapError::TunPermission(e.into()),
+        _ => TapError::NoTunDevice(e.into()),
+    })
 }
 
 fn set_iff(fd: &OwnedFd, name: &str, flags: libc::c_int, queue: usize) -> Result<(), TapError> {
     let mut req = IfReq::new(name, flags)?;
     // SAFETY: `fd` is an open /dev/net/tun descriptor and `req` is a properly sized, initialised
     // ifreq that outlives the call; TUNSETIFF reads the name and flags and writes the name back.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) };
-    if rc < 0 {
-        let err = io::Error::last_os_error();
-        let hint = match err.raw_os_error() {
-            Some(libc::EPERM) => " — run as root or grant CAP_NET_ADMIN",
-            Some(libc::EBUSY) => " — an interface of that name exists and is not a multi-queue TAP we can attach to; pick another --tap name or delete it",
-            Some(libc::EINVAL) => " — an interface of that name exists with other flags; pick another --tap name",
+    let set = unsafe {
+        rustix::ioctl::ioctl(
+            fd,
+            rustix::ioctl::Updater::<TUNSETIFF, IfReq>::new(&mut req),
+        )
+    };
+    set.map_err(|e| {
+        let hint = match e {
+            Errno::PERM => " — run as root or grant CAP_NET_ADMIN",
+            Errno::BUSY => " — an interface of that name exists and is not a multi-queue TAP we can attach to; pick another --tap name or delete it",
+            Errno::INVAL => " — an interface of that name exists with other flags; pick another --tap name",
             _ => "",
         };
-        return Err(TapError::SetIff {
+        TapError::SetIff {
             name: name.to_string(),
             queue,
-            err,
+            err: e.into(),
             hint,
-        });
-    }
-    Ok(())
+        }
+    })
 }
 
 /// Creates the multi-queue TAP `name` with `queues` queues, non-blocking. The first queue
@@ -112,7 +114,7 @@ pub fn open_multiqueue(name: &str, queues: usize) -> Result<Vec<OwnedFd>, TapErr
             let excl = if queue == 0 { libc::IFF_TUN_EXCL } else { 0 };
             match set_iff(&fd, name, flags | excl, queue) {
                 Err(TapError::SetIff { err, .. })
-                    if queue == 0 && err.raw_os_error() == Some(libc::EBUSY) =>
+                    if queue == 0 && err.raw_os_error() == Some(Errno::BUSY.raw_os_error()) =>
                 {
                     Err(TapError::Exists {
                         name: name.to_string(),
@@ -128,26 +130,12 @@ pub fn open_multiqueue(name: &str, queues: usize) -> Result<Vec<OwnedFd>, TapErr
 /// Processes of this network namespace that hold a queue of TAP `name`, with their command
 /// names (from `iff:` in the fdinfo of their /dev/net/tun descriptors).
 pub fn holders(name: &str) -> Vec<(u32, String)> {
-    use crate::control::instance::{netns_inode_of, pids};
-    let here = netns_inode_of(std::process::id());
-    let iff = format!("iff:\t{name}\n");
-    let mut found = Vec::new();
-    for pid in pids().filter(|p| netns_inode_of(*p) == here) {
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"));
-        let holds = fds.into_iter().flatten().flatten().any(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|t| t == std::path::Path::new("/dev/net/tun"))
-                && std::fs::read_to_string(format!(
-                    "/proc/{pid}/fdinfo/{}",
-                    fd.file_name().to_string_lossy()
-                ))
-                .is_ok_and(|info| info.contains(&iff))
-        });
-        if holds {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            found.push((pid, comm.trim().to_string()));
-        }
-    }
-    found
+    use crate::processes;
+    let here = processes::netns_inode(std::process::id());
+    processes::pids()
+        .filter(|p| processes::netns_inode(*p) == here && processes::holds_tap(*p, name))
+        .map(|p| (p, processes::comm(p).unwrap_or_default()))
+        .collect()
 }
 
 fn holders_text(holders: &[(u32, String)]) -> String {
@@ -167,8 +155,8 @@ pub fn open_single(name: &str, nonblocking: bool) -> Result<OwnedFd, TapError> {
     let fd = open_tun()?;
     set_iff(&fd, name, libc::IFF_TAP | libc::IFF_NO_PI, 0)?;
     if !nonblocking {
-        // SAFETY: plain fcntl on a descriptor we own; F_SETFL with O_RDWR clears O_NONBLOCK.
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_RDWR) };
+        rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::empty())
+            .map_err(|e| TapError::NoTunDevice(e.into()))?;
     }
     Ok(fd)
 }
@@ -185,28 +173,18 @@ pub fn mac_of(fd: &OwnedFd) -> io::Result<crate::switch::Mac> {
     let mut req: IfReqHw = unsafe { std::mem::zeroed() };
     // SAFETY: `fd` is an attached tun descriptor; SIOCGIFHWADDR writes a sockaddr into the
     // properly sized ifreq we own.
-    let rc = unsafe {
-        libc::ioctl(
-            fd.as_raw_fd(),
-            libc::SIOCGIFHWADDR,
-            &mut req as *mut IfReqHw,
+    unsafe {
+        rustix::ioctl::ioctl(
+            fd,
+            rustix::ioctl::Updater::<{ libc::SIOCGIFHWADDR as rustix::ioctl::Opcode }, IfReqHw>::new(
+                &mut req,
+            ),
         )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    }?;
     let d = req.addr.sa_data;
     Ok(crate::switch::Mac([
         d[0] as u8, d[1] as u8, d[2] as u8, d[3] as u8, d[4] as u8, d[5] as u8,
     ]))
-}
-
-/// Interface index of `name`, or `None` if there is no such interface.
-pub fn ifindex(name: &str) -> Option<u32> {
-    let c = CString::new(name).ok()?;
-    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (index != 0).then_some(index)
 }
 
 #[cfg(test)]

@@ -184,6 +184,9 @@ fn check_nat() -> Vec<Finding> {
     out
 }
 
+const EPERM: i32 = rustix::io::Errno::PERM.raw_os_error();
+const ENOSYS: i32 = rustix::io::Errno::NOSYS.raw_os_error();
+
 /// What to do when `io_uring_setup` fails with `errno`, given this process's seccomp mode (the
 /// `Seccomp:` field of /proc/self/status; 2 means a filter is installed). Container runtimes'
 /// default seccomp profiles refuse io_uring: Docker's with EPERM, podman's with ENOSYS, which
@@ -191,10 +194,10 @@ fn check_nat() -> Vec<Finding> {
 fn io_uring_setup_hint(errno: Option<i32>, seccomp: Option<&str>) -> String {
     const FILTER: &str = "run the container with a seccomp profile that also allows io_uring_setup, io_uring_enter and io_uring_register (--security-opt seccomp=PROFILE), or with --security-opt seccomp=unconfined";
     match (errno, seccomp) {
-        (Some(libc::EPERM), Some("2")) => format!(" — a seccomp filter blocks io_uring (Docker's default profile answers EPERM): {FILTER}"),
-        (Some(libc::ENOSYS), Some("2")) => format!(" — a seccomp filter blocks io_uring (podman's default profile answers ENOSYS, as if the kernel had none): {FILTER}"),
-        (Some(libc::EPERM), _) => " — io_uring is restricted: check kernel.io_uring_disabled and any LSM policy".into(),
-        (Some(libc::ENOSYS), _) => " — this kernel is built without io_uring (CONFIG_IO_URING)".into(),
+        (Some(EPERM), Some("2")) => format!(" — a seccomp filter blocks io_uring (Docker's default profile answers EPERM): {FILTER}"),
+        (Some(ENOSYS), Some("2")) => format!(" — a seccomp filter blocks io_uring (podman's default profile answers ENOSYS, as if the kernel had none): {FILTER}"),
+        (Some(EPERM), _) => " — io_uring is restricted: check kernel.io_uring_disabled and any LSM policy".into(),
+        (Some(ENOSYS), _) => " — this kernel is built without io_uring (CONFIG_IO_URING)".into(),
         _ => String::new(),
     }
 }
@@ -315,23 +318,21 @@ fn check_ops(ring: &IoUring, out: &mut Vec<Finding>) {
     // A page from mmap, aligned as the kernel requires (the engine maps its rings the same way).
     // SAFETY: anonymous private mapping; checked below and unmapped before returning.
     let page = unsafe {
-        libc::mmap(
+        rustix::mm::mmap_anonymous(
             std::ptr::null_mut(),
             4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::PRIVATE,
         )
     };
-    if page == libc::MAP_FAILED {
+    let Ok(page) = page else {
         out.push(finding(
             false,
             true,
             "cannot map a page to probe provided-buffer rings",
         ));
         return;
-    }
+    };
     // SAFETY: registering a 1-entry ring over the page mapped above, which stays mapped until
     // after the ring is unregistered; the ring is not used for I/O.
     let registered = unsafe {
@@ -349,13 +350,13 @@ fn check_ops(ring: &IoUring, out: &mut Vec<Finding>) {
             format!("provided-buffer rings: {e} — needs Linux 5.19"),
         )),
     }
-    // SAFETY: unmapping the page mapped above, no longer registered.
-    unsafe { libc::munmap(page, 4096) };
+    // SAFETY: unmapping the page mapped above, no longer registered. Nothing to do if it fails.
+    let _ = unsafe { rustix::mm::munmap(page, 4096) };
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{io_uring_setup_hint, neighbour_table_advice};
+    use super::{io_uring_setup_hint, neighbour_table_advice, ENOSYS, EPERM};
 
     #[test]
     fn neighbour_table_advice_only_past_the_limit() {
@@ -372,16 +373,16 @@ mod tests {
 
     #[test]
     fn a_seccomp_enosys_is_not_taken_for_a_kernel_without_io_uring() {
-        let podman = io_uring_setup_hint(Some(libc::ENOSYS), Some("2"));
+        let podman = io_uring_setup_hint(Some(ENOSYS), Some("2"));
         assert!(
             podman.contains("seccomp filter") && podman.contains("ENOSYS"),
             "{podman}"
         );
         assert!(!podman.contains("built without"));
-        let bare = io_uring_setup_hint(Some(libc::ENOSYS), Some("0"));
+        let bare = io_uring_setup_hint(Some(ENOSYS), Some("0"));
         assert!(bare.contains("built without io_uring"), "{bare}");
-        let docker = io_uring_setup_hint(Some(libc::EPERM), Some("2"));
+        let docker = io_uring_setup_hint(Some(EPERM), Some("2"));
         assert!(docker.contains("seccomp filter") && docker.contains("io_uring_register"));
-        assert!(io_uring_setup_hint(Some(libc::EPERM), None).contains("restricted"));
+        assert!(io_uring_setup_hint(Some(EPERM), None).contains("restricted"));
     }
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use super::instance::{self, NetnsId};
 use super::ledger::{self, Acquired, Change, Ledger};
 use super::netlink;
+use crate::processes;
+use rustix::process::Signal;
 
 /// How much of a ledger to undo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,41 +101,35 @@ fn remove_files(changes: &[Change], failures: &mut Vec<String>) {
 /// lease file or another namespace and is never touched.
 async fn stop_stray_dnsmasq(pid: u32, lease_file: &Path) {
     let lease_arg = format!("--dhcp-leasefile={}", lease_file.display());
-    let here = instance::netns_inode_of(std::process::id());
+    let here = processes::netns_inode(std::process::id());
     let ours = |p: u32| {
-        let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-        let names_our_lease = cmdline
-            .split(|b| *b == 0)
+        let names_our_lease = processes::cmdline(p)
+            .iter()
             .any(|a| a == lease_arg.as_bytes());
-        names_our_lease && here.is_some() && instance::netns_inode_of(p) == here
+        names_our_lease && here.is_some() && processes::netns_inode(p) == here
     };
     let mut targets: Vec<u32> = Vec::new();
     if ours(pid) {
         targets.push(pid);
     }
-    for p in instance::pids() {
-        let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-        if comm.trim() == "dnsmasq" && ours(p) && !targets.contains(&p) {
+    for p in processes::pids() {
+        if processes::comm(p).as_deref() == Some("dnsmasq") && ours(p) && !targets.contains(&p) {
             targets.push(p);
         }
     }
+    // Processes of this namespace whose command line serves this instance's lease file.
     for p in &targets {
-        // SAFETY: signalling a process of this namespace whose command line serves this
-        // instance's lease file.
-        unsafe { libc::kill(*p as libc::pid_t, libc::SIGTERM) };
+        processes::signal(*p, Signal::TERM);
     }
     for _ in 0..20 {
-        if targets
-            .iter()
-            .all(|p| !Path::new(&format!("/proc/{p}")).exists())
-        {
+        if !targets.iter().any(|p| processes::alive(*p)) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // They ignored SIGTERM for 2 s.
     for p in &targets {
-        // SAFETY: as above; it ignored SIGTERM for 2 s.
-        unsafe { libc::kill(*p as libc::pid_t, libc::SIGKILL) };
+        processes::signal(*p, Signal::KILL);
     }
 }
 

@@ -144,13 +144,12 @@ pub fn spawn(binary: &Path, args: &[String]) -> std::io::Result<Child> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
-    // async-signal-safe. The guard never changes credentials, so the setting holds.
+    // SAFETY: the closure runs in the forked child before exec and only makes the prctl
+    // system call, which is async-signal-safe. The guard never changes credentials, so the
+    // setting holds.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
             Ok(())
         });
     }
@@ -182,8 +181,7 @@ pub fn spawn(binary: &Path, args: &[String]) -> std::io::Result<Child> {
 /// Stops the guard (and with it dnsmasq): SIGTERM, then SIGKILL after `grace`.
 pub async fn stop(child: &mut Child, grace: Duration) {
     if let Some(pid) = child.id() {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        crate::processes::signal(pid, rustix::process::Signal::TERM);
     }
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
         let _ = child.kill().await;

@@ -12,6 +12,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::processes;
+
 /// A network namespace: its nsfs inode and its cookie (0 when the kernel has none, < 5.14).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NetnsId {
@@ -53,17 +55,12 @@ fn current_cookie() -> Option<u64> {
     (rc == 0).then_some(cookie)
 }
 
-/// The network namespace inode of process `pid`.
-pub fn netns_inode_of(pid: u32) -> Option<u64> {
-    std::fs::metadata(format!("/proc/{pid}/ns/net"))
-        .ok()
-        .map(|m| m.ino())
-}
-
 /// Inodes of every network namespace that still exists as far as we can see: those of running
 /// processes and those bind-mounted under /run/netns (`ip netns add`).
 pub fn live_netns_inodes() -> HashSet<u64> {
-    let mut live: HashSet<u64> = pids().filter_map(netns_inode_of).collect();
+    let mut live: HashSet<u64> = processes::pids()
+        .filter_map(processes::netns_inode)
+        .collect();
     for entry in std::fs::read_dir("/run/netns")
         .into_iter()
         .flatten()
@@ -74,15 +71,6 @@ pub fn live_netns_inodes() -> HashSet<u64> {
         }
     }
     live
-}
-
-/// Every process id in /proc.
-pub fn pids() -> impl Iterator<Item = u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
 }
 
 /// The state directory of instance (`netns`, `tap`) under `runtime_dir`.
@@ -124,7 +112,7 @@ mod tests {
     fn current_namespace_is_live_and_keyed_by_inode() {
         let here = NetnsId::current().unwrap();
         assert!(live_netns_inodes().contains(&here.inode));
-        assert_eq!(netns_inode_of(std::process::id()), Some(here.inode));
+        assert_eq!(processes::netns_inode(std::process::id()), Some(here.inode));
         let d = dir(Path::new("/run/tapwire"), &here, "tapwire0");
         assert_eq!(
             d,

@@ -161,7 +161,6 @@ impl Ledger {
                 .append(true)
                 .create(true)
                 .mode(0o644)
-                .custom_flags(libc::O_CLOEXEC)
                 .open(&path)?;
             match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => {}
@@ -196,7 +195,7 @@ impl Ledger {
         let pid = std::process::id();
         self.record(&Change::Owner {
             pid,
-            start_time: process_start_time(pid).unwrap_or(0),
+            start_time: crate::processes::start_time(pid).unwrap_or(0),
         })?;
         self.record(&Change::Netns(netns))
     }
@@ -235,15 +234,6 @@ pub fn netns_of(changes: &[Change]) -> Option<NetnsId> {
         Change::Netns(n) => Some(*n),
         _ => None,
     })
-}
-
-/// Start time (field 22 of /proc/PID/stat) of a process, to tell it from a later one that
-/// reuses its pid.
-pub fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces; fields after it follow the last ')'.
-    let after = &stat[stat.rfind(')')? + 2..];
-    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 #[cfg(test)]

@@ -273,25 +273,20 @@ async fn run_async(
 /// Raises the open-file limit to its hard maximum: every client is a descriptor. Warns when
 /// even that is short of `--max-clients`.
 fn raise_fd_limit(max_clients: usize) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid rlimit struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        if setrlimit(Resource::Nofile, lim).is_err() {
+            lim = getrlimit(Resource::Nofile);
         }
     }
+    // None: unlimited.
+    let current = lim.current.unwrap_or(u64::MAX);
     let needed = max_clients as u64 + 256;
-    if lim.rlim_cur < needed {
+    if current < needed {
         log::warn!(
-            "the open-file limit is {}: fewer than --max-clients {max_clients} clients can connect — raise it (ulimit -n {needed}, or LimitNOFILE={needed} in a systemd unit)",
-            lim.rlim_cur
+            "the open-file limit is {current}: fewer than --max-clients {max_clients} clients can connect — raise it (ulimit -n {needed}, or LimitNOFILE={needed} in a systemd unit)"
         );
     }
 }

@@ -44,7 +44,11 @@ pub async fn link_up(handle: &Handle, index: u32) -> Result<Option<bool>, Netlin
     match links.try_next().await {
         Ok(Some(link)) => Ok(Some(link.header.flags.contains(LinkFlags::Up))),
         Ok(None) => Ok(None),
-        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENODEV => Ok(None),
+        Err(rtnetlink::Error::NetlinkError(m))
+            if m.raw_code() == -rustix::io::Errno::NODEV.raw_os_error() =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(ctx(format!("read the state of link {index}"))(e)),
     }
 }
