@@ -1,8 +1,8 @@
 //! A wss:// client's TLS session driven by a real rustls client and the fuzzer: arbitrary
-//! bytes before a handshake, or after one a sequence of client writes delivered in arbitrary
-//! pieces, server writes, injected bytes and close_notify. Never panics; without injected
-//! bytes the server reads exactly what the client wrote and the client exactly what the server
-//! wrote.
+//! bytes before a handshake (no plaintext comes out and no session is made), or after one a
+//! sequence of client writes delivered in arbitrary pieces, server writes, injected bytes and
+//! close_notify. Never panics; without injected bytes the server reads exactly what the
+//! client wrote and the client exactly what the server wrote.
 #![no_main]
 
 use std::io::{Read, Write};
@@ -75,11 +75,16 @@ fuzz_target!(init: tapwire_fuzz::checks_are_on(), |data: &[u8]| {
     if mode < 64 {
         // Arbitrary bytes as the first thing a client sends, in pieces of `mode + 1`.
         let mut input = ops.to_vec();
+        let mut plaintext = 0usize;
         for p in input.chunks_mut(usize::from(mode) + 1) {
-            if server.receive(p, &mut |_| {}).is_err() {
+            if server.receive(p, &mut |b| plaintext += b.len()).is_err() {
                 break;
             }
         }
+        // No application data, and no session, without a handshake (the fuzzer cannot forge
+        // a client's Finished).
+        assert_eq!(plaintext, 0, "plaintext before a handshake");
+        assert!(!server.handshaken(), "arbitrary bytes finished a handshake");
         server.prepare();
         return;
     }

@@ -173,7 +173,7 @@ impl Conn {
     }
 
     /// The connection's state.
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     pub fn lifecycle(&self) -> &Lifecycle {
         &self.lifecycle
     }

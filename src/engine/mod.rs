@@ -13,6 +13,10 @@ mod arena;
 mod bufpool;
 mod client;
 mod clients;
+// Public in fuzz builds only, for `fuzz/fuzz_targets/conn.rs`.
+#[cfg(fuzzing)]
+pub mod conn;
+#[cfg(not(fuzzing))]
 mod conn;
 pub mod loggate;
 mod mailbox;
