@@ -13,6 +13,7 @@ mod arena;
 mod bufpool;
 mod client;
 mod clients;
+pub mod clock;
 // Public in fuzz builds only, for `fuzz/fuzz_targets/conn.rs`.
 #[cfg(fuzzing)]
 pub mod conn;
@@ -22,24 +23,23 @@ pub mod loggate;
 mod mailbox;
 pub mod ops;
 mod outqueue;
+#[cfg(test)]
+mod rig;
 mod ring;
+mod shared;
 mod tapq;
 pub mod tls_session;
 mod worker;
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_queue::ArrayQueue;
-
 use crate::config::ClientPolicy;
-use crate::counters::{CoreCounters, HostCounters};
-use crate::switch::{Ownership, SharedOwnership};
 
 pub use ops::Features;
+pub use shared::Shared;
 
 /// Messages one core may have outstanding to another before frames are dropped.
 const CROSS_CORE_QUEUE: usize = 8192;
@@ -98,85 +98,6 @@ impl EngineConfig {
             anti_spoofing: !cfg.allow_spoofing,
             access: Arc::new(cfg.access.clone()),
             tls: cfg.tls.as_ref().map(|t| t.certs.clone()),
-        }
-    }
-}
-
-/// State shared by all cores.
-pub struct Shared {
-    pub cores: usize,
-    /// queues[from * cores + to]
-    queues: Vec<ArrayQueue<mailbox::CoreMsg>>,
-    /// One eventfd per core, to wake it when messages arrive or at shutdown.
-    pub wake_fds: Vec<OwnedFd>,
-    /// Who owns which MAC (taken only when a core meets an unknown source address).
-    pub authority: SharedOwnership,
-    /// Set once to stop: every core drains its clients and returns.
-    pub shutdown: AtomicBool,
-    /// Clients connected across cores (for --max-clients).
-    pub clients: AtomicUsize,
-    pub counters: Vec<Arc<CoreCounters>>,
-    /// The control thread's counters.
-    pub host_counters: HostCounters,
-    /// One log line per kind per interval, over all cores.
-    pub log_gate: loggate::LogGate,
-    /// TAP queue steering by destination MAC (multi-core relays, where the kernel allows it).
-    pub steering: Option<crate::steering::Steering>,
-    /// Time zero of every core's millisecond clock, so that a lease's end computed on one
-    /// core means the same on another.
-    pub epoch: std::time::Instant,
-}
-
-impl Shared {
-    /// State for `cores` cores.
-    pub fn new(
-        cores: usize,
-        max_macs_per_client: usize,
-        steering: Option<crate::steering::Steering>,
-    ) -> io::Result<Arc<Self>> {
-        let wake_fds = (0..cores)
-            .map(|_| {
-                rustix::event::eventfd(
-                    0,
-                    rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-                )
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Arc::new(Shared {
-            cores,
-            queues: (0..cores * cores)
-                .map(|_| ArrayQueue::new(CROSS_CORE_QUEUE))
-                .collect(),
-            wake_fds,
-            authority: SharedOwnership::new(Ownership::new(max_macs_per_client)),
-            shutdown: AtomicBool::new(false),
-            clients: AtomicUsize::new(0),
-            steering,
-            counters: (0..cores)
-                .map(|_| Arc::new(CoreCounters::default()))
-                .collect(),
-            host_counters: HostCounters::default(),
-            log_gate: loggate::LogGate::default(),
-            epoch: std::time::Instant::now(),
-        }))
-    }
-
-    fn queue(&self, from: usize, to: usize) -> &ArrayQueue<mailbox::CoreMsg> {
-        &self.queues[from * self.cores + to]
-    }
-
-    /// Wakes core `core` (its loop reads its eventfd).
-    fn wake(&self, core: usize) {
-        // A full eventfd counter (EAGAIN) still wakes the reader: nothing to do on error.
-        let _ = rustix::io::write(&self.wake_fds[core], &1u64.to_ne_bytes());
-    }
-
-    /// Asks every core to drain and stop.
-    pub fn request_shutdown(&self) {
-        self.shutdown
-            .store(true, std::sync::atomic::Ordering::Release);
-        for core in 0..self.cores {
-            self.wake(core);
         }
     }
 }

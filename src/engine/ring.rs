@@ -96,6 +96,22 @@ impl Ring {
         Ok(())
     }
 
+    /// Submits everything queued and waits for at least one completion, at most `limit`.
+    pub fn submit_and_wait_at_most(&mut self, limit: std::time::Duration) -> io::Result<()> {
+        let ts = io_uring::types::Timespec::from(limit);
+        let args = io_uring::types::SubmitArgs::new().timespec(&ts);
+        match self.uring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINTR)
+                    || e.raw_os_error() == Some(libc::EBUSY)
+                    || e.raw_os_error() == Some(libc::ETIME) => {}
+            Err(e) => return Err(e),
+        }
+        self.reap();
+        Ok(())
+    }
+
     /// The next completion to handle.
     pub fn next_completion(&mut self) -> Option<Completion> {
         self.reaped.pop_front()

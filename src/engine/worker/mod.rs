@@ -31,7 +31,6 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::time::Instant;
 
 use io_uring::{opcode, types};
 
@@ -53,11 +52,17 @@ use super::{EngineConfig, Shared};
 /// Housekeeping tick.
 const TICK_MS: u64 = 250;
 
-/// Milliseconds of `d`, the engine's clock unit (saturating: durations are user input).
 /// How long a refusal (after the upgrade request, or of a failed TLS connection) may take to
 /// flush before the socket closes.
 const REFUSAL_FLUSH_MS: u64 = 5_000;
 
+/// The first tick after `now_ms`: ticks fall on multiples of [`TICK_MS`], so a timeout that
+/// is a multiple of it is seen exactly when it ends on a clock that jumps there.
+fn next_tick(now_ms: u64) -> u64 {
+    (now_ms / TICK_MS + 1) * TICK_MS
+}
+
+/// Milliseconds of `d`, the engine's clock unit (saturating: durations are user input).
 fn ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -101,9 +106,11 @@ pub struct Worker {
     recv_probes: housekeeping::RecvProbes,
     /// The tick's timeout (boxed: the kernel reads it while the timeout is armed).
     timer: Box<types::Timespec>,
-    started: Instant,
-    /// Milliseconds since start, read once per iteration.
+    clock: super::clock::Clock,
+    /// Milliseconds on the clock, read once per iteration.
     now_ms: u64,
+    /// When the tick's jobs run next.
+    next_tick_ms: u64,
     last_ageing_ms: u64,
     last_log_reset_ms: u64,
     /// Set when shutdown began: clients past it are shut down.
@@ -184,8 +191,9 @@ impl Worker {
             recv_starved: Vec::new(),
             recv_probes: housekeeping::RecvProbes::default(),
             timer: Box::new(types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32)),
-            started: shared.epoch,
+            clock: shared.clock.clone(),
             now_ms: 0,
+            next_tick_ms: TICK_MS,
             last_ageing_ms: 0,
             last_log_reset_ms: 0,
             drain_deadline_ms: None,
@@ -201,38 +209,62 @@ impl Worker {
 
     /// Runs until shutdown has drained every client.
     pub fn run(&mut self) -> io::Result<()> {
+        self.start();
+        while !self.step(None)? {}
+        Ok(())
+    }
+
+    /// Arms what runs for the worker's whole life: accepts, TAP reads, the wake-up from
+    /// other cores and, on a real clock, the tick's timer.
+    pub(super) fn start(&mut self) {
         for a in &mut self.acceptors {
             a.arm(&mut self.ring);
         }
         self.tap.arm_reads(&mut self.ring, &self.pool);
         self.mailbox.arm_wake(&mut self.ring);
-        self.arm_timer();
-        loop {
-            self.tick_clock();
-            if self.shutdown_requested() && self.drain_deadline_ms.is_none() {
-                self.start_drain();
-            }
-            self.rearm_starved();
-            self.flush_sends();
-            self.mailbox.flush();
-            self.pool.publish();
-            if self.drained() {
-                return Ok(());
-            }
-            self.ring.submit_and_wait()?;
-            self.tick_clock();
-            // Handlers may reap more completions while pushing work (see `Ring::push`): they
-            // are handled in this same pass.
-            while let Some(c) = self.ring.next_completion() {
-                self.complete(c);
-            }
-            self.drain_mailbox();
-            self.process_held_input();
+        if !self.clock.is_manual() {
+            self.arm_timer();
         }
+        self.tick_clock();
+        self.next_tick_ms = next_tick(self.now_ms);
+    }
+
+    /// One pass of the loop: submits what is pending, waits for a completion (at most `wait`;
+    /// `None`: until one), handles every completion and message, and runs the tick's jobs
+    /// when the clock has passed the tick. True once shutdown has drained every client.
+    pub(super) fn step(&mut self, wait: Option<std::time::Duration>) -> io::Result<bool> {
+        self.tick_clock();
+        if self.shutdown_requested() && self.drain_deadline_ms.is_none() {
+            self.start_drain();
+        }
+        self.rearm_starved();
+        self.flush_sends();
+        self.mailbox.flush();
+        self.pool.publish();
+        if self.drained() {
+            return Ok(true);
+        }
+        match wait {
+            None => self.ring.submit_and_wait()?,
+            Some(limit) => self.ring.submit_and_wait_at_most(limit)?,
+        }
+        self.tick_clock();
+        // Handlers may reap more completions while pushing work (see `Ring::push`): they
+        // are handled in this same pass.
+        while let Some(c) = self.ring.next_completion() {
+            self.complete(c);
+        }
+        self.drain_mailbox();
+        self.process_held_input();
+        if self.now_ms >= self.next_tick_ms {
+            self.next_tick_ms = next_tick(self.now_ms);
+            self.housekeeping();
+        }
+        Ok(false)
     }
 
     fn tick_clock(&mut self) {
-        self.now_ms = self.started.elapsed().as_millis() as u64;
+        self.now_ms = self.clock.now_ms();
     }
 
     fn shutdown_requested(&self) -> bool {
@@ -266,10 +298,8 @@ impl Worker {
                     self.mailbox.arm_wake(&mut self.ring);
                 }
             }
-            Kind::Timer => {
-                self.housekeeping();
-                self.arm_timer();
-            }
+            // Only wakes the loop: the tick's jobs run when the clock has passed the tick.
+            Kind::Timer => self.arm_timer(),
             Kind::Recv => self.on_recv(port, c.result, c.flags),
             Kind::Send => self.on_send(port, c.result),
             Kind::TapWrite => self.on_tap_write(BufId(port.slot()), c.result),
