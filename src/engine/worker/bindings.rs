@@ -49,7 +49,7 @@ impl Worker {
                 lease_secs,
             } => {
                 self.counters.dhcp_bindings.inc();
-                self.rebind(mac, Some(Binding::lease(ip, lease_secs, self.now_ms)));
+                self.rebind(mac, Some(Binding::lease(ip, lease_secs, self.time.now_ms)));
             }
             Snoop::Nak { mac } => {
                 self.counters.dhcp_unbindings.inc();
@@ -61,7 +61,7 @@ impl Worker {
     /// Records `mac`'s new binding in the authority, then in every replica: a core learning
     /// `mac` meanwhile reads the authority under its lock, so none misses the change.
     fn rebind(&mut self, mac: Mac, binding: Option<Binding>) {
-        let now = self.now_ms;
+        let now = self.time.now_ms;
         let binding = self.shared.authority.with(|own| {
             match binding {
                 Some(b) => own.bind(mac, b, now),

@@ -36,7 +36,7 @@ impl Worker {
     /// (`netns-tests/churn.rs`). Later events on an armed receive are always delivered, so one
     /// check after each arm covers it; single-shot receives do not have the problem.
     fn probe_armed_receives(&mut self) {
-        let due = self.recv_probes.take_due();
+        let due = self.pending.probes.take_due();
         for &port in &due {
             let Some(c) = self.clients.get_mut(port) else {
                 continue;
@@ -57,7 +57,7 @@ impl Worker {
                 self.maybe_free(port);
             }
         }
-        self.recv_probes.give_back(due);
+        self.pending.probes.give_back(due);
     }
 
     /// Re-arms TAP reads and accepts that failed unexpectedly (never at once: a persistent
@@ -73,8 +73,8 @@ impl Worker {
     }
 
     fn reset_log_interval(&mut self) {
-        if self.now_ms - self.last_log_reset_ms >= LOG_INTERVAL_MS {
-            self.last_log_reset_ms = self.now_ms;
+        if self.time.now_ms - self.time.last_log_reset_ms >= LOG_INTERVAL_MS {
+            self.time.last_log_reset_ms = self.time.now_ms;
             for c in self.clients.iter_mut() {
                 c.conn.reset_log();
             }
@@ -88,7 +88,7 @@ impl Worker {
 
     /// Handshake deadlines, stalled output, pings and pong timeouts.
     fn check_liveness(&mut self) {
-        let now = self.now_ms;
+        let now = self.time.now_ms;
         for slot in 0..self.clients.capacity() {
             let Some(port) = self.clients.port_at(slot) else {
                 continue;
@@ -120,14 +120,16 @@ impl Worker {
 
     /// Forgets local MAC entries unused for `--mac-ageing`, and tells the other cores.
     fn age_macs(&mut self) {
-        if self.now_ms - self.last_ageing_ms < AGEING_CHECK_MS {
+        if self.time.now_ms - self.time.last_ageing_ms < AGEING_CHECK_MS {
             return;
         }
-        self.last_ageing_ms = self.now_ms;
+        self.time.last_ageing_ms = self.time.now_ms;
         let me = self.id;
-        let aged = self
-            .switch
-            .expire(self.now_ms, |p| p.core() == me, &mut &self.shared.authority);
+        let aged = self.switch.expire(
+            self.time.now_ms,
+            |p| p.core() == me,
+            &mut &self.shared.authority,
+        );
         for (mac, port) in aged {
             self.mailbox.broadcast(Control::Forget(mac, port));
             if let Some(s) = &self.shared.steering {
@@ -139,7 +141,7 @@ impl Worker {
     /// Starts shutdown: no more accepts; open clients get a close 1001, the others are shut
     /// down; stragglers are shut down at the drain deadline.
     pub(super) fn start_drain(&mut self) {
-        self.drain_deadline_ms = Some(self.now_ms + DRAIN_MS);
+        self.time.drain_deadline_ms = Some(self.time.now_ms + DRAIN_MS);
         for a in &mut self.acceptors {
             a.cancel(&mut self.ring);
         }
@@ -160,7 +162,11 @@ impl Worker {
     }
 
     fn enforce_drain_deadline(&mut self) {
-        if self.drain_deadline_ms.is_none_or(|d| self.now_ms < d) {
+        if self
+            .time
+            .drain_deadline_ms
+            .is_none_or(|d| self.time.now_ms < d)
+        {
             return;
         }
         for slot in 0..self.clients.capacity() {
@@ -174,7 +180,7 @@ impl Worker {
     /// Shutdown is complete: no client, no held input, no TAP write in flight.
     pub(super) fn drained(&self) -> bool {
         self.draining()
-            && self.held.is_empty()
+            && self.pending.held.is_empty()
             && self.clients.is_empty()
             && self.tap.writes_in_flight() == 0
     }

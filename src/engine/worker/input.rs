@@ -13,7 +13,7 @@ use crate::counters::DropReason;
 use crate::switch::{ingress_claiming, Forward, Mac, PortId, Source, SwitchDrop};
 use crate::ws::access;
 
-use super::super::bufpool::{BufId, HEADROOM, RECV_GROUP};
+use super::super::bufpool::{BufId, BufferPool, HEADROOM, RECV_GROUP};
 use super::super::conn::{HandshakeStep, Input};
 use super::super::loggate::{self, held_note};
 use super::super::mailbox::Control;
@@ -53,7 +53,7 @@ impl Worker {
         }
         let fd = types::Fd(c.socket.raw_fd());
         if multishot {
-            self.recv_probes.arm(port);
+            self.pending.probes.arm(port);
         }
         let entry = if multishot {
             opcode::RecvMulti::new(fd, RECV_GROUP).build()
@@ -90,13 +90,13 @@ impl Worker {
         }
         if res == -libc::ENOBUFS {
             self.counters.buffer_ring_empty.inc();
-            self.recv_starved.push(port);
-        } else if self.held.is_empty() && !self.backpressured() {
+            self.pending.starved.push(port);
+        } else if self.pending.held.is_empty() && !self.backpressured() {
             self.handle_input(port, res, buf);
         } else {
             // Held buffers drain the receive ring, which stops receives and lets TCP push back.
             self.counters.input_held.inc();
-            self.held.push_back(Held {
+            self.pending.held.push_back(Held {
                 port,
                 result: res,
                 buf,
@@ -119,7 +119,7 @@ impl Worker {
     /// Handles held input while the TAP and the other cores have room.
     pub(super) fn process_held_input(&mut self) {
         while !self.backpressured() {
-            let Some(h) = self.held.pop_front() else {
+            let Some(h) = self.pending.held.pop_front() else {
                 break;
             };
             self.handle_input(h.port, h.result, h.buf);
@@ -130,7 +130,7 @@ impl Worker {
     fn handle_input(&mut self, port: PortId, res: i32, buf: Option<BufId>) {
         if let Some(c) = self.clients.get_mut(port) {
             if res > 0 {
-                c.conn.received(self.now_ms);
+                c.conn.received(self.time.now_ms);
                 if let Some(id) = buf {
                     // Lossless: res > 0.
                     if c.tls.is_some() {
@@ -168,7 +168,7 @@ impl Worker {
         // caller releases it after this call, and this is the only view of it (frames passed
         // on below are re-borrows of this view).
         let bytes = unsafe { arena.bytes_mut(id, 0, len) };
-        let now = self.now_ms;
+        let now = self.time.now_ms;
         let Some(c) = self.clients.get_mut(port) else {
             return;
         };
@@ -268,14 +268,12 @@ impl Worker {
                 }
                 Input::Piece { range, first } => self.append_piece(port, &bytes[range], first),
                 Input::Assembled => {
-                    if let Some((slot, len)) = c.assembly.take() {
-                        self.partial_slots -= 1;
+                    if let Some((slot, len)) = self.partial.take(&mut c.assembly) {
                         self.client_frame_in_slot(port, slot, len);
                     }
                 }
                 Input::Runt { len } => {
-                    if let Some((slot, _)) = c.assembly.take() {
-                        self.partial_slots -= 1;
+                    if let Some((slot, _)) = self.partial.take(&mut c.assembly) {
                         self.pool.release(slot);
                     }
                     self.counters.dropped(DropReason::RuntFrame);
@@ -314,25 +312,21 @@ impl Worker {
             return;
         };
         if first {
-            if let Some((old, _)) = c.assembly.take() {
-                self.partial_slots -= 1;
+            if let Some((old, _)) = self.partial.take(&mut c.assembly) {
                 self.pool.release(old);
             }
-            // Partial frames may hold only part of the slots: the rest stay for whole frames,
-            // so clients trickling frames cannot starve this core's other clients.
-            if self.partial_slots >= self.partial_slots_max {
-                self.counters.dropped(DropReason::PartialFramesFull);
-                self.log_once(
-                    port,
-                    DropReason::PartialFramesFull,
-                    format_args!("dropped a message split across receives: this core's slots for partial frames are in use"),
-                );
-                return;
-            }
-            c.assembly = self.pool.alloc_slot().map(|id| (id, 0));
-            match c.assembly {
-                Some(_) => self.partial_slots += 1,
-                None => self.counters.dropped(DropReason::NoFrameBuffer),
+            match self.partial.start(&mut self.pool) {
+                Ok(slot) => c.assembly = Some((slot, 0)),
+                Err(DropReason::PartialFramesFull) => {
+                    self.counters.dropped(DropReason::PartialFramesFull);
+                    self.log_once(
+                        port,
+                        DropReason::PartialFramesFull,
+                        format_args!("dropped a message split across receives: this core's slots for partial frames are in use"),
+                    );
+                    return;
+                }
+                Err(reason) => self.counters.dropped(reason),
             }
         }
         if let Some((id, len)) = c.assembly.as_mut() {
@@ -348,7 +342,7 @@ impl Worker {
     /// half-open would otherwise be locked out until a ping interval passes). At most one
     /// challenge per challenger per [`CHALLENGE_MS`].
     fn challenge_owner_of(&mut self, challenger: PortId, mac: Mac) {
-        let now = self.now_ms;
+        let now = self.time.now_ms;
         let Some(c) = self.clients.get_mut(challenger) else {
             return;
         };
@@ -368,17 +362,6 @@ impl Worker {
         } else {
             self.mailbox
                 .send_control(owner.core(), Control::Challenge(owner));
-        }
-    }
-
-    /// Pings the client of `port` now: another client wants one of its MACs.
-    pub(super) fn challenge(&mut self, port: PortId) {
-        let now = self.now_ms;
-        let Some(c) = self.clients.get_mut(port) else {
-            return;
-        };
-        if let Some(ping) = c.conn.challenge(now) {
-            self.enqueue_owned(port, ping);
         }
     }
 
@@ -415,7 +398,7 @@ impl Worker {
             dst,
             src,
             claim.address.map(|(ip, _)| ip),
-            self.now_ms,
+            self.time.now_ms,
         ) {
             Ok(d) => d,
             Err(drop) => {
@@ -458,7 +441,7 @@ impl Worker {
 
     /// Charges a frame to its client's limits; false (and counted) when over one.
     fn within_limits(&mut self, port: PortId, len: usize, group: bool) -> bool {
-        let now = self.now_ms;
+        let now = self.time.now_ms;
         let Some(c) = self.clients.get_mut(port) else {
             return true;
         };
@@ -527,5 +510,41 @@ impl Worker {
             self.counters.steering_failed.inc();
             log::debug!("core {}: cannot steer {mac} to this core: {e}", self.id);
         }
+    }
+}
+
+/// The frame slots this core's clients hold for partial frames (reassemblies), and how many
+/// they may: a quarter of the slots, so the rest always serve whole frames and clients
+/// trickling frames cannot starve this core's other clients. The one place that counts them:
+/// a slot is counted from [`PartialSlots::start`] until [`PartialSlots::take`] takes it back
+/// out of its client.
+pub(super) struct PartialSlots {
+    held: usize,
+    max: usize,
+}
+
+impl PartialSlots {
+    pub(super) fn new(max: usize) -> Self {
+        PartialSlots { held: 0, max }
+    }
+
+    /// A slot for a new reassembly, counted; or why there is none.
+    pub(super) fn start(&mut self, pool: &mut BufferPool) -> Result<BufId, DropReason> {
+        if self.held >= self.max {
+            return Err(DropReason::PartialFramesFull);
+        }
+        let slot = pool.alloc_slot().ok_or(DropReason::NoFrameBuffer)?;
+        self.held += 1;
+        Ok(slot)
+    }
+
+    /// Takes a client's reassembly out of `assembly`, no longer counted (the caller switches
+    /// or releases its slot).
+    pub(super) fn take(&mut self, assembly: &mut Option<(BufId, usize)>) -> Option<(BufId, usize)> {
+        let taken = assembly.take();
+        if taken.is_some() {
+            self.held -= 1;
+        }
+        taken
     }
 }

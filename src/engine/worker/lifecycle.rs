@@ -54,9 +54,10 @@ impl Worker {
             return;
         }
         let deadline = self
+            .time
             .now_ms
             .saturating_add(super::ms(self.cfg.clients.handshake_timeout));
-        let conn = Conn::new(self.limits, self.now_ms, deadline);
+        let conn = Conn::new(self.policy.conn, self.time.now_ms, deadline);
         let session = match (&self.cfg.tls, tls) {
             (Some(certs), true) => match TlsSession::new(certs.current()) {
                 Ok(s) => Some(Box::new(s)),
@@ -116,8 +117,7 @@ impl Worker {
         };
         let pool = &mut self.pool;
         c.out.clear(|id| pool.release(id));
-        if let Some((id, _)) = c.assembly.take() {
-            self.partial_slots -= 1;
+        if let Some((id, _)) = self.partial.take(&mut c.assembly) {
             self.pool.release(id);
         }
         drop(c);

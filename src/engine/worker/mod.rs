@@ -48,6 +48,7 @@ use super::outqueue::QueueBound;
 use super::ring::{Completion, Ring};
 use super::tapq::TapQueue;
 use super::{EngineConfig, Shared};
+use input::PartialSlots;
 
 /// Housekeeping tick.
 const TICK_MS: u64 = 250;
@@ -65,6 +66,50 @@ fn next_tick(now_ms: u64) -> u64 {
 /// Milliseconds of `d`, the engine's clock unit (saturating: durations are user input).
 fn ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What every client of this core is allowed.
+struct Policy {
+    /// Limits and timers of each connection.
+    conn: ConnLimits,
+    /// How much a client's send queue may hold.
+    queue: QueueBound,
+}
+
+/// Input that waits, in the order it came.
+#[derive(Default)]
+struct Pending {
+    /// Receive results held while the TAP or another core is behind, in arrival order.
+    held: VecDeque<Held>,
+    /// Clients whose receive stopped because the receive ring ran dry.
+    starved: Vec<PortId>,
+    /// Clients to check once after their multishot receive was armed (see
+    /// [`housekeeping`]'s `probe_armed_receives`).
+    probes: housekeeping::RecvProbes,
+}
+
+/// The worker's time and the jobs that run on it.
+struct Time {
+    clock: super::clock::Clock,
+    /// Milliseconds on the clock, read once per pass.
+    now_ms: u64,
+    /// When the tick's jobs run next.
+    next_tick_ms: u64,
+    /// The tick's timeout, which wakes the loop on a real clock (boxed: the kernel reads it
+    /// while the timeout is armed).
+    timer: Box<types::Timespec>,
+    last_ageing_ms: u64,
+    last_log_reset_ms: u64,
+    /// Set when shutdown began: clients past it are shut down.
+    drain_deadline_ms: Option<u64>,
+}
+
+/// wss:// output gathered into a record before encryption, and the plaintext buffers filled
+/// by one receive (both kept for their capacity).
+#[derive(Default)]
+struct TlsScratch {
+    stage: Vec<u8>,
+    plain: Vec<(BufId, usize)>,
 }
 
 /// A receive result held back while the TAP or another core is behind.
@@ -89,36 +134,16 @@ pub struct Worker {
     clients: ClientTable,
     mailbox: Mailbox,
     switch: Switch,
-    /// What every new connection is allowed.
-    limits: ConnLimits,
-    /// How much a client's send queue may hold.
-    queue_bound: QueueBound,
-    /// Frame slots holding partial frames (reassemblies), and how many may: a quarter of the
-    /// slots, so the rest always serve whole frames.
-    partial_slots: usize,
-    partial_slots_max: usize,
-    /// Receive results held while the TAP or another core is behind, in arrival order.
-    held: VecDeque<Held>,
-    /// Clients whose receive stopped because the receive ring ran dry.
-    recv_starved: Vec<PortId>,
-    /// Clients to check once after their multishot receive was armed (see
-    /// [`housekeeping`]'s `probe_armed_receives`).
-    recv_probes: housekeeping::RecvProbes,
-    /// The tick's timeout (boxed: the kernel reads it while the timeout is armed).
-    timer: Box<types::Timespec>,
-    clock: super::clock::Clock,
-    /// Milliseconds on the clock, read once per iteration.
-    now_ms: u64,
-    /// When the tick's jobs run next.
-    next_tick_ms: u64,
-    last_ageing_ms: u64,
-    last_log_reset_ms: u64,
-    /// Set when shutdown began: clients past it are shut down.
-    drain_deadline_ms: Option<u64>,
-    /// wss:// output gathered into a record before encryption, and the plaintext buffers
-    /// filled by one receive (both kept for their capacity).
-    tls_stage: Vec<u8>,
-    tls_plain: Vec<(BufId, usize)>,
+    /// What every new connection is allowed, and how much its send queue may hold.
+    policy: Policy,
+    /// Frame slots holding partial frames (reassemblies).
+    partial: PartialSlots,
+    /// Input waiting: held receives, receives starved of buffers, receives to probe.
+    pending: Pending,
+    /// The clock and what runs on it.
+    time: Time,
+    /// Scratch space of the wss:// paths.
+    tls_scratch: TlsScratch,
 }
 
 // SAFETY: a Worker is made, driven and dropped by one thread at a time: its raw pointers
@@ -171,32 +196,32 @@ impl Worker {
                 .zip(0..)
                 .map(|(fd, index)| Acceptor::new(fd, index, features.multishot_accept))
                 .collect(),
-            tls_stage: Vec::new(),
-            tls_plain: Vec::new(),
+            tls_scratch: TlsScratch::default(),
             tap: TapQueue::new(tap, features.multishot_tap_read, cfg.max_frame),
             clients: ClientTable::new(id),
             mailbox: Mailbox::new(id, shared.clone()),
             switch: Switch::with_uplink(ms(cfg.clients.mac_ageing), cfg.uplink_macs.clone())
                 .isolated(cfg.isolate),
-            limits,
-            queue_bound: QueueBound::new(
-                policy.send_queue,
-                policy.send_queue_bytes,
-                usize::from(cfg.tap_buffers),
-                cfg.frame_slots as usize,
-            ),
-            partial_slots: 0,
-            partial_slots_max: (cfg.frame_slots / 4) as usize,
-            held: VecDeque::new(),
-            recv_starved: Vec::new(),
-            recv_probes: housekeeping::RecvProbes::default(),
-            timer: Box::new(types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32)),
-            clock: shared.clock.clone(),
-            now_ms: 0,
-            next_tick_ms: TICK_MS,
-            last_ageing_ms: 0,
-            last_log_reset_ms: 0,
-            drain_deadline_ms: None,
+            policy: Policy {
+                conn: limits,
+                queue: QueueBound::new(
+                    policy.send_queue,
+                    policy.send_queue_bytes,
+                    usize::from(cfg.tap_buffers),
+                    cfg.frame_slots as usize,
+                ),
+            },
+            partial: PartialSlots::new((cfg.frame_slots / 4) as usize),
+            pending: Pending::default(),
+            time: Time {
+                clock: shared.clock.clone(),
+                now_ms: 0,
+                next_tick_ms: TICK_MS,
+                timer: Box::new(types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32)),
+                last_ageing_ms: 0,
+                last_log_reset_ms: 0,
+                drain_deadline_ms: None,
+            },
             cfg,
             shared,
         })
@@ -222,11 +247,11 @@ impl Worker {
         }
         self.tap.arm_reads(&mut self.ring, &self.pool);
         self.mailbox.arm_wake(&mut self.ring);
-        if !self.clock.is_manual() {
+        if !self.time.clock.is_manual() {
             self.arm_timer();
         }
         self.tick_clock();
-        self.next_tick_ms = next_tick(self.now_ms);
+        self.time.next_tick_ms = next_tick(self.time.now_ms);
     }
 
     /// One pass of the loop: submits what is pending, waits for a completion (at most `wait`;
@@ -234,7 +259,7 @@ impl Worker {
     /// when the clock has passed the tick. True once shutdown has drained every client.
     pub(super) fn step(&mut self, wait: Option<std::time::Duration>) -> io::Result<bool> {
         self.tick_clock();
-        if self.shutdown_requested() && self.drain_deadline_ms.is_none() {
+        if self.shutdown_requested() && self.time.drain_deadline_ms.is_none() {
             self.start_drain();
         }
         self.rearm_starved();
@@ -256,15 +281,15 @@ impl Worker {
         }
         self.drain_mailbox();
         self.process_held_input();
-        if self.now_ms >= self.next_tick_ms {
-            self.next_tick_ms = next_tick(self.now_ms);
+        if self.time.now_ms >= self.time.next_tick_ms {
+            self.time.next_tick_ms = next_tick(self.time.now_ms);
             self.housekeeping();
         }
         Ok(false)
     }
 
     fn tick_clock(&mut self) {
-        self.now_ms = self.clock.now_ms();
+        self.time.now_ms = self.time.clock.now_ms();
     }
 
     fn shutdown_requested(&self) -> bool {
@@ -274,11 +299,11 @@ impl Worker {
     }
 
     fn draining(&self) -> bool {
-        self.drain_deadline_ms.is_some()
+        self.time.drain_deadline_ms.is_some()
     }
 
     fn arm_timer(&mut self) {
-        let entry = opcode::Timeout::new(&*self.timer)
+        let entry = opcode::Timeout::new(&*self.time.timer)
             .build()
             .user_data(ops::for_index(Kind::Timer, 0));
         // SAFETY: the timespec is a box this worker owns for as long as the ring lives.
@@ -309,8 +334,8 @@ impl Worker {
 
     /// Re-arms receives and TAP reads that stopped because their ring ran dry.
     fn rearm_starved(&mut self) {
-        if !self.recv_starved.is_empty() && self.pool.recv_available() > 0 {
-            for port in std::mem::take(&mut self.recv_starved) {
+        if !self.pending.starved.is_empty() && self.pool.recv_available() > 0 {
+            for port in std::mem::take(&mut self.pending.starved) {
                 self.arm_recv(port);
             }
         }

@@ -101,7 +101,7 @@ impl Worker {
             Source::Uplink,
             dst,
             src,
-            self.now_ms,
+            self.time.now_ms,
         ) {
             Ok(d) => match d.forward {
                 Forward::Port(to) => {
@@ -191,7 +191,7 @@ impl Worker {
                 }
                 Incoming::Released(buf) => self.pool.release(buf),
                 Incoming::Control(Control::Learn(mac, port)) => {
-                    self.switch.learn(mac, port, self.now_ms)
+                    self.switch.learn(mac, port, self.time.now_ms)
                 }
                 Incoming::Control(Control::Forget(mac, port)) => self.switch.forget(mac, port),
                 Incoming::Control(Control::Challenge(port)) => self.challenge(port),
@@ -204,7 +204,7 @@ impl Worker {
 
     /// Queues a ready frame to the client of `port` (a local port), within its queue bound.
     fn enqueue(&mut self, port: PortId, ready: Ready) {
-        let now = self.now_ms;
+        let now = self.time.now_ms;
         let total = ready.header_len + ready.len;
         let (slots_free, tap_lent) = (self.pool.slots_free(), self.pool.tap_available());
         let Some(c) = self.clients.get_mut(port) else {
@@ -214,7 +214,11 @@ impl Worker {
         if !c.conn.is_open() {
             return;
         }
-        if !self.queue_bound.admits(&c.out, total, slots_free, tap_lent) {
+        if !self
+            .policy
+            .queue
+            .admits(&c.out, total, slots_free, tap_lent)
+        {
             self.counters.dropped(DropReason::SendQueueFull);
             self.log_once(
                 port,
@@ -241,7 +245,7 @@ impl Worker {
     /// Queues the pong `bytes` for the client of `port`, replacing a pong still waiting: a
     /// client pinging faster than it reads holds at most two pongs in the queue.
     pub(super) fn enqueue_pong(&mut self, port: PortId, bytes: Vec<u8>) {
-        let now = self.now_ms;
+        let now = self.time.now_ms;
         let Some(c) = self.clients.get_mut(port) else {
             return;
         };
@@ -254,11 +258,22 @@ impl Worker {
         self.clients.mark_dirty(port);
     }
 
+    /// Pings the client of `port` now: another client wants one of its MACs.
+    pub(super) fn challenge(&mut self, port: PortId) {
+        let now = self.time.now_ms;
+        let Some(c) = self.clients.get_mut(port) else {
+            return;
+        };
+        if let Some(ping) = c.conn.challenge(now) {
+            self.enqueue_owned(port, ping);
+        }
+    }
+
     /// Queues a small frame or HTTP response for the client of `port` (not subject to the
     /// queue bound: each kind is bounded by the lifecycle, one handshake reply, one close,
     /// one ping in flight; pongs go through [`Worker::enqueue_pong`]).
     pub(super) fn enqueue_owned(&mut self, port: PortId, bytes: Vec<u8>) {
-        let now = self.now_ms;
+        let now = self.time.now_ms;
         let Some(c) = self.clients.get_mut(port) else {
             return;
         };
@@ -301,7 +316,7 @@ impl Worker {
 
     /// A send completed.
     pub(super) fn on_send(&mut self, port: PortId, res: i32) {
-        let now = self.now_ms;
+        let now = self.time.now_ms;
         let Some(c) = self.clients.get_mut(port) else {
             return;
         };

@@ -43,7 +43,7 @@ impl Worker {
         };
         let was_handshaken = tls.handshaken();
         let pool = &mut self.pool;
-        let filled = &mut self.tls_plain;
+        let filled = &mut self.tls_scratch.plain;
         filled.clear();
         let mut short = false;
         let mut sink = |mut bytes: &[u8]| {
@@ -71,13 +71,13 @@ impl Worker {
             self.clients.mark_dirty(port);
         }
         // Plaintext decrypted before any failure is the client's and is handled.
-        let filled = std::mem::take(&mut self.tls_plain);
+        let filled = std::mem::take(&mut self.tls_scratch.plain);
         for &(p, used) in &filled {
             self.on_bytes(port, p, used);
             self.pool.release(p);
         }
-        self.tls_plain = filled;
-        let now = self.now_ms;
+        self.tls_scratch.plain = filled;
+        let now = self.time.now_ms;
         match result {
             Ok(got) => {
                 if got.handshaken {
@@ -118,7 +118,7 @@ impl Worker {
     /// ciphertext (no send in flight). A client that is flushing gets close_notify last, then
     /// is closed.
     pub(super) fn flush_tls(&mut self, port: PortId) {
-        let now = self.now_ms;
+        let now = self.time.now_ms;
         let Some(c) = self.clients.get_mut(port) else {
             return;
         };
@@ -131,7 +131,7 @@ impl Worker {
             return;
         };
         tls.prepare();
-        let stage = &mut self.tls_stage;
+        let stage = &mut self.tls_scratch.stage;
         stage.clear();
         let mut taken = 0;
         let mut failure = None;
