@@ -39,13 +39,14 @@ pub struct Rig {
     now: Arc<AtomicU64>,
     /// Each core's listener: a client connects to the core it wants.
     ports: Vec<SocketAddr>,
+    /// Each core's wss:// listener, when the options ask for one (`--listen-tls`).
+    pub tls_ports: Vec<SocketAddr>,
     /// The host's end of each core's TAP stand-in.
     taps: Vec<OwnedFd>,
 }
 
 impl Rig {
-    /// `cores` workers configured by `tapwire run` options `args`, with small rings and
-    /// buffers (a test uses few), and every arm made.
+    /// `cores` workers configured by `tapwire run` options `args`, with every arm made.
     pub fn new(cores: usize, args: &[&str]) -> Rig {
         let mut all = vec!["tapwire", "--cores", "1"];
         all.extend_from_slice(args);
@@ -54,23 +55,23 @@ impl Rig {
             .run
             .validate(1)
             .expect("valid options");
-        let cfg = Arc::new(EngineConfig {
-            ring_entries: 256,
-            recv_buffers: 64,
-            recv_buffer_size: 16 * 1024,
-            tap_buffers: 64,
-            frame_slots: 256,
-            ..EngineConfig::from_config(&config)
-        });
+        // The relay's own sizes: queue bounds and back-pressure thresholds follow from them.
+        let cfg = Arc::new(EngineConfig::from_config(&config));
         let (clock, now) = Clock::manual();
         let shared = Shared::with_clock(cores, cfg.clients.max_macs_per_client, None, clock)
             .expect("shared state");
         let mut workers = Vec::new();
         let mut ports = Vec::new();
+        let mut tls_ports = Vec::new();
         let mut taps = Vec::new();
         for id in 0..cores {
             let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
             ports.push(listener.local_addr().expect("address"));
+            let tls_listener = cfg.tls.is_some().then(|| {
+                let l = TcpListener::bind("127.0.0.1:0").expect("wss:// listener");
+                tls_ports.push(l.local_addr().expect("address"));
+                OwnedFd::from(l)
+            });
             let (host, queue) = rustix::net::socketpair(
                 rustix::net::AddressFamily::UNIX,
                 rustix::net::SocketType::SEQPACKET,
@@ -83,7 +84,7 @@ impl Rig {
                 cfg.clone(),
                 shared.clone(),
                 OwnedFd::from(listener),
-                None,
+                tls_listener,
                 queue,
             )
             .expect("worker");
@@ -96,6 +97,7 @@ impl Rig {
             shared,
             now,
             ports,
+            tls_ports,
             taps,
         }
     }
