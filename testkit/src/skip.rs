@@ -7,12 +7,18 @@
 //! - `TAPWIRE_TEST_REPORT=FILE` (set by `scripts/test.sh` on every run): each skip appends
 //!   one line `skipped<TAB>TEST<TAB>REASON`, which the script counts and prints at the end.
 //! - Always: a `skipped: REASON (TEST)` line straight to the process's stderr, past the test
-//!   harness's output capture, so a plain `cargo test` shows every skip too.
+//!   harness's output capture, so a plain `cargo test` shows every skip too, and when the test
+//!   binary exits one line with how many of its tests skipped.
 //!
 //! [`notice`] reports the same way something a passing test wants seen (a retried download),
 //! which the script prints at the end too.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Once;
+
+/// Tests of this process that skipped.
+static SKIPPED: AtomicUsize = AtomicUsize::new(0);
 
 /// Set (to anything but `0` or empty): a skip fails the test.
 pub const NO_SKIP: &str = "TAPWIRE_NO_SKIP";
@@ -34,6 +40,29 @@ pub fn skip(test: &str, reason: &str) {
         );
     }
     report("skipped", test, reason);
+    if SKIPPED.fetch_add(1, Ordering::Relaxed) == 0 {
+        static AT_EXIT: Once = Once::new();
+        // SAFETY: registers a plain function that only writes to stderr.
+        AT_EXIT.call_once(|| unsafe {
+            libc::atexit(say_how_many_skipped);
+        });
+    }
+}
+
+/// At exit: how many of this binary's tests skipped.
+extern "C" fn say_how_many_skipped() {
+    let n = SKIPPED.load(Ordering::Relaxed);
+    let name = std::env::args()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default();
+    let _ = std::io::stderr().write_all(
+        format!("== {n} test(s) of {name} skipped (each named above with its reason); {NO_SKIP}=1 makes a skip a failure\n").as_bytes(),
+    );
 }
 
 /// Reports `text` about `test` where a person sees it even when the test passes: on stderr
