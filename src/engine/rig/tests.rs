@@ -352,3 +352,51 @@ fn a_core_that_falls_behind_holds_the_senders_input_back_without_running_out_of_
         assert_eq!(rig.drops(*reason), 0, "{}", reason.label());
     }
 }
+
+#[test]
+fn frames_pipelined_behind_the_upgrade_reach_another_client_whole_also_behind_a_7_kib_head() {
+    let mut rig = Rig::new(1, &[]);
+    let rx = mac(0x41);
+    let mut receiver = guest(&mut rig, 0, rx);
+    for (round, (pad, count)) in [(0, 20), (7_000, 2), (7_000, 20)].into_iter().enumerate() {
+        let tx = mac(0x50 + round as u8);
+        let head = String::from_utf8(UPGRADE.to_vec())
+            .expect("ascii")
+            .replacen(
+                "\r\n\r\n",
+                &format!("\r\nX-Pad: {}\r\n\r\n", "p".repeat(pad)),
+                1,
+            );
+        let mut bytes = head.into_bytes();
+        for i in 0..count {
+            let mut payload = vec![i as u8; 1500];
+            payload[0] = round as u8;
+            bytes.extend(client_frame(2, &eth(rx, tx, &payload)));
+        }
+        let mut sender = rig.connect(0);
+        sender.send_raw(&bytes);
+        let mut got = Vec::new();
+        rig.until("every pipelined frame reaches the receiver", |_| {
+            got.extend(std::iter::from_fn(|| receiver.next_frame()).filter(|f| f[6..12] == tx));
+            got.len() >= count
+        });
+        assert_eq!(got.len(), count, "round {round}");
+        for (i, f) in got.iter().enumerate() {
+            assert_eq!(f.len(), 1514, "round {round} frame {i}");
+            assert_eq!(f[14], round as u8);
+            assert!(
+                f[15..].iter().all(|b| *b == i as u8),
+                "round {round}: frame {i} corrupted"
+            );
+        }
+        assert!(sender.upgraded());
+        assert_eq!(
+            sender.next(),
+            None,
+            "round {round}: the sender is left open and sent nothing"
+        );
+    }
+    for reason in DropReason::ALL {
+        assert_eq!(rig.drops(*reason), 0, "{}", reason.label());
+    }
+}
