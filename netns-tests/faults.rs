@@ -63,6 +63,11 @@ fn a_table_deleted_or_flushed_by_someone_else_is_made_again_and_logged() {
             let _ = s.write_all(b"hello\n");
         }
     });
+    // The control: the service answers where no rule stands in the way (from the host).
+    assert!(
+        probe(&relay.ns, "127.0.0.1", 7003, false).contains("hello"),
+        "the host service does not answer at all"
+    );
     let mut guest = relay.guest(0);
     guest.dhcp(&relay.dir.0);
     let closed = || !probe(&guest.ns, GATEWAY, 7003, false).contains("hello");
@@ -103,8 +108,11 @@ fn a_table_deleted_or_flushed_by_someone_else_is_made_again_and_logged() {
     }
     // Changes to other tables are looked at and left alone.
     exec_ok(&relay.ns, &["nft", "add", "table", "inet", "someone_elses"]);
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1_500));
     assert_eq!(relay.counters().get("tapwire_firewall_restores_total"), 3);
+    let tables = exec_ok(&relay.ns, &["nft", "list", "tables"]);
+    assert!(tables.contains("inet someone_elses"), "{tables}");
+    assert_eq!(table_listing(&relay).as_ref(), Some(&made));
     assert_eq!(guest.ping(GATEWAY, 3), 3, "guests were served throughout");
 }
 
@@ -245,13 +253,20 @@ fn a_runtime_directory_read_only_or_full_stops_the_start_with_what_to_do() {
     }
 }
 
-/// Open descriptors and threads of `pid`.
+/// Open descriptors and core threads of `pid` (other threads come and go: tokio's blocking
+/// pool keeps an idle thread for 10 s).
 fn fds_and_threads(pid: u32) -> (usize, usize) {
-    let count = |d: String| std::fs::read_dir(d).map_or(0, |r| r.count());
-    (
-        count(format!("/proc/{pid}/fd")),
-        count(format!("/proc/{pid}/task")),
-    )
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |r| r.count());
+    let cores = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.starts_with("tapwire-core"))
+        })
+        .count();
+    (fds, cores)
 }
 
 #[test]
@@ -337,7 +352,14 @@ fn a_relay_stopped_for_5_s_under_load_goes_on_with_every_client() {
         3,
         "the two and the guest: {c:?}"
     );
-    assert_eq!(fds_and_threads(pid), before, "descriptors and threads");
+    assert_eq!(before.1, 2, "two core threads");
+    // The scrape's own connection to the metrics listener closes on its own time.
+    assert!(
+        eventually(Duration::from_secs(5), || fds_and_threads(pid) == before),
+        "descriptors and core threads: {:?} before, {:?} after",
+        before,
+        fds_and_threads(pid)
+    );
 }
 
 #[test]

@@ -155,8 +155,14 @@ pub fn open_single(name: &str, nonblocking: bool) -> Result<OwnedFd, TapError> {
     let fd = open_tun()?;
     set_iff(&fd, name, libc::IFF_TAP | libc::IFF_NO_PI, 0)?;
     if !nonblocking {
-        rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::empty())
-            .map_err(|e| TapError::NoTunDevice(e.into()))?;
+        rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::empty()).map_err(|e| {
+            TapError::SetIff {
+                name: name.to_string(),
+                queue: 0,
+                err: e.into(),
+                hint: " — cannot make its descriptor blocking",
+            }
+        })?;
     }
     Ok(fd)
 }

@@ -290,19 +290,18 @@ impl Installed {
             Err(_) => Found::Deleted,
         };
         apply(&self.script)?;
-        self.listing = list_table(&self.table)?;
+        // The script makes the same table each time: a listing that fails now is compared
+        // again at the next check.
+        if let Ok(listing) = list_table(&self.table) {
+            self.listing = listing;
+        }
         Ok(found)
     }
 }
 
 /// `nft list table inet TABLE`: the table as nft prints it (an error when it does not exist).
 fn list_table(table: &str) -> Result<String, String> {
-    let nft = find().ok_or(MISSING)?;
-    let out = Command::new(&nft)
-        .args(["list", "table", "inet", table])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", nft.display()))?;
+    let out = run_nft(&["list", "table", "inet", table], None)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -312,22 +311,7 @@ fn list_table(table: &str) -> Result<String, String> {
 
 /// Runs `nft -f -` with `script`; the error carries nft's own message.
 pub fn apply(script: &str) -> Result<(), String> {
-    let nft = find().ok_or(MISSING)?;
-    let mut child = Command::new(&nft)
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", nft.display()))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|e| format!("cannot feed nft: {e}"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("nft did not finish: {e}"))?;
+    let out = run_nft(&["-f", "-"], Some(script))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -335,6 +319,47 @@ pub fn apply(script: &str) -> Result<(), String> {
             "nft refused the ruleset: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ))
+    }
+}
+
+/// How long one run of nft may take before it is killed.
+const NFT_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs nft with `args`, feeding it `stdin`; its output. A run that takes longer than
+/// [`NFT_LIMIT`] (a ruleset lock held by a hung program) is killed and is an error, so no
+/// caller waits for ever.
+fn run_nft(args: &[&str], stdin: Option<&str>) -> Result<std::process::Output, String> {
+    let nft = find().ok_or(MISSING)?;
+    let mut child = Command::new(&nft)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", nft.display()))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())
+            .map_err(|e| format!("cannot feed nft: {e}"))?;
+    }
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(NFT_LIMIT) {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(e)) => Err(format!("nft did not finish: {e}")),
+        Err(_) => {
+            crate::processes::signal(pid, rustix::process::Signal::KILL);
+            Err(format!(
+                "nft {} did not finish within {NFT_LIMIT:?} and was killed",
+                args.join(" ")
+            ))
+        }
     }
 }
 
@@ -416,12 +441,9 @@ fn parse_blocking_chains(listing: &serde_json::Value, ours: &str) -> Vec<Blockin
 }
 
 fn list_json(args: &[&str]) -> Result<serde_json::Value, String> {
-    let nft = find().ok_or(MISSING)?;
-    let out = Command::new(&nft)
-        .arg("-j")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", nft.display()))?;
+    let mut all = vec!["-j"];
+    all.extend_from_slice(args);
+    let out = run_nft(&all, None)?;
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
     }

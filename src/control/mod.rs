@@ -275,7 +275,13 @@ async fn run_async(
 fn raise_fd_limit(max_clients: usize) {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut lim = getrlimit(Resource::Nofile);
-    if lim.current < lim.maximum {
+    // None is unlimited.
+    let below_hard = match (lim.current, lim.maximum) {
+        (Some(current), Some(maximum)) => current < maximum,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if below_hard {
         lim.current = lim.maximum;
         if setrlimit(Resource::Nofile, lim).is_err() {
             lim = getrlimit(Resource::Nofile);
@@ -373,8 +379,9 @@ struct Watched {
     /// The TAP's interface index (a TAP deleted and made again by someone else under the same
     /// name has another index, and none of the cores' queues).
     tap_index: u32,
-    /// The nftables table, where the instance has one.
-    table: Option<firewall::Installed>,
+    /// The nftables table, where the instance has one (locked by the blocking thread that
+    /// checks it).
+    table: Option<Arc<std::sync::Mutex<firewall::Installed>>>,
 }
 
 async fn start(
@@ -496,7 +503,7 @@ async fn start(
         watched: Watched {
             handle,
             tap_index: index,
-            table,
+            table: table.map(|t| Arc::new(std::sync::Mutex::new(t))),
         },
     })
 }
@@ -529,21 +536,24 @@ async fn supervise(
         .signals
         .then(|| signal(SignalKind::hangup()).ok())
         .flatten();
-    let mut nft_bell = watched.table.as_ref().and_then(|t| {
+    let mut nft_bell = watched.table.is_some().then(|| {
         watch::Doorbell::nftables()
-            .map_err(|e| log::warn!("cannot watch nftables for changes ({e}): if someone deletes or flushes the table inet {}, host protection is gone until tapwire restarts", t.table))
+            .map_err(|e| log::warn!("cannot watch nftables for changes ({e}): if someone deletes or flushes tapwire's table, host protection is gone until tapwire restarts"))
             .ok()
-    });
+    }).flatten();
     let mut link_bell = watch::Doorbell::links()
         .map_err(|e| log::warn!("cannot watch links for changes ({e}): if someone deletes or sets down TAP {}, tapwire will not notice", cfg.tap))
         .ok();
-    // Anything changed before the doorbells were open.
-    check_table(shared, watched);
-    if let Some(lost) = check_tap(cfg, shared, watched).await {
-        return Some(lost);
-    }
+    // Every wait is a deadline in this one loop, so that none holds up the others (a dnsmasq
+    // back-off of 30 s must not delay putting the table back, or a SIGHUP).
+    let now = tokio::time::Instant::now;
+    // Anything changed before the doorbells were open is looked at first.
+    let mut table_check_at = Some(now());
+    let mut tap_check_at = Some(now());
+    let mut last_restore: Option<tokio::time::Instant> = None;
+    let mut dnsmasq_start_at = None;
     let mut restarts = dnsmasq::Restarts::default();
-    let mut started = tokio::time::Instant::now();
+    let mut started = now();
     loop {
         let child_exit = async {
             match child.as_mut() {
@@ -557,38 +567,59 @@ async fn supervise(
             _ = recv_opt(&mut int) => return None,
             _ = recv_opt(&mut usr1) => eprint!("{}", counters::summary(&shared.counters, &shared.host_counters)),
             _ = recv_opt(&mut hup) => reload_certificate(cfg),
+            // A burst of changes (`nft -f` makes several) is looked at once, 50 ms after it
+            // began; and at most once a second after a restore, so that a program that keeps
+            // replacing the ruleset does not make tapwire run nft without pause.
             _ = ring_opt(&mut nft_bell) => {
-                settle(&mut nft_bell).await;
-                check_table(shared, watched);
+                let soon = now() + SETTLE;
+                let calm = last_restore.map_or(soon, |t| t + RESTORE_INTERVAL);
+                table_check_at.get_or_insert(soon.max(calm));
             }
             _ = ring_opt(&mut link_bell) => {
-                settle(&mut link_bell).await;
+                tap_check_at.get_or_insert(now() + SETTLE);
+            }
+            _ = sleep_until_opt(table_check_at) => {
+                table_check_at = None;
+                if let Some(b) = nft_bell.as_mut() {
+                    b.drain();
+                }
+                if check_table(shared, watched).await {
+                    last_restore = Some(now());
+                }
+            }
+            _ = sleep_until_opt(tap_check_at) => {
+                tap_check_at = None;
+                if let Some(b) = link_bell.as_mut() {
+                    b.drain();
+                }
                 if let Some(lost) = check_tap(cfg, shared, watched).await {
                     return Some(lost);
                 }
             }
             status = child_exit => {
                 let delay = restarts.after_exit(started.elapsed());
-                log::warn!("dnsmasq exited ({}); restarting in {delay:?}", status.map_or("unknown status".into(), |s| s.to_string()));
+                log::warn!("dnsmasq exited ({}); starting it again in {delay:?}", status.map_or("unknown status".into(), |s| s.to_string()));
                 *child = None;
-                tokio::select! {
-                    _ = shutdown.wait() => return None,
-                    _ = recv_opt(&mut term) => return None,
-                    _ = recv_opt(&mut int) => return None,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                if let Some(launch) = dnsmasq {
-                    match launch.spawn() {
-                        Ok(c) => {
-                            if let Err(e) = host.record(Change::Dnsmasq { pid: c.id().unwrap_or(0), ifname: cfg.tap.to_string(), lease_file: launch.lease_file.clone() }) {
-                                log::warn!("{e}");
-                            }
-                            shared.host_counters.dnsmasq_restarts.inc();
-                            started = tokio::time::Instant::now();
-                            log::info!("dnsmasq started again (pid {})", c.id().unwrap_or(0));
-                            *child = Some(c);
+                dnsmasq_start_at = Some(now() + delay);
+            }
+            _ = sleep_until_opt(dnsmasq_start_at) => {
+                dnsmasq_start_at = None;
+                let Some(launch) = dnsmasq else { continue };
+                match launch.spawn() {
+                    Ok(c) => {
+                        if let Err(e) = host.record(Change::Dnsmasq { pid: c.id().unwrap_or(0), ifname: cfg.tap.to_string(), lease_file: launch.lease_file.clone() }) {
+                            log::warn!("{e}");
                         }
-                        Err(e) => log::error!("cannot restart dnsmasq: {e}"),
+                        shared.host_counters.dnsmasq_restarts.inc();
+                        started = now();
+                        log::info!("dnsmasq started again (pid {})", c.id().unwrap_or(0));
+                        *child = Some(c);
+                    }
+                    Err(e) => {
+                        // Tried again later, like an exit right after a start.
+                        let delay = restarts.after_exit(Duration::ZERO);
+                        log::error!("cannot start dnsmasq again: {e}; trying again in {delay:?}");
+                        dnsmasq_start_at = Some(now() + delay);
                     }
                 }
             }
@@ -596,26 +627,50 @@ async fn supervise(
     }
 }
 
-/// Puts the nftables table back if someone else deleted or changed it. Runs `nft` (a few
-/// milliseconds) on the control thread, which serves nothing time-critical.
-fn check_table(shared: &Shared, watched: &mut Watched) {
-    let Some(table) = watched.table.as_mut() else {
-        return;
+/// How long after a change is first rung the state is looked at (the rest of a burst).
+const SETTLE: Duration = Duration::from_millis(50);
+/// After the table was made again, the next check waits at least this long.
+const RESTORE_INTERVAL: Duration = Duration::from_secs(1);
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Puts the nftables table back if someone else deleted or changed it; whether it did. `nft`
+/// runs on a blocking thread (each run is bounded, see `firewall`), so the proxies and the
+/// metrics listener on this thread's runtime go on meanwhile.
+async fn check_table(shared: &Shared, watched: &mut Watched) -> bool {
+    let Some(table) = watched.table.clone() else {
+        return false;
     };
-    match table.check() {
-        Ok(firewall::Found::Intact) => {}
+    let checked = tokio::task::spawn_blocking(move || {
+        let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
+        (t.table.clone(), t.check())
+    })
+    .await;
+    let Ok((name, found)) = checked else {
+        log::error!("the check of the nftables table stopped unexpectedly");
+        return false;
+    };
+    match found {
+        Ok(firewall::Found::Intact) => false,
         Ok(found) => {
             shared.host_counters.firewall_restores.inc();
             log::warn!(
-                "the nftables table inet {} was {} by someone else: made again (host protection, NAT and forwards are tapwire's own rules; to change them, change tapwire's options)",
-                table.table,
+                "the nftables table inet {name} was {} by someone else: made again (host protection, NAT and forwards are tapwire's own rules; to change them, change tapwire's options)",
                 if found == firewall::Found::Deleted { "deleted" } else { "changed" }
             );
+            true
         }
-        Err(e) => log::error!(
-            "the nftables table inet {} was deleted or changed by someone else and cannot be made again ({e}): guests may reach the host's services; restart tapwire",
-            table.table
-        ),
+        Err(e) => {
+            log::error!(
+                "the nftables table inet {name} was deleted or changed by someone else and cannot be made again ({e}): guests may reach the host's services; restart tapwire"
+            );
+            false
+        }
     }
 }
 
@@ -654,15 +709,6 @@ async fn ring_opt(bell: &mut Option<watch::Doorbell>) {
     match bell {
         Some(b) => b.rung().await,
         None => std::future::pending().await,
-    }
-}
-
-/// After a ring: lets a burst of changes (`nft -f` makes several) finish, then takes the
-/// rest of its messages, so that one burst is looked at once.
-async fn settle(bell: &mut Option<watch::Doorbell>) {
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    if let Some(b) = bell {
-        b.drain();
     }
 }
 

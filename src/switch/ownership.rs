@@ -168,17 +168,28 @@ impl SharedOwnership {
         }
     }
 
-    /// Runs `f` with the map locked, then publishes its claim count.
+    /// Runs `f` with the map locked, then publishes its claim count (also if `f` panics).
     pub fn with<R>(&self, f: impl FnOnce(&mut Ownership) -> R) -> R {
+        /// Publishes the count when the lock is given back, however that happens.
+        struct Publish<'a> {
+            map: std::sync::MutexGuard<'a, Ownership>,
+            claims: &'a AtomicU64,
+        }
+        impl Drop for Publish<'_> {
+            fn drop(&mut self) {
+                self.claims.store(self.map.claims(), Ordering::Release);
+            }
+        }
         // A poisoned lock means another core panicked mid-claim; the map itself is still
         // consistent (every mutation is a single insert/remove), so keep using it.
-        let mut guard = self
-            .map
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let r = f(&mut guard);
-        self.claims.store(guard.claims(), Ordering::Release);
-        r
+        let mut locked = Publish {
+            map: self
+                .map
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            claims: &self.claims,
+        };
+        f(&mut locked.map)
     }
 
     /// The claim count as last published (see [`Ownership::claims`]).

@@ -83,7 +83,8 @@ pub struct Switch {
     unowned: HashMap<Mac, u64>,
 }
 
-/// At most this many unowned destinations are remembered; past it the memory starts afresh.
+/// At most this many unowned destinations are remembered; past it one is forgotten for each
+/// new one.
 const UNOWNED_MEMORY: usize = 256;
 
 /// Something that lends the ownership authority briefly (a lock in the engine, a plain value
@@ -341,8 +342,12 @@ fn unseen_owner(sw: &mut Switch, authority: &mut impl OwnershipAccess, dst: Mac)
             sw.unowned.remove(&dst);
         }
         None => {
-            if sw.unowned.len() >= UNOWNED_MEMORY {
-                sw.unowned.clear();
+            if sw.unowned.len() >= UNOWNED_MEMORY && !sw.unowned.contains_key(&dst) {
+                // Forget one (whichever comes first): a client sending to many unowned
+                // addresses costs one lock per new address, never one per frame to the rest.
+                if let Some(old) = sw.unowned.keys().next().copied() {
+                    sw.unowned.remove(&old);
+                }
             }
             sw.unowned.insert(dst, claims);
         }
