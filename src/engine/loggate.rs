@@ -7,8 +7,8 @@
 //! one; [`LogGate::flush`] (from one core's housekeeping) reports kinds whose held-back lines
 //! would otherwise never be mentioned because no later line came.
 
+use super::clock::Clock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use crate::counters::DropReason;
 
@@ -44,14 +44,21 @@ struct Gate {
 
 /// The relay's log gate, shared by every core.
 pub struct LogGate {
-    start: Instant,
+    clock: Clock,
     gates: Vec<Gate>,
 }
 
 impl Default for LogGate {
     fn default() -> Self {
+        Self::new(Clock::real())
+    }
+}
+
+impl LogGate {
+    /// A gate reading `clock` (the cores' own).
+    pub fn new(clock: Clock) -> Self {
         LogGate {
-            start: Instant::now(),
+            clock,
             gates: (0..KINDS)
                 .map(|_| Gate {
                     last_ms: AtomicU64::new(0),
@@ -60,12 +67,10 @@ impl Default for LogGate {
                 .collect(),
         }
     }
-}
 
-impl LogGate {
     fn now_ms(&self) -> u64 {
-        // Lossless for 584 million years.
-        self.start.elapsed().as_millis() as u64 + 1
+        // 0 means "never logged".
+        self.clock.now_ms() + 1
     }
 
     /// Whether a line of `kind` may be logged now: `Some(held)` with the number of its lines

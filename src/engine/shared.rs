@@ -78,7 +78,7 @@ impl Shared {
                 .map(|_| Arc::new(CoreCounters::default()))
                 .collect(),
             host_counters: HostCounters::default(),
-            log_gate: loggate::LogGate::default(),
+            log_gate: loggate::LogGate::new(clock.clone()),
             clock,
         }))
     }
