@@ -17,8 +17,7 @@ fn every_bad_input_gets_its_reaction_while_another_guest_pings() {
         return;
     }
     let relay = Relay::start(&["--handshake-timeout", "1s"]);
-    let mut guest = relay.guest(0);
-    guest.dhcp(&relay.dir.0);
+    let guest = relay.leased_guest(0);
     let mut pinger = guest.ping_background(GATEWAY, 50, relay.dir.0.join("ping.log"));
 
     // HTTP rows.

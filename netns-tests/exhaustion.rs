@@ -28,8 +28,7 @@ fn a_ping_flood_from_a_client_that_never_reads_is_bounded() {
     }
     use std::io::Write;
     let relay = Relay::start(&[]);
-    let mut guest = relay.guest(0);
-    guest.dhcp(&relay.dir.0);
+    let guest = relay.leased_guest(0);
     let before = rss_kib(relay.relay.pid());
     let flooder = relay.client_with(None, Some(4096));
     let burst: Vec<u8> = (0..1_000)
@@ -176,8 +175,7 @@ fn partial_frames_cannot_pin_a_cores_slots() {
         "--ping-interval",
         "0",
     ]);
-    let mut guest = relay.guest(0);
-    guest.dhcp(&relay.dir.0);
+    let guest = relay.leased_guest(0);
     let before = rss_kib(relay.relay.pid());
     let mut partial: Vec<WsClient> = (0..600)
         .map(|_| {

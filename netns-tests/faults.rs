@@ -68,8 +68,7 @@ fn a_table_deleted_or_flushed_by_someone_else_is_made_again_and_logged() {
         probe(&relay.ns, "127.0.0.1", 7003, false).contains("hello"),
         "the host service does not answer at all"
     );
-    let mut guest = relay.guest(0);
-    guest.dhcp(&relay.dir.0);
+    let guest = relay.leased_guest(0);
     let closed = || !probe(&guest.ns, GATEWAY, 7003, false).contains("hello");
     assert!(closed(), "host protection is on at the start");
 
@@ -123,8 +122,7 @@ fn a_tap_set_down_is_set_up_again_and_a_deleted_tap_stops_the_relay_cleanly() {
         return;
     }
     let mut relay = Relay::start(&[]);
-    let mut guest = relay.guest(0);
-    guest.dhcp(&relay.dir.0);
+    let guest = relay.leased_guest(0);
     assert_eq!(guest.ping(GATEWAY, 3), 3);
     let is_up = |relay: &Relay| {
         let out = exec_ok(&relay.ns, &["ip", "-o", "link", "show", "dev", &relay.tap]);
@@ -277,8 +275,7 @@ fn a_relay_stopped_for_5_s_under_load_goes_on_with_every_client() {
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
     use std::sync::Arc;
     let relay = Relay::start(&[]);
-    let mut guest = relay.guest(0);
-    guest.dhcp(&relay.dir.0);
+    let guest = relay.leased_guest(0);
     let (rx, tx) = (mac(0x71), mac(0x72));
     let mut receiver = relay.client(None);
     receiver.send_frame(&eth(BROADCAST, rx, b"learn me"));
@@ -439,8 +436,7 @@ fn ten_thousand_connections_in_one_burst_are_all_served_and_freed() {
         "{c:?}"
     );
     // And the relay still serves a newcomer.
-    let mut guest = relay.guest(0);
-    guest.dhcp(&relay.dir.0);
+    let guest = relay.leased_guest(0);
     assert_eq!(guest.ping(GATEWAY, 3), 3);
 }
 

@@ -324,6 +324,13 @@ impl Relay {
             Some(source_port_for_core(core)),
         )
     }
+
+    /// A kernel-stack guest on core `core` with its DHCP lease.
+    pub fn leased_guest(&self, core: usize) -> Guest {
+        let mut guest = self.guest(core);
+        guest.dhcp(&self.dir.0);
+        guest
+    }
 }
 
 /// The `--metrics` port of every relay the harness starts (unless the test gives its own).

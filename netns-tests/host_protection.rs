@@ -105,8 +105,7 @@ fn host_services_are_closed_to_guests_unless_allowed() {
         &["ip", "addr", "add", "192.0.2.1/32", "dev", "lo"],
     );
     let udp = services(&relay);
-    let mut guest = relay.guest(0);
-    guest.dhcp(&relay.dir.0);
+    let guest = relay.leased_guest(0);
     // What the host does answer: DHCP (the lease above), ping and DNS at the gateway.
     assert_eq!(guest.ping(GATEWAY, 2), 2);
     let dns = guest
@@ -149,8 +148,7 @@ fn host_services_are_closed_to_guests_unless_allowed() {
         &["ip", "addr", "add", "192.0.2.1/32", "dev", "lo"],
     );
     let udp = services(&relay);
-    let mut guest = relay.guest(1);
-    guest.dhcp(&relay.dir.0);
+    let guest = relay.leased_guest(1);
     assert!(greeted(&guest, GATEWAY), "allowed TCP port");
     // The positive control of the closed case above: the same route to the same address
     // greets once the port is allowed.
@@ -174,7 +172,6 @@ fn host_services_are_closed_to_guests_unless_allowed() {
     let _udp = services(&relay);
     let tables = exec_ok(&relay.ns, &["nft", "list", "tables"]);
     assert!(!tables.contains("tapwire_"), "{tables}");
-    let mut guest = relay.guest(0);
-    guest.dhcp(&relay.dir.0);
+    let guest = relay.leased_guest(0);
     assert!(greeted(&guest, GATEWAY));
 }

@@ -10,8 +10,7 @@ fn sigterm_closes_clients_with_1001_and_leaves_nothing() {
         return;
     }
     let mut relay = Relay::start(&[]);
-    let mut guest = relay.guest(1);
-    guest.dhcp(&relay.dir.0);
+    let mut guest = relay.leased_guest(1);
     let mut client = relay.client(None);
     let dnsmasq = dnsmasq_pids(&relay.proc().log_text());
     assert!(
@@ -58,8 +57,7 @@ fn sigkill_then_cleanup_leaves_nothing() {
         return;
     }
     let mut relay = Relay::start(&[]);
-    let mut guest = relay.guest(0);
-    guest.dhcp(&relay.dir.0);
+    let _guest = relay.leased_guest(0);
     let dnsmasq = dnsmasq_pids(&relay.proc().log_text());
     relay.signal_and_wait(libc::SIGKILL);
     let ledger = relay.instance_dir().join("ledger");

@@ -40,8 +40,7 @@ fn relays_in_two_namespaces_with_default_names_run_and_stop_alone() {
     assert_ne!(a.instance_dir(), b.instance_dir());
     let b_dnsmasq = dnsmasq_in(&b.ns);
     assert!(!b_dnsmasq.is_empty(), "b runs a dnsmasq");
-    let mut guest = b.guest(0);
-    guest.dhcp(&b.dir.0);
+    let guest = b.leased_guest(0);
 
     let status = a.signal_and_wait(libc::SIGTERM);
     assert!(status.success(), "{}", a.proc().log_text());
@@ -145,8 +144,7 @@ fn a_second_run_on_an_existing_tap_is_refused_and_harms_nothing() {
             .unwrap_or(true),
         "the refused runs left no state"
     );
-    let mut guest = a.guest(1);
-    guest.dhcp(&a.dir.0);
+    let guest = a.leased_guest(1);
     assert_eq!(guest.ping(GATEWAY, 2), 2);
 }
 

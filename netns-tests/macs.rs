@@ -14,8 +14,7 @@ fn a_client_cannot_claim_the_gateway_mac() {
         return;
     }
     let relay = Relay::start(&[]);
-    let mut guest = relay.guest(0);
-    guest.dhcp(&relay.dir.0);
+    let guest = relay.leased_guest(0);
     let gw = relay.tap_mac();
     // Flush the guest's neighbour entry so it must ask for the gateway again.
     exec_ok(&guest.ns, &["ip", "neigh", "flush", "dev", "eth0"]);

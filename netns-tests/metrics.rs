@@ -47,8 +47,7 @@ fn a_scrape_during_traffic_matches_what_was_sent() {
     );
     assert!(get(&relay, "/nothing").0.starts_with("HTTP/1.1 404"));
 
-    let mut guest = relay.guest(0);
-    guest.dhcp(&relay.dir.0);
+    let guest = relay.leased_guest(0);
     let pinging = guest.ping_background(GATEWAY, 20, relay.dir.0.join("ping.log"));
     // 37 runt frames from a client, scraped while the guest pings.
     let mut client = relay.client(None);

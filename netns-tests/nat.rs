@@ -52,8 +52,7 @@ fn guests_reach_the_internet_with_nat_and_not_without() {
     let ns = netns("twr");
     let net = internet(&ns);
     let relay = Relay::launch_in(ns, &[], None, None, &[]);
-    let mut guest = relay.guest(0);
-    guest.dhcp(&relay.dir.0);
+    let guest = relay.leased_guest(0);
     assert_eq!(download(&guest), None, "reached the internet without --nat");
     drop(guest);
     drop(relay);

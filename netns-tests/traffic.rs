@@ -97,8 +97,7 @@ fn slow_guest_does_not_delay_others() {
         return;
     }
     let relay = Relay::start(&["--slow-client-timeout", "2s", "--send-queue", "64"]);
-    let mut guest = relay.guest(0);
-    guest.dhcp(&relay.dir.0);
+    let guest = relay.leased_guest(0);
     // The baseline: the same pings with nobody stuck and nothing flooding.
     let mut baseline = guest.ping_background(GATEWAY, 25, relay.dir.0.join("baseline.log"));
     assert_eq!(
@@ -215,8 +214,7 @@ fn kernel_guest_runs_iperf3_tcp_and_udp_against_the_host() {
         return;
     }
     let relay = Relay::start(&["--allow-host-port", "tcp:5201,udp:5201"]);
-    let mut guest = relay.guest(0);
-    guest.dhcp(&relay.dir.0);
+    let guest = relay.leased_guest(0);
     let server = Proc::spawn(
         relay.ns.cmd(&["iperf3", "-s", "-B", GATEWAY, "-p", "5201"]),
         relay.dir.0.join("iperf3-server.log"),
@@ -266,8 +264,7 @@ fn jumbo_frames_cross_a_real_tap_at_mtu_65521() {
         "--reserve",
         "00:22:15:00:00:65=10.86.0.200",
     ]);
-    let mut guest = relay.guest(0);
-    guest.dhcp(&relay.dir.0);
+    let guest = relay.leased_guest(0);
     exec_ok(&guest.ns, &["ip", "link", "set", "eth0", "mtu", "65521"]);
     let out = guest
         .ns

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use tapwire_testkit::ws::{client_frame, Decoder, Message};
+pub use tapwire_testkit::packet::eth;
+pub use tapwire_testkit::ws::Got;
+use tapwire_testkit::ws::{client_frame, Decoder};
 
 use super::clock::Clock;
 use super::worker::Worker;
@@ -211,15 +213,6 @@ pub struct Client {
     eof: bool,
 }
 
-/// What a client received.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Got {
-    Frame(Vec<u8>),
-    Ping(Vec<u8>),
-    Pong(Vec<u8>),
-    Close(Option<u16>),
-}
-
 impl Client {
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("client send");
@@ -303,28 +296,7 @@ impl Client {
     }
 }
 
-impl From<Message<'_>> for Got {
-    fn from(m: Message<'_>) -> Self {
-        match m {
-            Message::Frame(f) => Got::Frame(f.to_vec()),
-            Message::Ping(p) => Got::Ping(p.to_vec()),
-            Message::Pong(p) => Got::Pong(p.to_vec()),
-            Message::Close(c) => Got::Close(c),
-        }
-    }
-}
-
-/// An Ethernet frame from `src` to `dst` with `payload` (ethertype 0x88B5, local experimental).
-pub fn eth(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(14 + payload.len());
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&[0x88, 0xB5]);
-    f.extend_from_slice(payload);
-    f
-}
-
-/// A locally administered unicast MAC ending in `n`.
+/// A unicast MAC ending in `n`.
 pub fn mac(n: u8) -> [u8; 6] {
     [0x02, 0, 0, 0, 0, n]
 }

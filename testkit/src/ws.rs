@@ -234,6 +234,17 @@ pub enum Got {
     Timeout,
 }
 
+impl From<Message<'_>> for Got {
+    fn from(m: Message<'_>) -> Self {
+        match m {
+            Message::Frame(f) => Got::Frame(f.to_vec()),
+            Message::Ping(p) => Got::Ping(p.to_vec()),
+            Message::Pong(p) => Got::Pong(p.to_vec()),
+            Message::Close(code) => Got::Close(code),
+        }
+    }
+}
+
 /// A blocking WebSocket client sending and receiving Ethernet frames, over TCP or TLS.
 pub struct WsClient<S: Transport = TcpStream> {
     pub stream: S,
@@ -290,14 +301,7 @@ impl<S: Transport> WsClient<S> {
             };
             let received = &mut self.received;
             self.decoder
-                .feed(&mut chunk[..n], |m| {
-                    received.push_back(match m {
-                        Message::Frame(f) => Got::Frame(f.to_vec()),
-                        Message::Ping(p) => Got::Ping(p.to_vec()),
-                        Message::Pong(p) => Got::Pong(p.to_vec()),
-                        Message::Close(code) => Got::Close(code),
-                    })
-                })
+                .feed(&mut chunk[..n], |m| received.push_back(Got::from(m)))
                 .unwrap_or_else(|e| panic!("server sent an invalid frame: {e}"));
         }
     }

@@ -15,6 +15,15 @@ fn guest(rig: &mut Rig, core: usize, m: [u8; 6]) -> Client {
     c
 }
 
+/// `mac(1)` on core 0 and `mac(2)` on core 1, every core knowing both, nothing unread.
+fn guests_on_two_cores(rig: &mut Rig) -> (Client, Client) {
+    let mut a = guest(rig, 0, mac(1));
+    let mut b = guest(rig, 1, mac(2));
+    rig.until("b's hello reaches a", |_| a.next_frame().is_some());
+    while b.next_frame().is_some() {}
+    (a, b)
+}
+
 #[test]
 fn frames_pipelined_behind_the_upgrade_all_reach_the_tap() {
     let mut rig = Rig::new(1, &[]);
@@ -249,9 +258,7 @@ fn clients_over_max_clients_get_503() {
 #[test]
 fn a_frame_crosses_cores_to_a_guest_learned_on_the_other() {
     let mut rig = Rig::new(2, &[]);
-    let mut a = guest(&mut rig, 0, mac(1));
-    let mut b = guest(&mut rig, 1, mac(2));
-    while a.next_frame().is_some() {}
+    let (mut a, mut b) = guests_on_two_cores(&mut rig);
     a.send_frame(&eth(mac(2), mac(1), b"across"));
     rig.until("the frame reaches b on the other core", |_| {
         b.next_frame()
@@ -325,10 +332,7 @@ fn a_wss_client_upgrades_and_frames_cross_both_ways() {
 #[test]
 fn a_core_that_falls_behind_holds_the_senders_input_back_without_running_out_of_buffers() {
     let mut rig = Rig::new(2, &[]);
-    let mut a = guest(&mut rig, 0, mac(1));
-    let mut b = guest(&mut rig, 1, mac(2));
-    while a.next_frame().is_some() {}
-    while b.next_frame().is_some() {}
+    let (mut a, mut b) = guests_on_two_cores(&mut rig);
     const FRAMES: u16 = 3_000;
     let burst: Vec<u8> = (0..FRAMES)
         .flat_map(|i| client_frame(2, &eth(mac(2), mac(1), &i.to_be_bytes())))

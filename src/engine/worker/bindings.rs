@@ -25,8 +25,7 @@ impl Worker {
             Ok(claim) => Some(claim),
             Err(drop) => {
                 let reason = DropReason::from(drop);
-                self.counters.dropped(reason);
-                self.log_once(port, reason, format_args!("source {src}"));
+                self.drop_logged(port, reason, format_args!("source {src}"));
                 None
             }
         }

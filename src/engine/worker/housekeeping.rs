@@ -101,8 +101,7 @@ impl Worker {
                 None => {}
                 Some(Timeout::Ping(ping)) => self.enqueue_owned(port, ping),
                 Some(Timeout::Close { reason, reply }) => {
-                    self.counters.dropped(reason);
-                    self.log_once(port, reason, format_args!("closing the connection"));
+                    self.drop_logged(port, reason, format_args!("closing the connection"));
                     self.enqueue_owned(port, reply);
                 }
                 Some(Timeout::ShutDown(reason)) => {

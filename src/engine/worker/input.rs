@@ -276,8 +276,7 @@ impl Worker {
                     if let Some((slot, _)) = self.partial.take(&mut c.assembly) {
                         self.pool.release(slot);
                     }
-                    self.counters.dropped(DropReason::RuntFrame);
-                    self.log_once(
+                    self.drop_logged(
                         port,
                         DropReason::RuntFrame,
                         format_args!(
@@ -291,8 +290,7 @@ impl Worker {
                 }
                 Input::Close { reply, violation } => {
                     if let Some((reason, violation)) = violation {
-                        self.counters.dropped(reason);
-                        self.log_once(
+                        self.drop_logged(
                             port,
                             reason,
                             format_args!("closing with {}: {violation}", violation.close_code()),
@@ -318,8 +316,7 @@ impl Worker {
             match self.partial.start(&mut self.pool) {
                 Ok(slot) => c.assembly = Some((slot, 0)),
                 Err(DropReason::PartialFramesFull) => {
-                    self.counters.dropped(DropReason::PartialFramesFull);
-                    self.log_once(
+                    self.drop_logged(
                         port,
                         DropReason::PartialFramesFull,
                         format_args!("dropped a message split across receives: this core's slots for partial frames are in use"),
@@ -448,8 +445,7 @@ impl Worker {
         let Err(what) = c.conn.charge(len, group, now) else {
             return true;
         };
-        self.counters.dropped(DropReason::RateLimited);
-        self.log_once(port, DropReason::RateLimited, format_args!("{what}"));
+        self.drop_logged(port, DropReason::RateLimited, format_args!("{what}"));
         false
     }
 

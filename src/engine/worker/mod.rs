@@ -344,6 +344,13 @@ impl Worker {
         }
     }
 
+    /// Counts a drop for `reason` and logs `what` for the client of `port` (see
+    /// [`Worker::log_once`]).
+    fn drop_logged(&mut self, port: PortId, reason: DropReason, what: std::fmt::Arguments<'_>) {
+        self.counters.dropped(reason);
+        self.log_once(port, reason, what);
+    }
+
     /// Logs `what` for the client of `port` at most once per reason per log interval.
     /// `what` is formatted only when it is logged: drop paths run per frame and must not
     /// allocate.

@@ -219,8 +219,7 @@ impl Worker {
             .queue
             .admits(&c.out, total, slots_free, tap_lent)
         {
-            self.counters.dropped(DropReason::SendQueueFull);
-            self.log_once(
+            self.drop_logged(
                 port,
                 DropReason::SendQueueFull,
                 format_args!("client is not reading fast enough"),

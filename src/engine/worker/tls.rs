@@ -85,8 +85,7 @@ impl Worker {
                 }
                 if short {
                     // Never reached while input waits for PLAIN_PER_RECEIVE free buffers.
-                    self.counters.dropped(DropReason::NoFrameBuffer);
-                    self.log_once(
+                    self.drop_logged(
                         port,
                         DropReason::NoFrameBuffer,
                         format_args!("no plaintext buffer for decrypted input; closing"),
