@@ -22,6 +22,18 @@ report() {
   rm -f "$TAPWIRE_TEST_REPORT"
 }
 trap report EXIT
+# What tests leave behind is what appeared during this run: namespaces and dnsmasq processes
+# that were there before it belong to another run (alive, or killed mid-way) and are not ours
+# to judge or delete.
+ours_netns() { ip netns list | grep -oE '^tw[rg][0-9]+' | sort || true; }
+ours_dnsmasq() { pgrep -a dnsmasq | grep -E -- '--interface=twt[0-9]' | sort || true; }
+if [ "$(id -u)" -eq 0 ]; then
+  netns_before=$(ours_netns)
+  dnsmasq_before=$(ours_dnsmasq)
+  if [ -n "$netns_before" ]; then
+    echo "note: test namespaces from another run are present and not counted: $(echo $netns_before)" >&2
+  fi
+fi
 if [ "$(id -u)" -eq 0 ]; then
   bash scripts/deps.sh test
   # Real v86 guests: pinned npm packages and a guest image built from Debian packages
@@ -42,12 +54,12 @@ else
 fi
 # Nothing a test made may outlive it.
 if [ "$(id -u)" -eq 0 ]; then
-  left=$(ip netns list | grep -E '^tw[rg][0-9]' || true)
+  left=$(comm -13 <(echo "$netns_before") <(ours_netns) | grep . || true)
   if [ -n "$left" ]; then
-    echo "tests left network namespaces behind: $left" >&2
+    echo "tests left network namespaces behind: $(echo $left)" >&2
     exit 1
   fi
-  stray=$(pgrep -a dnsmasq | grep -E -- '--interface=twt[0-9]' || true)
+  stray=$(comm -13 <(echo "$dnsmasq_before") <(ours_dnsmasq) | grep . || true)
   if [ -n "$stray" ]; then
     echo "tests left dnsmasq processes behind: $stray" >&2
     exit 1
