@@ -79,14 +79,22 @@ fn resets_are_all_noticed(extra: &[&str], per_kind: usize) -> usize {
             // Every sample, the one that finds the baseline included, must start within the
             // second: a sample that started later proves nothing about the bound.
             let sampled_at = reset.elapsed();
-            let c = relay.counters();
-            let open = c.get("tapwire_clients_open");
+            // Descriptors first, and the gauge (a scrape) only once they are back: the
+            // relay's end of a scrape is a descriptor too, and under load it may still be
+            // open when the scraper has its answer (a run failed on "0 connections and 2
+            // descriptors over the baseline" that way, its own scrapes).
             let now_fds = fds(pid);
-            let freed = open == 0 && now_fds <= base_fds;
+            let open = if now_fds <= base_fds {
+                relay.counters().get("tapwire_clients_open")
+            } else {
+                u64::MAX
+            };
+            let freed = open == 0;
             assert!(
                 sampled_at < Duration::from_secs(1),
-                "{at:?}: {open} connection(s) and {} descriptor(s) over the baseline not freed a second after the last reset ({extra:?})",
-                now_fds.saturating_sub(base_fds)
+                "{at:?}: {} descriptor(s) over the baseline, open-clients gauge {}, a second after the last reset ({extra:?})",
+                now_fds.saturating_sub(base_fds),
+                if open == u64::MAX { "not read".to_string() } else { open.to_string() }
             );
             if freed {
                 break;

@@ -60,7 +60,7 @@ fn main() -> ExitCode {
                 Ok(args) => run(args),
                 Err(tapwire::config::LoadError::Args(e)) => e.exit(),
                 Err(e) => {
-                    eprintln!("tapwire: {e}");
+                    say_error(&e);
                     ExitCode::from(2)
                 }
             }
@@ -85,7 +85,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("tapwire: {e}");
+                    say_error(&e);
                     ExitCode::from(2)
                 }
             }
@@ -119,7 +119,7 @@ fn main() -> ExitCode {
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("tapwire: {e}");
+                    say_error(&e);
                     return ExitCode::FAILURE;
                 }
             };
@@ -141,7 +141,7 @@ fn run(args: RunArgs) -> ExitCode {
     let cfg = match args.validate(cores) {
         Ok(cfg) => cfg,
         Err(e) => {
-            eprintln!("tapwire: {e}");
+            say_error(&e);
             return ExitCode::from(2);
         }
     };
@@ -149,7 +149,7 @@ fn run(args: RunArgs) -> ExitCode {
     let listeners = match tapwire::bind_listeners(cfg.listen, cfg.cores) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("tapwire: {e}");
+            say_error(&e);
             return ExitCode::FAILURE;
         }
     };
@@ -161,7 +161,7 @@ fn run(args: RunArgs) -> ExitCode {
         None => Vec::new(),
         Some(Ok(l)) => l,
         Some(Err(e)) => {
-            eprintln!("tapwire: {e}");
+            say_error(&e);
             return ExitCode::FAILURE;
         }
     };
@@ -175,15 +175,23 @@ fn run(args: RunArgs) -> ExitCode {
             eprint!("{}", report.summary);
             match report.lost {
                 Some(why) => {
-                    eprintln!("tapwire: {why}");
+                    say_error(&why);
                     ExitCode::FAILURE
                 }
                 None => ExitCode::SUCCESS,
             }
         }
         Err(e) => {
-            eprintln!("tapwire: {e}");
+            say_error(&e);
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints `tapwire: ERROR` on stderr in one write, so that a reader of the log (a supervisor,
+/// a test) never sees half of it.
+fn say_error(e: &dyn std::fmt::Display) {
+    use std::io::Write;
+    let line = format!("tapwire: {e}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }

@@ -199,7 +199,7 @@ impl RelayProcess {
         all.push("run");
         let mut cmd = ns.cmd(&all);
         cmd.args(args);
-        let relay = RelayProcess {
+        let mut relay = RelayProcess {
             proc: Proc::spawn(cmd, log)?,
             metrics: metrics_addr(args).map(|a| (ns.path(), a)),
             summaries_seen: Cell::new(0),
@@ -211,6 +211,10 @@ impl RelayProcess {
                 return Ok(relay);
             }
             if text.contains("tapwire: ") || text.starts_with("error: ") {
+                // The message may still be being written (a run once read only "tapwire: "):
+                // all of it is there once the refused relay has exited.
+                let _ = relay.proc.wait_exit(Duration::from_secs(5));
+                let text = relay.proc.log_text();
                 return Err(io::Error::other(format!("relay failed to start:\n{text}")));
             }
             if Instant::now() >= deadline {
