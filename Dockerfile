@@ -12,10 +12,11 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin tapwire
 
-# Runtime stage: Debian 12 slim, dnsmasq for DHCP and DNS, nft for host protection and NAT.
+# Runtime stage: Debian 12 slim, dnsmasq for DHCP and DNS (and its dhcp_release for the leases
+# of removed networks), nft for host protection and NAT.
 FROM docker.io/library/debian:12-slim AS runtime
 RUN apt-get update \
- && apt-get install -y --no-install-recommends dnsmasq-base nftables \
+ && apt-get install -y --no-install-recommends dnsmasq-base dnsmasq-utils nftables \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/tapwire /usr/local/bin/tapwire
 EXPOSE 8086

@@ -32,7 +32,14 @@ fn tokens_and_origins_decide_who_connects() {
     let secret = secret.display().to_string();
     let page = "http://127.0.0.1:8000";
     let relay = Relay::start(&["--token-secret", &secret, "--allow-origin", page]);
-    let (good, url) = tapwire_token(&[
+    let (good, url) = tapwire_token(&["--token-secret", &secret, "--ttl", "1h"]);
+    assert_eq!(url, format!("ws://127.0.0.1:8086/?token={good}"));
+    assert!(
+        good.starts_with("v1.") && good.contains(".."),
+        "no network: {good}"
+    );
+    // A token for a network opens that network's URL, and only that.
+    let (farm, farm_url) = tapwire_token(&[
         "--token-secret",
         &secret,
         "--ttl",
@@ -40,8 +47,11 @@ fn tokens_and_origins_decide_who_connects() {
         "--network",
         "farm-1",
     ]);
-    assert_eq!(url, format!("ws://127.0.0.1:8086/?token={good}"));
-    assert!(good.starts_with("v1.") && good.contains(".farm-1."));
+    assert_eq!(
+        farm_url,
+        format!("ws://127.0.0.1:8086/n/farm-1?token={farm}")
+    );
+    assert!(farm.contains(".farm-1."));
     let (expired, _) = tapwire_token(&["--token-secret", &secret, "--ttl", "0s"]);
     let forged = tapwire_testkit::token::forge(&good);
 
@@ -57,6 +67,9 @@ fn tokens_and_origins_decide_who_connects() {
         status(&with_token, None).starts_with("HTTP/1.1 101"),
         "not a browser"
     );
+    assert!(status(&format!("/n/farm-1?token={farm}"), None).starts_with("HTTP/1.1 101"));
+    assert!(status(&format!("/?token={farm}"), None).starts_with("HTTP/1.1 403"));
+    assert!(status(&format!("/n/farm-2?token={farm}"), None).starts_with("HTTP/1.1 403"));
 
     // The URL `tapwire token` printed opens a working client: it takes a DHCP lease.
     let stream = relay.ns.enter({
@@ -81,6 +94,7 @@ fn tokens_and_origins_decide_who_connects() {
     ] {
         assert_eq!(c.drops(reason), 1, "{reason}");
     }
+    assert_eq!(c.drops("token_wrong_network"), 2);
     let log = relay.proc().log_text();
     assert!(
         !log.contains(&good) && !log.contains("token="),

@@ -84,17 +84,13 @@ fn resets_are_all_noticed(extra: &[&str], per_kind: usize) -> usize {
             // open when the scraper has its answer (a run failed on "0 connections and 2
             // descriptors over the baseline" that way, its own scrapes).
             let now_fds = fds(pid);
-            let open = if now_fds <= base_fds {
-                relay.counters().get("tapwire_clients_open")
-            } else {
-                u64::MAX
-            };
-            let freed = open == 0;
+            let open = (now_fds <= base_fds).then(|| relay.counters().get("tapwire_clients_open"));
+            let freed = open == Some(0);
             assert!(
                 sampled_at < Duration::from_secs(1),
                 "{at:?}: {} descriptor(s) over the baseline, open-clients gauge {}, a second after the last reset ({extra:?})",
                 now_fds.saturating_sub(base_fds),
-                if open == u64::MAX { "not read".to_string() } else { open.to_string() }
+                open.map_or("not read".to_string(), |n| n.to_string())
             );
             if freed {
                 break;

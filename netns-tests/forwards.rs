@@ -12,7 +12,7 @@ use super::GATEWAY;
 const GUEST_MAC: &str = "02:aa:bb:cc:dd:01";
 
 /// A Python TCP greeter on `tcp` and UDP echo on `udp`, inside `ns`.
-fn guest_services(ns: &Netns, dir: &std::path::Path, tcp: u16, udp: u16) -> Proc {
+pub fn guest_services(ns: &Netns, dir: &std::path::Path, tcp: u16, udp: u16) -> Proc {
     let script = format!(
         "import signal, socket, threading
 signal.alarm(120)

@@ -167,8 +167,9 @@ fn host_services_are_closed_to_guests_unless_allowed() {
     drop(guest);
     drop(relay);
 
-    // `all`: no host protection, and (without --nat) no table at all.
-    let relay = Relay::start(&["--allow-host-port", "all"]);
+    // `all`: no host protection, and (without --nat, and without networks, whose separation
+    // is the table's) no table at all.
+    let relay = Relay::start(&["--allow-host-port", "all", "--max-networks", "0"]);
     let _udp = services(&relay);
     let tables = exec_ok(&relay.ns, &["nft", "list", "tables"]);
     assert!(!tables.contains("tapwire_"), "{tables}");

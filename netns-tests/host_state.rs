@@ -99,6 +99,9 @@ fn check_reports_every_requirement_and_leaves_nothing() {
         "ok   /dev/net/tun opens",
         "ok   CAP_NET_ADMIN held",
         "ok   dnsmasq found",
+        "ok   dhcp_release found",
+        "open-file limit ",
+        "ok   --network-pool 10.96.0.0/12: 4096 of 4096 /24 blocks free",
         "TAP queue steering by destination MAC (eBPF) attaches",
         "tapwire can run here",
     ] {

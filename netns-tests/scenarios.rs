@@ -34,6 +34,8 @@ mod macs;
 mod metrics;
 #[path = "nat.rs"]
 mod nat;
+#[path = "networks.rs"]
+mod networks;
 #[path = "spoofing.rs"]
 mod spoofing;
 #[path = "swarm.rs"]

@@ -67,6 +67,12 @@ struct Blob {
 }
 
 fn serve_blob(relay: &Relay) -> Blob {
+    serve_blob_at(relay, "10.86.0.1:8000")
+}
+
+/// [`serve_blob`] on `listen` (ADDR:PORT; 0.0.0.0 for addresses that do not exist yet, such
+/// as a network's gateway before its first client).
+fn serve_blob_at(relay: &Relay, listen: &str) -> Blob {
     let root = relay.dir.0.join("www");
     std::fs::create_dir_all(&root).expect("www");
     let mut data = vec![0u8; 1024 * 1024];
@@ -89,7 +95,7 @@ fn serve_blob(relay: &Relay) -> Blob {
         .to_string();
     let mut cmd = relay
         .ns
-        .cmd(&["busybox", "httpd", "-f", "-p", "10.86.0.1:8000", "-h"]);
+        .cmd(&["busybox", "httpd", "-f", "-p", listen, "-h"]);
     cmd.arg(&root);
     Blob {
         server: Proc::spawn(cmd, relay.dir.0.join("httpd.log")).expect("httpd"),
@@ -283,10 +289,22 @@ impl Drop for V86Guest {
 /// an ne2k guest may (its emulated card loses frames the relay delivered), and each retry is
 /// reported. Returns the guest's address.
 fn check_guest(relay: &Relay, guest: &mut V86Guest, sha256: &str) -> Result<String, String> {
+    check_guest_in(relay, guest, sha256, "10.86.")
+}
+
+/// [`check_guest`] for a guest whose lease must start with `subnet_prefix`.
+fn check_guest_in(
+    relay: &Relay,
+    guest: &mut V86Guest,
+    sha256: &str,
+    subnet_prefix: &str,
+) -> Result<String, String> {
     let lease = guest.wait_for("TW-LEASE ", BOOT_LIMIT)?;
     let ip = lease.trim_start_matches("TW-LEASE ").trim().to_string();
-    if !ip.starts_with("10.86.") {
-        return Err(format!("lease {ip} is not from tapwire's subnet"));
+    if !ip.starts_with(subnet_prefix) {
+        return Err(format!(
+            "lease {ip} is not from the subnet it should be ({subnet_prefix}…)"
+        ));
     }
     guest.wait_for("TW-PING-OK", Duration::from_secs(30))?;
     let before = relay.try_counters()?;
@@ -360,6 +378,28 @@ fn v86_ne2k_guest_leases_pings_and_downloads() {
     if ready("v86_ne2k_guest_leases_pings_and_downloads") {
         one_guest("ne2k");
     }
+}
+
+/// A guest of network `lab` (`/n/lab`): the first network takes the pool's first block, so
+/// its gateway, where the guest pings and downloads, is 10.96.0.1.
+#[test]
+fn v86_guest_in_a_named_network_leases_pings_and_downloads() {
+    if !ready("v86_guest_in_a_named_network_leases_pings_and_downloads") {
+        return;
+    }
+    let relay = relay_serving_http();
+    let blob = serve_blob_at(&relay, "0.0.0.0:8000");
+    let url = format!("{}n/lab", relay.url());
+    let mut guest = V86Guest::boot_against(&relay, &url, "virtio", "10.96.0.1");
+    check_guest_in(&relay, &mut guest, &blob.sha256, "10.96.0.")
+        .unwrap_or_else(|e| failed(&relay, &e));
+    let c = relay.counters();
+    assert_eq!(
+        c.get("tapwire_network_clients{network=\"lab\"}"),
+        1,
+        "{c:?}"
+    );
+    drop(blob.server);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 # Installs the Debian packages tapwire and its tests use, if any is missing (needs root).
 # Usage: scripts/deps.sh run|test
 set -euo pipefail
-want=(dnsmasq-base iproute2 nftables)
+want=(dnsmasq-base dnsmasq-utils iproute2 nftables)
 if [ "${1:-run}" = test ]; then
   want+=(busybox iputils-ping procps iperf3 python3 systemd podman runc mmdebstrap)
 fi

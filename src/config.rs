@@ -12,15 +12,19 @@ use crate::ifname::IfName;
 
 mod access;
 mod auth;
+pub mod declared;
 pub mod file;
 mod forward;
+mod networks;
 mod subnet;
 mod tls;
 pub use access::{HostAccess, HostPort, HostPortArg};
-pub use auth::read_token_secret;
+pub use auth::{read_admin_token, read_token_secret};
+pub use declared::{Declared, NetLimits};
 pub use file::LoadError;
 pub use forward::{Forward, ForwardArg};
-use subnet::default_range;
+pub use networks::{tap_name as network_tap_name, NetworkArgs, Networks, NetworksMode};
+pub use subnet::default_range;
 pub use subnet::{DhcpRange, Reservation, Subnet};
 pub use tls::TlsListen;
 
@@ -118,6 +122,11 @@ pub struct RunArgs {
     /// at 127.0.0.1:PORT when only a port is given.
     #[arg(long, env = "TAPWIRE_METRICS", value_parser = parse_metrics_addr, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
+    /// The admin API (/api/ on the --metrics listener) requires `Authorization: Bearer TOKEN`
+    /// with the token in FILE (at least 16 characters); needed to use it when --metrics is not
+    /// on loopback.
+    #[arg(long, env = "TAPWIRE_ADMIN_TOKEN", value_name = "FILE")]
+    pub admin_token: Option<PathBuf>,
     /// Require clients to present a token signed with the secret in FILE (at least 16 bytes),
     /// as ?token=… in the URL; `tapwire token` makes them.
     #[arg(long, env = "TAPWIRE_TOKEN_SECRET", value_name = "FILE")]
@@ -151,6 +160,11 @@ pub struct RunArgs {
     pub reservations: Vec<Reservation>,
     #[command(flatten)]
     pub clients: ClientPolicy,
+    #[command(flatten)]
+    pub networks: NetworkArgs,
+    /// Networks declared in the `--config` file (`[[network]]` tables).
+    #[arg(skip)]
+    pub declared: Vec<declared::DeclaredArgs>,
     /// Use single-shot io_uring operations even where the kernel has multishot ones (for
     /// testing the fallback path used on older kernels).
     #[arg(long, env = "TAPWIRE_IO_FALLBACK")]
@@ -287,6 +301,8 @@ pub enum ConfigError {
     #[error("{0}")]
     Forward(String),
     #[error("{0}")]
+    Networks(String),
+    #[error("{0}")]
     Access(String),
     #[error("{0}")]
     Tls(String),
@@ -355,6 +371,10 @@ pub struct Config {
     pub access: crate::ws::access::Access,
     /// Fixed MAC → address pairs (checked to lie in the subnet when routed).
     pub reservations: Vec<Reservation>,
+    /// Networks other than the default one.
+    pub networks: Networks,
+    /// `--admin-token`'s token.
+    pub admin_token: Option<String>,
 }
 
 /// NAT egress settings.
@@ -504,7 +524,47 @@ impl RunArgs {
                 HostSide::Routed { subnet, dhcp }
             }
         };
+        let default_subnet = match &host {
+            HostSide::Routed { subnet, .. } => Some(subnet),
+            HostSide::Bridge(_) => None,
+        };
+        let host_access = HostAccess::from_args(&self.allow_host_ports);
+        let networks = self
+            .networks
+            .validate(
+                &self.tap,
+                default_subnet,
+                &self.declared,
+                (self.nat, self.isolate, &host_access),
+            )
+            .map_err(ConfigError::Networks)?;
+        let mut host_ports: Vec<(bool, u16)> = Vec::new();
+        for f in forwards
+            .iter()
+            .chain(networks.declared.iter().flat_map(|d| &d.forwards))
+        {
+            let proto = if f.udp { "udp" } else { "tcp" };
+            if host_ports.contains(&(f.udp, f.host_port)) {
+                return Err(ConfigError::Forward(format!(
+                    "forward {proto}:{}: forwarded twice (by --forward or a network's forward)",
+                    f.host_port
+                )));
+            }
+            if !f.udp && f.host_port == self.listen.port() {
+                return Err(ConfigError::Forward(format!(
+                    "forward {f}: port {} is tapwire's own --listen port; pick another host port",
+                    f.host_port
+                )));
+            }
+            host_ports.push((f.udp, f.host_port));
+        }
+        let admin_token = match &self.admin_token {
+            None => None,
+            Some(path) => Some(read_admin_token(path).map_err(ConfigError::Access)?),
+        };
         Ok(Config {
+            networks,
+            admin_token,
             listen: self.listen,
             tls: self.tls()?,
             cores,

@@ -60,6 +60,13 @@ drop_reasons! {
     TokenExpired => "token_expired", "--token-secret: an expired token (403).";
     TokenForged => "token_forged", "--token-secret: a token not signed with the relay's secret (403).";
     OriginRefused => "origin_refused", "--allow-origin: a browser's Origin not in the list (403).";
+    TokenWrongNetwork => "token_wrong_network", "--token-secret: a token for another network than the URL's (403).";
+    BadNetworkPath => "bad_network_path", "A path under /n/ that is not one network name (400).";
+    NetworkUnknown => "network_unknown", "--networks declared: a network nobody declared (403).";
+    TooManyNetworks => "too_many_networks", "A new network beyond --max-networks (503).";
+    NetworkFull => "network_full", "A client beyond a declared network's max-clients (503).";
+    NetworkFailed => "network_failed", "A network that could not be made, or not within 10 s (503; the log says why).";
+    NetworkWaitInput => "network_wait_input", "A connection waiting for its network sent more than 16 receive buffers before its upgrade was answered (503).";
     HandshakeTimeout => "handshake_timeout", "TLS or WebSocket handshake not completed before the deadline.";
     TlsNotTls => "tls_not_tls", "wss:// listener: the first bytes are not a TLS record (plain HTTP, garbage); closed.";
     TlsHandshakeFailed => "tls_handshake_failed", "wss:// listener: TLS handshake failed (no common version or cipher suite, a malformed message, an alert from the client); closed with an alert.";
@@ -109,6 +116,7 @@ impl From<crate::ws::access::Denied> for DropReason {
             Denied::TokenExpired => DropReason::TokenExpired,
             Denied::TokenForged => DropReason::TokenForged,
             Denied::OriginRefused => DropReason::OriginRefused,
+            Denied::TokenWrongNetwork => DropReason::TokenWrongNetwork,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! tapwire relays raw Ethernet frames between WebSocket clients (v86, jor1k, JSLinux) and the
 //! host's network through one multi-queue TAP behind a userspace MAC-learning switch.
 //!
-//! Layout: [`ws`] and [`switch`] are pure (no I/O, no `unsafe`); [`engine`] is the per-core
+//! Layout: [`ws`], [`switch`] and [`networks`] are pure (no I/O, no `unsafe`); [`engine`] is the per-core
 //! io_uring data plane; [`tap`] makes the TAP; [`control`] does host state, the ledger,
 //! dnsmasq and signals; [`processes`] is what both read about other processes in /proc. [`run`] is the entry point: it takes its listeners (bind port 0 in
 //! tests) and a [`Shutdown`] handle.
@@ -11,6 +11,7 @@ pub mod control;
 pub mod counters;
 pub mod engine;
 pub mod ifname;
+pub mod networks;
 pub mod processes;
 pub mod steering;
 pub mod switch;

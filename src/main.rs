@@ -30,7 +30,8 @@ enum Command {
         /// How long the token opens the relay (e.g. 1h, 30m, 7d).
         #[arg(long, default_value = "1h", value_parser = tapwire::config::parse_duration)]
         ttl: std::time::Duration,
-        /// A network name carried in the token (letters, digits, _ and -; up to 32).
+        /// The network the token opens (letters, digits, _ and -; up to 32; none: the default
+        /// network); the URL printed joins it (/n/NETWORK).
         #[arg(long, default_value = "")]
         network: String,
         /// The relay's URL, to print the URL with the token.
@@ -79,9 +80,11 @@ fn main() -> ExitCode {
             });
             match made {
                 Ok(token) => {
-                    let sep = if url.contains('?') { '&' } else { '?' };
                     println!("{token}");
-                    println!("{url}{sep}token={token}");
+                    println!(
+                        "{}",
+                        tapwire::networks::url_for(&url, &network, Some(&token))
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

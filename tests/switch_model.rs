@@ -355,3 +355,81 @@ fn a_claimed_address_must_be_bound_to_the_source() {
         Some(guest_ip)
     );
 }
+
+/// One network as the engine holds it: its own replica, its own ownership authority, and the
+/// reference for both; and its ports.
+struct Net {
+    sw: Switch,
+    own: Ownership,
+    model: Model,
+    ports: Vec<PortId>,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Three networks over one address pool (so the same MACs live in several): every decision
+    /// matches its own network's reference, a frame only ever goes to a port of its network,
+    /// and no network's table or ownership holds another network's port.
+    #[test]
+    fn networks_never_share_a_frame_or_an_address(
+        ops in prop::collection::vec((0usize..3, op()), 1..300),
+    ) {
+        let mut nets: Vec<Net> = (0..3)
+            .map(|_| Net {
+                sw: Switch::new(AGEING_MS),
+                own: Ownership::new(MAX_MACS),
+                model: Model::default(),
+                ports: Vec::new(),
+            })
+            .collect();
+        let mut next_slot = 0u32;
+        let mut now = 0u64;
+        for (n, op) in ops {
+            let net = &mut nets[n];
+            match op {
+                Op::Connect => {
+                    net.ports.push(PortId::new(0, 1, next_slot));
+                    next_slot += 1;
+                }
+                Op::Disconnect(i) => {
+                    if net.ports.is_empty() { continue; }
+                    let port = net.ports.remove(i % net.ports.len());
+                    for m in net.own.release_port(port) {
+                        net.sw.forget(m, port);
+                    }
+                    net.model.entries.retain(|e| e.1 != port);
+                }
+                Op::Frame { port, src, dst } => {
+                    if net.ports.is_empty() { continue; }
+                    let port = net.ports[port % net.ports.len()];
+                    let got = ingress(&mut net.sw, &mut net.own, Source::Port(port), mac(dst), mac(src), now);
+                    let want = net.model.frame(port, mac(src), mac(dst), now);
+                    prop_assert_eq!(got.map(|d| d.forward), want);
+                    if let Ok(Forward::Port(to)) = want {
+                        prop_assert!(net.ports.contains(&to), "a frame stays in its network");
+                    }
+                }
+                Op::FromUplink { dst } => {
+                    let got = ingress(&mut net.sw, &mut net.own, Source::Uplink, mac(dst), mac(2), now);
+                    prop_assert_eq!(got.map(|d| d.forward), net.model.uplink_frame(mac(dst)));
+                    if let Ok(Forward::Port(to)) = got.map(|d| d.forward) {
+                        prop_assert!(net.ports.contains(&to), "the network's TAP reaches only its ports");
+                    }
+                }
+                Op::Advance(ms) => {
+                    now += ms;
+                    for net in &mut nets {
+                        net.sw.expire(now, |_| true, &mut net.own);
+                        net.model.expire(now);
+                    }
+                }
+            }
+            for net in &nets {
+                prop_assert_eq!(net.sw.entries(), net.model.table());
+                prop_assert!(net.sw.entries().iter().all(|(_, p)| net.ports.contains(p)));
+                prop_assert_eq!(net.own.len(), net.model.entries.len());
+            }
+        }
+    }
+}

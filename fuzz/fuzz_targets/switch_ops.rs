@@ -1,9 +1,11 @@
-//! Switch operation sequences on two replicas sharing one authority (two cores), with the
-//! learn and forget messages between them delivered late, in order, as the engine's mailboxes
-//! do: table bounds hold; a frame never returns to its source; a unicast frame goes up the
-//! uplink (or, from the uplink, is dropped as unknown) only when no client owns its
-//! destination, even when the news of its owner has not reached this replica; a replica with
-//! no messages waiting agrees with the authority on every owner.
+//! Switch operation sequences in two networks over one address pool, each network with two
+//! replicas sharing its own authority (two cores), with the learn and forget messages between
+//! them delivered late, in order, as the engine's mailboxes do: table bounds hold; a frame
+//! never returns to its source and never reaches a port of another network; a unicast frame
+//! goes up the uplink (or, from the uplink, is dropped as unknown) only when no client of its
+//! network owns its destination, even when the news of its owner has not reached this
+//! replica; a replica with no messages waiting agrees with its network's authority on every
+//! owner.
 #![no_main]
 
 use std::collections::VecDeque;
@@ -26,6 +28,18 @@ enum Op {
     Deliver { core: bool },
 }
 
+/// One network: its authority, its replica on each core, the messages on their way to each,
+/// and its ports.
+struct Net {
+    authority: SharedOwnership,
+    replicas: [Switch; 2],
+    inbox: [VecDeque<Msg>; 2],
+    ports: Vec<PortId>,
+    /// Every port this network ever had (a frame may still reach one that left: the engine
+    /// then drops it as `port_gone`), never another network's.
+    ever: Vec<PortId>,
+}
+
 /// A message from one core to the other.
 enum Msg {
     Learn(Mac, PortId),
@@ -40,19 +54,33 @@ fn mac(i: u8) -> Mac {
     }
 }
 
-fuzz_target!(init: tapwire_fuzz::checks_are_on(), |ops: Vec<Op>| {
-    let authority = SharedOwnership::new(Ownership::new(MAX_MACS));
-    let mut replicas = [Switch::new(1000), Switch::new(1000)];
-    // Messages on their way to each core.
-    let mut inbox: [VecDeque<Msg>; 2] = [VecDeque::new(), VecDeque::new()];
-    let mut ports: Vec<PortId> = Vec::new();
+fuzz_target!(init: tapwire_fuzz::checks_are_on(), |ops: Vec<(bool, Op)>| {
+    let mut nets: Vec<Net> = (0..2)
+        .map(|_| Net {
+            authority: SharedOwnership::new(Ownership::new(MAX_MACS)),
+            replicas: [Switch::new(1000), Switch::new(1000)],
+            inbox: [VecDeque::new(), VecDeque::new()],
+            ports: Vec::new(),
+            ever: Vec::new(),
+        })
+        .collect();
     let mut next = 0u32;
     let mut now = 0u64;
-    let owner = |m: Mac| authority.with(|own| own.owner(m));
-    for op in ops.into_iter().take(500) {
+    for (second, op) in ops.into_iter().take(500) {
+        let net = &mut nets[usize::from(second)];
+        let Net {
+            authority,
+            replicas,
+            inbox,
+            ports,
+            ever,
+        } = net;
+        let authority = &*authority;
+        let owner = |m: Mac| authority.with(|own| own.owner(m));
         match op {
             Op::Connect { core } => {
                 ports.push(PortId::new(usize::from(core), 1, next));
+                ever.push(PortId::new(usize::from(core), 1, next));
                 next += 1;
             }
             Op::Disconnect(i) => {
@@ -72,11 +100,12 @@ fuzz_target!(init: tapwire_fuzz::checks_are_on(), |ops: Vec<Op>| {
                 let p = ports[usize::from(port) % ports.len()];
                 let core = p.core();
                 let (dst, src) = (mac(dst), mac(src));
-                match ingress(&mut replicas[core], &mut &authority, Source::Port(p), dst, src, now) {
+                match ingress(&mut replicas[core], &mut { authority }, Source::Port(p), dst, src, now) {
                     Ok(d) => {
                         match d.forward {
                             Forward::Port(to) => {
                                 assert_ne!(to, p, "frame returned to its source");
+                                assert!(ever.contains(&to), "frame left its network");
                                 if inbox[core].is_empty() {
                                     assert_eq!(owner(dst), Some(to), "sent to a port that does not own {dst}");
                                 }
@@ -96,10 +125,13 @@ fuzz_target!(init: tapwire_fuzz::checks_are_on(), |ops: Vec<Op>| {
             }
             Op::Uplink { dst } => {
                 let dst = mac(dst);
-                match ingress(&mut replicas[0], &mut &authority, Source::Uplink, dst, mac(1), now) {
+                match ingress(&mut replicas[0], &mut { authority }, Source::Uplink, dst, mac(1), now) {
                     Ok(d) => {
-                        if let (Forward::Port(to), true) = (d.forward, inbox[0].is_empty()) {
-                            assert_eq!(owner(dst), Some(to));
+                        if let Forward::Port(to) = d.forward {
+                            assert!(ever.contains(&to), "the network's TAP reached another network");
+                            if inbox[0].is_empty() {
+                                assert_eq!(owner(dst), Some(to));
+                            }
                         }
                     }
                     Err(SwitchDrop::UnknownUnicast) => {
@@ -110,10 +142,13 @@ fuzz_target!(init: tapwire_fuzz::checks_are_on(), |ops: Vec<Op>| {
             }
             Op::Advance(ms) => {
                 now += u64::from(ms);
-                for core in 0..2 {
-                    let aged = replicas[core].expire(now, |p| p.core() == core, &mut &authority);
-                    for (m, p) in aged {
-                        inbox[1 - core].push_back(Msg::Forget(m, p));
+                for net in &mut nets {
+                    for core in 0..2 {
+                        let aged =
+                            net.replicas[core].expire(now, |p| p.core() == core, &mut &net.authority);
+                        for (m, p) in aged {
+                            net.inbox[1 - core].push_back(Msg::Forget(m, p));
+                        }
                     }
                 }
             }
@@ -127,14 +162,17 @@ fuzz_target!(init: tapwire_fuzz::checks_are_on(), |ops: Vec<Op>| {
                 }
             }
         }
-        for p in &ports {
-            let owned = replicas[p.core()].entries().iter().filter(|(_, q)| q == p).count();
-            assert!(owned <= MAX_MACS, "port owns {owned} MACs");
-        }
-        for (core, r) in replicas.iter().enumerate() {
-            if inbox[core].is_empty() {
+        for net in &nets {
+            for p in &net.ports {
+                let owned = net.replicas[p.core()].entries().iter().filter(|(_, q)| q == p).count();
+                assert!(owned <= MAX_MACS, "port owns {owned} MACs");
+            }
+            for (core, r) in net.replicas.iter().enumerate() {
                 for (m, p) in r.entries() {
-                    assert_eq!(owner(m), Some(p), "replica {core} disagrees with the authority on {m}");
+                    assert!(net.ever.contains(&p), "replica {core} holds {m} of another network's port");
+                    if net.inbox[core].is_empty() {
+                        assert_eq!(net.authority.with(|own| own.owner(m)), Some(p), "replica {core} disagrees with the authority on {m}");
+                    }
                 }
             }
         }

@@ -22,6 +22,26 @@ pub fn read_token_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
     Ok(secret)
 }
 
+/// The token of `--admin-token FILE`: the file's text without surrounding white space, at
+/// least [`MIN_SECRET`] characters.
+pub fn read_admin_token(path: &std::path::Path) -> Result<String, String> {
+    let raw = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "--admin-token {}: cannot read it as text: {e}",
+            path.display()
+        )
+    })?;
+    let token = raw.trim().to_string();
+    if token.len() < MIN_SECRET || token.contains(char::is_whitespace) {
+        return Err(format!(
+            "--admin-token {}: the token must be at least {MIN_SECRET} characters without spaces; make one with `head -c 32 /dev/urandom | base64 > {}`",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(token)
+}
+
 impl RunArgs {
     /// The access rules: the token secret read from its file, the origins checked for form.
     pub(super) fn access(&self) -> Result<Access, ConfigError> {

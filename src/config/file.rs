@@ -29,6 +29,10 @@ pub fn arguments(
     let line = |at: usize| text[..at.min(text.len())].matches('\n').count() + 1;
     let mut out = Vec::new();
     for (key, value) in &table {
+        if key.get_ref() == "network" {
+            // [[network]] tables: read by `declared_networks`.
+            continue;
+        }
         let at = format!("{file}:{}: {}", line(key.span().start), key.get_ref());
         let arg = cmd
             .get_arguments()
@@ -58,6 +62,20 @@ pub fn arguments(
         }
     }
     Ok(out)
+}
+
+/// The `[[network]]` tables of the file at `path` (text `text`), as written.
+pub fn declared_networks(
+    path: &Path,
+    text: &str,
+) -> Result<Vec<super::declared::DeclaredArgs>, String> {
+    let file = path.display();
+    let table: toml::Table =
+        toml::from_str(text).map_err(|e| format!("{file}: not valid TOML: {e}"))?;
+    match table.get("network") {
+        None => Ok(Vec::new()),
+        Some(v) => super::declared::parse(&file.to_string(), v),
+    }
 }
 
 /// The command-line form of `key = value`: a flag for `true` (nothing for `false`), the
@@ -130,10 +148,13 @@ impl super::RunArgs {
         };
         let text = read(path)?;
         let extra = arguments(&cmd, &matches, path, &text).map_err(LoadError::File)?;
+        let declared = declared_networks(path, &text).map_err(LoadError::File)?;
         let mut all = argv.to_vec();
         all.extend(extra.into_iter().map(Into::into));
         let matches = cmd.try_get_matches_from(&all)?;
-        Ok(super::RunArgs::from_arg_matches(&matches)?)
+        let mut args = super::RunArgs::from_arg_matches(&matches)?;
+        args.declared = declared;
+        Ok(args)
     }
 }
 

@@ -102,7 +102,7 @@ impl std::str::FromStr for DhcpRange {
     }
 }
 
-pub(super) fn default_range(subnet: &Subnet) -> (Ipv4Addr, Ipv4Addr) {
+pub fn default_range(subnet: &Subnet) -> (Ipv4Addr, Ipv4Addr) {
     let first = u32::from(subnet.gateway()) + 9;
     let last = u32::from(subnet.last_host());
     // Small subnets (/29, /30): start right after the gateway.

@@ -112,6 +112,12 @@ pub fn run_checks() -> Vec<Finding> {
             ),
         )),
     }
+    out.push(match super::find_program("dhcp_release") {
+        Some(_) => finding(true, false, "dhcp_release found (leases of removed networks are released)"),
+        None => finding(false, false, "dhcp_release not found: leases of networks removed while tapwire runs stay until they expire — install it with `apt-get install dnsmasq-utils`"),
+    });
+    out.push(check_fd_limit());
+    out.push(check_network_pool());
     if net_admin {
         out.push(check_steering());
     }
@@ -127,6 +133,53 @@ pub fn run_checks() -> Vec<Finding> {
     }
     out.extend(check_nat());
     out
+}
+
+/// The open-file limit against what a relay with the default options on every core may hold:
+/// `--max-clients` clients and `--max-networks` networks' TAP queues (one per core each).
+fn check_fd_limit() -> Finding {
+    use rustix::process::{getrlimit, Resource};
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (clients, networks) = (16_384u64, 256u64);
+    let needed = clients + networks * cores as u64 + 256;
+    // None: unlimited; tapwire raises its soft limit to the hard one.
+    let hard = getrlimit(Resource::Nofile).maximum.unwrap_or(u64::MAX);
+    if hard >= needed {
+        finding(
+            true,
+            false,
+            format!("open-file limit {hard}: room for --max-clients {clients} and --max-networks {networks} on {cores} core(s)"),
+        )
+    } else {
+        finding(
+            false,
+            false,
+            format!("open-file limit {hard} is below {needed} (--max-clients {clients}, and --max-networks {networks} TAPs of {cores} queue(s)): raise it (ulimit -Hn {needed}, LimitNOFILE={needed} in a systemd unit) or lower --max-clients/--max-networks"),
+        )
+    }
+}
+
+/// The default `--network-pool` against the addresses this namespace's routes use.
+fn check_network_pool() -> Finding {
+    let Ok(mut pool) =
+        crate::networks::Pool::new("10.96.0.0/12".parse().expect("the default pool"), 24)
+    else {
+        return finding(false, false, "the default network pool does not parse");
+    };
+    let used = super::networks::routed_subnets();
+    for s in &used {
+        pool.exclude(s);
+    }
+    let free = pool.usable();
+    finding(
+        free >= 256,
+        false,
+        if free >= 256 {
+            format!("--network-pool 10.96.0.0/12: {free} of 4096 /24 blocks free of this host's routes (--max-networks 256 fits)")
+        } else {
+            format!("--network-pool 10.96.0.0/12: only {free} /24 blocks are free of this host's routes: choose another --network-pool, or lower --max-networks to {free}")
+        },
+    )
 }
 
 /// What host protection and `--nat` need: nft; for `--nat` also a switchable IPv4 forwarding

@@ -1,7 +1,11 @@
-//! The managed dnsmasq: DHCP (and DNS) for the guest subnet on the TAP.
+//! The managed dnsmasq: DHCP (and DNS) for the guest subnet on the TAP, and for every
+//! network's subnet on its TAP.
 //!
 //! Started with `--no-ping` (no 3 s probe per lease), its own lease file in tapwire's runtime
-//! directory, no configuration file, bound to the TAP only. It dies with tapwire even on
+//! directory, no configuration file, bound to the TAP only, and with networks to their TAPs
+//! as they come and go (`--bind-dynamic` and a wildcard interface, with one DHCP range per
+//! block of the network pool that may be handed out, declared up front: a network made or
+//! removed never restarts dnsmasq or interrupts another network's DHCP). It dies with tapwire even on
 //! SIGKILL (parent-death signal), is restarted with back-off if it exits on its own, and is
 //! stopped (SIGTERM, then SIGKILL) on shutdown.
 
@@ -49,16 +53,33 @@ impl Launch {
         };
         let binary = find().ok_or(MISSING)?;
         let lease_file = dir.join("dnsmasq.leases");
+        // Declared networks' ranges as declared, then every block networks made on demand
+        // may take.
+        let mut ranges: Vec<(Subnet, (std::net::Ipv4Addr, std::net::Ipv4Addr))> = cfg
+            .networks
+            .declared
+            .iter()
+            .map(|d| (d.subnet, d.dhcp_range))
+            .collect();
+        if cfg.networks.max_networks > 0 {
+            for block in cfg.networks.pool.reachable() {
+                if !ranges.iter().any(|(s, _)| *s == block) {
+                    ranges.push((block, crate::config::default_range(&block)));
+                }
+            }
+        }
         let mut args = arguments(
             &cfg.tap,
             subnet,
             dhcp,
+            &ranges,
             &lease_file,
             cfg.log_level >= log::LevelFilter::Debug,
         );
         args.extend(
             cfg.reservations
                 .iter()
+                .chain(cfg.networks.declared.iter().flat_map(|d| &d.reservations))
                 .map(|r| format!("--dhcp-host={},{}", r.mac, r.ip)),
         );
         Ok(Some(Launch {
@@ -74,11 +95,13 @@ impl Launch {
     }
 }
 
-/// Command-line arguments for serving `subnet` on `ifname`.
+/// Command-line arguments for serving `subnet` on `ifname`, and each of `ranges` (a subnet and
+/// its DHCP range) on the networks' TAPs (named `ifname`n<slot>).
 fn arguments(
     ifname: &str,
     subnet: &Subnet,
     dhcp: &Dhcp,
+    ranges: &[(Subnet, (std::net::Ipv4Addr, std::net::Ipv4Addr))],
     lease_file: &Path,
     debug: bool,
 ) -> Vec<String> {
@@ -88,7 +111,19 @@ fn arguments(
         "--conf-file=/dev/null".to_string(),
         "--pid-file=".to_string(),
         format!("--interface={ifname}"),
-        "--bind-interfaces".to_string(),
+    ];
+    if ranges.is_empty() {
+        args.push("--bind-interfaces".to_string());
+    } else {
+        // The networks' TAPs come and go: listen on each as it appears.
+        args.push(format!("--interface={ifname}n*"));
+        args.push("--bind-dynamic".to_string());
+    }
+    let range_size = |first: std::net::Ipv4Addr, last: std::net::Ipv4Addr| {
+        u32::from(last) - u32::from(first) + 1
+    };
+    let mut lease_max = range_size(dhcp.range.0, dhcp.range.1);
+    args.extend([
         "--except-interface=lo".to_string(),
         "--no-ping".to_string(),
         "--dhcp-authoritative".to_string(),
@@ -97,23 +132,35 @@ fn arguments(
         "--dhcp-ignore-clid".to_string(),
         format!("--dhcp-leasefile={}", lease_file.display()),
         format!(
-            "--dhcp-range={},{},{},{}",
+            "--dhcp-range=set:default,{},{},{},{}",
             dhcp.range.0,
             dhcp.range.1,
             subnet.netmask(),
             dhcp.lease_time.as_secs()
         ),
-        format!("--dhcp-option=option:router,{}", subnet.gateway()),
-        // dnsmasq stops at 1000 leases by default; a farm has as many guests as addresses.
+        // A network's router is dnsmasq's own address on its TAP, the network's gateway.
         format!(
-            "--dhcp-lease-max={}",
-            u32::from(dhcp.range.1) - u32::from(dhcp.range.0) + 1
+            "--dhcp-option=tag:default,option:router,{}",
+            subnet.gateway()
         ),
-    ];
+    ]);
+    for (block, (first, last)) in ranges {
+        let (first, last) = (*first, *last);
+        lease_max += range_size(first, last);
+        args.push(format!(
+            "--dhcp-range={first},{last},{},{}",
+            block.netmask(),
+            dhcp.lease_time.as_secs()
+        ));
+    }
+    // dnsmasq stops at 1000 leases by default; a farm has as many guests as addresses.
+    args.push(format!("--dhcp-lease-max={lease_max}"));
     if !dhcp.dns.is_empty() {
         let list: Vec<String> = dhcp.dns.iter().map(|ip| ip.to_string()).collect();
+        // Networks get their own gateway (dnsmasq's default): host protection lets a
+        // network's guests reach DNS there only.
         args.push(format!(
-            "--dhcp-option=option:dns-server,{}",
+            "--dhcp-option=tag:default,option:dns-server,{}",
             list.join(",")
         ));
     }
@@ -231,16 +278,43 @@ mod tests {
             "tapwire0",
             &subnet,
             &dhcp,
+            &[],
             Path::new("/run/tapwire/tapwire0/leases"),
             false,
         );
         assert!(args.contains(&"--no-ping".to_string()));
-        assert!(
-            args.contains(&"--dhcp-range=10.86.0.10,10.86.255.254,255.255.0.0,3600".to_string())
-        );
+        assert!(args.contains(&"--bind-interfaces".to_string()));
+        assert!(args.contains(
+            &"--dhcp-range=set:default,10.86.0.10,10.86.255.254,255.255.0.0,3600".to_string()
+        ));
+        assert!(args.contains(&"--dhcp-option=tag:default,option:router,10.86.0.1".to_string()));
         assert!(args.contains(&"--dhcp-leasefile=/run/tapwire/tapwire0/leases".to_string()));
-        assert!(args.contains(&"--dhcp-option=option:dns-server,10.86.0.1".to_string()));
+        assert!(args.contains(&"--dhcp-option=tag:default,option:dns-server,10.86.0.1".to_string()));
         assert!(args.contains(&"--dhcp-lease-max=65525".to_string()));
+        // With networks: every block's range up front, and the networks' TAPs as they come.
+        let blocks: Vec<Subnet> = vec![
+            "10.96.0.0/24".parse().unwrap(),
+            "10.96.1.0/24".parse().unwrap(),
+        ];
+        let ranges: Vec<_> = blocks
+            .iter()
+            .map(|b| (*b, crate::config::default_range(b)))
+            .collect();
+        let with = arguments(
+            "tapwire0",
+            &subnet,
+            &dhcp,
+            &ranges,
+            Path::new("/run/tapwire/tapwire0/leases"),
+            false,
+        );
+        assert!(with.contains(&"--interface=tapwire0n*".to_string()));
+        assert!(with.contains(&"--bind-dynamic".to_string()));
+        assert!(!with.contains(&"--bind-interfaces".to_string()));
+        assert!(
+            with.contains(&"--dhcp-range=10.96.1.10,10.96.1.254,255.255.255.0,3600".to_string())
+        );
+        assert!(with.contains(&format!("--dhcp-lease-max={}", 65525 + 2 * 245)));
         assert_eq!(backoff(0), Duration::from_secs(1));
         assert_eq!(backoff(10), Duration::from_secs(30));
         let mut r = Restarts::default();

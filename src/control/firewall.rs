@@ -52,6 +52,101 @@ pub struct Rules<'a> {
     pub host: &'a HostAccess,
     /// `--forward`: DNAT from the host's addresses (not 127.0.0.0/8) into guests.
     pub forwards: &'a [Forward],
+    /// Networks other than the default may come: their sets and rules (see
+    /// [`network_elements`]).
+    pub networks: bool,
+    /// Forwards into declared networks' guests, with the network's TAP.
+    pub network_forwards: &'a [(String, Forward)],
+}
+
+/// `22` or `5000-5010`.
+fn port_range(p: &crate::config::HostPort) -> String {
+    if p.first == p.last {
+        p.first.to_string()
+    } else {
+        format!("{}-{}", p.first, p.last)
+    }
+}
+
+/// The sets that name the networks' TAPs (one element each per network):
+///
+/// - `net_ifs`: every network's TAP (host protection, and no routing to or from it but what
+///   the rules below allow);
+/// - `net_gw`: TAP . gateway address (DNS and ping at the gateway);
+/// - `net_same`: TAP . TAP for networks whose guests may reach each other through the
+///   gateway (not isolated);
+/// - `net_nat`: TAPs of networks with NAT, and `net_nat_src` their subnets;
+/// - `net_ports`: TAP . protocol . port (range) of the host ports a network's guests may
+///   reach, and `net_open` the TAPs of networks whose guests may reach every host port.
+const NETWORK_SETS: &str = "  set net_ifs {
+    type ifname;
+  }
+  set net_gw {
+    type ifname . ipv4_addr;
+  }
+  set net_same {
+    type ifname . ifname;
+  }
+  set net_nat {
+    type ifname;
+  }
+  set net_nat_src {
+    type ipv4_addr;
+    flags interval;
+  }
+  set net_ports {
+    type ifname . inet_proto . inet_service;
+    flags interval;
+  }
+  set net_open {
+    type ifname;
+  }
+";
+
+/// A network's host side as the table sees it.
+#[derive(Debug, Clone)]
+pub struct NetworkRules<'a> {
+    pub tap: &'a str,
+    pub subnet: &'a Subnet,
+    pub isolate: bool,
+    pub nat: bool,
+    pub host: &'a HostAccess,
+}
+
+/// The script that adds (`add`) or deletes (`delete`) network `n`'s elements of `table`'s
+/// sets: one transaction that touches only this network's rules.
+pub fn network_elements(table: &str, n: &NetworkRules<'_>, verb: &str) -> String {
+    let tap = n.tap;
+    let mut s = format!(
+        "{verb} element inet {table} net_ifs {{ \"{tap}\" }}\n{verb} element inet {table} net_gw {{ \"{tap}\" . {} }}\n",
+        n.subnet.gateway()
+    );
+    if !n.isolate {
+        s.push_str(&format!(
+            "{verb} element inet {table} net_same {{ \"{tap}\" . \"{tap}\" }}\n"
+        ));
+    }
+    if n.nat {
+        s.push_str(&format!(
+            "{verb} element inet {table} net_nat {{ \"{tap}\" }}\n{verb} element inet {table} net_nat_src {{ {}/{} }}\n",
+            n.subnet.network, n.subnet.prefix
+        ));
+    }
+    match n.host {
+        HostAccess::Open => s.push_str(&format!(
+            "{verb} element inet {table} net_open {{ \"{tap}\" }}\n"
+        )),
+        HostAccess::Protected(ports) => {
+            for p in ports {
+                let proto = if p.udp { "udp" } else { "tcp" };
+                s.push_str(&format!(
+                    "{verb} element inet {table} net_ports {{ \"{tap}\" . {proto} . {} }}\n",
+                    port_range(p)
+                ));
+            }
+        }
+    }
+    s
 }
 
 /// The script that (re)creates the table of `r`:
@@ -69,11 +164,16 @@ pub fn ruleset(r: &Rules<'_>) -> String {
     let gateway = r.subnet.gateway();
     let mut s =
         format!("add table inet {table}\ndelete table inet {table}\ntable inet {table} {{\n");
+    if r.networks {
+        s.push_str(NETWORK_SETS);
+    }
+    let protected = matches!(r.host, HostAccess::Protected(_));
+    if protected || r.networks {
+        s.push_str("  chain input {\n    type filter hook input priority filter; policy accept;\n");
+    }
     if let HostAccess::Protected(ports) = r.host {
         s.push_str(&format!(
-            "  chain input {{
-    type filter hook input priority filter; policy accept;
-    iifname \"{tap}\" ct state established,related accept
+            "    iifname \"{tap}\" ct state established,related accept
     iifname \"{tap}\" udp dport 67 accept
     iifname \"{tap}\" ip daddr {gateway} udp dport 53 accept
     iifname \"{tap}\" ip daddr {gateway} tcp dport 53 accept
@@ -83,16 +183,31 @@ pub fn ruleset(r: &Rules<'_>) -> String {
         ));
         for p in ports {
             let proto = if p.udp { "udp" } else { "tcp" };
-            let range = if p.first == p.last {
-                p.first.to_string()
-            } else {
-                format!("{}-{}", p.first, p.last)
-            };
             s.push_str(&format!(
-                "    iifname \"{tap}\" {proto} dport {range} accept\n"
+                "    iifname \"{tap}\" {proto} dport {} accept\n",
+                port_range(p)
             ));
         }
-        s.push_str(&format!("    iifname \"{tap}\" drop\n  }}\n"));
+        s.push_str(&format!("    iifname \"{tap}\" drop\n"));
+    }
+    if r.networks {
+        // The same for every network, at its own gateway, with its own ports (`net_ports`),
+        // or everything (`net_open`).
+        s.push_str(
+            "    iifname @net_open accept
+    iifname @net_ifs ct state established,related accept
+    iifname @net_ifs udp dport 67 accept
+    iifname . ip daddr @net_gw udp dport 53 accept
+    iifname . ip daddr @net_gw tcp dport 53 accept
+    iifname . ip daddr @net_gw icmp type echo-request accept
+    iifname @net_ifs icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept
+    iifname . meta l4proto . th dport @net_ports accept
+    iifname @net_ifs drop
+",
+        );
+    }
+    if protected || r.networks {
+        s.push_str("  }\n");
     }
     s.push_str("  chain forward {\n    type filter hook forward priority filter; policy accept;\n");
     if !r.forwards.is_empty() {
@@ -111,18 +226,53 @@ pub fn ruleset(r: &Rules<'_>) -> String {
         s.push_str(&format!("    iifname \"{tap}\" oifname \"{tap}\" accept\n"));
     }
     s.push_str(&format!(
-        "    iifname \"{tap}\" drop\n    oifname \"{tap}\" drop\n  }}\n"
+        "    iifname \"{tap}\" drop\n    oifname \"{tap}\" drop\n"
     ));
+    if r.networks {
+        // A network's guests reach the uplink (with NAT), each other through their own
+        // gateway (unless isolated), and are reached by the forwards into them; nothing else
+        // is routed between networks, or between a network and the default one.
+        if !r.network_forwards.is_empty() {
+            s.push_str(
+                "    oifname @net_ifs ct status dnat accept\n    iifname @net_ifs ct status dnat accept\n",
+            );
+        }
+        if let Some(uplink) = r.nat {
+            s.push_str(&format!(
+                "    iifname @net_nat oifname \"{uplink}\" ip saddr @net_nat_src accept
+    iifname \"{uplink}\" oifname @net_nat ct state established,related accept
+"
+            ));
+        }
+        s.push_str(
+            "    iifname . oifname @net_same accept
+    iifname @net_ifs drop
+    oifname @net_ifs drop
+",
+        );
+    }
+    s.push_str("  }\n");
     if let Some(uplink) = r.nat {
         s.push_str(&format!(
             "  chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
     ip saddr {net} oifname \"{uplink}\" masquerade
-  }}
 "
         ));
+        if r.networks {
+            s.push_str(&format!(
+                "    ip saddr @net_nat_src oifname \"{uplink}\" masquerade\n"
+            ));
+        }
+        s.push_str("  }\n");
     }
-    if !r.forwards.is_empty() {
+    let all_forwards: Vec<(&str, &Forward)> = r
+        .forwards
+        .iter()
+        .map(|f| (tap, f))
+        .chain(r.network_forwards.iter().map(|(t, f)| (t.as_str(), f)))
+        .collect();
+    if !all_forwards.is_empty() {
         // Other hosts' packets (prerouting) and this host's own (output), to any local
         // address but loopback: DNAT to 127.0.0.1 would need route_localnet.
         // nft 1.0.6 knows the name `dstnat` (-100) only on prerouting.
@@ -130,13 +280,13 @@ pub fn ruleset(r: &Rules<'_>) -> String {
             s.push_str(&format!(
                 "  chain {hook} {{\n    type nat hook {hook} priority {priority}; policy accept;\n"
             ));
-            // Guests' own packets to the host are not forwarded back into the TAP.
-            let from = if hook == "prerouting" {
-                format!("iifname != \"{tap}\" ")
-            } else {
-                String::new()
-            };
-            for f in r.forwards {
+            for (into, f) in &all_forwards {
+                // A network's own packets to the host are not forwarded back into it.
+                let from = if hook == "prerouting" {
+                    format!("iifname != \"{into}\" ")
+                } else {
+                    String::new()
+                };
                 let proto = if f.udp { "udp" } else { "tcp" };
                 s.push_str(&format!(
                     "    {from}fib daddr type local ip daddr != 127.0.0.0/8 {proto} dport {} dnat ip to {}:{}\n",
@@ -159,8 +309,20 @@ pub(super) fn start(
     host: &mut super::Host,
     subnet: &crate::config::Subnet,
 ) -> Result<Option<Installed>, super::RunError> {
-    let routes = cfg.nat.is_some() || !cfg.forwards.is_empty();
-    if !routes && cfg.host_access == crate::config::HostAccess::Open {
+    let network_forwards: Vec<(String, Forward)> = cfg
+        .networks
+        .declared
+        .iter()
+        .enumerate()
+        .flat_map(|(i, d)| {
+            // Declared networks are made first, in order: slots 1, 2, …
+            let tap = crate::config::network_tap_name(&cfg.tap, (i + 1) as u16);
+            d.forwards.iter().map(move |f| (tap.clone(), *f))
+        })
+        .collect();
+    let routes = cfg.nat.is_some() || !cfg.forwards.is_empty() || !network_forwards.is_empty();
+    let networks = cfg.networks.max_networks > 0;
+    if !routes && !networks && cfg.host_access == crate::config::HostAccess::Open {
         return Ok(None);
     }
     let uplink = match cfg.nat.as_ref().map(|n| &n.uplink) {
@@ -203,6 +365,8 @@ pub(super) fn start(
         isolate: cfg.isolate,
         host: &cfg.host_access,
         forwards: &cfg.forwards,
+        networks,
+        network_forwards: &network_forwards,
     });
     apply(&script).map_err(super::RunError::Setup)?;
     let listing = list_table(&table).map_err(|e| {
@@ -214,6 +378,7 @@ pub(super) fn start(
         table: table.clone(),
         script,
         listing,
+        networks: std::collections::BTreeMap::new(),
     };
     match &cfg.host_access {
         crate::config::HostAccess::Open => {
@@ -229,7 +394,11 @@ pub(super) fn start(
             );
         }
     }
-    for f in &cfg.forwards {
+    for f in cfg
+        .forwards
+        .iter()
+        .chain(network_forwards.iter().map(|(_, f)| f))
+    {
         log::info!(
             "forward {f} (from other hosts and this host's addresses{})",
             if f.udp {
@@ -266,8 +435,10 @@ pub struct Installed {
     pub table: String,
     /// The script that makes it (it replaces whatever is there).
     script: String,
-    /// `nft list table inet TABLE` right after it was made.
+    /// `nft list table inet TABLE` right after it was made or last changed by us.
     listing: String,
+    /// The elements of each network, by TAP: the `add element` script that puts them in.
+    networks: std::collections::BTreeMap<String, String>,
 }
 
 /// What [`Installed::check`] found.
@@ -289,13 +460,44 @@ impl Installed {
             Ok(_) => Found::Changed,
             Err(_) => Found::Deleted,
         };
-        apply(&self.script)?;
+        let mut script = self.script.clone();
+        for elements in self.networks.values() {
+            script.push_str(elements);
+        }
+        apply(&script)?;
         // The script makes the same table each time: a listing that fails now is compared
         // again at the next check.
+        self.relist();
+        Ok(found)
+    }
+
+    /// Puts in the elements of networks `all` (one transaction for all of them).
+    pub fn add_networks(&mut self, all: &[NetworkRules<'_>]) -> Result<(), String> {
+        let each: Vec<String> = all
+            .iter()
+            .map(|n| network_elements(&self.table, n, "add"))
+            .collect();
+        apply(&each.concat())?;
+        for (n, elements) in all.iter().zip(each) {
+            self.networks.insert(n.tap.to_string(), elements);
+        }
+        self.relist();
+        Ok(())
+    }
+
+    /// Takes out network `n`'s elements (one transaction).
+    pub fn remove_network(&mut self, n: &NetworkRules<'_>) -> Result<(), String> {
+        self.networks.remove(n.tap);
+        let result = apply(&network_elements(&self.table, n, "delete"));
+        self.relist();
+        result
+    }
+
+    /// Takes the listing our own change left, to compare later ones with.
+    fn relist(&mut self) {
         if let Ok(listing) = list_table(&self.table) {
             self.listing = listing;
         }
-        Ok(found)
     }
 }
 
@@ -476,6 +678,8 @@ mod tests {
                 isolate,
                 host,
                 forwards: &[],
+                networks: false,
+                network_forwards: &[],
             })
         };
         let r = rules(Some("eth0"), false, &protected);
@@ -505,6 +709,8 @@ mod tests {
             isolate: false,
             host: &protected,
             forwards: &forwards,
+            networks: false,
+            network_forwards: &[],
         });
         assert!(forwarded.contains("    oifname \"t0\" ct status dnat accept\n    iifname \"t0\" ct status dnat accept\n    iifname \"t0\" oifname \"t0\" accept\n"));
         assert!(forwarded.contains("type nat hook prerouting priority dstnat; policy accept;\n    iifname != \"t0\" fib daddr type local ip daddr != 127.0.0.0/8 udp dport 5353 dnat ip to 10.86.0.2:53\n"));
@@ -516,6 +722,65 @@ mod tests {
             assert!(r.lines().all(|l| l.matches('{').count() <= 1), "{r}");
             assert!(!r.contains("flush"), "never flushes anything");
         }
+    }
+
+    #[test]
+    fn networks_are_kept_apart_by_sets_one_transaction_each() {
+        let subnet: Subnet = "10.86.0.0/16".parse().unwrap();
+        let protected = HostAccess::Protected(vec!["tcp:22".parse().unwrap()]);
+        let r = ruleset(&Rules {
+            table: "tapwire_t0",
+            tap: "t0",
+            subnet: &subnet,
+            nat: Some("eth0"),
+            isolate: false,
+            host: &protected,
+            forwards: &[],
+            networks: true,
+            network_forwards: &[],
+        });
+        assert!(r.contains("  set net_ifs {\n    type ifname;\n  }\n"));
+        assert!(r.contains(
+            "    iifname . meta l4proto . th dport @net_ports accept\n    iifname @net_ifs drop\n"
+        ));
+        assert!(r.contains("    iifname . oifname @net_same accept\n    iifname @net_ifs drop\n    oifname @net_ifs drop\n"));
+        assert!(r.contains("    ip saddr @net_nat_src oifname \"eth0\" masquerade\n"));
+        assert!(
+            r.lines()
+                .all(|l| l.matches('{').count() <= 1 || l.contains("icmpv6 type {")),
+            "{r}"
+        );
+        let block: Subnet = "10.96.3.0/24".parse().unwrap();
+        let n = NetworkRules {
+            tap: "t0n3",
+            subnet: &block,
+            isolate: false,
+            nat: true,
+            host: &protected,
+        };
+        let add = network_elements("tapwire_t0", &n, "add");
+        assert_eq!(
+            add,
+            "add element inet tapwire_t0 net_ifs { \"t0n3\" }
+add element inet tapwire_t0 net_gw { \"t0n3\" . 10.96.3.1 }
+add element inet tapwire_t0 net_same { \"t0n3\" . \"t0n3\" }
+add element inet tapwire_t0 net_nat { \"t0n3\" }
+add element inet tapwire_t0 net_nat_src { 10.96.3.0/24 }
+add element inet tapwire_t0 net_ports { \"t0n3\" . tcp . 22 }
+"
+        );
+        let isolated = NetworkRules {
+            isolate: true,
+            nat: false,
+            host: &HostAccess::Open,
+            ..n
+        };
+        let delete = network_elements("tapwire_t0", &isolated, "delete");
+        assert_eq!(delete.lines().count(), 3, "{delete}");
+        assert!(delete.contains("delete element inet tapwire_t0 net_open { \"t0n3\" }"));
+        assert!(delete
+            .lines()
+            .all(|l| l.starts_with("delete element inet tapwire_t0 ")));
     }
 
     #[test]

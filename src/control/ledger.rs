@@ -209,6 +209,24 @@ impl Ledger {
         self.file.sync_data()
     }
 
+    /// Replaces the record with `changes` (a subset of what it holds: what went away, a
+    /// network removed, is left out), keeping the lock. The lines are written over the start
+    /// of the file and the file is then cut to them: a crash in between leaves the old tail
+    /// behind them, whose first line is cut (and skipped when read) and whose other lines name
+    /// changes that were undone already (undoing them again finds nothing).
+    pub fn rewrite(&mut self, changes: &[Change]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let text: String = changes
+            .iter()
+            .map(|c| format!("{}\n", c.to_line()))
+            .collect();
+        // Another descriptor: ours appends, and a positioned write to it would append too.
+        let file = OpenOptions::new().write(true).open(&self.path)?;
+        file.write_all_at(text.as_bytes(), 0)?;
+        file.set_len(text.len() as u64)?;
+        file.sync_data()
+    }
+
     /// Where the ledger is.
     pub fn path(&self) -> &Path {
         &self.path
@@ -239,6 +257,31 @@ pub fn netns_of(changes: &[Change]) -> Option<NetnsId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rewritten_ledger_holds_what_is_left_and_records_after_it() {
+        let dir =
+            std::env::temp_dir().join(format!("tapwire-ledger-rewrite-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let Acquired::Ours(mut ledger, stale) = Ledger::acquire(&dir).unwrap() else {
+            panic!("a fresh ledger is ours");
+        };
+        assert!(stale.is_empty());
+        let keep = Change::Tap("t0".into());
+        let gone = Change::Tap("t0n1".into());
+        for c in [&keep, &gone, &Change::LinkUp("t0n1".into())] {
+            ledger.record(c).unwrap();
+        }
+        ledger.rewrite(std::slice::from_ref(&keep)).unwrap();
+        ledger.record(&Change::LinkUp("t0".into())).unwrap();
+        let bytes = fs::read(ledger.path()).unwrap();
+        assert_eq!(
+            parse_ledger(&bytes),
+            vec![keep, Change::LinkUp("t0".into())]
+        );
+        ledger.remove();
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn lines_round_trip() {

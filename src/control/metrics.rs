@@ -1,6 +1,6 @@
 //! `--metrics ADDR:PORT`: live counters over HTTP, `GET /metrics` (Prometheus text format:
 //! every series with `# HELP`/`# TYPE`, summed and per core, every drop reason, open clients as
-//! a gauge) and `GET /healthz`.
+//! a gauge, and clients, frames, bytes and drops per network) and `GET /healthz`.
 //!
 //! Served on the control thread. A scrape reads the cores' counters with relaxed atomic loads:
 //! nothing on the data path is locked or waits for it. One request per connection; a request
@@ -24,8 +24,13 @@ pub const MAX_HEAD: usize = 4096;
 /// Scrapes served at once.
 pub const MAX_CONNECTIONS: usize = 64;
 
-/// Binds `addr` and serves until the task is aborted.
-pub fn start(addr: std::net::SocketAddr, shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
+/// Binds `addr` and serves until the task is aborted; the admin API as `auth` allows.
+pub fn start(
+    addr: std::net::SocketAddr,
+    shared: Arc<Shared>,
+    auth: super::api::AdminAuth,
+) -> std::io::Result<JoinHandle<()>> {
+    let auth = Arc::new(auth);
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(std_listener)?;
@@ -40,16 +45,20 @@ pub fn start(addr: std::net::SocketAddr, shared: Arc<Shared>) -> std::io::Result
                 open.fetch_sub(1, Ordering::Relaxed);
                 continue;
             }
-            let (shared, open) = (shared.clone(), open.clone());
+            let (shared, open, auth) = (shared.clone(), open.clone(), auth.clone());
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(REQUEST_TIMEOUT, serve(stream, &shared)).await;
+                let _ = tokio::time::timeout(REQUEST_TIMEOUT, serve(stream, &shared, &auth)).await;
                 open.fetch_sub(1, Ordering::Relaxed);
             });
         }
     }))
 }
 
-async fn serve(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+async fn serve(
+    mut stream: TcpStream,
+    shared: &Shared,
+    auth: &super::api::AdminAuth,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -59,7 +68,12 @@ async fn serve(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         }
         head.extend_from_slice(&buf[..n]);
     }
-    let response = respond(&head, shared);
+    let response = if route(&head) == Route::Api {
+        let (status, body) = super::api::respond(&head, shared, auth).await;
+        http_response(status, "application/json", &body)
+    } else {
+        respond(&head, shared)
+    };
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
 }
@@ -69,6 +83,8 @@ async fn serve(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
 pub enum Route {
     Metrics,
     Healthz,
+    /// Any method on a path under `/api/` (see [`super::api`]).
+    Api,
     /// A GET for any other path.
     NotFound,
     /// Any other method.
@@ -81,6 +97,9 @@ pub fn route(head: &[u8]) -> Route {
     let mut parts = line.split(|b| *b == b' ');
     let (method, target) = (parts.next().unwrap_or(&[]), parts.next().unwrap_or(&[]));
     let path = target.split(|b| *b == b'?').next().unwrap_or(&[]);
+    if path.starts_with(b"/api/") {
+        return Route::Api;
+    }
     match (method, path) {
         (b"GET", b"/metrics") => Route::Metrics,
         (b"GET", b"/healthz") => Route::Healthz,
@@ -95,7 +114,8 @@ fn respond(head: &[u8], shared: &Shared) -> String {
         Route::Metrics => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            crate::counters::summary(&shared.counters, &shared.host_counters),
+            crate::counters::summary(&shared.counters, &shared.host_counters)
+                + &crate::engine::network::metrics(&shared.default_net, &shared.networks.all()),
         ),
         Route::Healthz if !shared.shutdown.load(Ordering::Relaxed) => {
             ("200 OK", "text/plain", "ok\n".to_string())
@@ -105,10 +125,10 @@ fn respond(head: &[u8], shared: &Shared) -> String {
             "text/plain",
             "shutting down\n".to_string(),
         ),
-        Route::NotFound => (
+        Route::NotFound | Route::Api => (
             "404 Not Found",
             "text/plain",
-            "try /metrics or /healthz\n".to_string(),
+            "try /metrics, /healthz or /api/networks\n".to_string(),
         ),
         Route::MethodNotAllowed => (
             "405 Method Not Allowed",
@@ -116,6 +136,10 @@ fn respond(head: &[u8], shared: &Shared) -> String {
             "GET only\n".to_string(),
         ),
     };
+    http_response(status, kind, &body)
+}
+
+fn http_response(status: &str, kind: &str, body: &str) -> String {
     format!(
         "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -128,13 +152,14 @@ mod tests {
 
     #[test]
     fn routes() {
-        let shared = Shared::new(2, 4, None).unwrap();
+        let shared = Shared::for_tests(2);
         shared.counters[1].dropped(crate::counters::DropReason::RuntFrame);
         let metrics = respond(b"GET /metrics HTTP/1.1\r\n\r\n", &shared);
         assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(metrics.contains("# TYPE tapwire_clients_open gauge"));
         assert!(metrics.contains("tapwire_drops_total{reason=\"runt_frame\"} 1"));
         assert!(metrics.contains("tapwire_drops_total{reason=\"runt_frame\",core=\"1\"} 1"));
+        assert!(metrics.contains("tapwire_network_clients{network=\"default\"} 0\n"));
         let (_, body) = metrics.split_once("\r\n\r\n").unwrap();
         assert!(metrics.contains(&format!("Content-Length: {}\r\n", body.len())));
         assert!(respond(b"GET /healthz HTTP/1.1\r\n\r\n", &shared).ends_with("\r\n\r\nok\n"));

@@ -2,6 +2,7 @@
 //! the order of start-up and shutdown. Runs on the calling thread with a current-thread
 //! tokio runtime; the data plane runs on the engine's core threads.
 
+pub mod api;
 pub mod check;
 pub mod cleanup;
 pub mod dnsmasq;
@@ -12,6 +13,7 @@ pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod netlink;
+mod networks;
 mod proxy;
 mod supervise;
 mod watch;
@@ -122,6 +124,18 @@ impl Host {
         Ok(())
     }
 
+    /// Forgets `gone`, changes that were undone while the relay runs (a network removed):
+    /// neither shutdown nor a later cleanup undoes them again.
+    pub(crate) fn forget(&mut self, gone: &[Change]) {
+        self.changes.retain(|c| !gone.contains(c));
+        if let Err(e) = self.ledger.rewrite(&self.changes) {
+            log::warn!(
+                "cannot rewrite the ledger {}: {e} (it keeps naming a removed network; undoing it again finds nothing)",
+                self.ledger.path().display()
+            );
+        }
+    }
+
     /// Records `change`, then makes it with `make`. If making it fails, nothing was changed,
     /// so the change is dropped from what this run will undo: a run never undoes what it did
     /// not do (an address that was already there belongs to someone else).
@@ -178,7 +192,10 @@ async fn run_async(
             cfg.cores
         )));
     }
-    raise_fd_limit(cfg.clients.max_clients);
+    raise_fd_limit(
+        cfg.clients.max_clients,
+        cfg.networks.max_networks * cfg.cores,
+    );
     if let Some(advice) = check::neighbour_table_size()
         .and_then(|v| check::neighbour_table_advice(cfg.clients.max_clients, v))
     {
@@ -209,6 +226,7 @@ async fn run_async(
         features,
         dnsmasq: mut child,
         mut watched,
+        mut net_events,
     } = match started {
         Ok(parts) => parts,
         Err(e) => {
@@ -216,11 +234,41 @@ async fn run_async(
             return Err(e);
         }
     };
-    let mut tasks = proxy::start(&cfg.forwards);
+    let mut nets = networks::Networks::new(
+        &cfg,
+        shared.clone(),
+        watched.handle.clone(),
+        watched.table.clone(),
+    );
+    if let Err(e) = nets.make_declared(&cfg.networks.declared, &mut host).await {
+        shared.request_shutdown();
+        let _ = tokio::task::spawn_blocking(move || engine.join()).await;
+        if let Some(c) = child.as_mut() {
+            dnsmasq::stop(c, Duration::from_secs(2)).await;
+        }
+        host.undo().await;
+        return Err(RunError::Setup(e));
+    }
+    let all_forwards: Vec<crate::config::Forward> = cfg
+        .forwards
+        .iter()
+        .chain(cfg.networks.declared.iter().flat_map(|d| &d.forwards))
+        .copied()
+        .collect();
+    let mut tasks = proxy::start(&all_forwards);
     if let Some(addr) = cfg.metrics {
-        match metrics::start(addr, shared.clone()) {
+        let auth = api::AdminAuth {
+            token: cfg.admin_token.clone(),
+            loopback: addr.ip().is_loopback(),
+        };
+        let api_note = match (&auth.token, auth.loopback) {
+            (Some(_), _) => "the admin API on /api/ with --admin-token",
+            (None, true) => "the admin API on /api/",
+            (None, false) => "no admin API (not on loopback: give --admin-token FILE)",
+        };
+        match metrics::start(addr, shared.clone(), auth) {
             Ok(task) => {
-                log::info!("metrics on http://{addr}/metrics and /healthz");
+                log::info!("metrics on http://{addr}/metrics and /healthz; {api_note}");
                 tasks.push(task);
             }
             Err(e) => log::warn!(
@@ -228,6 +276,7 @@ async fn run_async(
             ),
         }
     }
+    log::info!("{}", networks_line(&cfg));
     // Last: whoever waits for this line finds the metrics and forwards already listening.
     log::info!(
         "relaying ws://{}/{} ⇄ TAP {} on {} core(s) (multishot accept/recv/TAP read: {}/{}/{})",
@@ -248,6 +297,7 @@ async fn run_async(
         (dnsmasq.as_ref(), &mut child),
         &mut host,
         &mut watched,
+        (&mut nets, &mut net_events),
     )
     .await;
     for p in tasks {
@@ -272,9 +322,28 @@ async fn run_async(
     }
 }
 
-/// Raises the open-file limit to its hard maximum: every client is a descriptor. Warns when
-/// even that is short of `--max-clients`.
-fn raise_fd_limit(max_clients: usize) {
+/// The start-up line about networks besides the default one.
+fn networks_line(cfg: &Config) -> String {
+    let n = &cfg.networks;
+    if n.max_networks == 0 {
+        return "networks: only the default one (--max-networks 0, or --attach-bridge)".into();
+    }
+    let blocks = n.pool.reachable();
+    let prefix = blocks.first().map_or(0, |b| b.prefix);
+    match n.mode {
+        crate::config::NetworksMode::OnDemand => format!(
+            "networks: ws://{}/n/NAME makes network NAME on its first connection: up to {}, each a /{prefix} of {} with its own TAP ({}n<slot>), removed {:?} after their last client",
+            cfg.listen, n.max_networks, cfg.networks.pool_cidr(), cfg.tap, n.idle
+        ),
+        crate::config::NetworksMode::Declared => {
+            "networks: /n/NAME joins only declared networks (--networks declared); other names get 403".into()
+        }
+    }
+}
+
+/// Raises the open-file limit to its hard maximum: every client is a descriptor, and so is
+/// each network's queue on each core (`network_queues`). Warns when even that is short.
+fn raise_fd_limit(max_clients: usize, network_queues: usize) {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut lim = getrlimit(Resource::Nofile);
     // None is unlimited.
@@ -291,10 +360,10 @@ fn raise_fd_limit(max_clients: usize) {
     }
     // None: unlimited.
     let current = lim.current.unwrap_or(u64::MAX);
-    let needed = max_clients as u64 + 256;
+    let needed = (max_clients + network_queues) as u64 + 256;
     if current < needed {
         log::warn!(
-            "the open-file limit is {current}: fewer than --max-clients {max_clients} clients can connect — raise it (ulimit -n {needed}, or LimitNOFILE={needed} in a systemd unit)"
+            "the open-file limit is {current}: fewer than --max-clients {max_clients} clients (with {network_queues} descriptors for the queues of --max-networks networks) can connect — raise it (ulimit -n {needed}, or LimitNOFILE={needed} in a systemd unit)"
         );
     }
 }
@@ -373,6 +442,8 @@ struct Started {
     features: Features,
     dnsmasq: Option<tokio::process::Child>,
     watched: Watched,
+    /// What the cores ask of the control thread about networks.
+    net_events: tokio::sync::mpsc::UnboundedReceiver<crate::engine::network::NetEvent>,
 }
 
 async fn start(
@@ -459,18 +530,28 @@ async fn start(
     } else {
         None
     };
-    let shared = Shared::new(cfg.cores, cfg.clients.max_macs_per_client, steering)?;
-    shared.authority.with(|own| {
+    let default_net = crate::engine::network::NetworkSpec {
+        name: crate::networks::DEFAULT.to_string(),
+        tap: cfg.tap.to_string(),
+        subnet: match &cfg.host {
+            HostSide::Routed { subnet, .. } => Some(*subnet),
+            HostSide::Bridge(_) => None,
+        },
+        uplink_macs,
+        isolate: cfg.isolate,
+        max_macs_per_client: cfg.clients.max_macs_per_client,
+        steering,
+        limits: Default::default(),
+    };
+    let (shared, net_events) = Shared::new(cfg.cores, default_net)?;
+    shared.default_net.authority.with(|own| {
         for r in &cfg.reservations {
             own.reserve(r.mac, r.ip.octets());
         }
     });
     let fds = |l: Vec<TcpListener>| l.into_iter().map(OwnedFd::from).collect::<Vec<_>>();
     let engine = Engine::start(
-        EngineConfig {
-            uplink_macs,
-            ..EngineConfig::from_config(cfg)
-        },
+        EngineConfig::from_config(cfg),
         shared.clone(),
         fds(listeners.0),
         fds(listeners.1),
@@ -491,6 +572,7 @@ async fn start(
         shared,
         features,
         dnsmasq: child,
+        net_events,
         watched: Watched {
             handle,
             tap_index: index,

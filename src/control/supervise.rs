@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::{dnsmasq, firewall, netlink, watch, Change, Host, Shutdown};
+use super::{dnsmasq, firewall, netlink, networks, watch, Change, Host, Shutdown};
 use crate::config::Config;
 use crate::counters;
 use crate::engine::Shared;
@@ -23,9 +23,10 @@ pub(super) struct Watched {
     pub(super) table: Option<Arc<std::sync::Mutex<firewall::Installed>>>,
 }
 
-/// Waits for the stop request; meanwhile prints counters on SIGUSR1, reloads the certificate
-/// on SIGHUP, restarts dnsmasq if it dies, puts back the nftables table and sets the TAP up
-/// again when someone else takes them away. Returns why the relay must stop by itself (its
+/// Waits for the stop request; meanwhile makes and removes networks as the cores ask and as
+/// they go idle, prints counters on SIGUSR1, reloads the certificate on SIGHUP, restarts
+/// dnsmasq if it dies, puts back the nftables table and sets the TAP up again when someone
+/// else takes them away. Returns why the relay must stop by itself (its
 /// TAP deleted), or None when it was asked to stop.
 pub(super) async fn supervise(
     cfg: &Config,
@@ -34,23 +35,15 @@ pub(super) async fn supervise(
     (dnsmasq, child): (Option<&dnsmasq::Launch>, &mut Option<tokio::process::Child>),
     host: &mut Host,
     watched: &mut Watched,
+    (nets, net_events): (
+        &mut networks::Networks,
+        &mut tokio::sync::mpsc::UnboundedReceiver<crate::engine::network::NetEvent>,
+    ),
 ) -> Option<String> {
-    let mut term = shutdown
-        .signals
-        .then(|| signal(SignalKind::terminate()).ok())
-        .flatten();
-    let mut int = shutdown
-        .signals
-        .then(|| signal(SignalKind::interrupt()).ok())
-        .flatten();
-    let mut usr1 = shutdown
-        .signals
-        .then(|| signal(SignalKind::user_defined1()).ok())
-        .flatten();
-    let mut hup = shutdown
-        .signals
-        .then(|| signal(SignalKind::hangup()).ok())
-        .flatten();
+    let mut term = listen(shutdown.signals, SignalKind::terminate());
+    let mut int = listen(shutdown.signals, SignalKind::interrupt());
+    let mut usr1 = listen(shutdown.signals, SignalKind::user_defined1());
+    let mut hup = listen(shutdown.signals, SignalKind::hangup());
     let mut nft_bell = watched.table.is_some().then(|| {
         watch::Doorbell::nftables()
             .map_err(|e| log::warn!("cannot watch nftables for changes ({e}): if someone deletes or flushes tapwire's table, host protection is gone until tapwire restarts"))
@@ -69,6 +62,8 @@ pub(super) async fn supervise(
     let mut dnsmasq_start_at = None;
     let mut restarts = dnsmasq::Restarts::default();
     let mut started = now();
+    let mut idle_check = tokio::time::interval(networks::IDLE_CHECK);
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let child_exit = async {
             match child.as_mut() {
@@ -82,6 +77,8 @@ pub(super) async fn supervise(
             _ = recv_opt(&mut int) => return None,
             _ = recv_opt(&mut usr1) => eprint!("{}", counters::summary(&shared.counters, &shared.host_counters)),
             _ = recv_opt(&mut hup) => reload_certificate(cfg),
+            Some(event) = net_events.recv() => nets.on_events(event, net_events, host).await,
+            _ = idle_check.tick() => nets.remove_idle().await,
             // A burst of changes (`nft -f` makes several) is looked at once, 50 ms after it
             // began; and at most once a second after a restore, so that a program that keeps
             // replacing the ruleset does not make tapwire run nft without pause.
@@ -250,4 +247,20 @@ async fn recv_opt(sig: &mut Option<tokio::signal::unix::Signal>) {
         }
         None => std::future::pending().await,
     }
+}
+
+/// The signal `kind` as a stream, when this process handles signals (`wanted`); a handler
+/// that cannot be installed is said once and the signal is then not waited for.
+fn listen(wanted: bool, kind: SignalKind) -> Option<tokio::signal::unix::Signal> {
+    if !wanted {
+        return None;
+    }
+    signal(kind)
+        .map_err(|e| {
+            log::warn!(
+                "cannot handle signal {} ({e}): tapwire will not react to it",
+                kind.as_raw_value()
+            )
+        })
+        .ok()
 }

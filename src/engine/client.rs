@@ -142,6 +142,23 @@ pub struct Client {
     pub assembly: Option<(BufId, usize)>,
     /// TLS of a wss:// client (boxed: most clients of a mixed relay have none).
     pub tls: Option<Box<TlsSession>>,
+    /// Upgraded and waiting for its network to be made (see `worker::networks`).
+    pub parked: Option<Box<Parked>>,
+    /// When it was accepted (engine clock, ms).
+    pub since_ms: u64,
+    /// Frames and bytes from it, and queued to it (for the admin API).
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+}
+
+/// A connection waiting for its network: the upgrade's answer, and its input since.
+pub struct Parked {
+    pub response: Vec<u8>,
+    /// Buffer, start and end of each piece of input, in order (a reference held on each).
+    pub input: Vec<(BufId, usize, usize)>,
+    pub deadline_ms: u64,
 }
 
 impl Client {
@@ -154,6 +171,12 @@ impl Client {
             out: OutQueue::default(),
             assembly: None,
             tls,
+            parked: None,
+            since_ms: 0,
+            rx_frames: 0,
+            rx_bytes: 0,
+            tx_frames: 0,
+            tx_bytes: 0,
         }
     }
 

@@ -1,5 +1,5 @@
-//! A core's client table: slots, their generations, the free list, the flood list of open
-//! clients and the list of clients with output to flush.
+//! A core's client table: slots, their generations, the free list, each network's flood list
+//! of the open clients that joined it, and the list of clients with output to flush.
 //!
 //! Contract: a client is named by its [`PortId`] (core, generation, slot). A slot is reused
 //! only with a new generation, so a completion or a cross-core frame for a client that has
@@ -13,8 +13,9 @@ use super::client::Client;
 /// A slot's occupant and the table's notes about it.
 struct Entry {
     client: Client,
-    /// Index in the flood list while open (for O(1) removal).
-    open_index: Option<usize>,
+    /// The network slot the client joined and its index in that network's flood list, while
+    /// open (for O(1) removal).
+    open_at: Option<(u16, usize)>,
     /// In the dirty list, waiting for a flush.
     dirty: bool,
 }
@@ -26,8 +27,8 @@ pub struct ClientTable {
     /// `generations[i]` counts the reuses of slot i (24 bits, as in [`PortId`]).
     generations: Vec<u32>,
     free: Vec<u32>,
-    /// Open clients: every flood goes to each of them.
-    open: Vec<PortId>,
+    /// Open clients by network slot: a flood in a network goes to each of its clients.
+    open: Vec<Vec<PortId>>,
     /// Clients with output queued since the last flush.
     dirty: Vec<PortId>,
     len: usize,
@@ -61,7 +62,7 @@ impl ClientTable {
         let port = PortId::new(self.core, self.generations[slot as usize], slot);
         self.slots[slot as usize] = Some(Entry {
             client: make(port),
-            open_index: None,
+            open_at: None,
             dirty: false,
         });
         self.len += 1;
@@ -95,38 +96,48 @@ impl ClientTable {
         Some(entry.client)
     }
 
-    /// Adds the client to the flood list.
-    pub fn set_open(&mut self, port: PortId) {
-        let index = self.open.len();
+    /// Adds the client to the flood list of network slot `net` (the network it joined).
+    pub fn set_open(&mut self, port: PortId, net: u16) {
+        let list = usize::from(net);
+        if self.open.len() <= list {
+            self.open.resize_with(list + 1, Vec::new);
+        }
+        let index = self.open[list].len();
         if let Some(e) = self.entry_mut(port) {
-            if e.open_index.is_none() {
-                e.open_index = Some(index);
-                self.open.push(port);
+            if e.open_at.is_none() {
+                e.open_at = Some((net, index));
+                self.open[list].push(port);
             }
         }
     }
 
-    /// Takes the client off the flood list.
-    pub fn set_closed(&mut self, port: PortId) {
-        let Some(index) = self.entry_mut(port).and_then(|e| e.open_index.take()) else {
-            return;
-        };
-        self.open.swap_remove(index);
-        if let Some(&moved) = self.open.get(index) {
+    /// Takes the client off its flood list; returns the network slot it had joined.
+    pub fn set_closed(&mut self, port: PortId) -> Option<u16> {
+        let (net, index) = self.entry_mut(port).and_then(|e| e.open_at.take())?;
+        let list = &mut self.open[usize::from(net)];
+        list.swap_remove(index);
+        if let Some(&moved) = list.get(index) {
             if let Some(e) = self.entry_mut(moved) {
-                e.open_index = Some(index);
+                e.open_at = Some((net, index));
             }
         }
+        Some(net)
     }
 
-    /// Open clients (the flood list).
-    pub fn open_count(&self) -> usize {
-        self.open.len()
+    /// The network slot the client of `port` joined, if it is open.
+    #[inline]
+    pub fn net_of(&mut self, port: PortId) -> Option<u16> {
+        self.entry_mut(port)?.open_at.map(|(net, _)| net)
     }
 
-    /// The `i`-th open client.
-    pub fn open_port(&self, i: usize) -> PortId {
-        self.open[i]
+    /// Open clients of network slot `net` (its flood list).
+    pub fn open_count(&self, net: u16) -> usize {
+        self.open.get(usize::from(net)).map_or(0, Vec::len)
+    }
+
+    /// The `i`-th open client of network slot `net`.
+    pub fn open_port(&self, net: u16, i: usize) -> PortId {
+        self.open[usize::from(net)][i]
     }
 
     /// Notes that the client has output to flush.
@@ -232,20 +243,42 @@ mod tests {
         let mut t = ClientTable::new(0);
         let ports: Vec<_> = (0..4).map(|_| t.insert(client)).collect();
         for &p in &ports {
-            t.set_open(p);
-            t.set_open(p);
+            t.set_open(p, 0);
+            t.set_open(p, 0);
         }
-        assert_eq!(t.open_count(), 4);
-        t.set_closed(ports[0]);
-        t.set_closed(ports[0]);
+        assert_eq!(t.open_count(0), 4);
+        assert_eq!(t.set_closed(ports[0]), Some(0));
+        assert_eq!(t.set_closed(ports[0]), None);
         t.remove(ports[2]);
-        let mut open: Vec<_> = (0..t.open_count()).map(|i| t.open_port(i)).collect();
+        let mut open: Vec<_> = (0..t.open_count(0)).map(|i| t.open_port(0, i)).collect();
         open.sort();
         assert_eq!(open, vec![ports[1], ports[3]]);
         // Indices stay right after the moves.
         t.set_closed(ports[3]);
         t.set_closed(ports[1]);
-        assert_eq!(t.open_count(), 0);
+        assert_eq!(t.open_count(0), 0);
+    }
+
+    #[test]
+    fn each_network_has_its_own_flood_list() {
+        let mut t = ClientTable::new(0);
+        let ports: Vec<_> = (0..5).map(|_| t.insert(client)).collect();
+        t.set_open(ports[0], 0);
+        t.set_open(ports[1], 3);
+        t.set_open(ports[2], 3);
+        t.set_open(ports[3], 1);
+        t.set_open(ports[1], 1);
+        assert_eq!(t.net_of(ports[1]), Some(3), "a client joins one network");
+        assert_eq!(t.net_of(ports[4]), None, "not open");
+        assert_eq!(
+            (t.open_count(0), t.open_count(1), t.open_count(3)),
+            (1, 1, 2)
+        );
+        assert_eq!(t.open_count(2), 0);
+        assert_eq!(t.open_count(99), 0);
+        assert_eq!(t.set_closed(ports[1]), Some(3));
+        assert_eq!(t.open_port(3, 0), ports[2]);
+        assert_eq!(t.net_of(ports[1]), None);
     }
 
     #[test]

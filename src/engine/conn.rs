@@ -250,6 +250,18 @@ impl Conn {
         Some(server_close_frame(code))
     }
 
+    /// The network it joined sets its own rates (a declared network's `client-rate`,
+    /// `client-broadcast-pps`; 0: no limit): they replace the instance's.
+    pub fn set_rates(&mut self, client_rate: Option<u64>, broadcast_pps: Option<u64>, now_ms: u64) {
+        if let Some(r) = client_rate {
+            self.byte_limit =
+                (r > 0).then(|| TokenBucket::new(r, self.limits.max_frame as u64, now_ms));
+        }
+        if let Some(p) = broadcast_pps {
+            self.broadcast_limit = (p > 0).then(|| TokenBucket::new(p, 1, now_ms));
+        }
+    }
+
     /// Refused after a valid upgrade request (access control): the refusal queued by the
     /// caller is the last output, flushed within `flush_ms`.
     pub fn refuse(&mut self, now_ms: u64, flush_ms: u64) {

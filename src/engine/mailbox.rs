@@ -18,6 +18,7 @@ use io_uring::{opcode, types};
 use crate::switch::{Binding, Mac, PortId};
 
 use super::bufpool::BufId;
+use super::network::NetId;
 use super::ops::{self, Kind};
 use super::ring::Ring;
 use super::Shared;
@@ -27,21 +28,23 @@ use super::Shared;
 pub enum Target {
     /// One port.
     Port(PortId),
-    /// Every open port of the receiving core.
-    Flood,
+    /// Every open port of the network on the receiving core.
+    Flood(NetId),
 }
 
-/// A switch-table update every other core must apply (never carries a frame).
+/// A switch-table update every other core must apply to its replica of a network (never
+/// carries a frame).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    /// `mac` now belongs to `port` (on the sender's core).
-    Learn(Mac, PortId),
-    /// `mac` no longer belongs to `port`.
-    Forget(Mac, PortId),
+    /// In the network, `mac` now belongs to `port` (on the sender's core).
+    Learn(NetId, Mac, PortId),
+    /// In the network, `mac` no longer belongs to `port`.
+    Forget(NetId, Mac, PortId),
     /// Another client wants a MAC `port` (on the receiving core) owns: ping it now.
     Challenge(PortId),
-    /// `mac` is now bound to this address (or to none): a DHCP ACK, NAK or release.
-    Bind(Mac, Option<Binding>),
+    /// In the network, `mac` is now bound to this address (or to none): a DHCP ACK, NAK or
+    /// release.
+    Bind(NetId, Mac, Option<Binding>),
 }
 
 /// A message from one core to another.
@@ -237,7 +240,7 @@ mod tests {
 
     #[test]
     fn a_frame_goes_over_and_its_reference_comes_back() {
-        let shared = Shared::new(2, 4, None).unwrap();
+        let shared = Shared::for_tests(2);
         let (mut a, mut b) = (Mailbox::new(0, shared.clone()), Mailbox::new(1, shared));
         let bytes = [7u8; 60];
         let port = PortId::new(1, 3, 9);
@@ -264,11 +267,11 @@ mod tests {
 
     #[test]
     fn control_messages_wait_while_a_queue_is_full() {
-        let shared = Shared::new(2, 4, None).unwrap();
+        let shared = Shared::for_tests(2);
         let (mut a, mut b) = (Mailbox::new(0, shared.clone()), Mailbox::new(1, shared));
         let byte = 0u8;
         let mut sent = 0;
-        while a.send_frame(1, &byte, 1, BufId(0), Target::Flood) {
+        while a.send_frame(1, &byte, 1, BufId(0), Target::Flood(NetId::DEFAULT)) {
             sent += 1;
         }
         assert_eq!(
@@ -276,7 +279,7 @@ mod tests {
             super::super::CROSS_CORE_QUEUE,
             "frames are refused when full"
         );
-        a.broadcast(Control::Learn(mac(1), PortId::new(0, 0, 1)));
+        a.broadcast(Control::Learn(NetId::DEFAULT, mac(1), PortId::new(0, 0, 1)));
         a.flush();
         let mut frames = 0;
         while let Some(Incoming::Frame { .. }) = b.next() {
@@ -289,7 +292,7 @@ mod tests {
             b.next().map(|m| format!("{m:?}")),
             Some(format!(
                 "{:?}",
-                Incoming::Control(Control::Learn(mac(1), PortId::new(0, 0, 1)))
+                Incoming::Control(Control::Learn(NetId::DEFAULT, mac(1), PortId::new(0, 0, 1)))
             ))
         );
     }

@@ -21,6 +21,7 @@ pub mod conn;
 mod conn;
 pub mod loggate;
 mod mailbox;
+pub mod network;
 pub mod ops;
 mod outqueue;
 #[cfg(test)]
@@ -40,6 +41,7 @@ use crate::config::ClientPolicy;
 
 pub use ops::Features;
 pub use shared::Shared;
+pub use worker::unavailable_response;
 
 /// Messages one core may have outstanding to another before frames are dropped.
 const CROSS_CORE_QUEUE: usize = 8192;
@@ -65,11 +67,8 @@ pub struct EngineConfig {
     pub tap_buffers: u16,
     /// Frame slots per core.
     pub frame_slots: u32,
-    /// Addresses that live behind the uplink (the TAP's; with a bridge, the bridge's and its
-    /// ports'): never learned on a client port.
-    pub uplink_macs: Vec<crate::switch::Mac>,
-    /// Guests talk only to the uplink (`--isolate`).
-    pub isolate: bool,
+    /// Whether a name nobody declared makes a network (`--networks`).
+    pub networks: network::Mode,
     /// Check every client frame against the IPv4 bindings (off with `--allow-spoofing`).
     pub anti_spoofing: bool,
     /// Who may connect (`--token-secret`, `--allow-origin`); open by default.
@@ -93,8 +92,10 @@ impl EngineConfig {
             plain_buffers: if cfg.tls.is_some() { 256 } else { 0 },
             tap_buffers: if jumbo { 1024 } else { 4096 },
             frame_slots: if jumbo { 2048 } else { 8192 },
-            uplink_macs: Vec::new(),
-            isolate: cfg.isolate,
+            networks: match cfg.networks.mode {
+                crate::config::NetworksMode::OnDemand => network::Mode::OnDemand,
+                crate::config::NetworksMode::Declared => network::Mode::Declared,
+            },
             anti_spoofing: !cfg.allow_spoofing,
             access: Arc::new(cfg.access.clone()),
             tls: cfg.tls.as_ref().map(|t| t.certs.clone()),

@@ -3,7 +3,8 @@
 //! `user_data` = kind (8 bits) | the low 56 bits of a [`PortId`] (generation and slot). For
 //! client operations that names the client, and the generation tells a completion for a
 //! client that has since gone (its slot reused) from one for the current client. For TAP
-//! writes the slot field carries the buffer written from.
+//! reads and writes the generation field carries the network slot of the TAP, and for writes
+//! the slot field the buffer written from.
 
 use io_uring::{opcode, IoUring, Probe};
 
@@ -47,6 +48,11 @@ pub fn for_port(kind: Kind, port: PortId) -> u64 {
 /// An operation that names no client (`index`: a buffer for TAP writes, else 0).
 pub fn for_index(kind: Kind, index: u32) -> u64 {
     for_port(kind, PortId::new(0, 0, index))
+}
+
+/// An operation on the TAP queue of network slot `net` (`index`: a buffer for writes, else 0).
+pub fn for_tap(kind: Kind, net: u16, index: u32) -> u64 {
+    for_port(kind, PortId::new(0, u32::from(net), index))
 }
 
 /// Unpacks [`for_port`]/[`for_index`] on core `core`: the kind and the port (whose slot is

@@ -5,7 +5,7 @@
 //! waits for I/O completions (at most a few milliseconds each), never for time, so a timeout
 //! happens exactly when the test says.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
@@ -19,6 +19,7 @@ pub use tapwire_testkit::ws::Got;
 use tapwire_testkit::ws::{client_frame, Decoder};
 
 use super::clock::Clock;
+use super::network::{CoreCmd, NetEvent, NetId, Network, NetworkSpec};
 use super::worker::Worker;
 use super::{EngineConfig, Shared};
 use crate::counters::{CoreCounters, DropReason};
@@ -43,8 +44,12 @@ pub struct Rig {
     ports: Vec<SocketAddr>,
     /// Each core's wss:// listener, when the options ask for one (`--listen-tls`).
     pub tls_ports: Vec<SocketAddr>,
-    /// The host's end of each core's TAP stand-in.
-    taps: Vec<OwnedFd>,
+    /// The host's end of each core's TAP stand-in, by network slot (0: the default network).
+    taps: HashMap<u16, Vec<OwnedFd>>,
+    /// What the cores told the control thread, which the test plays.
+    events: tokio::sync::mpsc::UnboundedReceiver<NetEvent>,
+    /// Networks made by [`Rig::add_network`] so far.
+    made: u16,
 }
 
 impl Rig {
@@ -60,8 +65,17 @@ impl Rig {
         // The relay's own sizes: queue bounds and back-pressure thresholds follow from them.
         let cfg = Arc::new(EngineConfig::from_config(&config));
         let (clock, now) = Clock::manual();
-        let shared = Shared::with_clock(cores, cfg.clients.max_macs_per_client, None, clock)
-            .expect("shared state");
+        let default_net = NetworkSpec {
+            name: crate::networks::DEFAULT.to_string(),
+            tap: "rig0".to_string(),
+            subnet: None,
+            uplink_macs: Vec::new(),
+            isolate: config.isolate,
+            max_macs_per_client: cfg.clients.max_macs_per_client,
+            steering: None,
+            limits: Default::default(),
+        };
+        let (shared, events) = Shared::with_clock(cores, default_net, clock).expect("shared state");
         let mut workers = Vec::new();
         let mut ports = Vec::new();
         let mut tls_ports = Vec::new();
@@ -74,13 +88,7 @@ impl Rig {
                 tls_ports.push(l.local_addr().expect("address"));
                 OwnedFd::from(l)
             });
-            let (host, queue) = rustix::net::socketpair(
-                rustix::net::AddressFamily::UNIX,
-                rustix::net::SocketType::SEQPACKET,
-                rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
-                None,
-            )
-            .expect("socketpair");
+            let (host, queue) = tap_stand_in();
             let mut worker = Worker::new(
                 id,
                 cfg.clone(),
@@ -100,8 +108,66 @@ impl Rig {
             now,
             ports,
             tls_ports,
-            taps,
+            taps: HashMap::from([(0, taps)]),
+            events,
+            made: 0,
         }
+    }
+
+    /// Makes network `name` as the control thread would: a TAP stand-in per core, each core
+    /// sent it, then the name published. Its id.
+    pub fn add_network(&mut self, name: &str, isolate: bool) -> NetId {
+        self.add_network_with(name, isolate, crate::config::NetLimits::default())
+    }
+
+    /// [`Rig::add_network`] with limits of its own (a declared network's).
+    pub fn add_network_with(
+        &mut self,
+        name: &str,
+        isolate: bool,
+        limits: crate::config::NetLimits,
+    ) -> NetId {
+        self.made += 1;
+        let id = NetId {
+            slot: self.made,
+            generation: 1,
+        };
+        let spec = NetworkSpec {
+            name: name.to_string(),
+            tap: format!("rig0n{}", self.made),
+            subnet: None,
+            uplink_macs: Vec::new(),
+            isolate,
+            max_macs_per_client: limits.max_macs_per_client.unwrap_or(4),
+            steering: None,
+            limits,
+        };
+        let now = self.now.load(Ordering::Acquire);
+        let net = Arc::new(Network::new(id, spec, self.workers.len(), now));
+        let mut hosts = Vec::new();
+        for core in 0..self.workers.len() {
+            let (host, queue) = tap_stand_in();
+            hosts.push(host);
+            self.shared.command(
+                core,
+                CoreCmd::Add {
+                    net: net.clone(),
+                    tap: queue,
+                },
+            );
+        }
+        self.taps.insert(id.slot, hosts);
+        self.shared.networks.insert(net);
+        id
+    }
+
+    /// What the cores told the control thread since the last call.
+    pub fn events(&mut self) -> Vec<NetEvent> {
+        let mut all = Vec::new();
+        while let Ok(e) = self.events.try_recv() {
+            all.push(e);
+        }
+        all
     }
 
     /// One step of every worker.
@@ -140,8 +206,14 @@ impl Rig {
     /// A client on core `core`, upgraded.
     #[track_caller]
     pub fn client(&mut self, core: usize) -> Client {
+        self.client_on(core, "/")
+    }
+
+    /// A client on core `core` that asked for `path`, upgraded.
+    #[track_caller]
+    pub fn client_on(&mut self, core: usize, path: &str) -> Client {
         let mut c = self.connect(core);
-        c.send_raw(UPGRADE);
+        c.send_raw(&upgrade_request(path));
         self.until("the upgrade is answered", |_| c.upgraded());
         c
     }
@@ -153,6 +225,7 @@ impl Rig {
         Client {
             stream,
             head: Some(Vec::new()),
+            refusal: None,
             decoder: Decoder::default(),
             got: VecDeque::new(),
             eof: false,
@@ -169,15 +242,25 @@ impl Rig {
         self.count(|c| c.drops(reason))
     }
 
-    /// Writes `frame` from the host into core `core`'s TAP queue.
+    /// Writes `frame` from the host into core `core`'s queue of the default network's TAP.
     pub fn host_send(&self, core: usize, frame: &[u8]) {
-        rustix::io::write(&self.taps[core], frame).expect("TAP write");
+        self.net_send(0, core, frame);
     }
 
-    /// The next frame core `core` wrote to its TAP queue, if one is waiting.
+    /// The next frame core `core` wrote to the default network's TAP, if one is waiting.
     pub fn host_recv(&self, core: usize) -> Option<Vec<u8>> {
+        self.net_recv(0, core)
+    }
+
+    /// Writes `frame` from the host into core `core`'s queue of network slot `slot`'s TAP.
+    pub fn net_send(&self, slot: u16, core: usize, frame: &[u8]) {
+        rustix::io::write(&self.taps[&slot][core], frame).expect("TAP write");
+    }
+
+    /// The next frame core `core` wrote to network slot `slot`'s TAP, if one is waiting.
+    pub fn net_recv(&self, slot: u16, core: usize) -> Option<Vec<u8>> {
         let mut buf = vec![0u8; 65_536];
-        match rustix::io::read(&self.taps[core], &mut buf) {
+        match rustix::io::read(&self.taps[&slot][core], &mut buf) {
             Ok(n) => {
                 buf.truncate(n);
                 Some(buf)
@@ -187,12 +270,18 @@ impl Rig {
         }
     }
 
-    /// Steps until core `core` wrote a frame to its TAP queue; the frame.
+    /// Steps until core `core` wrote a frame to the default network's TAP; the frame.
     #[track_caller]
     pub fn host_expect(&mut self, core: usize, what: &str) -> Vec<u8> {
+        self.host_expect_on(0, core, what)
+    }
+
+    /// Steps until core `core` wrote a frame to network slot `slot`'s TAP; the frame.
+    #[track_caller]
+    pub fn host_expect_on(&mut self, slot: u16, core: usize, what: &str) -> Vec<u8> {
         let mut got = None;
         self.until(what, |rig| {
-            got = rig.host_recv(core);
+            got = rig.net_recv(slot, core);
             got.is_some()
         });
         got.expect("a frame")
@@ -202,11 +291,33 @@ impl Rig {
 /// The upgrade request every rig client sends.
 pub const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: rig\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
+/// An upgrade request for `path` (and query).
+pub fn upgrade_request(path: &str) -> Vec<u8> {
+    let rest = std::str::from_utf8(UPGRADE)
+        .expect("ASCII")
+        .strip_prefix("GET / ")
+        .expect("a GET of /");
+    format!("GET {path} {rest}").into_bytes()
+}
+
+/// A TAP stand-in: the host's end and the core's queue.
+fn tap_stand_in() -> (OwnedFd, OwnedFd) {
+    rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+        None,
+    )
+    .expect("socketpair")
+}
+
 /// A loopback client, read without blocking.
 pub struct Client {
     pub stream: TcpStream,
     /// The response head while it is being read; None once it was.
     head: Option<Vec<u8>>,
+    /// A response head other than `101`: the refusal.
+    refusal: Option<String>,
     decoder: Decoder,
     /// What arrived and was not taken yet.
     got: VecDeque<Got>,
@@ -243,6 +354,10 @@ impl Client {
     }
 
     fn take(&mut self, bytes: &mut [u8]) {
+        if let Some(refusal) = &mut self.refusal {
+            refusal.push_str(&String::from_utf8_lossy(bytes));
+            return;
+        }
         let mut rest;
         let bytes = match &mut self.head {
             None => bytes,
@@ -252,11 +367,13 @@ impl Client {
                     return;
                 };
                 rest = head.split_off(end + 4);
-                assert!(
-                    head.starts_with(b"HTTP/1.1 101"),
-                    "{}",
-                    String::from_utf8_lossy(head)
-                );
+                if !head.starts_with(b"HTTP/1.1 101") {
+                    let mut text = String::from_utf8_lossy(head).into_owned();
+                    text.push_str(&String::from_utf8_lossy(&rest));
+                    self.refusal = Some(text);
+                    self.head = None;
+                    return;
+                }
                 self.head = None;
                 &mut rest[..]
             }
@@ -267,10 +384,17 @@ impl Client {
             .expect("the relay's stream decodes");
     }
 
-    /// Whether the upgrade response has arrived.
+    /// Whether the upgrade response has arrived (a `101`; see [`Client::refusal`]).
     pub fn upgraded(&mut self) -> bool {
         self.poll();
+        assert!(self.refusal.is_none(), "refused: {:?}", self.refusal);
         self.head.is_none()
+    }
+
+    /// The response, when it was not a `101`.
+    pub fn refusal(&mut self) -> Option<String> {
+        self.poll();
+        self.refusal.clone()
     }
 
     /// The next thing received, if any has arrived.
@@ -304,3 +428,7 @@ pub fn mac(n: u8) -> [u8; 6] {
 #[cfg(test)]
 #[path = "rig/tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "rig/networks.rs"]
+mod networks;

@@ -1,6 +1,7 @@
-//! State shared by all cores: the mailboxes between them and their wake-ups, the MAC
-//! ownership authority, the stop flag, the client count, counters, the log gate, TAP steering
-//! and the clock.
+//! State shared by all cores: the mailboxes between them and their wake-ups, the networks
+//! (each with its MAC ownership authority and TAP steering), the commands from the control
+//! thread and the events for it, the stop flag, the client count, counters, the log gate and
+//! the clock.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -8,11 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::clock::Clock;
+use super::network::{CmdQueue, CoreCmd, Directory, NetEvent, NetId, Network, NetworkSpec};
 use super::{loggate, mailbox, CROSS_CORE_QUEUE};
 use crate::counters::{CoreCounters, HostCounters};
-use crate::switch::{Ownership, SharedOwnership};
 
 /// State shared by all cores.
 pub struct Shared {
@@ -21,8 +23,14 @@ pub struct Shared {
     queues: Vec<ArrayQueue<mailbox::CoreMsg>>,
     /// One eventfd per core, to wake it when messages arrive or at shutdown.
     pub wake_fds: Vec<OwnedFd>,
-    /// Who owns which MAC (taken only when a core meets an unknown source address).
-    pub authority: SharedOwnership,
+    /// The default network (slot 0): always up.
+    pub default_net: Arc<Network>,
+    /// The named networks that are up.
+    pub networks: Directory,
+    /// Each core's commands from the control thread.
+    commands: Vec<CmdQueue>,
+    /// Where cores tell the control thread what they need of it.
+    events: UnboundedSender<NetEvent>,
     /// Set once to stop: every core drains its clients and returns.
     pub shutdown: AtomicBool,
     /// Clients connected across cores (for --max-clients).
@@ -32,30 +40,27 @@ pub struct Shared {
     pub host_counters: HostCounters,
     /// One log line per kind per interval, over all cores.
     pub log_gate: loggate::LogGate,
-    /// TAP queue steering by destination MAC (multi-core relays, where the kernel allows it).
-    pub steering: Option<crate::steering::Steering>,
     /// Every core's millisecond clock (one zero for all, so that a lease's end computed on
     /// one core means the same on another).
     pub clock: Clock,
 }
 
 impl Shared {
-    /// State for `cores` cores, on a real clock.
+    /// State for `cores` cores whose default network is `default_net`, on a real clock; and
+    /// the receiver of the cores' [`NetEvent`]s, for the control thread.
     pub fn new(
         cores: usize,
-        max_macs_per_client: usize,
-        steering: Option<crate::steering::Steering>,
-    ) -> io::Result<Arc<Self>> {
-        Self::with_clock(cores, max_macs_per_client, steering, Clock::real())
+        default_net: NetworkSpec,
+    ) -> io::Result<(Arc<Self>, UnboundedReceiver<NetEvent>)> {
+        Self::with_clock(cores, default_net, Clock::real())
     }
 
-    /// State for `cores` cores reading `clock`.
+    /// [`Shared::new`] reading `clock`.
     pub fn with_clock(
         cores: usize,
-        max_macs_per_client: usize,
-        steering: Option<crate::steering::Steering>,
+        default_net: NetworkSpec,
         clock: Clock,
-    ) -> io::Result<Arc<Self>> {
+    ) -> io::Result<(Arc<Self>, UnboundedReceiver<NetEvent>)> {
         let wake_fds = (0..cores)
             .map(|_| {
                 rustix::event::eventfd(
@@ -64,23 +69,60 @@ impl Shared {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Arc::new(Shared {
+        let (events, events_rx) = unbounded_channel();
+        let now = clock.now_ms();
+        let shared = Arc::new(Shared {
             cores,
             queues: (0..cores * cores)
                 .map(|_| ArrayQueue::new(CROSS_CORE_QUEUE))
                 .collect(),
             wake_fds,
-            authority: SharedOwnership::new(Ownership::new(max_macs_per_client)),
+            default_net: Arc::new(Network::new(NetId::DEFAULT, default_net, cores, now)),
+            networks: Directory::default(),
+            commands: (0..cores).map(|_| CmdQueue::default()).collect(),
+            events,
             shutdown: AtomicBool::new(false),
             clients: AtomicUsize::new(0),
-            steering,
             counters: (0..cores)
                 .map(|_| Arc::new(CoreCounters::default()))
                 .collect(),
             host_counters: HostCounters::default(),
             log_gate: loggate::LogGate::new(clock.clone()),
             clock,
-        }))
+        });
+        Ok((shared, events_rx))
+    }
+
+    /// State for `cores` cores whose default network allows 4 MACs per client (unit tests).
+    #[cfg(test)]
+    pub fn for_tests(cores: usize) -> Arc<Self> {
+        let spec = NetworkSpec {
+            name: crate::networks::DEFAULT.to_string(),
+            tap: "t0".to_string(),
+            subnet: None,
+            uplink_macs: Vec::new(),
+            isolate: false,
+            max_macs_per_client: 4,
+            steering: None,
+            limits: Default::default(),
+        };
+        Self::new(cores, spec).expect("eventfds").0
+    }
+
+    /// Sends core `core` a command and wakes it.
+    pub fn command(&self, core: usize, cmd: CoreCmd) {
+        self.commands[core].push(cmd);
+        self.wake(core);
+    }
+
+    /// Core `core`'s commands, oldest first.
+    pub(super) fn take_commands(&self, core: usize) -> Vec<CoreCmd> {
+        self.commands[core].take()
+    }
+
+    /// Tells the control thread `event` (dropped when it no longer listens: it is stopping).
+    pub(super) fn tell_control(&self, event: NetEvent) {
+        let _ = self.events.send(event);
     }
 
     pub(super) fn queue(&self, from: usize, to: usize) -> &ArrayQueue<mailbox::CoreMsg> {

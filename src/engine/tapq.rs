@@ -1,11 +1,12 @@
-//! One core's queue of the multi-queue TAP: reads armed on it and writes in flight.
+//! One core's queue of a network's multi-queue TAP: reads armed on it and writes in flight.
 //!
 //! Contract: reads use provided buffers from the TAP group, multishot where the kernel has
 //! it (one armed read) or up to [`FALLBACK_READS`] single-shot reads. A read that stops is
 //! re-armed at once, after the ring refilled (it ran dry), or from the next tick (an
 //! unexpected error, so a persistent one cannot spin the loop). Writes are counted in flight
-//! until they complete; above [`HIGH_WATER`] the engine holds client input, and at
-//! [`MAX_WRITES`] a write is refused (the caller counts the drop).
+//! until they complete. The bounds on writes apply to a core's writes over all its queues:
+//! above [`HIGH_WATER`] the engine holds client input, and at [`MAX_WRITES`] it refuses a
+//! write (and counts the drop).
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -18,9 +19,9 @@ use super::ring::Ring;
 
 /// Single-shot TAP reads kept armed when multishot read is unavailable.
 pub const FALLBACK_READS: usize = 64;
-/// TAP writes in flight above which client input is held until they complete.
+/// TAP writes in flight on a core above which client input is held until they complete.
 pub const HIGH_WATER: usize = 512;
-/// TAP writes in flight per core before further frames to the host are dropped.
+/// TAP writes in flight on a core before further frames to the host are dropped.
 pub const MAX_WRITES: usize = 1024;
 
 /// What a TAP read completion means for the reader.
@@ -36,9 +37,13 @@ pub enum ReadEnd {
     RetryLater(io::Error),
 }
 
-/// A core's TAP queue.
+/// A core's queue of one network's TAP.
 pub struct TapQueue {
     fd: OwnedFd,
+    /// The network slot (named in the operations' user data).
+    net: u16,
+    /// Being closed: no read is armed again.
+    closing: bool,
     /// Multishot read is in use (turned off if the kernel refuses it).
     multishot: bool,
     /// Length of a single-shot read (the largest frame).
@@ -52,10 +57,12 @@ pub struct TapQueue {
 }
 
 impl TapQueue {
-    /// The queue `fd`, reading frames up to `max_frame` bytes.
-    pub fn new(fd: OwnedFd, multishot: bool, max_frame: usize) -> Self {
+    /// The queue `fd` of network slot `net`, reading frames up to `max_frame` bytes.
+    pub fn new(fd: OwnedFd, net: u16, multishot: bool, max_frame: usize) -> Self {
         TapQueue {
             fd,
+            net,
+            closing: false,
             multishot,
             // Lossless: max_frame ≤ 65553.
             read_len: max_frame as u32,
@@ -69,8 +76,11 @@ impl TapQueue {
     /// Arms reads up to the target (one multishot read, or single-shot ones while buffers
     /// are lent to the kernel).
     pub fn arm_reads(&mut self, ring: &mut Ring, pool: &BufferPool) {
+        if self.closing {
+            return;
+        }
         let fd = types::Fd(self.fd.as_raw_fd());
-        let ud = ops::for_index(Kind::TapRead, 0);
+        let ud = ops::for_tap(Kind::TapRead, self.net, 0);
         if self.multishot {
             if self.reads_armed == 0 {
                 // The kernel takes the length from the provided buffer: len must be 0.
@@ -135,24 +145,20 @@ impl TapQueue {
     }
 
     /// Submits a write of `len` bytes at `ptr`, which lie in buffer `buf` (the completion
-    /// names it). False when too many writes are in flight.
+    /// names it and this queue's network).
     ///
     /// # Safety
     /// The bytes stay valid and unmodified until the completion (the caller holds a
     /// reference on `buf` for it).
     #[inline]
-    pub unsafe fn write(&mut self, ring: &mut Ring, ptr: *const u8, len: usize, buf: u32) -> bool {
-        if self.writes_in_flight >= MAX_WRITES {
-            return false;
-        }
+    pub unsafe fn write(&mut self, ring: &mut Ring, ptr: *const u8, len: usize, buf: u32) {
         self.writes_in_flight += 1;
         // Lossless: frames are at most 65553 bytes.
         let entry = opcode::Write::new(types::Fd(self.fd.as_raw_fd()), ptr, len as u32)
             .build()
-            .user_data(ops::for_index(Kind::TapWrite, buf));
+            .user_data(ops::for_tap(Kind::TapWrite, self.net, buf));
         // SAFETY: the caller's promise about the bytes.
         unsafe { ring.push(&entry) };
-        true
     }
 
     /// Accounts a write completion.
@@ -160,13 +166,29 @@ impl TapQueue {
         self.writes_in_flight -= 1;
     }
 
-    /// Writes in flight.
-    pub fn writes_in_flight(&self) -> usize {
-        self.writes_in_flight
+    /// Starts closing: cancels the reads armed (their completions still arrive) and arms none
+    /// again.
+    pub fn close(&mut self, ring: &mut Ring) {
+        if std::mem::replace(&mut self.closing, true) {
+            return;
+        }
+        let cancel = opcode::AsyncCancel2::new(
+            types::CancelBuilder::fd(types::Fd(self.fd.as_raw_fd())).all(),
+        )
+        .build()
+        .user_data(ops::for_index(Kind::Cancel, 0));
+        // SAFETY: a cancel names operations by descriptor; the descriptor stays open until
+        // every operation on it has completed (see `TapQueue::idle`).
+        unsafe { ring.push(&cancel) };
     }
 
-    /// Enough writes in flight that client input should wait.
-    pub fn behind(&self) -> bool {
-        self.writes_in_flight >= HIGH_WATER
+    /// Nothing is in flight on the queue: it can be dropped (closing its descriptor).
+    pub fn idle(&self) -> bool {
+        self.reads_armed == 0 && self.writes_in_flight == 0
+    }
+
+    /// Being closed.
+    pub fn closing(&self) -> bool {
+        self.closing
     }
 }

@@ -128,6 +128,20 @@ impl Ownership {
             })
     }
 
+    /// The addresses `port` owns.
+    pub fn macs_of(&self, port: PortId) -> &[Mac] {
+        self.by_port.get(&port).map_or(&[], Vec::as_slice)
+    }
+
+    /// The DHCP leases bound now (reservations left out): MAC and address.
+    pub fn leases(&self, now_ms: u64) -> Vec<(Mac, [u8; 4])> {
+        self.bindings
+            .iter()
+            .filter(|(mac, b)| b.until_ms > now_ms && !self.reserved.contains_key(*mac))
+            .map(|(mac, b)| (*mac, b.ip))
+            .collect()
+    }
+
     /// Current owner of `mac`.
     pub fn owner(&self, mac: Mac) -> Option<PortId> {
         self.owner.get(&mac).copied()

@@ -2,7 +2,8 @@
 //! can set neither headers nor subprotocols, only the URL), and the browsers' `Origin`.
 //!
 //! A token is `v1.EXPIRY.NETWORK.SIGNATURE`: EXPIRY in Unix seconds, NETWORK a name of up to 32
-//! letters, digits, `_` or `-` (possibly empty; carried for later use), SIGNATURE the
+//! letters, digits, `_` or `-` (empty: the default network; see [`crate::networks`] for
+//! which network a token opens), SIGNATURE the
 //! HMAC-SHA256 of `v1.EXPIRY.NETWORK` under the secret, in unpadded URL-safe base64. Every
 //! character is unreserved in a URL, so a token goes into `?token=` as it is. Pure: the time
 //! is passed in; the signature is compared in constant time.
@@ -12,7 +13,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 /// Longest network name in a token.
-pub const MAX_NETWORK: usize = 32;
+pub const MAX_NETWORK: usize = crate::networks::MAX_NAME;
 /// Shortest secret accepted.
 pub const MIN_SECRET: usize = 16;
 
@@ -33,6 +34,8 @@ pub enum Denied {
     TokenExpired,
     TokenForged,
     OriginRefused,
+    /// The token names another network than the URL.
+    TokenWrongNetwork,
 }
 
 impl Denied {
@@ -50,6 +53,10 @@ impl Denied {
             Denied::TokenExpired => ("403 Forbidden", "token expired: get a new one"),
             Denied::TokenForged => ("403 Forbidden", "token not signed with this relay's secret"),
             Denied::OriginRefused => ("403 Forbidden", "Origin not allowed (--allow-origin)"),
+            Denied::TokenWrongNetwork => (
+                "403 Forbidden",
+                "token for another network: a token opens only the network it names (/n/NAME; no name: the default network)",
+            ),
         };
         let auth = if status.starts_with("401") {
             "WWW-Authenticate: Bearer realm=\"tapwire\"\r\n"
@@ -86,9 +93,7 @@ pub fn mint(secret: &[u8], expires: u64, network: &str) -> Result<String, String
 }
 
 fn valid_network(n: &str) -> bool {
-    n.len() <= MAX_NETWORK
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    crate::networks::name_chars(n)
 }
 
 /// The `token` parameter of a request target's query, if any.

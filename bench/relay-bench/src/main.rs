@@ -10,6 +10,7 @@ mod conn;
 mod g2g;
 mod kernel;
 mod nat;
+mod networks;
 mod relay;
 mod report;
 mod rtt;
@@ -50,6 +51,9 @@ enum Group {
     Nat,
     /// Up and down over wss:// next to ws://, and connections per second with TLS.
     Wss,
+    /// Up in the default network, one network, 64 networks and beside 1 000 idle ones; the
+    /// time to make a network on demand; the memory of 1 000 networks.
+    Networks,
 }
 
 /// End-to-end benchmark of tapwire against the kernel's limits, measured in the same run.
@@ -204,6 +208,9 @@ fn main() {
     }
     if ctx.opts.runs(Group::Wss) {
         tables.push(wss::run(&ctx));
+    }
+    if ctx.opts.runs(Group::Networks) {
+        tables.push(networks::run(&ctx));
     }
     if ctx.opts.runs(Group::G2g) {
         tables.push(g2g::run(&ctx));

@@ -72,6 +72,20 @@ pub(crate) fn scenario_up_over(
         .collect();
     let wire_frame = batches[0].len() / 64;
     let streams = link.connect_messages(ns, clients, Some(wire_frame));
+    measure_up(ns, relay, sink, streams, batches, seconds)
+}
+
+/// Writes `batches[i]` (64 frames each) on `streams[i]` as fast as they take them for
+/// `seconds`, counting what reaches `sink` (on the host side of `relay`), then lets the relay
+/// drain and stops it.
+pub(crate) fn measure_up(
+    ns: &Netns,
+    relay: Relay,
+    sink: UdpSocket,
+    streams: Vec<Stream>,
+    batches: Vec<Vec<u8>>,
+    seconds: f64,
+) -> (Sample, Drops) {
     let arrivals_at_start = udp_arrivals(ns);
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -118,7 +132,6 @@ pub(crate) fn scenario_up_over(
     let drops = drops_of(&relay.stop());
     total_arrived = total_arrived.min(total_sent);
     let frames = (a1 - a0) as f64;
-    let _ = wire_frame;
     let loss = if total_sent > 0 {
         1.0 - (total_arrived.min(total_sent) as f64 / total_sent as f64)
     } else {

@@ -65,6 +65,12 @@ runtime-dir = "/run/tw-test"
 log-level = "debug"
 token-secret = "/etc/tapwire/secret"
 allow-origin = ["https://farm.example", "http://127.0.0.1:8000"]
+admin-token = "/etc/tapwire/admin-token"
+networks = "declared"
+max-networks = 64
+network-pool = "10.200.0.0/16"
+network-prefix = 26
+network-idle = "1m"
 "#;
 
 #[test]

@@ -274,7 +274,13 @@ fn a_frame_crosses_cores_to_a_guest_learned_on_the_other() {
     c.send_frame(&eth(BROADCAST, mac(3), b"new"));
     let newcomer = crate::switch::Mac(mac(3));
     for _ in 0..MAX_STEPS {
-        if rig.shared.authority.with(|o| o.owner(newcomer)).is_some() {
+        if rig
+            .shared
+            .default_net
+            .authority
+            .with(|o| o.owner(newcomer))
+            .is_some()
+        {
             break;
         }
         rig.step_core(1);

@@ -1,7 +1,8 @@
 //! Anti-spoofing on a core: each client frame is checked against the IPv4 bindings
 //! ([`crate::switch::guard`]), and DHCP replies read from the TAP make and end bindings.
 //!
-//! A binding lives in the ownership authority, keyed by MAC, and outlives the client (a
+//! A binding lives in the network's ownership authority, keyed by MAC, and outlives the
+//! client (a
 //! guest that reconnects keeps its lease); the owning core's switch replica holds a copy in
 //! the MAC's entry, so a frame's check costs no lookup beyond the one switching already does.
 //! Bindings change only on DHCP ACK/NAK/release, so the authority's lock is taken then and
@@ -31,16 +32,18 @@ impl Worker {
         }
     }
 
-    /// After a client frame passed: a DHCP release or decline ends its MAC's binding.
-    pub(super) fn after_guard(&mut self, claim: Claim, src: Mac) {
+    /// After a client frame of network slot `net` passed: a DHCP release or decline ends its
+    /// MAC's binding.
+    pub(super) fn after_guard(&mut self, net: u16, claim: Claim, src: Mac) {
         if claim.gives_up_lease {
             self.counters.dhcp_unbindings.inc();
-            self.rebind(src, None);
+            self.rebind(net, src, None);
         }
     }
 
-    /// A DHCP ACK or NAK read from the TAP ([`guard::snoop`]): binds or unbinds its client.
-    pub(super) fn snooped(&mut self, dhcp: Snoop) {
+    /// A DHCP ACK or NAK read from the TAP of network slot `net` ([`guard::snoop`]): binds or
+    /// unbinds its client.
+    pub(super) fn snooped(&mut self, net: u16, dhcp: Snoop) {
         match dhcp {
             Snoop::Ack {
                 mac,
@@ -48,20 +51,25 @@ impl Worker {
                 lease_secs,
             } => {
                 self.counters.dhcp_bindings.inc();
-                self.rebind(mac, Some(Binding::lease(ip, lease_secs, self.time.now_ms)));
+                let binding = Binding::lease(ip, lease_secs, self.time.now_ms);
+                self.rebind(net, mac, Some(binding));
             }
             Snoop::Nak { mac } => {
                 self.counters.dhcp_unbindings.inc();
-                self.rebind(mac, None);
+                self.rebind(net, mac, None);
             }
         }
     }
 
-    /// Records `mac`'s new binding in the authority, then in every replica: a core learning
-    /// `mac` meanwhile reads the authority under its lock, so none misses the change.
-    fn rebind(&mut self, mac: Mac, binding: Option<Binding>) {
+    /// Records `mac`'s new binding in the authority of network slot `net`, then in every
+    /// replica: a core learning `mac` meanwhile reads the authority under its lock, so none
+    /// misses the change.
+    fn rebind(&mut self, net: u16, mac: Mac, binding: Option<Binding>) {
         let now = self.time.now_ms;
-        let binding = self.shared.authority.with(|own| {
+        let Some(local) = self.net_local(net) else {
+            return;
+        };
+        let binding = local.net.authority.with(|own| {
             match binding {
                 Some(b) => own.bind(mac, b, now),
                 None => own.unbind(mac),
@@ -69,7 +77,8 @@ impl Worker {
             // A reservation outlives what DHCP says.
             own.binding(mac, now)
         });
-        self.switch.set_binding(mac, binding);
-        self.mailbox.broadcast(Control::Bind(mac, binding));
+        local.switch.set_binding(mac, binding);
+        let id = local.net.id;
+        self.mailbox.broadcast(Control::Bind(id, mac, binding));
     }
 }

@@ -21,6 +21,7 @@ impl Worker {
         self.retry_failed_arms();
         self.reset_log_interval();
         self.check_liveness();
+        self.expire_parked();
         self.age_macs();
         self.enforce_drain_deadline();
     }
@@ -66,7 +67,9 @@ impl Worker {
         if self.draining() {
             return;
         }
-        self.tap.retry(&mut self.ring, &self.pool);
+        for local in self.nets.iter_mut().flatten() {
+            local.tap.retry(&mut self.ring, &self.pool);
+        }
         for a in &mut self.acceptors {
             a.retry(&mut self.ring);
         }
@@ -96,6 +99,11 @@ impl Worker {
             let Some(c) = self.clients.get_mut(port) else {
                 continue;
             };
+            if c.parked.is_some() {
+                // Not answered yet: nothing may go to it but its answer (see
+                // `expire_parked` for its deadline).
+                continue;
+            }
             let stalled_since = c.out.stalled_since_ms();
             match c.conn.poll_timeout(now, stalled_since) {
                 None => {}
@@ -123,16 +131,20 @@ impl Worker {
             return;
         }
         self.time.last_ageing_ms = self.time.now_ms;
-        let me = self.id;
-        let aged = self.switch.expire(
-            self.time.now_ms,
-            |p| p.core() == me,
-            &mut &self.shared.authority,
-        );
-        for (mac, port) in aged {
-            self.mailbox.broadcast(Control::Forget(mac, port));
-            if let Some(s) = &self.shared.steering {
-                s.remove(mac);
+        let (me, now) = (self.id, self.time.now_ms);
+        for local in self.nets.iter_mut().flatten() {
+            if local.switch.is_empty() {
+                continue;
+            }
+            let aged = local
+                .switch
+                .expire(now, |p| p.core() == me, &mut &local.net.authority);
+            for (mac, port) in aged {
+                self.mailbox
+                    .broadcast(Control::Forget(local.net.id, mac, port));
+                if let Some(s) = &local.net.steering {
+                    s.remove(mac);
+                }
             }
         }
     }
@@ -151,6 +163,11 @@ impl Worker {
             let Some(c) = self.clients.get_mut(port) else {
                 continue;
             };
+            if c.parked.is_some() {
+                let response = super::unavailable_response("", "the relay is stopping");
+                self.refuse_parked(port, crate::counters::DropReason::NetworkFailed, &response);
+                continue;
+            }
             if let Some(close) = c.conn.close_gracefully(1001) {
                 self.enqueue_owned(port, close);
             } else if !c.conn.is_flushing() {
@@ -181,7 +198,7 @@ impl Worker {
         self.draining()
             && self.pending.held.is_empty()
             && self.clients.is_empty()
-            && self.tap.writes_in_flight() == 0
+            && self.tap_writes == 0
     }
 }
 

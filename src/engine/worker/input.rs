@@ -18,8 +18,9 @@ use super::super::conn::{HandshakeStep, Input};
 use super::super::loggate::{self, held_note};
 use super::super::mailbox::Control;
 use super::super::ops::{self, Kind};
+use super::networks::Joined;
 use super::output::Ready;
-use super::{Held, Worker, REFUSAL_FLUSH_MS};
+use super::{Held, Worker};
 
 /// Client input is also held while the frames this core sent to other cores, and has not got
 /// back, exceed 1/CROSS_HIGH_WATER_DIV of its slots. Each such frame pins a slot of the sender
@@ -111,7 +112,7 @@ impl Worker {
     /// True while client input must wait: too many TAP writes or cross-core frames in flight,
     /// or (with a wss:// listener) too few plaintext buffers free for one more receive.
     fn backpressured(&self) -> bool {
-        self.tap.behind()
+        self.taps_behind()
             || self.mailbox.in_flight() >= self.cfg.frame_slots as usize / CROSS_HIGH_WATER_DIV
             || (self.cfg.tls.is_some() && self.pool.plain_free() < super::tls::PLAIN_PER_RECEIVE)
     }
@@ -163,15 +164,24 @@ impl Worker {
 
     /// `len` received bytes in receive buffer `id` (for a wss:// client: a plaintext buffer).
     pub(super) fn on_bytes(&mut self, port: PortId, id: BufId, len: usize) {
+        self.on_bytes_at(port, id, 0, len);
+    }
+
+    /// The received bytes `start..end` of buffer `id` (the caller holds a reference on it).
+    pub(super) fn on_bytes_at(&mut self, port: PortId, id: BufId, start: usize, end: usize) {
         let arena = self.pool.arena();
-        // SAFETY: the kernel handed this receive buffer over; it stays referenced until the
-        // caller releases it after this call, and this is the only view of it (frames passed
-        // on below are re-borrows of this view).
-        let bytes = unsafe { arena.bytes_mut(id, 0, len) };
+        // SAFETY: the buffer is referenced by the caller until this call returns, and this is
+        // the only view of these bytes (frames passed on below are re-borrows of this view; a
+        // parked connection keeps its own reference and reads the bytes only later).
+        let bytes = unsafe { arena.bytes_mut(id, start, end - start) };
         let now = self.time.now_ms;
         let Some(c) = self.clients.get_mut(port) else {
             return;
         };
+        if c.parked.is_some() {
+            self.keep_parked_input(port, id, start, end);
+            return;
+        }
         if c.conn.is_open() {
             self.on_frames(port, bytes, id);
             return;
@@ -199,30 +209,31 @@ impl Worker {
                 origin,
                 stream_at,
             } => {
-                if let Err(denied) = self.authorize(&path, origin.as_deref()) {
-                    let reason = DropReason::from(denied);
-                    self.counters.dropped(reason);
-                    if let Some(held) = self.shared.log_gate.admit(loggate::kind(reason)) {
-                        log::info!(
-                            "core {}: refused a connection on {}: {}{}",
-                            self.id,
-                            access::path_only(&path),
-                            reason.label(),
-                            held_note(held)
-                        );
+                let token_network = match self.authorize(&path, origin.as_deref()) {
+                    Ok(network) => network,
+                    Err(denied) => {
+                        let reason = DropReason::from(denied);
+                        self.refuse_upgrade(port, &path, reason, denied.response());
+                        return;
                     }
-                    if let Some(c) = self.clients.get_mut(port) {
-                        c.conn.refuse(now, REFUSAL_FLUSH_MS);
+                };
+                match self.join_network(port, &path, token_network.as_deref()) {
+                    Joined::Refused => return,
+                    Joined::Wait(name) => {
+                        log::debug!("core {}: client {port:?} waits for network {name}", self.id);
+                        self.park(port, name, response);
+                        if stream_at < bytes.len() {
+                            self.keep_parked_input(port, id, start + stream_at, end);
+                        }
+                        return;
                     }
-                    self.enqueue_owned(port, denied.response().into_bytes());
-                    return;
+                    Joined::Now => {}
                 }
                 log::debug!(
                     "core {}: client {port:?} upgraded on {}",
                     self.id,
                     access::path_only(&path)
                 );
-                self.clients.set_open(port);
                 self.counters.connections_upgraded.inc();
                 self.enqueue_owned(port, response);
                 if stream_at < bytes.len() {
@@ -234,16 +245,23 @@ impl Worker {
     }
 
     /// Access control of an upgrade request for `target` (`--token-secret`,
-    /// `--allow-origin`); reads the wall clock only when tokens are required.
-    fn authorize(&self, target: &str, origin: Option<&str>) -> Result<(), access::Denied> {
+    /// `--allow-origin`): the token's network when tokens are required (empty: a token that
+    /// names none), `None` when they are not. Reads the wall clock only when tokens are
+    /// required.
+    fn authorize(
+        &self,
+        target: &str,
+        origin: Option<&str>,
+    ) -> Result<Option<String>, access::Denied> {
         let rules = &self.cfg.access;
         if rules.is_open() {
-            return Ok(());
+            return Ok(None);
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        rules.check(target, origin, now).map(|_network| ())
+        let network = rules.check(target, origin, now)?;
+        Ok(rules.secret.is_some().then_some(network))
     }
 
     /// Decodes frames in `bytes`, which lie in receive buffer `buf`.
@@ -338,7 +356,7 @@ impl Worker {
     /// show it is alive (a v86 guest reconnecting with its MAC while its old connection is
     /// half-open would otherwise be locked out until a ping interval passes). At most one
     /// challenge per challenger per [`CHALLENGE_MS`].
-    fn challenge_owner_of(&mut self, challenger: PortId, mac: Mac) {
+    fn challenge_owner_of(&mut self, challenger: PortId, net: u16, mac: Mac) {
         let now = self.time.now_ms;
         let Some(c) = self.clients.get_mut(challenger) else {
             return;
@@ -346,10 +364,13 @@ impl Worker {
         if !c.conn.may_challenge(now) {
             return;
         }
-        let owner = self
+        let Some(local) = self.net_local(net) else {
+            return;
+        };
+        let owner = local
             .switch
             .lookup(mac)
-            .or_else(|| self.shared.authority.with(|own| own.owner(mac)));
+            .or_else(|| local.net.authority.with(|own| own.owner(mac)));
         let Some(owner) = owner.filter(|o| *o != challenger) else {
             return;
         };
@@ -373,29 +394,46 @@ impl Worker {
         self.pool.release(slot);
     }
 
-    /// Switches a frame from the client of `port`.
+    /// Switches a frame from the client of `port`, in the network it joined.
     pub(super) fn client_frame(&mut self, port: PortId, frame: ClientFrame<'_>) {
         let (Some(dst), Some(src)) = (Mac::destination(frame.bytes), Mac::source(frame.bytes))
         else {
             return;
         };
+        let Some(net) = self.clients.net_of(port) else {
+            return;
+        };
         let len = frame.bytes.len();
         self.counters.client_rx_frames.inc();
         self.counters.client_rx_bytes.add(len as u64);
+        let core = self.id;
+        let Some(local) = self.net_local(net) else {
+            return;
+        };
+        let stats = &local.net.stats[core];
+        stats.rx_frames.inc();
+        stats.rx_bytes.add(len as u64);
         if !self.within_limits(port, len, dst.is_group()) {
+            self.net_dropped(net);
             return;
         }
         let Some(claim) = self.guard(port, frame.bytes, src) else {
+            self.net_dropped(net);
             return;
         };
+        let now = self.time.now_ms;
+        let Some(local) = self.net_local(net) else {
+            return;
+        };
+        let id = local.net.id;
         let decision = match ingress_claiming(
-            &mut self.switch,
-            &mut &self.shared.authority,
+            &mut local.switch,
+            &mut &local.net.authority,
             Source::Port(port),
             dst,
             src,
             claim.address.map(|(ip, _)| ip),
-            self.time.now_ms,
+            now,
         ) {
             Ok(d) => d,
             Err(drop) => {
@@ -404,22 +442,23 @@ impl Worker {
                     _ => DropReason::from(drop),
                 };
                 self.counters.dropped(reason);
+                self.net_dropped(net);
                 if reason != DropReason::Hairpin {
                     self.log_once(port, reason, format_args!("source {src}"));
                 }
                 if reason == DropReason::MacConflict {
-                    self.challenge_owner_of(port, src);
+                    self.challenge_owner_of(port, net, src);
                 }
                 return;
             }
         };
         if let Some(mac) = decision.learned {
-            self.mailbox.broadcast(Control::Learn(mac, port));
-            self.steer(mac);
+            self.mailbox.broadcast(Control::Learn(id, mac, port));
+            self.steer(net, mac);
         }
-        self.after_guard(claim, src);
+        self.after_guard(net, claim, src);
         match decision.forward {
-            Forward::Uplink => self.tap_write(frame),
+            Forward::Uplink => self.tap_write(net, frame),
             Forward::Port(to) => {
                 if let Some(ready) = self.ready_copy(frame) {
                     self.deliver(to, ready);
@@ -427,21 +466,32 @@ impl Worker {
                 }
             }
             Forward::Flood => {
-                self.tap_write(frame);
+                self.tap_write(net, frame);
                 if let Some(ready) = self.ready_copy(frame) {
-                    self.flood(ready, Some(port));
+                    self.flood(net, ready, Some(port));
                     self.pool.release(ready.buf);
                 }
             }
         }
     }
 
-    /// Charges a frame to its client's limits; false (and counted) when over one.
+    /// Counts a dropped frame of network slot `net`.
+    pub(super) fn net_dropped(&mut self, net: u16) {
+        let core = self.id;
+        if let Some(local) = self.net_local(net) {
+            local.net.stats[core].drops.inc();
+        }
+    }
+
+    /// Counts a frame to its client and charges it to its limits; false (and counted) when
+    /// over one.
     fn within_limits(&mut self, port: PortId, len: usize, group: bool) -> bool {
         let now = self.time.now_ms;
         let Some(c) = self.clients.get_mut(port) else {
             return true;
         };
+        c.rx_frames += 1;
+        c.rx_bytes += len as u64;
         let Err(what) = c.conn.charge(len, group, now) else {
             return true;
         };
@@ -464,27 +514,36 @@ impl Worker {
         Some(self.ready(slot, len))
     }
 
-    /// Writes a client frame to the TAP from the buffer it lies in.
-    fn tap_write(&mut self, frame: ClientFrame<'_>) {
+    /// Writes a client frame to the TAP of network slot `net` from the buffer it lies in.
+    fn tap_write(&mut self, net: u16, frame: ClientFrame<'_>) {
         let len = frame.bytes.len();
-        // SAFETY: the bytes lie in `frame.buf`, on which the reference taken below is held
-        // until the write completes; nobody writes a frame's bytes once it is decoded.
-        let accepted = unsafe {
-            self.tap
-                .write(&mut self.ring, frame.bytes.as_ptr(), len, frame.buf.0)
-        };
-        if !accepted {
+        if self.taps_full() {
             self.counters.dropped(DropReason::TapBacklog);
+            self.net_dropped(net);
             return;
         }
+        let Some(local) = self.nets.get_mut(usize::from(net)).and_then(Option::as_mut) else {
+            return;
+        };
+        // SAFETY: the bytes lie in `frame.buf`, on which the reference taken below is held
+        // until the write completes; nobody writes a frame's bytes once it is decoded.
+        unsafe {
+            local
+                .tap
+                .write(&mut self.ring, frame.bytes.as_ptr(), len, frame.buf.0)
+        };
+        self.tap_writes += 1;
         self.pool.retain(frame.buf);
         self.counters.tap_tx_frames.inc();
         self.counters.tap_tx_bytes.add(len as u64);
     }
 
-    /// A TAP write completed.
-    pub(super) fn on_tap_write(&mut self, buf: BufId, res: i32) {
-        self.tap.on_write();
+    /// A TAP write of network slot `net` completed.
+    pub(super) fn on_tap_write(&mut self, net: u16, buf: BufId, res: i32) {
+        self.tap_writes -= 1;
+        if let Some(local) = self.net_local(net) {
+            local.tap.on_write();
+        }
         self.pool.release(buf);
         if res < 0 {
             self.counters.dropped(DropReason::TapWriteError);
@@ -494,17 +553,20 @@ impl Worker {
                 io::Error::from_raw_os_error(-res)
             );
         }
+        self.finish_removal(net);
     }
 
-    /// Points TAP queue steering for `mac` at this core (once per learned address).
-    fn steer(&mut self, mac: Mac) {
-        let Some(steering) = &self.shared.steering else {
+    /// Points the TAP queue steering of network slot `net` for `mac` at this core (once per
+    /// learned address).
+    fn steer(&mut self, net: u16, mac: Mac) {
+        let core = self.id;
+        let Some(steering) = self.net_local(net).and_then(|l| l.net.steering.as_ref()) else {
             return;
         };
         // Lossless: core ids are small.
-        if let Err(e) = steering.set(mac, self.id as u32) {
+        if let Err(e) = steering.set(mac, core as u32) {
             self.counters.steering_failed.inc();
-            log::debug!("core {}: cannot steer {mac} to this core: {e}", self.id);
+            log::debug!("core {core}: cannot steer {mac} to this core: {e}");
         }
     }
 }

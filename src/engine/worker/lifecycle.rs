@@ -70,9 +70,12 @@ impl Worker {
             },
             _ => None,
         };
-        let port = self
-            .clients
-            .insert(|port| Client::new(fd, port, conn, session));
+        let now = self.time.now_ms;
+        let port = self.clients.insert(|port| {
+            let mut c = Client::new(fd, port, conn, session);
+            c.since_ms = now;
+            c
+        });
         self.counters.clients_open.inc();
         self.arm_recv(port);
     }
@@ -90,14 +93,8 @@ impl Worker {
         // Wakes any receive or send still in flight; an error means the peer is gone already.
         let _ = rustix::net::shutdown(c.socket.fd(), rustix::net::Shutdown::Both);
         let fd = types::Fd(c.socket.raw_fd());
-        self.clients.set_closed(port);
-        let macs = self.shared.authority.with(|own| own.release_port(port));
-        for mac in macs {
-            self.switch.forget(mac, port);
-            self.mailbox.broadcast(Control::Forget(mac, port));
-            if let Some(s) = &self.shared.steering {
-                s.remove(mac);
-            }
+        if let Some(net) = self.clients.set_closed(port) {
+            self.leave_network(port, net);
         }
         let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd).all())
             .build()
@@ -105,6 +102,25 @@ impl Worker {
         // SAFETY: a cancel names operations by descriptor; the descriptor stays open until
         // the slot is freed, after every operation on it has completed.
         unsafe { self.ring.push(&cancel) };
+    }
+
+    /// The client of `port` leaves network slot `net`: its MACs are released there.
+    fn leave_network(&mut self, port: PortId, net: u16) {
+        self.left(net);
+        let Some(local) = self.net_local(net) else {
+            return;
+        };
+        let id = local.net.id;
+        let macs = local.net.authority.with(|own| own.release_port(port));
+        for &mac in &macs {
+            local.switch.forget(mac, port);
+            if let Some(s) = &local.net.steering {
+                s.remove(mac);
+            }
+        }
+        for mac in macs {
+            self.mailbox.broadcast(Control::Forget(id, mac, port));
+        }
     }
 
     /// Frees a closed client whose operations have all completed.
@@ -119,6 +135,11 @@ impl Worker {
         c.out.clear(|id| pool.release(id));
         if let Some((id, _)) = self.partial.take(&mut c.assembly) {
             self.pool.release(id);
+        }
+        if let Some(parked) = c.parked.take() {
+            for (buf, _, _) in parked.input {
+                self.pool.release(buf);
+            }
         }
         drop(c);
         self.shared.clients.fetch_sub(1, Ordering::AcqRel);

@@ -24,6 +24,7 @@ mod bindings;
 mod housekeeping;
 mod input;
 mod lifecycle;
+mod networks;
 mod output;
 mod tls;
 
@@ -37,6 +38,8 @@ use io_uring::{opcode, types};
 use crate::counters::{CoreCounters, DropReason};
 use crate::switch::{PortId, Switch};
 
+pub use networks::unavailable_response;
+
 use super::acceptor::Acceptor;
 use super::bufpool::{BufId, BufferPool, PoolSizes};
 use super::clients::ClientTable;
@@ -46,9 +49,10 @@ use super::mailbox::Mailbox;
 use super::ops::{self, Features, Kind};
 use super::outqueue::QueueBound;
 use super::ring::{Completion, Ring};
-use super::tapq::TapQueue;
+use super::tapq::{TapQueue, HIGH_WATER, MAX_WRITES};
 use super::{EngineConfig, Shared};
 use input::PartialSlots;
+use networks::{NetLocal, Waiting};
 
 /// Housekeeping tick.
 const TICK_MS: u64 = 250;
@@ -86,6 +90,8 @@ struct Pending {
     /// Clients to check once after their multishot receive was armed (see
     /// [`housekeeping`]'s `probe_armed_receives`).
     probes: housekeeping::RecvProbes,
+    /// Some network's TAP reads stopped because the TAP buffer ring ran dry.
+    taps_starved: bool,
 }
 
 /// The worker's time and the jobs that run on it.
@@ -130,10 +136,15 @@ pub struct Worker {
     features: Features,
     /// The ws:// listener's acceptor, then the wss:// one's if any.
     acceptors: Vec<Acceptor>,
-    tap: TapQueue,
+    /// The networks this core serves, by slot (0: the default network): each with its switch
+    /// replica and this core's queue of its TAP.
+    nets: Vec<Option<NetLocal>>,
+    /// TAP writes in flight over every network's queue.
+    tap_writes: usize,
+    /// Connections waiting for their network to be made.
+    waiting: Waiting,
     clients: ClientTable,
     mailbox: Mailbox,
-    switch: Switch,
     /// What every new connection is allowed, and how much its send queue may hold.
     policy: Policy,
     /// Frame slots holding partial frames (reassemblies).
@@ -197,11 +208,19 @@ impl Worker {
                 .map(|(fd, index)| Acceptor::new(fd, index, features.multishot_accept))
                 .collect(),
             tls_scratch: TlsScratch::default(),
-            tap: TapQueue::new(tap, features.multishot_tap_read, cfg.max_frame),
+            nets: vec![Some(NetLocal {
+                net: shared.default_net.clone(),
+                switch: Switch::with_uplink(
+                    ms(cfg.clients.mac_ageing),
+                    shared.default_net.uplink_macs.clone(),
+                )
+                .isolated(shared.default_net.isolate),
+                tap: TapQueue::new(tap, 0, features.multishot_tap_read, cfg.max_frame),
+            })],
+            tap_writes: 0,
+            waiting: Waiting::default(),
             clients: ClientTable::new(id),
             mailbox: Mailbox::new(id, shared.clone()),
-            switch: Switch::with_uplink(ms(cfg.clients.mac_ageing), cfg.uplink_macs.clone())
-                .isolated(cfg.isolate),
             policy: Policy {
                 conn: limits,
                 queue: QueueBound::new(
@@ -245,7 +264,9 @@ impl Worker {
         for a in &mut self.acceptors {
             a.arm(&mut self.ring);
         }
-        self.tap.arm_reads(&mut self.ring, &self.pool);
+        for local in self.nets.iter_mut().flatten() {
+            local.tap.arm_reads(&mut self.ring, &self.pool);
+        }
         self.mailbox.arm_wake(&mut self.ring);
         if !self.time.clock.is_manual() {
             self.arm_timer();
@@ -280,6 +301,7 @@ impl Worker {
             self.complete(c);
         }
         self.drain_mailbox();
+        self.run_commands();
         self.process_held_input();
         if self.time.now_ms >= self.time.next_tick_ms {
             self.time.next_tick_ms = next_tick(self.time.now_ms);
@@ -317,7 +339,9 @@ impl Worker {
         };
         match kind {
             Kind::Accept => self.on_accept(port.slot() as usize, c.result, c.flags),
-            Kind::TapRead => self.on_tap_read(c.result, c.flags),
+            // The generation field carries the network slot (see `ops::for_tap`); lossless:
+            // slots are u16.
+            Kind::TapRead => self.on_tap_read(port.generation() as u16, c.result, c.flags),
             Kind::Wake => {
                 if c.result != -libc::ECANCELED {
                     self.mailbox.arm_wake(&mut self.ring);
@@ -327,7 +351,9 @@ impl Worker {
             Kind::Timer => self.arm_timer(),
             Kind::Recv => self.on_recv(port, c.result, c.flags),
             Kind::Send => self.on_send(port, c.result),
-            Kind::TapWrite => self.on_tap_write(BufId(port.slot()), c.result),
+            Kind::TapWrite => {
+                self.on_tap_write(port.generation() as u16, BufId(port.slot()), c.result)
+            }
             Kind::Cancel => {}
         }
     }
@@ -339,9 +365,22 @@ impl Worker {
                 self.arm_recv(port);
             }
         }
-        if !self.draining() {
-            self.tap.rearm_if_refilled(&mut self.ring, &self.pool);
+        if self.pending.taps_starved && !self.draining() && self.pool.tap_available() > 0 {
+            self.pending.taps_starved = false;
+            for local in self.nets.iter_mut().flatten() {
+                local.tap.rearm_if_refilled(&mut self.ring, &self.pool);
+            }
         }
+    }
+
+    /// TAP writes in flight are many enough that client input should wait.
+    fn taps_behind(&self) -> bool {
+        self.tap_writes >= HIGH_WATER
+    }
+
+    /// No more TAP writes may be put in flight on this core.
+    fn taps_full(&self) -> bool {
+        self.tap_writes >= MAX_WRITES
     }
 
     /// Counts a drop for `reason` and logs `what` for the client of `port` (see

@@ -49,35 +49,49 @@ impl Worker {
         }
     }
 
-    /// A TAP read completed.
-    pub(super) fn on_tap_read(&mut self, res: i32, flags: u32) {
+    /// A read of network slot `net`'s TAP queue completed.
+    pub(super) fn on_tap_read(&mut self, net: u16, res: i32, flags: u32) {
         if let Some(bid) = io_uring::cqueue::buffer_select(flags) {
             let id = self.pool.tap_buf(bid);
             self.pool.received(id);
             if res > 0 {
                 // Lossless: res > 0.
-                self.tap_frame(id, res as usize);
+                self.tap_frame(net, id, res as usize);
             }
             self.pool.release(id);
         }
-        match self.tap.on_read(res, flags) {
+        let draining = self.draining();
+        let Some(local) = self.nets.get_mut(usize::from(net)).and_then(Option::as_mut) else {
+            return;
+        };
+        match local.tap.on_read(res, flags) {
             ReadEnd::Armed => {}
             ReadEnd::Stopped => {
-                if !self.draining() {
-                    self.tap.arm_reads(&mut self.ring, &self.pool);
+                if !draining {
+                    local.tap.arm_reads(&mut self.ring, &self.pool);
                 }
             }
-            ReadEnd::Starved => self.counters.buffer_ring_empty.inc(),
+            ReadEnd::Starved => {
+                self.pending.taps_starved = true;
+                self.counters.buffer_ring_empty.inc();
+            }
             ReadEnd::RetryLater(e) => {
                 if let Some(held) = self.shared.log_gate.admit(loggate::TAP_READ_FAILED) {
-                    log::warn!("core {}: TAP read failed: {e}{}", self.id, held_note(held));
+                    log::warn!(
+                        "core {}: TAP read failed (network {}): {e}{}",
+                        self.id,
+                        local.net.name,
+                        held_note(held)
+                    );
                 }
             }
         }
+        self.finish_removal(net);
     }
 
-    /// Switches a frame read from the TAP: `len` bytes at [`HEADROOM`] of `id`.
-    fn tap_frame(&mut self, id: BufId, len: usize) {
+    /// Switches a frame read from network slot `net`'s TAP: `len` bytes at [`HEADROOM`] of
+    /// `id`.
+    fn tap_frame(&mut self, net: u16, id: BufId, len: usize) {
         self.counters.tap_rx_frames.inc();
         self.counters.tap_rx_bytes.add(len as u64);
         let (dst, src, dhcp) = {
@@ -90,18 +104,23 @@ impl Worker {
         let whole = len >= crate::ws::session::MIN_ETHERNET_FRAME;
         let (Some(dst), Some(src), true) = (dst, src, whole) else {
             self.counters.dropped(DropReason::TapRunt);
+            self.net_dropped(net);
             return;
         };
         if let Some(dhcp) = dhcp {
-            self.snooped(dhcp);
+            self.snooped(net, dhcp);
         }
+        let now = self.time.now_ms;
+        let Some(local) = self.nets.get_mut(usize::from(net)).and_then(Option::as_mut) else {
+            return;
+        };
         match ingress(
-            &mut self.switch,
-            &mut &self.shared.authority,
+            &mut local.switch,
+            &mut &local.net.authority,
             Source::Uplink,
             dst,
             src,
-            self.time.now_ms,
+            now,
         ) {
             Ok(d) => match d.forward {
                 Forward::Port(to) => {
@@ -110,11 +129,14 @@ impl Worker {
                 }
                 Forward::Flood => {
                     let ready = self.ready(id, len);
-                    self.flood(ready, None);
+                    self.flood(net, ready, None);
                 }
                 Forward::Uplink => {}
             },
-            Err(drop) => self.counters.dropped(DropReason::from(drop)),
+            Err(drop) => {
+                self.counters.dropped(DropReason::from(drop));
+                self.net_dropped(net);
+            }
         }
     }
 
@@ -127,20 +149,24 @@ impl Worker {
         }
     }
 
-    /// Sends a ready frame to every port but `except`, on every core.
-    pub(super) fn flood(&mut self, ready: Ready, except: Option<PortId>) {
-        self.flood_local(ready, except);
+    /// Sends a ready frame to every port of network slot `net` but `except`, on every core.
+    pub(super) fn flood(&mut self, net: u16, ready: Ready, except: Option<PortId>) {
+        let Some(id) = self.net_local(net).map(|l| l.net.id) else {
+            return;
+        };
+        self.flood_local(net, ready, except);
         for core in 0..self.shared.cores {
             if core != self.id {
-                self.send_to_core(core, ready, Target::Flood);
+                self.send_to_core(core, ready, Target::Flood(id));
             }
         }
     }
 
-    /// Sends a ready frame to every open port of this core but `except`.
-    fn flood_local(&mut self, ready: Ready, except: Option<PortId>) {
-        for i in 0..self.clients.open_count() {
-            let port = self.clients.open_port(i);
+    /// Sends a ready frame to every open port of network slot `net` on this core but
+    /// `except`.
+    fn flood_local(&mut self, net: u16, ready: Ready, except: Option<PortId>) {
+        for i in 0..self.clients.open_count(net) {
+            let port = self.clients.open_port(net, i);
             if Some(port) != except {
                 self.enqueue(port, ready);
             }
@@ -184,19 +210,34 @@ impl Worker {
                     let ready = self.ready(slot, len);
                     match target {
                         Target::Port(to) => self.deliver(to, ready),
-                        // Flood locally only: the sender already covered other cores.
-                        Target::Flood => self.flood_local(ready, None),
+                        // Flood locally only: the sender already covered other cores. A
+                        // network this core does not serve (yet, or any more) has no client
+                        // here.
+                        Target::Flood(id) => {
+                            if self.net_local(id.slot).is_some_and(|l| l.is(id)) {
+                                self.flood_local(id.slot, ready, None);
+                            }
+                        }
                     }
                     self.pool.release(slot);
                 }
                 Incoming::Released(buf) => self.pool.release(buf),
-                Incoming::Control(Control::Learn(mac, port)) => {
-                    self.switch.learn(mac, port, self.time.now_ms)
+                Incoming::Control(Control::Learn(id, mac, port)) => {
+                    let now = self.time.now_ms;
+                    if let Some(l) = self.net_local(id.slot).filter(|l| l.is(id)) {
+                        l.switch.learn(mac, port, now);
+                    }
                 }
-                Incoming::Control(Control::Forget(mac, port)) => self.switch.forget(mac, port),
+                Incoming::Control(Control::Forget(id, mac, port)) => {
+                    if let Some(l) = self.net_local(id.slot).filter(|l| l.is(id)) {
+                        l.switch.forget(mac, port);
+                    }
+                }
                 Incoming::Control(Control::Challenge(port)) => self.challenge(port),
-                Incoming::Control(Control::Bind(mac, binding)) => {
-                    self.switch.set_binding(mac, binding)
+                Incoming::Control(Control::Bind(id, mac, binding)) => {
+                    if let Some(l) = self.net_local(id.slot).filter(|l| l.is(id)) {
+                        l.switch.set_binding(mac, binding);
+                    }
                 }
             }
         }
@@ -219,6 +260,9 @@ impl Worker {
             .queue
             .admits(&c.out, total, slots_free, tap_lent)
         {
+            if let Some(net) = self.clients.net_of(port) {
+                self.net_dropped(net);
+            }
             self.drop_logged(
                 port,
                 DropReason::SendQueueFull,
@@ -235,10 +279,20 @@ impl Worker {
             },
             now,
         );
+        c.tx_frames += 1;
+        c.tx_bytes += ready.len as u64;
         self.pool.retain(ready.buf);
         self.clients.mark_dirty(port);
         self.counters.client_tx_frames.inc();
         self.counters.client_tx_bytes.add(ready.len as u64);
+        let core = self.id;
+        if let Some(net) = self.clients.net_of(port) {
+            if let Some(local) = self.net_local(net) {
+                let stats = &local.net.stats[core];
+                stats.tx_frames.inc();
+                stats.tx_bytes.add(ready.len as u64);
+            }
+        }
     }
 
     /// Queues the pong `bytes` for the client of `port`, replacing a pong still waiting: a
