@@ -149,7 +149,10 @@ pub fn network_elements(table: &str, n: &NetworkRules<'_>, verb: &str) -> String
     s
 }
 
-/// The script that (re)creates the table of `r`:
+/// The script that (re)creates the table of `r`. The base chains (`input`, `forward`) only
+/// dispatch on a packet's interfaces to a chain of its own kind (`in_default`,
+/// `in_network`, `fwd_from_default`, …), so a packet is looked at only by the rules that can
+/// concern it and the host's other traffic by two to four:
 ///
 /// - **input** (unless the host is open): from the TAP, the host accepts DHCP, DNS and ICMP
 ///   echo at the gateway, IPv6 neighbour discovery, replies to its own connections and the
@@ -168,87 +171,115 @@ pub fn ruleset(r: &Rules<'_>) -> String {
         s.push_str(NETWORK_SETS);
     }
     let protected = matches!(r.host, HostAccess::Protected(_));
-    if protected || r.networks {
-        s.push_str("  chain input {\n    type filter hook input priority filter; policy accept;\n");
-    }
+    // Each packet is looked at by a base chain that only dispatches on its interfaces (two
+    // to four rules), and then by the rules of its own kind only: a packet of a network
+    // used to pass every rule of the default TAP first, each loading the interface name
+    // again, and traffic that is not the guests' (the host's own) passed all of them. The
+    // regular chains come first: nft resolves a jump when it reads it.
     if let HostAccess::Protected(ports) = r.host {
         s.push_str(&format!(
-            "    iifname \"{tap}\" ct state established,related accept
-    iifname \"{tap}\" udp dport 67 accept
-    iifname \"{tap}\" ip daddr {gateway} udp dport 53 accept
-    iifname \"{tap}\" ip daddr {gateway} tcp dport 53 accept
-    iifname \"{tap}\" ip daddr {gateway} icmp type echo-request accept
-    iifname \"{tap}\" icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept
+            "  chain in_default {{
+    ct state established,related accept
+    udp dport 67 accept
+    ip daddr {gateway} udp dport 53 accept
+    ip daddr {gateway} tcp dport 53 accept
+    ip daddr {gateway} icmp type echo-request accept
+    icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept
 "
         ));
         for p in ports {
             let proto = if p.udp { "udp" } else { "tcp" };
-            s.push_str(&format!(
-                "    iifname \"{tap}\" {proto} dport {} accept\n",
-                port_range(p)
-            ));
+            s.push_str(&format!("    {proto} dport {} accept\n", port_range(p)));
         }
-        s.push_str(&format!("    iifname \"{tap}\" drop\n"));
+        s.push_str("    drop\n  }\n");
     }
     if r.networks {
         // The same for every network, at its own gateway, with its own ports (`net_ports`),
         // or everything (`net_open`).
         s.push_str(
-            "    iifname @net_open accept
-    iifname @net_ifs ct state established,related accept
-    iifname @net_ifs udp dport 67 accept
+            "  chain in_network {
+    ct state established,related accept
+    iifname . meta l4proto . th dport @net_ports accept
+    iifname @net_open accept
+    udp dport 67 accept
     iifname . ip daddr @net_gw udp dport 53 accept
     iifname . ip daddr @net_gw tcp dport 53 accept
     iifname . ip daddr @net_gw icmp type echo-request accept
-    iifname @net_ifs icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept
-    iifname . meta l4proto . th dport @net_ports accept
-    iifname @net_ifs drop
+    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept
+    drop
+  }
 ",
         );
     }
-    if protected || r.networks {
-        s.push_str("  }\n");
+    // Forwarding, by where a packet comes from and then where it goes.
+    let dnat = !r.forwards.is_empty();
+    s.push_str("  chain fwd_from_default {\n");
+    if dnat {
+        s.push_str("    ct status dnat accept\n");
     }
-    s.push_str("  chain forward {\n    type filter hook forward priority filter; policy accept;\n");
-    if !r.forwards.is_empty() {
-        s.push_str(&format!(
-            "    oifname \"{tap}\" ct status dnat accept\n    iifname \"{tap}\" ct status dnat accept\n"
-        ));
+    if let Some(uplink) = r.nat {
+        s.push_str(&format!("    oifname \"{uplink}\" ip saddr {net} accept\n"));
+    }
+    if !r.isolate {
+        s.push_str(&format!("    oifname \"{tap}\" accept\n"));
+    }
+    s.push_str("    drop\n  }\n  chain fwd_to_default {\n");
+    if dnat {
+        s.push_str("    ct status dnat accept\n");
     }
     if let Some(uplink) = r.nat {
         s.push_str(&format!(
-            "    iifname \"{tap}\" oifname \"{uplink}\" ip saddr {net} accept
-    iifname \"{uplink}\" oifname \"{tap}\" ct state established,related accept
-"
+            "    iifname \"{uplink}\" ct state established,related accept\n"
         ));
     }
-    if !r.isolate {
-        s.push_str(&format!("    iifname \"{tap}\" oifname \"{tap}\" accept\n"));
-    }
-    s.push_str(&format!(
-        "    iifname \"{tap}\" drop\n    oifname \"{tap}\" drop\n"
-    ));
+    s.push_str("    drop\n  }\n");
     if r.networks {
         // A network's guests reach the uplink (with NAT), each other through their own
         // gateway (unless isolated), and are reached by the forwards into them; nothing else
         // is routed between networks, or between a network and the default one.
-        if !r.network_forwards.is_empty() {
-            s.push_str(
-                "    oifname @net_ifs ct status dnat accept\n    iifname @net_ifs ct status dnat accept\n",
-            );
+        let dnat = !r.network_forwards.is_empty();
+        s.push_str("  chain fwd_from_network {\n");
+        if dnat {
+            s.push_str("    ct status dnat accept\n");
         }
         if let Some(uplink) = r.nat {
             s.push_str(&format!(
-                "    iifname @net_nat oifname \"{uplink}\" ip saddr @net_nat_src accept
-    iifname \"{uplink}\" oifname @net_nat ct state established,related accept
-"
+                "    iifname @net_nat oifname \"{uplink}\" ip saddr @net_nat_src accept\n"
             ));
         }
         s.push_str(
-            "    iifname . oifname @net_same accept
-    iifname @net_ifs drop
-    oifname @net_ifs drop
-",
+            "    iifname . oifname @net_same accept\n    drop\n  }\n  chain fwd_to_network {\n",
+        );
+        if dnat {
+            s.push_str("    ct status dnat accept\n");
+        }
+        if let Some(uplink) = r.nat {
+            s.push_str(&format!(
+                "    iifname \"{uplink}\" oifname @net_nat ct state established,related accept\n"
+            ));
+        }
+        s.push_str("    drop\n  }\n");
+    }
+    if protected || r.networks {
+        s.push_str("  chain input {\n    type filter hook input priority filter; policy accept;\n");
+        if protected {
+            s.push_str(&format!("    iifname \"{tap}\" jump in_default\n"));
+        }
+        if r.networks {
+            s.push_str("    iifname @net_ifs jump in_network\n");
+        }
+        s.push_str("  }\n");
+    }
+    s.push_str(&format!(
+        "  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    iifname \"{tap}\" jump fwd_from_default
+    oifname \"{tap}\" jump fwd_to_default
+"
+    ));
+    if r.networks {
+        s.push_str(
+            "    iifname @net_ifs jump fwd_from_network\n    oifname @net_ifs jump fwd_to_network\n",
         );
     }
     s.push_str("  }\n");
@@ -685,16 +716,23 @@ mod tests {
         let r = rules(Some("eth0"), false, &protected);
         assert!(r.starts_with("add table inet tapwire_t0\ndelete table inet tapwire_t0\n"));
         assert!(r.contains("ip saddr 10.86.0.0/16 oifname \"eth0\" masquerade"));
-        assert!(r.contains("iifname \"eth0\" oifname \"t0\" ct state established,related accept"));
-        assert!(r.contains("iifname \"t0\" oifname \"t0\" accept"));
-        assert!(r.contains("iifname \"t0\" tcp dport 22 accept\n    iifname \"t0\" drop\n"));
+        assert!(r.contains("  chain fwd_to_default {\n    iifname \"eth0\" ct state established,related accept\n    drop\n  }\n"));
+        assert!(r.contains("  chain fwd_from_default {\n    oifname \"eth0\" ip saddr 10.86.0.0/16 accept\n    oifname \"t0\" accept\n    drop\n  }\n"));
+        assert!(r.contains("    tcp dport 22 accept\n    drop\n  }\n"));
         assert!(r.contains("ip daddr 10.86.0.1 udp dport 53 accept"));
+        // The base chains only dispatch, on the interfaces: nothing else of the host's
+        // traffic passes the guests' rules.
+        assert!(r.contains("policy accept;\n    iifname \"t0\" jump in_default\n  }\n"));
+        assert!(r.contains("policy accept;\n    iifname \"t0\" jump fwd_from_default\n    oifname \"t0\" jump fwd_to_default\n  }\n"));
+        // A jump is resolved when nft reads it: the regular chains come first.
+        assert!(r.find("chain in_default").unwrap() < r.find("chain input").unwrap());
+        assert!(r.find("chain fwd_to_default").unwrap() < r.find("chain forward").unwrap());
         let isolated = rules(Some("eth0"), true, &protected);
         assert!(!isolated.contains("oifname \"t0\" accept"));
         // Without --nat nothing is routed to or from the TAP, and there is no NAT chain.
         let plain = rules(None, false, &protected);
         assert!(!plain.contains("masquerade") && !plain.contains("eth0"));
-        assert!(plain.contains("    iifname \"t0\" drop\n    oifname \"t0\" drop\n"));
+        assert!(plain.contains("  chain fwd_from_default {\n    oifname \"t0\" accept\n    drop\n  }\n  chain fwd_to_default {\n    drop\n  }\n"));
         let forwards = [Forward {
             udp: true,
             host_port: 5353,
@@ -712,7 +750,7 @@ mod tests {
             networks: false,
             network_forwards: &[],
         });
-        assert!(forwarded.contains("    oifname \"t0\" ct status dnat accept\n    iifname \"t0\" ct status dnat accept\n    iifname \"t0\" oifname \"t0\" accept\n"));
+        assert!(forwarded.contains("  chain fwd_from_default {\n    ct status dnat accept\n    oifname \"t0\" accept\n    drop\n  }\n  chain fwd_to_default {\n    ct status dnat accept\n    drop\n  }\n"));
         assert!(forwarded.contains("type nat hook prerouting priority dstnat; policy accept;\n    iifname != \"t0\" fib daddr type local ip daddr != 127.0.0.0/8 udp dport 5353 dnat ip to 10.86.0.2:53\n"));
         assert!(forwarded.contains("type nat hook output priority -100; policy accept;\n    fib daddr type local ip daddr != 127.0.0.0/8 udp dport 5353 dnat ip to 10.86.0.2:53\n"));
         let open = rules(None, false, &HostAccess::Open);
@@ -741,9 +779,17 @@ mod tests {
         });
         assert!(r.contains("  set net_ifs {\n    type ifname;\n  }\n"));
         assert!(r.contains(
-            "    iifname . meta l4proto . th dport @net_ports accept\n    iifname @net_ifs drop\n"
+            "  chain in_network {\n    ct state established,related accept\n    iifname . meta l4proto . th dport @net_ports accept\n"
         ));
-        assert!(r.contains("    iifname . oifname @net_same accept\n    iifname @net_ifs drop\n    oifname @net_ifs drop\n"));
+        assert!(r.contains(
+            "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept\n    drop\n  }\n"
+        ));
+        assert!(r.contains("  chain fwd_from_network {\n    iifname @net_nat oifname \"eth0\" ip saddr @net_nat_src accept\n    iifname . oifname @net_same accept\n    drop\n  }\n"));
+        assert!(r.contains("  chain fwd_to_network {\n    iifname \"eth0\" oifname @net_nat ct state established,related accept\n    drop\n  }\n"));
+        assert!(r.contains(
+            "    iifname \"t0\" jump in_default\n    iifname @net_ifs jump in_network\n  }\n"
+        ));
+        assert!(r.contains("    iifname @net_ifs jump fwd_from_network\n    oifname @net_ifs jump fwd_to_network\n  }\n"));
         assert!(r.contains("    ip saddr @net_nat_src oifname \"eth0\" masquerade\n"));
         assert!(
             r.lines()

@@ -427,6 +427,9 @@ impl Networks {
         netlink::set_up(&self.handle, index, tap, Some(self.mtu))
             .await
             .map_err(|e| e.to_string())?;
+        if let Err(e) = netlink::no_qdisc(&self.handle, index, tap).await {
+            log::warn!("network {name}: {e}: it works, with about 6.5 MiB more of kernel memory for its TAP's default queueing");
+        }
         let steering = if self.cores > 1 {
             match crate::steering::Steering::attach(&queues[0], STEERING_ENTRIES) {
                 Ok(s) => Some(s),
