@@ -184,14 +184,27 @@ pub fn scrape(ns_path: &str, addr: SocketAddr) -> io::Result<String> {
 
 impl RelayProcess {
     /// Runs `ip netns exec NS [wrapper…] BIN run ARGS…` with its output in `log`, and waits
-    /// until it relays (or says why it cannot). With `--metrics` in `args`, its counters are
-    /// read from there.
+    /// until it relays (or says why it cannot), at most 20 s. With `--metrics` in `args`, its
+    /// counters are read from there.
     pub fn start(
         ns: &Netns,
         wrapper: &[&str],
         bin: &Path,
         args: &[String],
         log: PathBuf,
+    ) -> io::Result<Self> {
+        Self::start_within(ns, wrapper, bin, args, log, Duration::from_secs(20))
+    }
+
+    /// [`RelayProcess::start`] that waits at most `limit` (a relay with many networks to make
+    /// takes longer).
+    pub fn start_within(
+        ns: &Netns,
+        wrapper: &[&str],
+        bin: &Path,
+        args: &[String],
+        log: PathBuf,
+        limit: Duration,
     ) -> io::Result<Self> {
         let bin = bin.display().to_string();
         let mut all: Vec<&str> = wrapper.to_vec();
@@ -204,7 +217,7 @@ impl RelayProcess {
             metrics: metrics_addr(args).map(|a| (ns.path(), a)),
             summaries_seen: Cell::new(0),
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + limit;
         loop {
             let text = relay.proc.log_text();
             if text.contains("relaying ws://") {
@@ -219,7 +232,7 @@ impl RelayProcess {
             }
             if Instant::now() >= deadline {
                 return Err(io::Error::other(format!(
-                    "relay did not start within 20 s:\n{text}"
+                    "relay did not start within {limit:?}:\n{text}"
                 )));
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -290,12 +303,18 @@ impl RelayProcess {
 
     /// Stops it with SIGTERM (killing it if it ignores that for 10 s); its exit status.
     pub fn stop(&mut self) -> Option<ExitStatus> {
+        self.stop_within(Duration::from_secs(10))
+    }
+
+    /// [`RelayProcess::stop`] that waits `limit` before killing it (a relay with many
+    /// networks takes longer: the kernel unregisters its TAPs one by one).
+    pub fn stop_within(&mut self, limit: Duration) -> Option<ExitStatus> {
         self.proc.child.as_ref()?;
         self.expect_exit();
         self.proc.signal(libc::SIGTERM);
-        let status = self.proc.wait_exit(Duration::from_secs(10));
+        let status = self.proc.wait_exit(limit);
         if status.is_none() {
-            eprintln!("relay ignored SIGTERM for 10 s; killing it");
+            eprintln!("relay ignored SIGTERM for {limit:?}; killing it");
         }
         status
     }

@@ -51,7 +51,7 @@ enum Group {
     Nat,
     /// Up and down over wss:// next to ws://, and connections per second with TLS.
     Wss,
-    /// Up in the default network, one network, 64 networks and beside 1 000 idle ones; the
+    /// Up and down in the default network, one network, 64 networks and beside 1 000 idle ones; the
     /// time to make a network on demand; the memory of 1 000 networks.
     Networks,
 }

@@ -31,6 +31,10 @@ pub(crate) struct Relay {
     pub tap_mac: [u8; 6],
 }
 
+/// How long a relay may take to start or to stop: with 1 000 networks, 15–25 s here (the
+/// kernel makes and unregisters their TAPs one by one).
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(90);
+
 impl Relay {
     /// The relay with 1 core on `RELAY_CPU`.
     pub(crate) fn start(ns: &Netns, dir: &Path, extra: &[&str]) -> Relay {
@@ -53,12 +57,41 @@ impl Relay {
         cores: &str,
         extra: &[&str],
     ) -> Relay {
+        Self::launch(ns, dir, (cpus, cores), false, extra)
+    }
+
+    /// [`Relay::start`] with its DHCP server (dnsmasq) running.
+    pub(crate) fn start_dhcp(ns: &Netns, dir: &Path, extra: &[&str]) -> Relay {
+        Self::launch(ns, dir, (&RELAY_CPU.to_string(), "1"), true, extra)
+    }
+
+    /// The relay with `cores` cores allowed on CPUs `cpus` (a taskset list), with or without
+    /// DHCP.
+    fn launch(
+        ns: &Netns,
+        dir: &Path,
+        (cpus, cores): (&str, &str),
+        dhcp: bool,
+        extra: &[&str],
+    ) -> Relay {
+        // A relay just stopped may still hold the port a moment after it exited (one start
+        // in the networks group, after a relay with 1 000 networks, was refused with "Address
+        // already in use"): wait for it, bounded.
+        let free_by = std::time::Instant::now() + LIMIT;
+        while ns
+            .run(&["ss", "-ltnH", "sport = :8086"])
+            .is_ok_and(|out| !out.trim().is_empty())
+        {
+            if std::time::Instant::now() > free_by {
+                panic!("port 8086 still taken in the bench namespace after {LIMIT:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         let tap = unique("twb");
         let run_dir = dir.join("run").display().to_string();
         let mut args: Vec<String> = [
             "--cores",
             cores,
-            "--no-dhcp",
             "--tap",
             &tap,
             "--send-queue",
@@ -73,6 +106,9 @@ impl Relay {
         .iter()
         .map(|a| a.to_string())
         .collect();
+        if !dhcp {
+            args.push("--no-dhcp".into());
+        }
         // The defaults stay on: host protection (the sink's port is opened) and anti-spoofing
         // (the bench's guests have static addresses, reserved here) unless `extra` turns it
         // off.
@@ -84,12 +120,13 @@ impl Relay {
             args.extend(["--reserve".to_string(), pairs.join(",")]);
         }
         args.extend(extra.iter().map(|a| a.to_string()));
-        let process = RelayProcess::start(
+        let process = RelayProcess::start_within(
             ns,
             &["taskset", "-c", cpus],
             &sibling_binary("tapwire", "TAPWIRE_BIN"),
             &args,
             dir.join(format!("{tap}.log")),
+            LIMIT,
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let mac = ns
@@ -110,7 +147,7 @@ impl Relay {
 
     /// Stops the relay (SIGTERM); its counters at exit.
     pub(crate) fn stop(mut self) -> Counters {
-        self.process.stop();
+        self.process.stop_within(LIMIT);
         self.process.counters()
     }
 }

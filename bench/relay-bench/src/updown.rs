@@ -226,6 +226,35 @@ pub(crate) fn scenario_down_over(
             .expect("hello");
         static_neighbour(ns, &relay.tap, i);
     }
+    let tap = relay.tap.clone();
+    let targets: Vec<Ipv4Addr> = (0..clients).map(guest_ip).collect();
+    measure_down(
+        ns,
+        relay,
+        streams,
+        targets,
+        size,
+        |ns| {
+            let (_, tx, dropped) = dev_counters(ns, &tap);
+            tx + dropped
+        },
+        seconds,
+    )
+}
+
+/// Sends `size`-byte UDP frames from the host side of `relay` to every address of `targets`
+/// in turn (client i at `targets[i]`, announced already) for `seconds`, counting the
+/// messages that arrive on `streams`; `queued` reads how many frames the kernel has queued
+/// to the relay's TAPs so far (read by the relay, or dropped at its queue). Stops the relay.
+pub(crate) fn measure_down(
+    ns: &Netns,
+    relay: Relay,
+    mut streams: Vec<Stream>,
+    targets: Vec<Ipv4Addr>,
+    size: usize,
+    queued: impl Fn(&Netns) -> u64,
+    seconds: f64,
+) -> (Sample, Drops) {
     std::thread::sleep(Duration::from_millis(200));
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -236,9 +265,8 @@ pub(crate) fn scenario_down_over(
     });
     let st3 = stop.clone();
     let payload = vec![0x5Au8; size.max(42) - 42];
-    let targets: Vec<Ipv4Addr> = (0..clients).map(guest_ip).collect();
     let sender = spawn_in(ns, LOAD_CPU, move || {
-        let s = UdpSocket::bind("10.86.0.1:0").expect("udp");
+        let s = UdpSocket::bind("0.0.0.0:0").expect("udp");
         let mut n = 0u64;
         while !st3.load(Ordering::Relaxed) {
             for t in &targets {
@@ -253,14 +281,14 @@ pub(crate) fn scenario_down_over(
     });
     std::thread::sleep(Duration::from_millis(300));
     let (d0, r0, c0, t0) = (
-        dev_counters(ns, &relay.tap),
+        queued(ns),
         received.load(Ordering::Relaxed),
         cpu_ticks(relay.pid()),
         Instant::now(),
     );
     std::thread::sleep(Duration::from_secs_f64(seconds));
     let (d1, r1, c1, dt) = (
-        dev_counters(ns, &relay.tap),
+        queued(ns),
         received.load(Ordering::Relaxed),
         cpu_ticks(relay.pid()),
         t0.elapsed().as_secs_f64(),
@@ -271,8 +299,8 @@ pub(crate) fn scenario_down_over(
     drop(streams);
     let drops = drops_of(&relay.stop());
     let delivered = (r1 - r0) as f64;
-    // Offered: what the kernel queued to the TAP (read by the relay, or dropped at its queue).
-    let offered = ((d1.1 - d0.1) + (d1.2 - d0.2)) as f64;
+    // Offered: what the kernel queued to the TAPs (read by the relay, or dropped at a queue).
+    let offered = (d1 - d0) as f64;
     let loss = if offered > 0.0 {
         (1.0 - delivered / offered).max(0.0)
     } else {
