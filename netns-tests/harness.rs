@@ -124,20 +124,24 @@ impl Relay {
         let tap = tap.map_or_else(|| unique("twt"), str::to_string);
         let runtime_dir = runtime_dir.map_or_else(|| dir.0.join("run"), Path::to_path_buf);
         let port = 8086;
-        let mut args: Vec<String> = [
-            "--listen",
-            "127.0.0.1:8086",
-            "--cores",
-            "2",
-            "--tap",
-            &tap,
-            "--log-level",
-            "debug",
-            "--runtime-dir",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
+        let mut args: Vec<String> = Vec::new();
+        // Another --listen (a farm's host on every address) keeps port 8086.
+        if !extra.contains(&"--listen") {
+            args.extend(["--listen".to_string(), "127.0.0.1:8086".to_string()]);
+        }
+        args.extend(
+            [
+                "--cores",
+                "2",
+                "--tap",
+                &tap,
+                "--log-level",
+                "debug",
+                "--runtime-dir",
+            ]
+            .iter()
+            .map(|a| a.to_string()),
+        );
         args.push(runtime_dir.display().to_string());
         // Counters are read from /metrics (fresh or an error, never a stale summary).
         if !extra.contains(&"--metrics") {
@@ -501,4 +505,15 @@ pub fn probe(ns: &Netns, addr: &str, port: u16, udp: bool) -> String {
         .output()
         .expect("python3");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The subnet a relay with the default pool options gives network `name` when that block is
+/// free there (the block of the pool its name hashes to: `Pool::take_for`).
+pub fn network_subnet(name: &str) -> tapwire::config::Subnet {
+    let mut pool =
+        tapwire::networks::Pool::new("10.96.0.0/12".parse().expect("pool"), 24).expect("pool");
+    pool.exclude(&"10.86.0.0/16".parse().expect("subnet"));
+    // --max-networks 256 and the 64 spare blocks the relay takes.
+    pool.limit(256 + 64);
+    pool.take_for(name, &[]).expect("a block")
 }

@@ -16,6 +16,10 @@ mod churn;
 mod cores;
 #[path = "exhaustion.rs"]
 mod exhaustion;
+#[path = "farm.rs"]
+mod farm;
+#[path = "farm_rig.rs"]
+mod farm_rig;
 #[path = "faults.rs"]
 mod faults;
 #[path = "forwards.rs"]
@@ -36,6 +40,8 @@ mod metrics;
 mod nat;
 #[path = "networks.rs"]
 mod networks;
+#[path = "networks_api.rs"]
+mod networks_api;
 #[path = "spoofing.rs"]
 mod spoofing;
 #[path = "swarm.rs"]

@@ -8,280 +8,22 @@
 //! Needs `e2e/v86/setup.sh` (npm packages and the guest image). Without them the tests skip
 //! (counted by `scripts/test.sh`; a failure under `TAPWIRE_NO_SKIP`, as in CI).
 
+#[path = "farm_rig.rs"]
+mod farm_rig;
 #[path = "harness.rs"]
 mod harness;
 #[path = "internet.rs"]
 mod internet;
+#[path = "v86_guest.rs"]
+mod v86_guest;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use harness::*;
-
-const BOOT_LIMIT: Duration = Duration::from_secs(240);
-/// How long a guest's runner lives: a boot, then an ne2k download's three attempts.
-const RUN_LIMIT: Duration = Duration::from_secs(640);
-
-fn e2e_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/v86")
-}
-
-/// Whether the test can run; prints why not.
-fn ready(test: &str) -> bool {
-    if skip_unless_root(test) {
-        return false;
-    }
-    let dir = e2e_dir();
-    let missing: Vec<&str> = [
-        "cache/bzImage",
-        "cache/initrd.gz",
-        "cache/bios.bin",
-        "node_modules/v86/build/libv86.mjs",
-        "node_modules/ws/package.json",
-    ]
-    .into_iter()
-    .filter(|p| !dir.join(p).exists())
-    .collect();
-    let node = Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if missing.is_empty() && node {
-        return true;
-    }
-    tapwire_testkit::skip::skip(
-        test,
-        &format!("v86 assets missing ({missing:?}, node: {node}); run e2e/v86/setup.sh"),
-    );
-    false
-}
-
-/// A 1 MiB file served over HTTP on the gateway address, and its SHA-256.
-struct Blob {
-    server: Proc,
-    sha256: String,
-}
-
-fn serve_blob(relay: &Relay) -> Blob {
-    serve_blob_at(relay, "10.86.0.1:8000")
-}
-
-/// [`serve_blob`] on `listen` (ADDR:PORT; 0.0.0.0 for addresses that do not exist yet, such
-/// as a network's gateway before its first client).
-fn serve_blob_at(relay: &Relay, listen: &str) -> Blob {
-    let root = relay.dir.0.join("www");
-    std::fs::create_dir_all(&root).expect("www");
-    let mut data = vec![0u8; 1024 * 1024];
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    for b in data.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
-    std::fs::write(root.join("blob"), &data).expect("blob");
-    let out = Command::new("sha256sum")
-        .arg(root.join("blob"))
-        .output()
-        .expect("sha256sum");
-    let sha256 = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_string();
-    let mut cmd = relay
-        .ns
-        .cmd(&["busybox", "httpd", "-f", "-p", listen, "-h"]);
-    cmd.arg(&root);
-    Blob {
-        server: Proc::spawn(cmd, relay.dir.0.join("httpd.log")).expect("httpd"),
-        sha256,
-    }
-}
-
-/// A booting v86 guest: its runner process and the serial lines it prints.
-struct V86Guest {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-    label: String,
-    /// Its NIC (`ne2k` or `virtio`): only ne2k may retry a download.
-    nic: String,
-}
-
-impl V86Guest {
-    fn boot(relay: &Relay, url: &str, nic: &str) -> V86Guest {
-        Self::boot_against(relay, url, nic, "10.86.0.1")
-    }
-
-    /// Boots a guest whose ping and download go to `host` (port 8000).
-    fn boot_against(relay: &Relay, url: &str, nic: &str, host: &str) -> V86Guest {
-        Self::run(
-            "boot.mjs",
-            relay,
-            &["--relay", url, "--nic", nic, "--host", host],
-            nic,
-        )
-    }
-
-    /// Boots a guest under Node over wss://, trusting the certificate `ca` (the `ws` package
-    /// takes Node's CA list, to which NODE_EXTRA_CA_CERTS adds).
-    fn boot_tls(relay: &Relay, url: &str, nic: &str, ca: &Path) -> V86Guest {
-        let args = ["--relay", url, "--nic", nic, "--host", "10.86.0.1"];
-        let env = [("NODE_EXTRA_CA_CERTS", ca.as_os_str())];
-        Self::run_with("boot.mjs", relay, &args, &env, &format!("{nic} wss"))
-    }
-
-    /// Boots a guest in headless Chromium, from a page on `page_host`:`page_port`; `spki`
-    /// names the only self-signed certificate it trusts (for wss://).
-    fn boot_in_browser(
-        relay: &Relay,
-        url: &str,
-        page_host: &str,
-        page_port: u16,
-        spki: Option<&str>,
-    ) -> V86Guest {
-        let port = page_port.to_string();
-        let mut args = vec![
-            "--relay",
-            url,
-            "--nic",
-            "virtio",
-            "--host",
-            "10.86.0.1",
-            "--page-port",
-            &port,
-            "--page-host",
-            page_host,
-        ];
-        if let Some(spki) = spki {
-            args.extend(["--spki", spki]);
-        }
-        Self::run(
-            "browser.mjs",
-            relay,
-            &args,
-            &format!("chromium {page_host}"),
-        )
-    }
-
-    /// Runs the e2e script `script` with `args` in the relay's namespace.
-    fn run(script: &str, relay: &Relay, args: &[&str], label: &str) -> V86Guest {
-        Self::run_with(script, relay, args, &[], label)
-    }
-
-    /// [`V86Guest::run`] with extra environment variables.
-    fn run_with(
-        script: &str,
-        relay: &Relay,
-        args: &[&str],
-        env: &[(&str, &std::ffi::OsStr)],
-        label: &str,
-    ) -> V86Guest {
-        let script = e2e_dir().join(script).display().to_string();
-        let limit = RUN_LIMIT.as_secs().to_string();
-        // In a PID namespace of its own: the browser puppeteer starts leaves node's process
-        // group (and Chromium's crash handlers their own sessions), so killing node alone left
-        // Chromium running for hours. When `unshare` dies, its child (node, PID 1 there) gets
-        // SIGKILL, and with it every process of the namespace.
-        let mut all = vec![
-            "unshare",
-            "--fork",
-            "--pid",
-            "--mount-proc",
-            "--kill-child",
-            "node",
-            script.as_str(),
-        ];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["--timeout", &limit]);
-        let mut cmd = relay.ns.cmd(&all);
-        cmd.envs(env.iter().copied());
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let nic = args
-            .windows(2)
-            .find(|w| w[0] == "--nic")
-            .map_or("virtio", |w| w[1])
-            .to_string();
-        V86Guest {
-            child,
-            stdin,
-            lines,
-            seen: Vec::new(),
-            label: label.to_string(),
-            nic,
-        }
-    }
-
-    /// Waits for a line starting with `prefix`; Err with everything seen when the guest fails,
-    /// exits or the limit passes.
-    fn wait_for(&mut self, prefix: &str, limit: Duration) -> Result<String, String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) => {
-                    println!("[{}] {line}", self.label);
-                    self.seen.push(line.clone());
-                    if line.starts_with(prefix) {
-                        return Ok(line);
-                    }
-                    if line.starts_with("TW-FAIL") || line.starts_with("TW-TIMEOUT") {
-                        return Err(format!(
-                            "{} guest failed waiting for {prefix}: {line}",
-                            self.label
-                        ));
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    return Err(format!(
-                        "{} guest: no {prefix} within {limit:?}; saw {:?}",
-                        self.label, self.seen
-                    ))
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(format!(
-                        "{} guest exited before {prefix}; saw {:?}",
-                        self.label, self.seen
-                    ))
-                }
-            }
-        }
-    }
-
-    fn send(&mut self, line: &str) {
-        let _ = writeln!(self.stdin, "{line}");
-    }
-}
-
-impl Drop for V86Guest {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use v86_guest::*;
 
 /// The full check on one guest: lease, three of three gateway pings, a download with the right
 /// checksum during which the relay drops nothing, for any reason (no drop is expected of a
@@ -380,8 +122,8 @@ fn v86_ne2k_guest_leases_pings_and_downloads() {
     }
 }
 
-/// A guest of network `lab` (`/n/lab`): the first network takes the pool's first block, so
-/// its gateway, where the guest pings and downloads, is 10.96.0.1.
+/// A guest of network `lab` (`/n/lab`): the network takes the block of the pool its name
+/// hashes to, whose gateway is where the guest pings and downloads.
 #[test]
 fn v86_guest_in_a_named_network_leases_pings_and_downloads() {
     if !ready("v86_guest_in_a_named_network_leases_pings_and_downloads") {
@@ -390,8 +132,11 @@ fn v86_guest_in_a_named_network_leases_pings_and_downloads() {
     let relay = relay_serving_http();
     let blob = serve_blob_at(&relay, "0.0.0.0:8000");
     let url = format!("{}n/lab", relay.url());
-    let mut guest = V86Guest::boot_against(&relay, &url, "virtio", "10.96.0.1");
-    check_guest_in(&relay, &mut guest, &blob.sha256, "10.96.0.")
+    let subnet = network_subnet("lab");
+    let gateway = subnet.gateway().to_string();
+    let prefix = gateway.trim_end_matches('1').to_string();
+    let mut guest = V86Guest::boot_against(&relay, &url, "virtio", &gateway);
+    check_guest_in(&relay, &mut guest, &blob.sha256, &prefix)
         .unwrap_or_else(|e| failed(&relay, &e));
     let c = relay.counters();
     assert_eq!(
@@ -618,5 +363,93 @@ fn negative_control_a_relay_that_drops_every_frame_fails_the_check() {
     println!(
         "negative control failed as it must: {}",
         result.unwrap_err()
+    );
+}
+
+/// A v86 guest of a network behind the farm's balancer leases, pings and downloads; its host
+/// is killed; v86 connects again on its own, the balancer sends it to another host, and it
+/// downloads again there with the address and gateway it had (no new lease).
+#[test]
+fn v86_guest_moves_to_another_host_of_the_farm_and_downloads_again() {
+    let test = "v86_guest_moves_to_another_host_of_the_farm_and_downloads_again";
+    if !ready(test) || farm_rig::skip_unless_haproxy(test) {
+        return;
+    }
+    let mut farm = farm_rig::Farm::start_with(&["--allow-host-port", "tcp:8000"]);
+    let name = "v86farm";
+    let gateway = network_subnet(name).gateway().to_string();
+    let prefix = gateway.strip_suffix('1').unwrap_or(&gateway).to_string();
+    // The blob on every host, at the network's gateway once the network is up there.
+    let blobs: Vec<Blob> = farm
+        .hosts
+        .iter()
+        .map(|h| serve_blob_at(h, "0.0.0.0:8000"))
+        .collect();
+    let url = format!("ws://127.0.0.1:{}/n/{name}", farm_rig::LB_PORT);
+    let mut guest = V86Guest::run_in(
+        &farm.lb,
+        "boot.mjs",
+        &["--relay", &url, "--nic", "virtio", "--host", &gateway],
+        &[],
+        "virtio",
+    );
+    let lease = guest
+        .wait_for("TW-LEASE ", BOOT_LIMIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ip = lease.trim_start_matches("TW-LEASE ").trim().to_string();
+    assert!(ip.starts_with(&prefix), "{ip} is not in {prefix}0/24");
+    let first = farm.host_of(name);
+    guest
+        .wait_for("TW-PING-OK", Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let download = guest
+        .wait_for("TW-DOWNLOAD ", Duration::from_secs(200))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(download.ends_with(&blobs[first].sha256), "{download}");
+    guest
+        .wait_for("TW-READY", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    farm.hosts[first].relay.expect_exit();
+    farm.hosts[first].proc().signal(libc::SIGKILL);
+    farm.hosts[first]
+        .proc_mut()
+        .wait_exit(Duration::from_secs(10))
+        .expect("killed");
+    let mut want = ["UP"; 3];
+    want[first] = "DOWN";
+    farm.wait_for_servers(&want, Duration::from_secs(10));
+    // v86 connects again within about 10 s; the next host serves the network once it has.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let second = loop {
+        let holders: Vec<usize> = (0..3)
+            .filter(|i| *i != first && farm.held(*i).iter().any(|(n, _, _)| n == name))
+            .collect();
+        if let [h] = holders[..] {
+            break h;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest did not come back through the balancer"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    guest.send(&format!("GET {gateway}"));
+    let again = guest
+        .wait_for("TW-DOWNLOAD ", Duration::from_secs(150))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(again.ends_with(&blobs[second].sha256), "{again}");
+    let c = farm.hosts[second].counters();
+    assert_eq!(
+        c.get("tapwire_roam_bindings_total"),
+        1,
+        "bound as a guest that moved"
+    );
+    assert!(
+        !guest
+            .seen
+            .iter()
+            .any(|l| l.starts_with("TW-LEASE ") && !l.ends_with(&ip)),
+        "no new lease: {:?}",
+        guest.seen
     );
 }

@@ -13,20 +13,25 @@ use crate::ifname::IfName;
 mod access;
 mod auth;
 pub mod declared;
+mod farm;
 pub mod file;
 mod forward;
 mod networks;
 mod subnet;
 mod tls;
+mod values;
 pub use access::{HostAccess, HostPort, HostPortArg};
 pub use auth::{read_admin_token, read_token_secret};
 pub use declared::{Declared, NetLimits};
+pub use farm::{Farm, FarmArgs, Slice};
 pub use file::LoadError;
 pub use forward::{Forward, ForwardArg};
 pub use networks::{tap_name as network_tap_name, NetworkArgs, Networks, NetworksMode};
 pub use subnet::default_range;
 pub use subnet::{DhcpRange, Reservation, Subnet};
 pub use tls::TlsListen;
+use values::parse_lease_time;
+pub use values::{parse_duration, parse_metrics_addr};
 
 /// Ethernet header (14) plus one 802.1Q tag (4).
 pub const ETHERNET_OVERHEAD: usize = 18;
@@ -162,6 +167,8 @@ pub struct RunArgs {
     pub clients: ClientPolicy,
     #[command(flatten)]
     pub networks: NetworkArgs,
+    #[command(flatten)]
+    pub farm: FarmArgs,
     /// Networks declared in the `--config` file (`[[network]]` tables).
     #[arg(skip)]
     pub declared: Vec<declared::DeclaredArgs>,
@@ -306,6 +313,8 @@ pub enum ConfigError {
     Access(String),
     #[error("{0}")]
     Tls(String),
+    #[error("{0}")]
+    Farm(String),
     #[error("--forward needs a routed TAP: with --attach-bridge guests are on the bridge's LAN")]
     ForwardWithBridge,
     #[error("--reserve: {0} is given twice; each MAC and each address may be reserved once")]
@@ -338,6 +347,16 @@ pub enum HostSide {
     Routed { subnet: Subnet, dhcp: Option<Dhcp> },
     /// The TAP is enslaved to this existing bridge.
     Bridge(IfName),
+}
+
+impl HostSide {
+    /// The default network's DHCP, when tapwire runs it.
+    pub fn dhcp(&self) -> Option<&Dhcp> {
+        match self {
+            HostSide::Routed { dhcp, .. } => dhcp.as_ref(),
+            HostSide::Bridge(_) => None,
+        }
+    }
 }
 
 /// A validated configuration.
@@ -375,6 +394,8 @@ pub struct Config {
     pub networks: Networks,
     /// `--admin-token`'s token.
     pub admin_token: Option<String>,
+    /// This host's part in a farm (trusted proxies, host name, DHCP slice).
+    pub farm: Farm,
 }
 
 /// NAT egress settings.
@@ -382,47 +403,6 @@ pub struct Config {
 pub struct Nat {
     /// The uplink interface; `None`: the default route's, found at start.
     pub uplink: Option<IfName>,
-}
-
-/// Parses `--metrics`: `ADDR:PORT`, or a bare `PORT` on 127.0.0.1.
-pub fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(port) = text.parse::<u16>() {
-        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
-    }
-    text.parse()
-        .map_err(|_| format!("{text:?} is not ADDR:PORT or PORT (e.g. 127.0.0.1:9186)"))
-}
-
-/// Parses `500ms`, `30s`, `5m`, `12h` or a plain number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (num, unit) = text.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 30s, 5m, 12h)"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?} (use ms, s, m or h)"
-            ))
-        }
-    })
-}
-
-/// A DHCP lease time: a duration of at least 2 minutes (dnsmasq's minimum).
-fn parse_lease_time(text: &str) -> Result<Duration, String> {
-    let d = parse_duration(text)?;
-    if d < Duration::from_secs(120) {
-        return Err(format!("{text}: must be at least 2m (dnsmasq's minimum)"));
-    }
-    Ok(d)
 }
 
 /// The default `--max-frame` for `mtu`: the MTU plus header and VLAN tag; at the TAP's largest
@@ -558,6 +538,8 @@ impl RunArgs {
             }
             host_ports.push((f.udp, f.host_port));
         }
+        let farm = self.farm.validate().map_err(ConfigError::Farm)?;
+        farm.fits(&host, &networks).map_err(ConfigError::Farm)?;
         let admin_token = match &self.admin_token {
             None => None,
             Some(path) => Some(read_admin_token(path).map_err(ConfigError::Access)?),
@@ -565,6 +547,7 @@ impl RunArgs {
         Ok(Config {
             networks,
             admin_token,
+            farm,
             listen: self.listen,
             tls: self.tls()?,
             cores,

@@ -64,6 +64,7 @@ drop_reasons! {
     BadNetworkPath => "bad_network_path", "A path under /n/ that is not one network name (400).";
     NetworkUnknown => "network_unknown", "--networks declared: a network nobody declared (403).";
     TooManyNetworks => "too_many_networks", "A new network beyond --max-networks (503).";
+    Draining => "draining", "An upgrade while the host drains (POST /api/drain; 503, so that the client connects again and its load balancer sends it elsewhere).";
     NetworkFull => "network_full", "A client beyond a declared network's max-clients (503).";
     NetworkFailed => "network_failed", "A network that could not be made, or not within 10 s (503; the log says why).";
     NetworkWaitInput => "network_wait_input", "A connection waiting for its network sent more than 16 receive buffers before its upgrade was answered (503).";
@@ -86,7 +87,7 @@ drop_reasons! {
     Hairpin => "hairpin", "Destination is the sender itself.";
     Isolated => "isolated", "--isolate: a frame from one client to another.";
     UnknownUnicast => "unknown_unicast", "Unicast frame from the uplink for an address no client owns (never flooded to other guests).";
-    IpSpoof => "ip_spoof", "IPv4 packet whose source address is not bound to the client's MAC by a DHCP lease or --reserve (anti-spoofing).";
+    IpSpoof => "ip_spoof", "IPv4 packet whose source address is not bound to the client's MAC by a DHCP lease, --reserve, or (--hosts) as a guest that moved from another host of the farm (anti-spoofing).";
     ArpSpoof => "arp_spoof", "ARP packet claiming an address not bound to the client's MAC (the gateway's, another guest's), or whose sender hardware address is not the frame's source.";
     RogueDhcp => "rogue_dhcp", "DHCP server message (UDP source port 67) from a client.";
     DhcpChaddr => "dhcp_chaddr", "DHCP request whose client hardware address is not the frame's source MAC.";
@@ -249,6 +250,7 @@ core_series! {
     input_held: Counter, Counter, "tapwire_input_held_total", "Receives held back because the TAP or another core was behind (backpressure).";
     steering_failed: Counter, Counter, "tapwire_steering_failed_total", "Learned addresses the TAP steering map did not take (their frames are handed over between cores instead).";
     dhcp_bindings: Counter, Counter, "tapwire_dhcp_bindings_total", "DHCP ACKs from the uplink that bound an address to a guest's MAC (anti-spoofing).";
+    roam_bindings: Counter, Counter, "tapwire_roam_bindings_total", "Guests that moved here from another host of the farm, bound to the address that host leased them on their first frame from it (--hosts).";
     dhcp_unbindings: Counter, Counter, "tapwire_dhcp_unbindings_total", "Bindings ended by a DHCP NAK from the uplink or a release or decline from the guest.";
     clients_open: Gauge, Gauge, "tapwire_clients_open", "Clients connected right now.";
 }
@@ -303,6 +305,31 @@ impl CoreCounters {
     }
 }
 
+/// `text` (Prometheus text format) with `label="value"` added to every sample, first among
+/// its labels; comment lines as they are. `value` must need no escaping (`--host-name`).
+pub fn with_label(text: &str, label: &str, value: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 4);
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            out.push_str(line);
+        } else {
+            let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+            let (name, rest) = line.split_at(name_end);
+            out.push_str(name);
+            match rest.strip_prefix('{') {
+                Some(labels) => {
+                    let _ = write!(out, "{{{label}=\"{value}\",{labels}");
+                }
+                None => {
+                    let _ = write!(out, "{{{label}=\"{value}\"}}{rest}");
+                }
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// The summary printed at exit and on SIGUSR1, in Prometheus text format: per series its
 /// `# HELP` and `# TYPE`, the sum over cores, then each core's non-zero value.
 pub fn summary(cores: &[std::sync::Arc<CoreCounters>], host: &HostCounters) -> String {
@@ -345,6 +372,15 @@ pub fn summary(cores: &[std::sync::Arc<CoreCounters>], host: &HostCounters) -> S
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_label_on_every_sample() {
+        let text = "# HELP a_total A.\n# TYPE a_total counter\na_total 3\na_total{core=\"1\"} 2\n";
+        assert_eq!(
+            with_label(text, "host", "hA"),
+            "# HELP a_total A.\n# TYPE a_total counter\na_total{host=\"hA\"} 3\na_total{host=\"hA\",core=\"1\"} 2\n"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -115,7 +115,7 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Cleanup { tap, runtime_dir }) => {
-            logging::init(log::LevelFilter::Info);
+            logging::init(log::LevelFilter::Info, None);
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -148,7 +148,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    logging::init(cfg.log_level);
+    logging::init(cfg.log_level, cfg.farm.host_name.as_deref());
     let listeners = match tapwire::bind_listeners(cfg.listen, cfg.cores) {
         Ok(l) => l,
         Err(e) => {

@@ -119,7 +119,8 @@ pub fn url_for(base: &str, network: &str, token: Option<&str>) -> String {
 }
 
 /// The blocks networks take their subnets from: `--network-pool` cut into
-/// `--network-prefix` blocks, handed out lowest first, each at most once at a time. Blocks
+/// `--network-prefix` blocks, each handed out at most once at a time: to a declared network
+/// lowest first, to one made on demand the block its name hashes to. Blocks
 /// that overlap a subnet in use elsewhere (the default network's, a declared network's) are
 /// never handed out.
 #[derive(Debug, Clone)]
@@ -214,6 +215,25 @@ impl Pool {
         Some(self.block(index))
     }
 
+    /// A block for network `name` that overlaps none of `avoid`, now taken: the block of the
+    /// window that `name` hashes to, or the first free one after it (wrapping). Relays with
+    /// the same pool and window give a name the same block unless it is taken there, so a
+    /// network keeps its subnet across restarts and on every host of a farm.
+    pub fn take_for(&mut self, name: &str, avoid: &[Subnet]) -> Option<Subnet> {
+        let window: Vec<u32> = self.window().collect();
+        let len = window.len();
+        if len == 0 {
+            return None;
+        }
+        // Lossless: the remainder is below len, a usize.
+        let start = (name_hash(name) % len as u64) as usize;
+        let index = (0..len).map(|k| window[(start + k) % len]).find(|i| {
+            !self.taken.contains(i) && !avoid.iter().any(|a| overlap(a, &self.block(*i)))
+        })?;
+        self.taken.insert(index);
+        Some(self.block(index))
+    }
+
     /// The indices of the blocks that may be handed out.
     fn window(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.blocks())
@@ -236,6 +256,28 @@ impl Pool {
     }
 }
 
+/// A hash of a network name that every build and host computes alike (64-bit FNV-1a).
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The MAC address of network `name`'s gateway (its TAP) when its subnet is `subnet`: the
+/// same on every host that serves the network with that subnet, so a guest that moves to
+/// another host of a farm finds its gateway at the address its ARP cache holds. Locally
+/// administered and unicast.
+pub fn gateway_mac(name: &str, subnet: &Subnet) -> crate::switch::Mac {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"tapwire gateway\0");
+    h.update(name.as_bytes());
+    h.update(b"\0");
+    h.update(subnet.to_string().as_bytes());
+    let d = h.finalize();
+    crate::switch::Mac([(d[0] & 0xFC) | 0x02, d[1], d[2], d[3], d[4], d[5]])
+}
+
 /// Whether two subnets share an address.
 pub fn overlap(a: &Subnet, b: &Subnet) -> bool {
     let prefix = a.prefix.min(b.prefix);
@@ -247,6 +289,54 @@ pub fn overlap(a: &Subnet, b: &Subnet) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_name_gets_the_same_block_on_every_relay_unless_it_is_taken() {
+        let pool = || {
+            let mut p = Pool::new("10.96.0.0/12".parse().unwrap(), 24).unwrap();
+            p.limit(320);
+            p
+        };
+        let (mut a, mut b) = (pool(), pool());
+        // Other networks made first on one relay, in another order on the other.
+        for n in ["x", "y", "z"] {
+            a.take_for(n, &[]).unwrap();
+        }
+        let on_a = a.take_for("lab", &[]).unwrap();
+        let on_b = b.take_for("lab", &[]).unwrap();
+        assert_eq!(on_a, on_b);
+        // Taken: the next block of the window.
+        let mut c = pool();
+        c.take_for("lab", &[]).unwrap();
+        let next = c.take_for("lab", &[]).unwrap();
+        assert_ne!(next, on_a);
+        let index = |s: Subnet| (u32::from(s.network) - u32::from(c.block(0).network)) / 256;
+        assert_eq!(
+            index(next),
+            (index(on_a) + 1) % 320,
+            "the next block, wrapping"
+        );
+        // A block another interface has is skipped.
+        let mut d = pool();
+        assert_ne!(d.take_for("lab", &[on_a]).unwrap(), on_a);
+        // Every block of the window is handed out once.
+        let mut e = pool();
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..320 {
+            assert!(seen.insert(e.take_for(&format!("n{}", i % 7), &[]).unwrap().network));
+        }
+        assert!(e.take_for("full", &[]).is_none());
+    }
+
+    #[test]
+    fn gateway_macs_are_unicast_local_and_stable() {
+        let s: Subnet = "10.96.4.0/24".parse().unwrap();
+        let m = gateway_mac("lab", &s);
+        assert_eq!(m, gateway_mac("lab", &s));
+        assert_eq!(m.0[0] & 0x03, 0x02, "locally administered, unicast");
+        assert_ne!(m, gateway_mac("lab2", &s));
+        assert_ne!(m, gateway_mac("lab", &"10.96.5.0/24".parse().unwrap()));
+    }
 
     #[test]
     fn paths_pick_networks() {

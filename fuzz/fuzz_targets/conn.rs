@@ -63,7 +63,11 @@ fn decode(conn: &mut Conn, bytes: &[u8], max_frame: usize, assembled: &mut Optio
         };
         assert!(
             // The end of a reassembly (whole, or too short) follows its last piece.
-            pos > before || matches!(input, Input::Assembled | Input::Runt { .. } | Input::Close { .. }),
+            pos > before
+                || matches!(
+                    input,
+                    Input::Assembled | Input::Runt { .. } | Input::Close { .. }
+                ),
             "{input:?} took no byte"
         );
         assert!(pos <= buf.len());
@@ -74,7 +78,11 @@ fn decode(conn: &mut Conn, bytes: &[u8], max_frame: usize, assembled: &mut Optio
             }
             Input::Piece { range, first } => {
                 assert!(range.end <= pos);
-                let so_far = if first { 0 } else { assembled.expect("a piece after the first") };
+                let so_far = if first {
+                    0
+                } else {
+                    assembled.expect("a piece after the first")
+                };
                 let total = so_far + range.len();
                 assert!(total <= max_frame, "reassembly of {total}");
                 *assembled = Some(total);

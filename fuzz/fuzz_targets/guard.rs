@@ -8,7 +8,9 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use tapwire::switch::guard::{inspect, snoop, GuardDrop, Snoop};
-use tapwire::switch::{ingress_claiming, Binding, Mac, Ownership, PortId, Source, Switch, SwitchDrop};
+use tapwire::switch::{
+    ingress_claiming, Binding, Mac, Ownership, PortId, Source, Switch, SwitchDrop,
+};
 
 #[derive(Arbitrary, Debug)]
 struct Case<'a> {

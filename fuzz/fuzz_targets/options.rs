@@ -1,5 +1,6 @@
 //! Every option with a parser of its own (`--forward`, `--reserve`, `--subnet`,
-//! `--allow-host-port`, durations, MACs, interface names, addresses, numbers) given any value,
+//! `--allow-host-port`, durations, MACs, interface names, addresses, numbers, the farm's
+//! `--trusted-proxy`, `--host-name`, `--hosts` and `--host-index`) given any value,
 //! alone or twice, then the whole set validated: never a panic.
 #![no_main]
 
@@ -35,6 +36,13 @@ const OPTIONS: &[&str] = &[
     "--max-macs-per-client",
     "--client-rate",
     "--client-broadcast-pps",
+    "--trusted-proxy",
+    "--host-name",
+    "--hosts",
+    "--host-index",
+    "--network-pool",
+    "--network-prefix",
+    "--max-networks",
 ];
 
 fuzz_target!(init: tapwire_fuzz::checks_are_on(), |data: Vec<(u8, &str)>| {

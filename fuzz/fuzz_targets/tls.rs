@@ -25,26 +25,33 @@ fn configs() -> &'static (Arc<ServerConfig>, Arc<ClientConfig>) {
         let _ = std::fs::remove_dir_all(&dir);
         let mut roots = RootCertStore::empty();
         roots.add(key.cert.der().clone()).unwrap();
-        let client = ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let client =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         (certs.current(), Arc::new(client))
     })
 }
 
 /// Delivers the client's pending bytes to the server in pieces of `piece`; false once the
 /// server failed.
-fn deliver(server: &mut TlsSession, client: &mut ClientConnection, piece: usize, got: &mut Vec<u8>) -> bool {
+fn deliver(
+    server: &mut TlsSession,
+    client: &mut ClientConnection,
+    piece: usize,
+    got: &mut Vec<u8>,
+) -> bool {
     let mut wire = Vec::new();
     while client.wants_write() {
         client.write_tls(&mut wire).unwrap();
     }
     for p in wire.chunks_mut(piece.max(1)) {
-        if server.receive(p, &mut |b| got.extend_from_slice(b)).is_err() {
+        if server
+            .receive(p, &mut |b| got.extend_from_slice(b))
+            .is_err()
+        {
             return false;
         }
     }

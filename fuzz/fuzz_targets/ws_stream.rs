@@ -25,7 +25,11 @@ fn decode(data: &[u8], cuts: &[u8]) -> Vec<Seen> {
     let mut rest = data;
     let mut cut_iter = cuts.iter().cycle();
     while !rest.is_empty() {
-        let take = if cuts.is_empty() { rest.len() } else { (usize::from(*cut_iter.next().unwrap_or(&255)) + 1).min(rest.len()) };
+        let take = if cuts.is_empty() {
+            rest.len()
+        } else {
+            (usize::from(*cut_iter.next().unwrap_or(&255)) + 1).min(rest.len())
+        };
         let mut buf = rest[..take].to_vec();
         rest = &rest[take..];
         let mut pos = 0;

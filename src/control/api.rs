@@ -5,13 +5,16 @@
 //! - `GET /api/networks/NAME/clients`: the clients of a network (id, core, MACs, bound IPv4
 //!   addresses, remote address, age, frames and bytes each way, send-queue depth), asked of
 //!   every core, which answers between two passes of its loop;
-//! - `POST /api/clients/ID/close`: closes that client with 1001 (the operator's kick).
+//! - `POST /api/clients/ID/close`: closes that client with 1001 (the operator's kick);
+//! - `POST /api/drain?over=SECONDS` and `DELETE /api/drain`: drain this host of a farm
+//!   ([`super::drain`]).
 //!
 //! On a loopback listener anyone on the host may use it, as `/metrics`. On any other address it
 //! answers only requests carrying `Authorization: Bearer TOKEN` with the token of
 //! `--admin-token FILE` (and nothing at all without that option); `/metrics` and `/healthz`
 //! stay open.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -28,6 +31,8 @@ pub enum ApiRoute<'a> {
     Networks,
     Clients(&'a str),
     Close(u64),
+    Drain,
+    Undrain,
     NotFound,
     MethodNotAllowed,
 }
@@ -42,6 +47,8 @@ pub fn api_route<'a>(method: &[u8], path: &'a str) -> ApiRoute<'a> {
         .collect();
     let (route, method_wanted): (ApiRoute<'a>, &[u8]) = match parts.as_slice() {
         ["networks"] => (ApiRoute::Networks, b"GET"),
+        ["drain"] if method == b"DELETE" => (ApiRoute::Undrain, b"DELETE"),
+        ["drain"] => (ApiRoute::Drain, b"POST"),
         ["networks", name, "clients"] => (ApiRoute::Clients(name), b"GET"),
         ["clients", id, "close"] => match id.parse() {
             Ok(id) => (ApiRoute::Close(id), b"POST"),
@@ -110,12 +117,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The response to an API request: status, and a JSON body.
-pub async fn respond(head: &[u8], shared: &Shared, auth: &AdminAuth) -> (&'static str, String) {
+/// `host` is `--host-name`, shown in `GET /api/networks`.
+pub async fn respond(
+    head: &[u8],
+    shared: &Arc<Shared>,
+    auth: &AdminAuth,
+    host: Option<&str>,
+) -> (&'static str, String) {
     let line = head.split(|b| *b == b'\r').next().unwrap_or(&[]);
     let mut parts = line.split(|b| *b == b' ');
     let method = parts.next().unwrap_or(&[]);
     let target = std::str::from_utf8(parts.next().unwrap_or(&[])).unwrap_or("");
-    let path = target.split('?').next().unwrap_or("");
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
     if let Some((status, why)) = auth.refusal(head) {
         return (status, json!({ "error": why }).to_string());
     }
@@ -123,7 +139,11 @@ pub async fn respond(head: &[u8], shared: &Shared, auth: &AdminAuth) -> (&'stati
         ApiRoute::Networks => {
             let mut all = vec![network_json(&shared.default_net)];
             all.extend(shared.networks.all().iter().map(|n| network_json(n)));
-            ("200 OK", json!({ "networks": all }).to_string())
+            let draining = shared.draining.load(std::sync::atomic::Ordering::Relaxed);
+            (
+                "200 OK",
+                json!({ "host": host, "draining": draining, "networks": all }).to_string(),
+            )
         }
         ApiRoute::Clients(name) => {
             let net = if name == crate::networks::DEFAULT {
@@ -154,14 +174,32 @@ pub async fn respond(head: &[u8], shared: &Shared, auth: &AdminAuth) -> (&'stati
             ),
             Err(why) => ("503 Service Unavailable", json!({ "error": why }).to_string()),
         },
+        ApiRoute::Drain => {
+            let over = match super::drain::parse_over(query) {
+                Ok(over) => over,
+                Err(why) => return ("400 Bad Request", json!({ "error": why }).to_string()),
+            };
+            match super::drain::start(shared, over).await {
+                Ok(count) => (
+                    "200 OK",
+                    json!({ "draining": true, "clients": count, "over_s": over.as_secs() })
+                        .to_string(),
+                ),
+                Err(why) => ("503 Service Unavailable", json!({ "error": why }).to_string()),
+            }
+        }
+        ApiRoute::Undrain => {
+            let was = super::drain::stop(shared);
+            ("200 OK", json!({ "draining": false, "was": was }).to_string())
+        }
         ApiRoute::NotFound => (
             "404 Not Found",
-            json!({ "error": "try GET /api/networks, GET /api/networks/NAME/clients, POST /api/clients/ID/close" })
+            json!({ "error": "try GET /api/networks, GET /api/networks/NAME/clients, POST /api/clients/ID/close, POST or DELETE /api/drain" })
                 .to_string(),
         ),
         ApiRoute::MethodNotAllowed => (
             "405 Method Not Allowed",
-            json!({ "error": "GET for lists, POST to close" }).to_string(),
+            json!({ "error": "GET for lists, POST to close or drain, DELETE to end a drain" }).to_string(),
         ),
     }
 }
@@ -189,6 +227,7 @@ fn client_json(c: &ClientReport) -> Value {
         "macs": c.macs.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
         "ips": c.ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>(),
         "remote": c.remote.map(|a| a.to_string()),
+        "address": c.address.map(|a| a.to_string()),
         "age_s": c.age_ms / 1000,
         "rx_frames": c.rx_frames,
         "rx_bytes": c.rx_bytes,
@@ -199,7 +238,7 @@ fn client_json(c: &ClientReport) -> Value {
 }
 
 /// The open clients of `net` on every core, sorted by id.
-async fn clients(shared: &Shared, net: &Network) -> Result<Vec<ClientReport>, String> {
+pub(super) async fn clients(shared: &Shared, net: &Network) -> Result<Vec<ClientReport>, String> {
     let (reply, mut answers) = tokio::sync::mpsc::unbounded_channel();
     for core in 0..shared.cores {
         shared.command(
@@ -225,7 +264,7 @@ async fn clients(shared: &Shared, net: &Network) -> Result<Vec<ClientReport>, St
 }
 
 /// Closes client `id` on its core; whether it was an open client.
-async fn close(shared: &Shared, id: u64) -> Result<bool, String> {
+pub(super) async fn close(shared: &Shared, id: u64) -> Result<bool, String> {
     let core = crate::switch::PortId(id).core();
     if core >= shared.cores {
         return Ok(false);
@@ -266,6 +305,9 @@ mod tests {
             api_route(b"POST", "/api/clients/x/close"),
             ApiRoute::NotFound
         );
+        assert_eq!(api_route(b"POST", "/api/drain"), ApiRoute::Drain);
+        assert_eq!(api_route(b"DELETE", "/api/drain/"), ApiRoute::Undrain);
+        assert_eq!(api_route(b"GET", "/api/drain"), ApiRoute::MethodNotAllowed);
         assert_eq!(api_route(b"GET", "/api/nothing"), ApiRoute::NotFound);
         assert_eq!(api_route(b"GET", "/api/"), ApiRoute::NotFound);
     }
@@ -310,15 +352,19 @@ mod tests {
             token: None,
             loopback: true,
         };
-        let (status, body) = respond(b"GET /api/networks HTTP/1.1\r\n\r\n", &shared, &auth).await;
+        let (status, body) =
+            respond(b"GET /api/networks HTTP/1.1\r\n\r\n", &shared, &auth, None).await;
         assert_eq!(status, "200 OK");
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["networks"][0]["name"], "default");
+        assert_eq!(v["host"], Value::Null);
+        assert_eq!(v["draining"], false);
         assert_eq!(v["networks"][0]["clients"], 0);
         let (status, _) = respond(
             b"GET /api/networks/nope/clients HTTP/1.1\r\n\r\n",
             &shared,
             &auth,
+            None,
         )
         .await;
         assert_eq!(status, "404 Not Found");
@@ -326,6 +372,7 @@ mod tests {
             b"POST /api/clients/360287970189639680/close HTTP/1.1\r\n\r\n",
             &shared,
             &auth,
+            None,
         )
         .await;
         assert_eq!(status, "404 Not Found", "a core beyond the relay's");

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::config::{Dhcp, Subnet};
+use crate::config::{Dhcp, Slice, Subnet};
 
 /// Finds the dnsmasq binary.
 pub fn find() -> Option<PathBuf> {
@@ -75,6 +75,7 @@ impl Launch {
             &ranges,
             &lease_file,
             cfg.log_level >= log::LevelFilter::Debug,
+            cfg.farm.slice,
         );
         args.extend(
             cfg.reservations
@@ -95,8 +96,36 @@ impl Launch {
     }
 }
 
+/// The tag dnsmasq sets on a DHCPREQUEST (option 53, type 3), which alone may use the whole
+/// of a range cut for a farm.
+const REQUEST_TAG: &str = "tw-request";
+
+/// `--dhcp-range` arguments for `first..=last` (`tags`: `set:NAME,` or nothing). In a farm
+/// (`slice`), new leases come from this host's slice only, and a DHCPREQUEST may have any
+/// address of the range: a guest that moved here from another host of the farm renews the
+/// lease that host gave (dnsmasq NAKs a request for an address outside every range it may
+/// use, and `--dhcp-authoritative` lets it ACK a lease it has no record of).
+fn range_args(
+    tags: &str,
+    (first, last): (std::net::Ipv4Addr, std::net::Ipv4Addr),
+    mask: std::net::Ipv4Addr,
+    lease_secs: u64,
+    slice: Option<Slice>,
+) -> Vec<String> {
+    match slice.and_then(|s| s.of((first, last))) {
+        None => vec![format!(
+            "--dhcp-range={tags}{first},{last},{mask},{lease_secs}"
+        )],
+        Some((own_first, own_last)) => vec![
+            format!("--dhcp-range={tags}{own_first},{own_last},{mask},{lease_secs}"),
+            format!("--dhcp-range=tag:{REQUEST_TAG},{tags}{first},{last},{mask},{lease_secs}"),
+        ],
+    }
+}
+
 /// Command-line arguments for serving `subnet` on `ifname`, and each of `ranges` (a subnet and
-/// its DHCP range) on the networks' TAPs (named `ifname`n<slot>).
+/// its DHCP range) on the networks' TAPs (named `ifname`n<slot>); every range cut for the
+/// farm when this host is one of several (`slice`).
 fn arguments(
     ifname: &str,
     subnet: &Subnet,
@@ -104,6 +133,7 @@ fn arguments(
     ranges: &[(Subnet, (std::net::Ipv4Addr, std::net::Ipv4Addr))],
     lease_file: &Path,
     debug: bool,
+    slice: Option<Slice>,
 ) -> Vec<String> {
     let mut args = vec![
         "--keep-in-foreground".to_string(),
@@ -131,27 +161,28 @@ fn arguments(
         // not get one guest a second lease (anti-spoofing binds addresses to MACs).
         "--dhcp-ignore-clid".to_string(),
         format!("--dhcp-leasefile={}", lease_file.display()),
-        format!(
-            "--dhcp-range=set:default,{},{},{},{}",
-            dhcp.range.0,
-            dhcp.range.1,
-            subnet.netmask(),
-            dhcp.lease_time.as_secs()
-        ),
         // A network's router is dnsmasq's own address on its TAP, the network's gateway.
         format!(
             "--dhcp-option=tag:default,option:router,{}",
             subnet.gateway()
         ),
     ]);
-    for (block, (first, last)) in ranges {
-        let (first, last) = (*first, *last);
-        lease_max += range_size(first, last);
-        args.push(format!(
-            "--dhcp-range={first},{last},{},{}",
-            block.netmask(),
-            dhcp.lease_time.as_secs()
-        ));
+    let lease_secs = dhcp.lease_time.as_secs();
+    if slice.is_some() {
+        // Option 53 (message type) is 3, one byte: dnsmasq 2.90 takes a bare `3` for this
+        // option as too long ("dhcp-option too long"), `3b` is its one-byte form.
+        args.push(format!("--dhcp-match=set:{REQUEST_TAG},53,3b"));
+    }
+    args.extend(range_args(
+        "set:default,",
+        dhcp.range,
+        subnet.netmask(),
+        lease_secs,
+        slice,
+    ));
+    for (block, range) in ranges {
+        lease_max += range_size(range.0, range.1);
+        args.extend(range_args("", *range, block.netmask(), lease_secs, slice));
     }
     // dnsmasq stops at 1000 leases by default; a farm has as many guests as addresses.
     args.push(format!("--dhcp-lease-max={lease_max}"));
@@ -281,6 +312,7 @@ mod tests {
             &[],
             Path::new("/run/tapwire/tapwire0/leases"),
             false,
+            None,
         );
         assert!(args.contains(&"--no-ping".to_string()));
         assert!(args.contains(&"--bind-interfaces".to_string()));
@@ -307,6 +339,7 @@ mod tests {
             &ranges,
             Path::new("/run/tapwire/tapwire0/leases"),
             false,
+            None,
         );
         assert!(with.contains(&"--interface=tapwire0n*".to_string()));
         assert!(with.contains(&"--bind-dynamic".to_string()));
@@ -315,6 +348,32 @@ mod tests {
             with.contains(&"--dhcp-range=10.96.1.10,10.96.1.254,255.255.255.0,3600".to_string())
         );
         assert!(with.contains(&format!("--dhcp-lease-max={}", 65525 + 2 * 245)));
+        assert!(!with.iter().any(|a| a.starts_with("--dhcp-match")));
+        // Host 1 of 3: new leases from its slice, requests from the whole range.
+        let farm = arguments(
+            "tapwire0",
+            &subnet,
+            &dhcp,
+            &ranges,
+            Path::new("/run/tapwire/tapwire0/leases"),
+            false,
+            Some(Slice { index: 1, count: 3 }),
+        );
+        assert!(farm.contains(&"--dhcp-match=set:tw-request,53,3b".to_string()));
+        assert!(farm.contains(
+            &"--dhcp-range=set:default,10.86.85.92,10.86.170.173,255.255.0.0,3600".to_string()
+        ));
+        assert!(farm.contains(
+            &"--dhcp-range=tag:tw-request,set:default,10.86.0.10,10.86.255.254,255.255.0.0,3600"
+                .to_string()
+        ));
+        assert!(
+            farm.contains(&"--dhcp-range=10.96.1.92,10.96.1.173,255.255.255.0,3600".to_string())
+        );
+        assert!(farm.contains(
+            &"--dhcp-range=tag:tw-request,10.96.1.10,10.96.1.254,255.255.255.0,3600".to_string()
+        ));
+        assert!(farm.contains(&format!("--dhcp-lease-max={}", 65525 + 2 * 245)));
         assert_eq!(backoff(0), Duration::from_secs(1));
         assert_eq!(backoff(10), Duration::from_secs(30));
         let mut r = Restarts::default();

@@ -24,13 +24,16 @@ pub const MAX_HEAD: usize = 4096;
 /// Scrapes served at once.
 pub const MAX_CONNECTIONS: usize = 64;
 
-/// Binds `addr` and serves until the task is aborted; the admin API as `auth` allows.
+/// Binds `addr` and serves until the task is aborted; the admin API as `auth` allows; every
+/// series labelled `host="HOST"` with `--host-name HOST`.
 pub fn start(
     addr: std::net::SocketAddr,
     shared: Arc<Shared>,
     auth: super::api::AdminAuth,
+    host: Option<String>,
 ) -> std::io::Result<JoinHandle<()>> {
     let auth = Arc::new(auth);
+    let host: Arc<Option<String>> = Arc::new(host);
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(std_listener)?;
@@ -45,9 +48,11 @@ pub fn start(
                 open.fetch_sub(1, Ordering::Relaxed);
                 continue;
             }
-            let (shared, open, auth) = (shared.clone(), open.clone(), auth.clone());
+            let (shared, open, auth, host) =
+                (shared.clone(), open.clone(), auth.clone(), host.clone());
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(REQUEST_TIMEOUT, serve(stream, &shared, &auth)).await;
+                let served = serve(stream, &shared, &auth, host.as_deref());
+                let _ = tokio::time::timeout(REQUEST_TIMEOUT, served).await;
                 open.fetch_sub(1, Ordering::Relaxed);
             });
         }
@@ -56,8 +61,9 @@ pub fn start(
 
 async fn serve(
     mut stream: TcpStream,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     auth: &super::api::AdminAuth,
+    host: Option<&str>,
 ) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
@@ -69,10 +75,10 @@ async fn serve(
         head.extend_from_slice(&buf[..n]);
     }
     let response = if route(&head) == Route::Api {
-        let (status, body) = super::api::respond(&head, shared, auth).await;
+        let (status, body) = super::api::respond(&head, shared, auth, host).await;
         http_response(status, "application/json", &body)
     } else {
-        respond(&head, shared)
+        respond(&head, shared, host)
     };
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
@@ -108,14 +114,22 @@ pub fn route(head: &[u8]) -> Route {
     }
 }
 
-/// The response to a request head.
-fn respond(head: &[u8], shared: &Shared) -> String {
+/// The response to a request head; metrics labelled with `host` when given.
+fn respond(head: &[u8], shared: &Shared, host: Option<&str>) -> String {
     let (status, kind, body) = match route(head) {
-        Route::Metrics => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            crate::counters::summary(&shared.counters, &shared.host_counters)
-                + &crate::engine::network::metrics(&shared.default_net, &shared.networks.all()),
+        Route::Metrics => {
+            let text = crate::counters::summary(&shared.counters, &shared.host_counters)
+                + &crate::engine::network::metrics(&shared.default_net, &shared.networks.all());
+            let text = match host {
+                Some(host) => crate::counters::with_label(&text, "host", host),
+                None => text,
+            };
+            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text)
+        }
+        Route::Healthz if shared.draining.load(Ordering::Relaxed) => (
+            "503 Service Unavailable",
+            "text/plain",
+            "draining\n".to_string(),
         ),
         Route::Healthz if !shared.shutdown.load(Ordering::Relaxed) => {
             ("200 OK", "text/plain", "ok\n".to_string())
@@ -154,7 +168,7 @@ mod tests {
     fn routes() {
         let shared = Shared::for_tests(2);
         shared.counters[1].dropped(crate::counters::DropReason::RuntFrame);
-        let metrics = respond(b"GET /metrics HTTP/1.1\r\n\r\n", &shared);
+        let metrics = respond(b"GET /metrics HTTP/1.1\r\n\r\n", &shared, None);
         assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(metrics.contains("# TYPE tapwire_clients_open gauge"));
         assert!(metrics.contains("tapwire_drops_total{reason=\"runt_frame\"} 1"));
@@ -162,10 +176,18 @@ mod tests {
         assert!(metrics.contains("tapwire_network_clients{network=\"default\"} 0\n"));
         let (_, body) = metrics.split_once("\r\n\r\n").unwrap();
         assert!(metrics.contains(&format!("Content-Length: {}\r\n", body.len())));
-        assert!(respond(b"GET /healthz HTTP/1.1\r\n\r\n", &shared).ends_with("\r\n\r\nok\n"));
-        assert!(respond(b"GET /x HTTP/1.1\r\n\r\n", &shared).starts_with("HTTP/1.1 404"));
-        assert!(respond(b"POST /metrics HTTP/1.1\r\n\r\n", &shared).starts_with("HTTP/1.1 405"));
+        assert!(respond(b"GET /healthz HTTP/1.1\r\n\r\n", &shared, None).ends_with("\r\n\r\nok\n"));
+        assert!(respond(b"GET /x HTTP/1.1\r\n\r\n", &shared, None).starts_with("HTTP/1.1 404"));
+        assert!(
+            respond(b"POST /metrics HTTP/1.1\r\n\r\n", &shared, None).starts_with("HTTP/1.1 405")
+        );
         shared.request_shutdown();
-        assert!(respond(b"GET /healthz HTTP/1.1\r\n\r\n", &shared).starts_with("HTTP/1.1 503"));
+        assert!(
+            respond(b"GET /healthz HTTP/1.1\r\n\r\n", &shared, None).starts_with("HTTP/1.1 503")
+        );
+        let labelled = respond(b"GET /metrics HTTP/1.1\r\n\r\n", &shared, Some("hB"));
+        assert!(labelled
+            .contains("tapwire_drops_total{host=\"hB\",reason=\"runt_frame\",core=\"1\"} 1"));
+        assert!(labelled.contains("tapwire_network_clients{host=\"hB\",network=\"default\"} 0\n"));
     }
 }

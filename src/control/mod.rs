@@ -6,6 +6,7 @@ pub mod api;
 pub mod check;
 pub mod cleanup;
 pub mod dnsmasq;
+mod drain;
 pub mod firewall;
 pub mod instance;
 pub mod ledger;
@@ -266,7 +267,7 @@ async fn run_async(
             (None, true) => "the admin API on /api/",
             (None, false) => "no admin API (not on loopback: give --admin-token FILE)",
         };
-        match metrics::start(addr, shared.clone(), auth) {
+        match metrics::start(addr, shared.clone(), auth, cfg.farm.host_name.clone()) {
             Ok(task) => {
                 log::info!("metrics on http://{addr}/metrics and /healthz; {api_note}");
                 tasks.push(task);
@@ -277,6 +278,9 @@ async fn run_async(
         }
     }
     log::info!("{}", networks_line(&cfg));
+    if let Some(line) = cfg.farm.describe(cfg.host.dhcp().map(|d| d.range)) {
+        log::info!("{line}");
+    }
     // Last: whoever waits for this line finds the metrics and forwards already listening.
     log::info!(
         "relaying ws://{}/{} ⇄ TAP {} on {} core(s) (multishot accept/recv/TAP read: {}/{}/{})",
@@ -479,6 +483,10 @@ async fn start(
                 netlink::add_address(&handle, index, subnet.gateway(), subnet.prefix, &cfg.tap),
             )
             .await?;
+            // The same gateway MAC on every host of a farm (see `networks::gateway_mac`).
+            let mac = crate::networks::gateway_mac(crate::networks::DEFAULT, subnet);
+            netlink::set_mac(&handle, index, &cfg.tap, mac).await?;
+            uplink_macs = vec![mac];
             host.record(Change::LinkUp(cfg.tap.to_string()))?;
             netlink::set_up(&handle, index, &cfg.tap, Some(cfg.mtu)).await?;
             table = firewall::start(cfg, host, subnet)?;
@@ -542,6 +550,7 @@ async fn start(
         max_macs_per_client: cfg.clients.max_macs_per_client,
         steering,
         limits: Default::default(),
+        roam: (cfg.host.dhcp()).and_then(|d| cfg.farm.roam(d.range, d.lease_time)),
     };
     let (shared, net_events) = Shared::new(cfg.cores, default_net)?;
     shared.default_net.authority.with(|own| {

@@ -112,6 +112,26 @@ pub async fn set_up(
         .map_err(ctx(format!("set {name} up")))
 }
 
+/// Gives link `index` the MAC address `mac` (before it is up: a TAP takes a new address
+/// while up too, but nothing has learned the old one yet).
+pub async fn set_mac(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+    mac: crate::switch::Mac,
+) -> Result<(), NetlinkError> {
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .address(mac.0.to_vec())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(ctx(format!("set the MAC address of {name} to {mac}")))
+}
+
 /// Sets `index` down.
 pub async fn set_down(handle: &Handle, index: u32, name: &str) -> Result<(), NetlinkError> {
     handle

@@ -16,18 +16,16 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::ledger::Change;
-use super::{firewall, netlink, Host};
+use super::{firewall, Host};
 use crate::config::{
     network_tap_name, Config, Declared, HostAccess, NetLimits, Reservation, Subnet,
 };
 use crate::counters::DropReason;
-use crate::engine::network::{CoreCmd, NetEvent, NetId, Network, NetworkSpec};
+use crate::engine::network::{CoreCmd, NetEvent, NetId, Network};
 use crate::engine::{unavailable_response, Shared};
 use crate::networks::Pool;
 
-/// Entries of a network's steering map (a hint: a guest beyond it is handed over between
-/// cores). Small, as the map's memory is allocated up front.
-const STEERING_ENTRIES: u32 = 1024;
+mod host_side;
 
 /// How often idle networks are looked for.
 pub(super) const IDLE_CHECK: Duration = Duration::from_secs(1);
@@ -42,6 +40,8 @@ struct Plan {
     host: HostAccess,
     limits: NetLimits,
     reservations: Vec<Reservation>,
+    /// Its DHCP range.
+    dhcp_range: (std::net::Ipv4Addr, std::net::Ipv4Addr),
     /// Declared in the config file: made at start-up, never removed while the relay runs.
     declared: bool,
 }
@@ -138,6 +138,9 @@ pub(super) struct Networks {
     wanted_again: HashSet<String>,
     /// Said once that leases cannot be released.
     warned_no_release: bool,
+    /// This host's part in a farm, and the lease time when DHCP runs (for roaming guests).
+    farm: crate::config::Farm,
+    lease_time: Option<std::time::Duration>,
 }
 
 impl Networks {
@@ -166,6 +169,8 @@ impl Networks {
             removing: HashMap::new(),
             wanted_again: HashSet::new(),
             warned_no_release: false,
+            farm: cfg.farm.clone(),
+            lease_time: cfg.host.dhcp().map(|d| d.lease_time),
         }
     }
 
@@ -212,7 +217,7 @@ impl Networks {
                 continue;
             }
             let elsewhere = routed_subnets();
-            let Some(subnet) = self.pool.take_avoiding(&elsewhere) else {
+            let Some(subnet) = self.pool.take_for(&name, &elsewhere) else {
                 let why = "no block of --network-pool is free (other interfaces of the host use the rest)";
                 log::warn!("network {name}: cannot make it: {why}");
                 self.refuse(&name, DropReason::NetworkFailed, why);
@@ -226,6 +231,7 @@ impl Networks {
                 host: self.host.clone(),
                 limits: NetLimits::default(),
                 reservations: Vec::new(),
+                dhcp_range: crate::config::default_range(&subnet),
                 declared: false,
             };
             match self.prepare(plan, host).await {
@@ -267,6 +273,7 @@ impl Networks {
                 host: d.host.clone(),
                 limits: d.limits,
                 reservations: d.reservations.clone(),
+                dhcp_range: d.dhcp_range,
                 declared: true,
             };
             match self.prepare(plan, host).await {
@@ -390,76 +397,6 @@ impl Networks {
         }
     }
 
-    /// Makes the host side of `plan` with TAP `tap`, recording each change in `made` first;
-    /// the network and each core's queue of its TAP.
-    async fn make_host_side(
-        &mut self,
-        plan: &Plan,
-        id: NetId,
-        tap: &str,
-        host: &mut Host,
-        made: &mut Vec<Change>,
-    ) -> Result<(Arc<Network>, Vec<OwnedFd>), String> {
-        let (name, subnet) = (plan.name.as_str(), &plan.subnet);
-        let mut record = |host: &mut Host, change: Change| {
-            host.record(change.clone()).map_err(|e| e.to_string())?;
-            made.push(change);
-            Ok::<(), String>(())
-        };
-        record(host, Change::Tap(tap.to_string()))?;
-        let queues = crate::tap::open_multiqueue(tap, self.cores).map_err(|e| e.to_string())?;
-        let index = netlink::link_index(&self.handle, tap)
-            .await
-            .ok_or_else(|| format!("TAP {tap} vanished right after creation"))?;
-        let mac = crate::tap::mac_of(&queues[0])
-            .map_err(|e| format!("cannot read the MAC address of TAP {tap}: {e}"))?;
-        record(
-            host,
-            Change::Address {
-                ifname: tap.to_string(),
-                cidr: format!("{}/{}", subnet.gateway(), subnet.prefix),
-            },
-        )?;
-        netlink::add_address(&self.handle, index, subnet.gateway(), subnet.prefix, tap)
-            .await
-            .map_err(|e| e.to_string())?;
-        record(host, Change::LinkUp(tap.to_string()))?;
-        netlink::set_up(&self.handle, index, tap, Some(self.mtu))
-            .await
-            .map_err(|e| e.to_string())?;
-        if let Err(e) = netlink::no_qdisc(&self.handle, index, tap).await {
-            log::warn!("network {name}: {e}: it works, with about 6.5 MiB more of kernel memory for its TAP's default queueing");
-        }
-        let steering = if self.cores > 1 {
-            match crate::steering::Steering::attach(&queues[0], STEERING_ENTRIES) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    log::debug!("network {name}: cannot steer TAP queues by MAC ({e})");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let spec = NetworkSpec {
-            name: name.to_string(),
-            tap: tap.to_string(),
-            subnet: Some(*subnet),
-            uplink_macs: vec![mac],
-            isolate: plan.isolate,
-            max_macs_per_client: plan.limits.max_macs_per_client.unwrap_or(self.max_macs),
-            steering,
-            limits: plan.limits,
-        };
-        let net = Network::new(id, spec, self.cores, self.shared.clock.now_ms());
-        net.authority.with(|own| {
-            for r in &plan.reservations {
-                own.reserve(r.mac, r.ip.octets());
-            }
-        });
-        Ok((Arc::new(net), queues))
-    }
-
     /// Starts removing every network idle for `--network-idle`: its DHCP leases are released
     /// (while its TAP still exists), then every core is told to close its queue.
     pub(super) async fn remove_idle(&mut self) {
@@ -502,37 +439,6 @@ impl Networks {
                     cores_left: self.cores,
                 },
             );
-        }
-    }
-
-    /// Asks dnsmasq to forget the leases of `up`'s guests (DHCP releases on its TAP, with
-    /// dnsmasq-utils' `dhcp_release`), so that its block comes back to the next network clean.
-    async fn release_leases(&mut self, up: &Up) {
-        let now = self.shared.clock.now_ms();
-        let leases = up.net.authority.with(|own| own.leases(now));
-        if leases.is_empty() {
-            return;
-        }
-        let Some(tool) = super::find_program("dhcp_release") else {
-            if !self.warned_no_release {
-                self.warned_no_release = true;
-                log::warn!("dhcp_release not found: leases of removed networks stay in dnsmasq until they expire — install it with `apt-get install dnsmasq-utils`");
-            }
-            return;
-        };
-        for (mac, ip) in leases {
-            let ip = std::net::Ipv4Addr::from(ip);
-            let run = tokio::process::Command::new(&tool)
-                .args([up.tap.as_str(), &ip.to_string(), &mac.to_string()])
-                .kill_on_drop(true)
-                .status();
-            match tokio::time::timeout(Duration::from_secs(5), run).await {
-                Ok(Ok(status)) if status.success() => {}
-                other => log::warn!(
-                    "network {}: cannot release the lease of {ip} ({mac}): {other:?}",
-                    up.net.name
-                ),
-            }
         }
     }
 

@@ -151,6 +151,9 @@ pub struct Client {
     pub rx_bytes: u64,
     pub tx_frames: u64,
     pub tx_bytes: u64,
+    /// The client's address as a `--trusted-proxy` forwarded it (`X-Forwarded-For`), when it
+    /// came through one; else its address is the socket's peer.
+    pub forwarded: Option<std::net::IpAddr>,
 }
 
 /// A connection waiting for its network: the upgrade's answer, and its input since.
@@ -177,7 +180,23 @@ impl Client {
             rx_bytes: 0,
             tx_frames: 0,
             tx_bytes: 0,
+            forwarded: None,
         }
+    }
+
+    /// The client's address: as its trusted proxy forwarded it, else the socket's peer
+    /// (one `getpeername`; for logs and the admin API, never per frame).
+    pub fn address(&self) -> Option<std::net::IpAddr> {
+        self.forwarded
+            .or_else(|| self.peer().map(|a| a.ip().to_canonical()))
+    }
+
+    /// The socket's peer: the client, or the proxy it came through.
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        socket2::SockRef::from(&self.socket.fd())
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
     }
 
     /// Nothing in flight and closed: the slot can be freed.

@@ -86,6 +86,8 @@ pub enum HandshakeStep {
         response: Vec<u8>,
         path: String,
         origin: Option<String>,
+        /// The request's `X-Forwarded-For` values (see [`crate::ws::forwarded`]).
+        forwarded_for: Option<String>,
         stream_at: usize,
     },
 }
@@ -306,6 +308,7 @@ impl Conn {
                 head_len,
                 path,
                 origin,
+                forwarded_for,
             } => {
                 // The head was incomplete before these bytes, so it ends inside them; what
                 // follows (possibly more than was copied into `head`) is the stream.
@@ -324,6 +327,7 @@ impl Conn {
                     response: response.into_bytes(),
                     path,
                     origin,
+                    forwarded_for,
                     stream_at,
                 }
             }

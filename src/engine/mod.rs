@@ -75,6 +75,8 @@ pub struct EngineConfig {
     pub access: Arc<crate::ws::access::Access>,
     /// The certificate of the wss:// listener, if there is one.
     pub tls: Option<Arc<crate::tls::Certs>>,
+    /// Proxies whose `X-Forwarded-For` is believed (`--trusted-proxy`).
+    pub trusted_proxies: Vec<crate::ws::forwarded::Cidr>,
 }
 
 impl EngineConfig {
@@ -99,6 +101,7 @@ impl EngineConfig {
             anti_spoofing: !cfg.allow_spoofing,
             access: Arc::new(cfg.access.clone()),
             tls: cfg.tls.as_ref().map(|t| t.certs.clone()),
+            trusted_proxies: cfg.farm.trusted_proxies.clone(),
         }
     }
 }

@@ -65,6 +65,8 @@ pub struct Network {
     pub isolate: bool,
     /// Limits of its clients that differ from the instance's.
     pub limits: crate::config::NetLimits,
+    /// Addresses a guest that moved here from another host of the farm may keep.
+    pub roam: Option<crate::switch::Roam>,
     /// Clients joined to this network, over all cores.
     pub clients: AtomicUsize,
     /// When (on the engine's clock, ms) the last client left; meaningful while `clients` is 0.
@@ -86,6 +88,27 @@ pub struct NetworkSpec {
     pub steering: Option<Steering>,
     /// A declared network's limits of its clients.
     pub limits: crate::config::NetLimits,
+    /// Addresses a guest that moved here from another host of the farm may keep.
+    pub roam: Option<crate::switch::Roam>,
+}
+
+impl NetworkSpec {
+    /// A network of `name` on TAP `tap` with no subnet, steering or limits, 4 MACs per
+    /// client (tests).
+    #[cfg(test)]
+    pub fn for_test(name: &str, tap: &str) -> Self {
+        NetworkSpec {
+            name: name.to_string(),
+            tap: tap.to_string(),
+            subnet: None,
+            uplink_macs: Vec::new(),
+            isolate: false,
+            max_macs_per_client: 4,
+            steering: None,
+            limits: Default::default(),
+            roam: None,
+        }
+    }
 }
 
 impl Network {
@@ -101,6 +124,7 @@ impl Network {
             uplink_macs: spec.uplink_macs,
             isolate: spec.isolate,
             limits: spec.limits,
+            roam: spec.roam,
             clients: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(now_ms),
             stats: (0..cores).map(|_| NetCoreStats::default()).collect(),
@@ -240,7 +264,10 @@ pub struct ClientReport {
     pub macs: Vec<Mac>,
     /// The IPv4 addresses bound to its MACs.
     pub ips: Vec<std::net::Ipv4Addr>,
+    /// The socket's peer: the client, or the proxy it came through.
     pub remote: Option<std::net::SocketAddr>,
+    /// The client's address: as a `--trusted-proxy` forwarded it, else the peer's.
+    pub address: Option<std::net::IpAddr>,
     pub age_ms: u64,
     pub rx_frames: u64,
     pub rx_bytes: u64,
@@ -363,16 +390,7 @@ mod tests {
     }
 
     fn net(name: &str, slot: u16) -> Arc<Network> {
-        let spec = NetworkSpec {
-            name: name.to_string(),
-            tap: format!("t{slot}"),
-            subnet: None,
-            uplink_macs: Vec::new(),
-            isolate: false,
-            max_macs_per_client: 4,
-            steering: None,
-            limits: Default::default(),
-        };
+        let spec = NetworkSpec::for_test(name, &format!("t{slot}"));
         Arc::new(Network::new(
             NetId {
                 slot,

@@ -74,6 +74,7 @@ impl Rig {
             max_macs_per_client: cfg.clients.max_macs_per_client,
             steering: None,
             limits: Default::default(),
+            roam: (config.host.dhcp()).and_then(|d| config.farm.roam(d.range, d.lease_time)),
         };
         let (shared, events) = Shared::with_clock(cores, default_net, clock).expect("shared state");
         let mut workers = Vec::new();
@@ -141,6 +142,7 @@ impl Rig {
             max_macs_per_client: limits.max_macs_per_client.unwrap_or(4),
             steering: None,
             limits,
+            roam: None,
         };
         let now = self.now.load(Ordering::Acquire);
         let net = Arc::new(Network::new(id, spec, self.workers.len(), now));
@@ -432,3 +434,7 @@ mod tests;
 #[cfg(test)]
 #[path = "rig/networks.rs"]
 mod networks;
+
+#[cfg(test)]
+#[path = "rig/farm.rs"]
+mod farm;

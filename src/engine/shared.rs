@@ -33,6 +33,9 @@ pub struct Shared {
     events: UnboundedSender<NetEvent>,
     /// Set once to stop: every core drains its clients and returns.
     pub shutdown: AtomicBool,
+    /// Draining (the admin API's `POST /api/drain`): upgrades are refused with 503 and
+    /// `/healthz` answers 503, so a load balancer sends new clients to another host.
+    pub draining: AtomicBool,
     /// Clients connected across cores (for --max-clients).
     pub clients: AtomicUsize,
     pub counters: Vec<Arc<CoreCounters>>,
@@ -82,6 +85,7 @@ impl Shared {
             commands: (0..cores).map(|_| CmdQueue::default()).collect(),
             events,
             shutdown: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             clients: AtomicUsize::new(0),
             counters: (0..cores)
                 .map(|_| Arc::new(CoreCounters::default()))
@@ -96,16 +100,7 @@ impl Shared {
     /// State for `cores` cores whose default network allows 4 MACs per client (unit tests).
     #[cfg(test)]
     pub fn for_tests(cores: usize) -> Arc<Self> {
-        let spec = NetworkSpec {
-            name: crate::networks::DEFAULT.to_string(),
-            tap: "t0".to_string(),
-            subnet: None,
-            uplink_macs: Vec::new(),
-            isolate: false,
-            max_macs_per_client: 4,
-            steering: None,
-            limits: Default::default(),
-        };
+        let spec = NetworkSpec::for_test(crate::networks::DEFAULT, "t0");
         Self::new(cores, spec).expect("eventfds").0
     }
 

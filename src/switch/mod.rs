@@ -10,7 +10,7 @@ mod table;
 pub use mac::Mac;
 pub use ownership::{Ownership, Refusal, SharedOwnership};
 pub use table::{
-    ingress, ingress_claiming, Decision, Forward, OwnershipAccess, Source, Switch, SwitchDrop,
+    ingress, ingress_claiming, Decision, Forward, OwnershipAccess, Roam, Source, Switch, SwitchDrop,
 };
 
 /// An IPv4 address bound to a MAC until a time (ms on the engine's clock; `u64::MAX` for

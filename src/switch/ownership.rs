@@ -104,6 +104,33 @@ impl Ownership {
         self.bindings.insert(mac, binding);
     }
 
+    /// Binds `mac` to `ip` until `until_ms` if `mac` holds no address and no other MAC holds
+    /// `ip` (by lease or reservation): a guest that moved here from another host of a farm
+    /// goes on using the address that host leased it, first come, first served (RFC 6620's
+    /// rule), until it renews here. The binding made, or `None`.
+    pub fn bind_roaming(
+        &mut self,
+        mac: Mac,
+        ip: [u8; 4],
+        now_ms: u64,
+        until_ms: u64,
+    ) -> Option<Binding> {
+        if self.binding(mac, now_ms).is_some() {
+            return None;
+        }
+        let held = self
+            .bindings
+            .iter()
+            .any(|(m, b)| *m != mac && b.ip == ip && b.until_ms > now_ms)
+            || self.reserved.iter().any(|(m, r)| *m != mac && *r == ip);
+        if held {
+            return None;
+        }
+        let binding = Binding { ip, until_ms };
+        self.bind(mac, binding, now_ms);
+        Some(binding)
+    }
+
     /// Binds `mac` to `ip` for good (`--reserve`).
     pub fn reserve(&mut self, mac: Mac, ip: [u8; 4]) {
         self.reserved.insert(mac, ip);

@@ -64,6 +64,37 @@ struct Entry {
     last_seen_ms: u64,
     /// The IPv4 address bound to this MAC; kept for local ports only.
     binding: Option<Binding>,
+    /// Not before this time (ms) is the authority asked again for a roaming binding of this
+    /// MAC (see [`Roam`]): an unbound guest's every frame must not take its lock.
+    roam_after_ms: u64,
+}
+
+/// Addresses a guest may go on using when it moved here from another host of a farm
+/// (`--hosts`): the network's DHCP range outside this host's own slice, which only another
+/// host can have leased. Such an address is bound to the first MAC that uses it while no
+/// other MAC holds it, for `hold_ms` (the lease time: no lease from the other host lasts
+/// longer), and the guest's next DHCP renewal makes it an ordinary lease here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roam {
+    /// The farm's whole range, first and last.
+    pub range: ([u8; 4], [u8; 4]),
+    /// This host's slice of it.
+    pub own: ([u8; 4], [u8; 4]),
+    pub hold_ms: u64,
+}
+
+/// How long an unbound MAC waits between two tries for a roaming binding.
+const ROAM_RETRY_MS: u64 = 1_000;
+
+impl Roam {
+    /// Whether a roaming guest may be bound to `ip`.
+    pub fn allows(&self, ip: [u8; 4]) -> bool {
+        let v = u32::from_be_bytes(ip);
+        let within = |(a, b): ([u8; 4], [u8; 4])| {
+            (u32::from_be_bytes(a)..=u32::from_be_bytes(b)).contains(&v)
+        };
+        within(self.range) && !within(self.own)
+    }
 }
 
 /// A core's replica of the MAC table.
@@ -77,6 +108,8 @@ pub struct Switch {
     /// Clients talk only to the uplink: their broadcasts go only there, frames to another
     /// client are dropped.
     isolate: bool,
+    /// Addresses of other hosts' slices a moved guest may be bound to (`--hosts`).
+    roam: Option<Roam>,
     /// Unicast destinations this replica does not know that the authority had no owner for
     /// either, with the authority's claim count then: while the count is unchanged the
     /// destination still has no owner, so the authority's lock is not taken again for it.
@@ -124,6 +157,9 @@ pub struct Decision {
     pub forward: Forward,
     /// A source address this frame taught the switch; other cores must be told.
     pub learned: Option<Mac>,
+    /// The frame's source was bound to the address it claims as a guest that moved here
+    /// ([`Roam`]); count it.
+    pub roamed: bool,
 }
 
 impl Switch {
@@ -139,8 +175,15 @@ impl Switch {
             ageing_ms,
             uplink,
             isolate: false,
+            roam: None,
             unowned: HashMap::new(),
         }
+    }
+
+    /// Guests that moved here from another host of the farm keep their addresses (`--hosts`).
+    pub fn roaming(mut self, roam: Option<Roam>) -> Self {
+        self.roam = roam;
+        self
     }
 
     /// Clients talk only to the uplink (`--isolate`).
@@ -157,6 +200,7 @@ impl Switch {
                 port,
                 last_seen_ms: now_ms,
                 binding: None,
+                roam_after_ms: 0,
             },
         );
     }
@@ -265,6 +309,8 @@ pub fn ingress_claiming(
     now_ms: u64,
 ) -> Result<Decision, SwitchDrop> {
     let mut learned = None;
+    let mut roamed = false;
+    let roam = sw.roam;
     if let Source::Port(port) = source {
         if src.is_group() {
             return Err(SwitchDrop::BadSourceMac);
@@ -273,7 +319,24 @@ pub fn ingress_claiming(
             Some(entry) if entry.port == port => {
                 if let Some(ip) = claim {
                     if !Binding::holds(entry.binding, ip, now_ms) {
-                        return Err(SwitchDrop::Unbound);
+                        // A guest with no binding may be one that moved here; asked at most
+                        // once a second per MAC.
+                        let unbound = entry.binding.is_none_or(|b| b.until_ms <= now_ms);
+                        let Some(roam) = roam.filter(|r| unbound && r.allows(ip)) else {
+                            return Err(SwitchDrop::Unbound);
+                        };
+                        if now_ms < entry.roam_after_ms {
+                            return Err(SwitchDrop::Unbound);
+                        }
+                        entry.roam_after_ms = now_ms.saturating_add(ROAM_RETRY_MS);
+                        let until_ms = now_ms.saturating_add(roam.hold_ms);
+                        let Some(b) =
+                            authority.with(|own| own.bind_roaming(src, ip, now_ms, until_ms))
+                        else {
+                            return Err(SwitchDrop::Unbound);
+                        };
+                        entry.binding = Some(b);
+                        roamed = true;
                     }
                 }
                 entry.last_seen_ms = now_ms;
@@ -286,14 +349,35 @@ pub fn ingress_claiming(
             None => {
                 let binding = authority.with(|own| {
                     let binding = own.binding(src, now_ms);
-                    if claim.is_some_and(|ip| !Binding::holds(binding, ip, now_ms)) {
-                        return Err(SwitchDrop::Unbound);
-                    }
+                    // An address not bound to `src` passes only as a guest's that moved here
+                    // from another host of the farm, bound once the MAC is claimed.
+                    let roaming = match claim {
+                        Some(ip) if !Binding::holds(binding, ip, now_ms) => {
+                            if !roam.is_some_and(|r| r.allows(ip)) {
+                                return Err(SwitchDrop::Unbound);
+                            }
+                            Some(ip)
+                        }
+                        _ => None,
+                    };
                     own.claim(src, port).map_err(|r| match r {
                         Refusal::Conflict => SwitchDrop::MacConflict,
                         Refusal::PortLimit => SwitchDrop::MacLimit,
                     })?;
-                    Ok(binding)
+                    let Some(ip) = roaming else {
+                        return Ok(binding);
+                    };
+                    let until_ms = now_ms.saturating_add(roam.map_or(0, |r| r.hold_ms));
+                    match own.bind_roaming(src, ip, now_ms, until_ms) {
+                        Some(b) => {
+                            roamed = true;
+                            Ok(Some(b))
+                        }
+                        None => {
+                            own.release(src, port);
+                            Err(SwitchDrop::Unbound)
+                        }
+                    }
                 })?;
                 sw.learn(src, port, now_ms);
                 sw.set_binding(src, binding);
@@ -325,7 +409,11 @@ pub fn ingress_claiming(
             (None, Source::Uplink) => return Err(SwitchDrop::UnknownUnicast),
         }
     };
-    Ok(Decision { forward, learned })
+    Ok(Decision {
+        forward,
+        learned,
+        roamed,
+    })
 }
 
 /// The owner of `dst`, an address this replica does not know, as the authority has it: a
@@ -354,3 +442,6 @@ fn unseen_owner(sw: &mut Switch, authority: &mut impl OwnershipAccess, dst: Mac)
     }
     owner
 }
+
+#[cfg(test)]
+mod tests;

@@ -61,6 +61,9 @@ pub enum Upgrade {
         path: String,
         /// The `Origin` header (browsers send it), for `--allow-origin`.
         origin: Option<String>,
+        /// Every `X-Forwarded-For` header's value, in order, joined by commas (believed only
+        /// from a `--trusted-proxy`: [`super::forwarded`]).
+        forwarded_for: Option<String>,
     },
     /// Refuse with this response, then close.
     Reject(Rejection),
@@ -142,7 +145,27 @@ pub fn parse_upgrade(buf: &[u8]) -> Upgrade {
         head_len,
         path: req.path.unwrap_or("/").to_string(),
         origin: find("origin").map(|v| String::from_utf8_lossy(v).into_owned()),
+        forwarded_for: forwarded_for(req.headers),
     }
+}
+
+/// Every `X-Forwarded-For` value of a request, in order, joined by commas; `None` without one.
+fn forwarded_for(headers: &[httparse::Header<'_>]) -> Option<String> {
+    let mut joined: Option<String> = None;
+    for h in headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+    {
+        let value = String::from_utf8_lossy(h.value);
+        match &mut joined {
+            None => joined = Some(value.into_owned()),
+            Some(list) => {
+                list.push(',');
+                list.push_str(&value);
+            }
+        }
+    }
+    joined
 }
 
 /// The `503` sent to a connection beyond `--max-clients`, before any upgrade.
@@ -176,14 +199,28 @@ mod tests {
                 head_len,
                 path,
                 origin,
+                forwarded_for,
             } => {
                 assert_eq!(head_len, NODE_STYLE.len());
+                assert_eq!(forwarded_for, None);
                 assert_eq!(path, "/some/path?x=1");
                 assert_eq!(origin, None, "Node's ws sends no Origin");
                 assert!(response.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
                 assert!(!response.to_ascii_lowercase().contains("extensions"));
                 assert!(!response.to_ascii_lowercase().contains("protocol:"));
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn forwarded_for_headers_are_joined_in_order() {
+        let head = b"GET /n/a HTTP/1.1\r\nX-Forwarded-For: 198.51.100.1, 10.0.0.3\r\nupgrade: websocket\r\nconnection: Upgrade\r\nx-forwarded-for: 10.0.0.2\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+        match parse_upgrade(head) {
+            Upgrade::Accept { forwarded_for, .. } => assert_eq!(
+                forwarded_for.as_deref(),
+                Some("198.51.100.1, 10.0.0.3,10.0.0.2")
+            ),
             other => panic!("{other:?}"),
         }
     }

@@ -2,6 +2,7 @@
 //! the HTTP upgrade. Pure: no I/O, no clocks, no `unsafe`.
 
 pub mod access;
+pub mod forwarded;
 pub mod frame;
 pub mod handshake;
 pub mod session;

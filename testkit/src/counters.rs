@@ -8,19 +8,35 @@
 
 use std::collections::HashMap;
 
+/// `name` without a leading `host="…"` label.
+fn without_host(name: &str) -> String {
+    let Some((family, labels)) = name.split_once("{host=\"") else {
+        return name.to_string();
+    };
+    let Some((_, rest)) = labels.split_once('"') else {
+        return name.to_string();
+    };
+    match rest.strip_prefix(',') {
+        Some(others) => format!("{family}{{{others}"),
+        None => family.to_string(),
+    }
+}
+
 /// Counter values by series name, e.g. `tapwire_drops_total{reason="runt_frame"}`.
 #[derive(Debug, Default, Clone)]
 pub struct Counters(HashMap<String, u64>);
 
 impl Counters {
     /// The last value of every `tapwire_` series in `text` (comments and other lines skipped).
+    /// The `host` label of a relay run with `--host-name` is left out of the names: these are
+    /// one relay's counters.
     pub fn parse(text: &str) -> Self {
         let mut map = HashMap::new();
         for line in text.lines() {
             if let Some((name, value)) = line.rsplit_once(' ') {
                 if name.starts_with("tapwire_") {
                     if let Ok(v) = value.parse() {
-                        map.insert(name.to_string(), v);
+                        map.insert(without_host(name), v);
                     }
                 }
             }
@@ -84,6 +100,15 @@ impl Counters {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_host_label_is_left_out() {
+        let c = Counters::parse(
+            "tapwire_a_total{host=\"hA\"} 3\ntapwire_drops_total{host=\"hA\",reason=\"x\"} 2\n",
+        );
+        assert_eq!(c.get("tapwire_a_total"), 3);
+        assert_eq!(c.drops("x"), 2);
+    }
+
     use super::*;
 
     #[test]

@@ -35,6 +35,11 @@ pub struct GuestArgs {
     /// Largest frame.
     #[arg(long, default_value_t = 65_553)]
     pub max_frame: usize,
+    /// Connect again this many milliseconds after the connection ends, from the namespace the
+    /// guest started in, keeping the TAP and everything the guest's kernel knows (as v86
+    /// does; ws:// only); 0: exit when it ends.
+    #[arg(long, default_value_t = 0)]
+    pub reconnect_ms: u64,
 }
 
 fn set_up(name: &str) -> io::Result<()> {
@@ -63,7 +68,8 @@ fn set_up(name: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Runs the guest until the relay closes the connection.
+/// Runs the guest until the relay closes the connection (or, with `--reconnect-ms`, until
+/// it is killed).
 pub fn run(args: &GuestArgs) -> io::Result<()> {
     if args.url.starts_with("wss://") {
         let ca = args
@@ -72,13 +78,18 @@ pub fn run(args: &GuestArgs) -> io::Result<()> {
             .ok_or_else(|| io::Error::other("a wss:// URL needs --ca FILE"))?;
         return run_tls(args, ca);
     }
+    // Where connections are made from: this namespace, also after entering the guest's.
+    let origin = std::fs::File::open("/proc/thread-self/ns/net")?;
     let stream = connect(&args.url, args.source_port)?;
     if let Some(ns) = &args.netns {
         crate::netns::enter_named(ns)?;
     }
     let tap = Arc::new(tapwire::tap::open_single(&args.tap, false).map_err(io::Error::other)?);
     set_up(&args.tap)?;
-    let writer = Arc::new(Mutex::new(stream.try_clone()?));
+    let reconnect = args.reconnect_ms > 0;
+    // The connection frames go out on; `None` while there is none (frames are then lost, as
+    // on a cable pulled out: the guest's kernel retransmits).
+    let writer = Arc::new(Mutex::new(Some(stream.try_clone()?)));
     {
         let tap = tap.clone();
         let writer = writer.clone();
@@ -92,13 +103,38 @@ pub fn run(args: &GuestArgs) -> io::Result<()> {
                 }
                 let msg = client_frame(frame::OP_BINARY, &buf[..n as usize]);
                 let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
-                if w.write_all(&msg).is_err() {
-                    std::process::exit(0);
+                if let Some(stream) = w.as_mut() {
+                    if stream.write_all(&msg).is_err() {
+                        if !reconnect {
+                            std::process::exit(0);
+                        }
+                        *w = None;
+                    }
                 }
             }
         });
     }
     let mut reader = stream;
+    loop {
+        let ended = serve(&mut reader, &tap, &writer);
+        if !reconnect {
+            return ended;
+        }
+        *writer.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        eprintln!("tapwire-guest: connection ended ({ended:?}); connecting again");
+        reader = connect_again(&origin, &args.url, args.reconnect_ms)?;
+        *writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(reader.try_clone()?);
+        eprintln!("tapwire-guest: connected again");
+    }
+}
+
+/// Relays what arrives on `reader` to the TAP, answering pings on `writer`, until the relay
+/// closes the connection or it breaks.
+fn serve(
+    reader: &mut std::net::TcpStream,
+    tap: &OwnedFd,
+    writer: &Mutex<Option<std::net::TcpStream>>,
+) -> io::Result<()> {
     let mut decoder = Decoder::default();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
@@ -116,11 +152,8 @@ pub fn run(args: &GuestArgs) -> io::Result<()> {
                 }
                 Message::Ping(p) => {
                     let pong = client_frame(frame::OP_PONG, p);
-                    if let Err(e) = writer
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .write_all(&pong)
-                    {
+                    let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(Err(e)) = w.as_mut().map(|s| s.write_all(&pong)) {
                         result = Err(e);
                     }
                 }
@@ -134,6 +167,41 @@ pub fn run(args: &GuestArgs) -> io::Result<()> {
         }
     }
 }
+
+/// Connects to `url` again from the namespace `origin` (a thread of its own enters it:
+/// sockets stay in the namespace they were made in), `after_ms` after the last try, at most
+/// [`RECONNECT_TRIES`] times.
+fn connect_again(
+    origin: &std::fs::File,
+    url: &str,
+    after_ms: u64,
+) -> io::Result<std::net::TcpStream> {
+    let origin = origin.try_clone()?;
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        // SAFETY: setns on an open namespace file; affects only this thread.
+        if unsafe { libc::setns(origin.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut last = None;
+        for _ in 0..RECONNECT_TRIES {
+            std::thread::sleep(std::time::Duration::from_millis(after_ms));
+            match connect(&url, None) {
+                Ok(s) => return Ok(s),
+                Err(e) => {
+                    eprintln!("tapwire-guest: cannot connect again yet: {e}");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no try")))
+    })
+    .join()
+    .map_err(|_| io::Error::other("the connecting thread panicked"))?
+}
+
+/// Tries of [`connect_again`] before the guest gives up.
+const RECONNECT_TRIES: u32 = 60;
 
 /// [`run`] over wss://: one thread polling the TAP and the socket (a TLS connection cannot be
 /// read and written from two threads). A TAP frame is read only when the previous one has

@@ -139,10 +139,14 @@ pub struct RelayProcess {
 pub const COUNTERS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The number of counter summaries in a relay's log: one sample line of the open-clients
-/// gauge each (its `# HELP`/`# TYPE` lines start with `#`).
+/// gauge each (its `# HELP`/`# TYPE` lines start with `#`; a relay with `--host-name` labels
+/// it with its host in `/metrics`).
 fn summaries(log: &str) -> usize {
     log.lines()
-        .filter(|l| l.starts_with("tapwire_clients_open "))
+        .filter(|l| {
+            l.starts_with("tapwire_clients_open ")
+                || (l.starts_with("tapwire_clients_open{host=") && !l.contains("core="))
+        })
         .count()
 }
 

@@ -71,6 +71,10 @@ max-networks = 64
 network-pool = "10.200.0.0/16"
 network-prefix = 26
 network-idle = "1m"
+trusted-proxy = ["10.250.0.2", "fd00::/8"]
+host-name = "hB"
+hosts = 3
+host-index = 1
 "#;
 
 #[test]

@@ -11,15 +11,14 @@ use io_uring::{cqueue, opcode, squeue, types};
 
 use crate::counters::DropReason;
 use crate::switch::{ingress_claiming, Forward, Mac, PortId, Source, SwitchDrop};
-use crate::ws::access;
 
 use super::super::bufpool::{BufId, BufferPool, HEADROOM, RECV_GROUP};
 use super::super::conn::{HandshakeStep, Input};
 use super::super::loggate::{self, held_note};
 use super::super::mailbox::Control;
 use super::super::ops::{self, Kind};
-use super::networks::Joined;
 use super::output::Ready;
+use super::upgrade::Upgraded;
 use super::{Held, Worker};
 
 /// Client input is also held while the frames this core sent to other cores, and has not got
@@ -207,65 +206,22 @@ impl Worker {
                 response,
                 path,
                 origin,
+                forwarded_for,
                 stream_at,
             } => {
-                let token_network = match self.authorize(&path, origin.as_deref()) {
-                    Ok(network) => network,
-                    Err(denied) => {
-                        let reason = DropReason::from(denied);
-                        self.refuse_upgrade(port, &path, reason, denied.response());
-                        return;
-                    }
+                let request = Upgraded {
+                    response,
+                    path,
+                    origin,
+                    forwarded_for,
                 };
-                match self.join_network(port, &path, token_network.as_deref()) {
-                    Joined::Refused => return,
-                    Joined::Wait(name) => {
-                        log::debug!("core {}: client {port:?} waits for network {name}", self.id);
-                        self.park(port, name, response);
-                        if stream_at < bytes.len() {
-                            self.keep_parked_input(port, id, start + stream_at, end);
-                        }
-                        return;
-                    }
-                    Joined::Now => {}
-                }
-                log::debug!(
-                    "core {}: client {port:?} upgraded on {}",
-                    self.id,
-                    access::path_only(&path)
-                );
-                self.counters.connections_upgraded.inc();
-                self.enqueue_owned(port, response);
-                if stream_at < bytes.len() {
-                    // Frames sent right behind the request, in this receive buffer.
-                    self.on_frames(port, &mut bytes[stream_at..], id);
-                }
+                self.upgraded(port, request, bytes, stream_at, (id, start, end));
             }
         }
     }
 
-    /// Access control of an upgrade request for `target` (`--token-secret`,
-    /// `--allow-origin`): the token's network when tokens are required (empty: a token that
-    /// names none), `None` when they are not. Reads the wall clock only when tokens are
-    /// required.
-    fn authorize(
-        &self,
-        target: &str,
-        origin: Option<&str>,
-    ) -> Result<Option<String>, access::Denied> {
-        let rules = &self.cfg.access;
-        if rules.is_open() {
-            return Ok(None);
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let network = rules.check(target, origin, now)?;
-        Ok(rules.secret.is_some().then_some(network))
-    }
-
     /// Decodes frames in `bytes`, which lie in receive buffer `buf`.
-    fn on_frames(&mut self, port: PortId, bytes: &mut [u8], buf: BufId) {
+    pub(super) fn on_frames(&mut self, port: PortId, bytes: &mut [u8], buf: BufId) {
         let mut pos = 0;
         loop {
             let Some(c) = self.clients.get_mut(port) else {
@@ -455,6 +411,17 @@ impl Worker {
         if let Some(mac) = decision.learned {
             self.mailbox.broadcast(Control::Learn(id, mac, port));
             self.steer(net, mac);
+        }
+        if decision.roamed {
+            self.counters.roam_bindings.inc();
+            log::debug!(
+                "core {}: client {}: {src} keeps {} here: it moved from another host of the farm",
+                self.id,
+                port.slot(),
+                claim
+                    .address
+                    .map_or(std::net::Ipv4Addr::UNSPECIFIED, |(ip, _)| ip.into())
+            );
         }
         self.after_guard(net, claim, src);
         match decision.forward {

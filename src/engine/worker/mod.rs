@@ -16,7 +16,8 @@
 //!   sent with one `sendmsg` per client per iteration ([`Worker::flush_sends`]).
 //! - client → client and across cores go through the same delivery, from a frame slot.
 //!
-//! Connections come and go in [`lifecycle`]; timers and shutdown in [`housekeeping`].
+//! Connections come and go in [`lifecycle`], are upgraded (and joined to their network) in
+//! [`upgrade`]; timers and shutdown in [`housekeeping`].
 //!
 //! [`Conn`]: super::conn::Conn
 
@@ -27,6 +28,7 @@ mod lifecycle;
 mod networks;
 mod output;
 mod tls;
+mod upgrade;
 
 use std::collections::VecDeque;
 use std::io;
@@ -214,7 +216,8 @@ impl Worker {
                     ms(cfg.clients.mac_ageing),
                     shared.default_net.uplink_macs.clone(),
                 )
-                .isolated(shared.default_net.isolate),
+                .isolated(shared.default_net.isolate)
+                .roaming(shared.default_net.roam),
                 tap: TapQueue::new(tap, 0, features.multishot_tap_read, cfg.max_frame),
             })],
             tap_writes: 0,
@@ -402,12 +405,25 @@ impl Worker {
         }
         if let Some(held) = self.shared.log_gate.admit(loggate::kind(reason)) {
             log::info!(
-                "core {}: client {}: {}: {what}{}",
+                "core {}: client {}{}: {}: {what}{}",
                 self.id,
                 port.slot(),
+                FromAddr(c.address()),
                 reason.label(),
                 held_note(held)
             );
+        }
+    }
+}
+
+/// ` from ADDR` in a log line about a client, when its address is known.
+pub(super) struct FromAddr(pub Option<std::net::IpAddr>);
+
+impl std::fmt::Display for FromAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => write!(f, " from {ip}"),
+            None => Ok(()),
         }
     }
 }

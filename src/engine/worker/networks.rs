@@ -204,8 +204,9 @@ impl Worker {
     ) -> Joined {
         self.counters.dropped(reason);
         if let Some(held) = self.shared.log_gate.admit(loggate::kind(reason)) {
+            let from = super::FromAddr(self.clients.get_mut(port).and_then(|c| c.address()));
             log::info!(
-                "core {}: refused a connection on {}: {}{}",
+                "core {}: refused a connection{from} on {}: {}{}",
                 self.id,
                 access::path_only(target),
                 reason.label(),
@@ -268,7 +269,8 @@ impl Worker {
                 super::ms(self.cfg.clients.mac_ageing),
                 net.uplink_macs.clone(),
             )
-            .isolated(net.isolate),
+            .isolated(net.isolate)
+            .roaming(net.roam),
             tap: TapQueue::new(
                 tap,
                 net.id.slot,
@@ -313,10 +315,8 @@ impl Worker {
             let Some(c) = self.clients.get_mut(port) else {
                 continue;
             };
-            let remote = socket2::SockRef::from(&c.socket.fd())
-                .peer_addr()
-                .ok()
-                .and_then(|a| a.as_socket());
+            let remote = c.peer();
+            let address = c.forwarded.or(remote.map(|a| a.ip().to_canonical()));
             out.push(ClientReport {
                 id: port.0,
                 core,
@@ -324,6 +324,7 @@ impl Worker {
                 macs,
                 ips,
                 remote,
+                address,
                 age_ms: now.saturating_sub(c.since_ms),
                 rx_frames: c.rx_frames,
                 rx_bytes: c.rx_bytes,
@@ -350,9 +351,10 @@ impl Worker {
         }
         if let Some(close) = c.conn.close_gracefully(1001) {
             log::info!(
-                "core {}: client {}: closed by the admin API",
+                "core {}: client {}{}: closed by the admin API",
                 self.id,
-                port.slot()
+                port.slot(),
+                super::FromAddr(c.address())
             );
             self.enqueue_owned(port, close);
             return true;
