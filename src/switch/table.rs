@@ -310,7 +310,6 @@ pub fn ingress_claiming(
 ) -> Result<Decision, SwitchDrop> {
     let mut learned = None;
     let mut roamed = false;
-    let roam = sw.roam;
     if let Source::Port(port) = source {
         if src.is_group() {
             return Err(SwitchDrop::BadSourceMac);
@@ -322,7 +321,7 @@ pub fn ingress_claiming(
                         // A guest with no binding may be one that moved here; asked at most
                         // once a second per MAC.
                         let unbound = entry.binding.is_none_or(|b| b.until_ms <= now_ms);
-                        let Some(roam) = roam.filter(|r| unbound && r.allows(ip)) else {
+                        let Some(roam) = sw.roam.filter(|r| unbound && r.allows(ip)) else {
                             return Err(SwitchDrop::Unbound);
                         };
                         if now_ms < entry.roam_after_ms {
@@ -347,6 +346,7 @@ pub fn ingress_claiming(
             None if src == Mac::ZERO => return Err(SwitchDrop::BadSourceMac),
             None if sw.uplink.contains(&src) => return Err(SwitchDrop::UplinkMac),
             None => {
+                let roam = sw.roam;
                 let binding = authority.with(|own| {
                     let binding = own.binding(src, now_ms);
                     // An address not bound to `src` passes only as a guest's that moved here
