@@ -17,6 +17,7 @@ mod farm;
 pub mod file;
 mod forward;
 mod networks;
+mod span;
 mod subnet;
 mod tls;
 mod values;
@@ -27,6 +28,9 @@ pub use farm::{Farm, FarmArgs, Slice};
 pub use file::LoadError;
 pub use forward::{Forward, ForwardArg};
 pub use networks::{tap_name as network_tap_name, NetworkArgs, Networks, NetworksMode};
+pub use span::{
+    fits_underlay, vni, vni_of, Span, SpanArgs, SpanChoice, VXLAN_OVERHEAD, VXLAN_PORT,
+};
 pub use subnet::default_range;
 pub use subnet::{DhcpRange, Reservation, Subnet};
 pub use tls::TlsListen;
@@ -169,6 +173,8 @@ pub struct RunArgs {
     pub networks: NetworkArgs,
     #[command(flatten)]
     pub farm: FarmArgs,
+    #[command(flatten)]
+    pub span: SpanArgs,
     /// Networks declared in the `--config` file (`[[network]]` tables).
     #[arg(skip)]
     pub declared: Vec<declared::DeclaredArgs>,
@@ -315,6 +321,8 @@ pub enum ConfigError {
     Tls(String),
     #[error("{0}")]
     Farm(String),
+    #[error("{0}")]
+    Span(String),
     #[error("--forward needs a routed TAP: with --attach-bridge guests are on the bridge's LAN")]
     ForwardWithBridge,
     #[error("--reserve: {0} is given twice; each MAC and each address may be reserved once")]
@@ -396,6 +404,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// This host's part in a farm (trusted proxies, host name, DHCP slice).
     pub farm: Farm,
+    /// Networks that span the farm's hosts over VXLAN (`None`: none does).
+    pub span: Option<Span>,
 }
 
 /// NAT egress settings.
@@ -540,6 +550,14 @@ impl RunArgs {
         }
         let farm = self.farm.validate().map_err(ConfigError::Farm)?;
         farm.fits(&host, &networks).map_err(ConfigError::Farm)?;
+        let span = self
+            .span
+            .validate(
+                &networks.declared,
+                matches!(host, HostSide::Bridge(_)),
+                self.isolate,
+            )
+            .map_err(ConfigError::Span)?;
         let admin_token = match &self.admin_token {
             None => None,
             Some(path) => Some(read_admin_token(path).map_err(ConfigError::Access)?),
@@ -548,6 +566,7 @@ impl RunArgs {
             networks,
             admin_token,
             farm,
+            span,
             listen: self.listen,
             tls: self.tls()?,
             cores,

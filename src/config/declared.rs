@@ -15,6 +15,8 @@
 //! client-rate = 1000000             # bytes per second from each client
 //! client-broadcast-pps = 100
 //! max-macs-per-client = 2
+//! span = ["10.0.0.2", "10.0.0.3"]   # default: --span-peers; true, false or peers of its own
+//! vni = 4242                        # default: from the name (the same on every host)
 //! ```
 //!
 //! A declared network is made at start-up, before the relay takes clients, and never removed
@@ -23,6 +25,7 @@
 use std::net::Ipv4Addr;
 
 use super::forward::{self, Forward, ForwardArg};
+use super::span::{SpanChoice, MAX_VNI};
 use super::subnet::{default_range, DhcpRange, Reservation, Subnet};
 use super::{HostAccess, HostPortArg};
 use crate::networks::{overlap, valid_name, Pool, DEFAULT};
@@ -50,6 +53,8 @@ pub struct DeclaredArgs {
     pub forwards: Vec<ForwardArg>,
     pub reservations: Vec<Reservation>,
     pub limits: NetLimits,
+    pub span: SpanChoice,
+    pub vni: Option<u32>,
 }
 
 /// A declared network, checked: everything the relay needs to make it.
@@ -64,6 +69,11 @@ pub struct Declared {
     pub forwards: Vec<Forward>,
     pub reservations: Vec<Reservation>,
     pub limits: NetLimits,
+    /// Whether it spans the hosts of a farm (checked with the instance's options in
+    /// [`super::span`]).
+    pub span: SpanChoice,
+    /// Its own VXLAN network identifier, when it spans.
+    pub vni: Option<u32>,
 }
 
 /// What a declared network takes from the instance when it does not say.
@@ -158,9 +168,29 @@ fn parse_one(t: &toml::map::Map<String, toml::Value>) -> Result<DeclaredArgs, St
             "max-macs-per-client" => {
                 d.limits.max_macs_per_client = Some(parsed(k, &text(k, v)?)?)
             }
+            "span" => {
+                d.span = match v {
+                    toml::Value::Boolean(true) => SpanChoice::On,
+                    toml::Value::Boolean(false) => SpanChoice::Off,
+                    toml::Value::Array(_) => SpanChoice::Peers(
+                        list(k, v)?
+                            .iter()
+                            .map(|s| parsed(k, s))
+                            .collect::<Result<_, _>>()?,
+                    ),
+                    _ => return Err(format!("{k}: give true, false or a list of peer addresses")),
+                }
+            }
+            "vni" => {
+                let n: u32 = parsed(k, &text(k, v)?)?;
+                if !(1..=MAX_VNI).contains(&n) {
+                    return Err(format!("{k}: give 1 to {MAX_VNI}"));
+                }
+                d.vni = Some(n);
+            }
             other => {
                 return Err(format!(
-                    "unknown key {other} (a network takes name, subnet, dhcp-range, nat, internet, isolate, allow-host-port, forward, reserve, max-clients, client-rate, client-broadcast-pps, max-macs-per-client)"
+                    "unknown key {other} (a network takes name, subnet, dhcp-range, nat, internet, isolate, allow-host-port, forward, reserve, max-clients, client-rate, client-broadcast-pps, max-macs-per-client, span, vni)"
                 ))
             }
         }
@@ -268,6 +298,8 @@ pub fn validate(
             forwards,
             reservations,
             limits: d.limits,
+            span: d.span.clone(),
+            vni: d.vni,
         });
     }
     Ok(out)
@@ -306,8 +338,12 @@ forward = ["tcp:2222:52:54:00:12:34:56:22"]
 max-clients = 50
 client-rate = 1000000
 
+span = false
+
 [[network]]
 name = "open"
+span = ["10.0.0.2", "10.0.0.3"]
+vni = 4242
 "#,
             ),
         )
@@ -343,6 +379,15 @@ name = "open"
         );
         assert!(d[1].nat && !d[1].isolate, "the instance's");
         assert_eq!(pool.take().unwrap().to_string(), "10.200.2.0/24");
+        assert_eq!(d[0].span, SpanChoice::Off);
+        assert_eq!(
+            d[1].span,
+            SpanChoice::Peers(vec![
+                "10.0.0.2".parse().unwrap(),
+                "10.0.0.3".parse().unwrap()
+            ])
+        );
+        assert_eq!((d[0].vni, d[1].vni), (None, Some(4242)));
     }
 
     #[test]
@@ -375,5 +420,10 @@ name = "open"
         assert!(err("[[network]]\nname = \"a\"\nmax-clients = 0\n").contains("at least 1"));
         assert!(err("[[network]]\nname = \"a\"\nisolate = \"yes\"\n").contains("true or false"));
         assert!(err("network = 3\n").contains("[[network]]"));
+        assert!(
+            err("[[network]]\nname = \"a\"\nspan = \"yes\"\n").contains("true, false or a list")
+        );
+        assert!(err("[[network]]\nname = \"a\"\nspan = [\"h\"]\n").contains("span"));
+        assert!(err("[[network]]\nname = \"a\"\nvni = 0\n").contains("1 to 16777215"));
     }
 }

@@ -66,6 +66,14 @@ pub async fn undo(changes: &[Change], scope: Scope) -> Vec<String> {
                     }
                 }
             }
+            Change::Link(name) => {
+                let Some(h) = &handle else { continue };
+                if let Some(index) = netlink::link_index(h, name).await {
+                    if let Err(e) = netlink::del_link(h, index, name).await {
+                        failures.push(e.to_string());
+                    }
+                }
+            }
             Change::NftTable(table) => {
                 if let Err(e) = super::firewall::delete_table(table) {
                     failures.push(format!("cannot delete nftables table ip {table}: {e}"));
@@ -76,8 +84,13 @@ pub async fn undo(changes: &[Change], scope: Scope) -> Vec<String> {
                     failures.push(format!("cannot restore {} to {old}: {e}", path.display()));
                 }
             }
-            // The TAP is not persistent: it and its up state vanish with the process.
-            Change::LinkUp(_) | Change::Tap(_) | Change::Owner { .. } | Change::Netns(_) => {}
+            // The TAP is not persistent: it and its up state vanish with the process; a
+            // forwarding entry goes with its device.
+            Change::LinkUp(_)
+            | Change::Tap(_)
+            | Change::Fdb { .. }
+            | Change::Owner { .. }
+            | Change::Netns(_) => {}
         }
     }
     failures

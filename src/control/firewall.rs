@@ -18,6 +18,7 @@ use crate::config::{Config, Forward};
 
 mod probe;
 mod ruleset;
+pub mod span;
 pub use probe::{blocking_forward_chains, BlockingChain};
 pub use ruleset::{network_elements, ruleset, NetworkRules, Rules};
 
@@ -310,9 +311,10 @@ fn run_nft(args: &[&str], stdin: Option<&str>) -> Result<std::process::Output, S
     }
 }
 
-/// Deletes `table` if it exists (family `inet`; `ip` for a ledger of an earlier version).
+/// Deletes `table` if it exists, in each family it exists in (`inet`; `bridge`, the filter
+/// of spanning networks; `ip` for a ledger of an earlier version).
 pub fn delete_table(table: &str) -> Result<(), String> {
-    for family in ["inet", "ip"] {
+    for family in ["inet", "ip", "bridge"] {
         if list_json(&["list", "table", family, table]).is_ok() {
             apply(&format!("delete table {family} {table}\n"))?;
         }

@@ -27,6 +27,16 @@ pub enum Change {
     Tap(String),
     /// Interface set up.
     LinkUp(String),
+    /// A link we made that outlives its process (a spanning network's bridge or VXLAN
+    /// device): deleted when undone.
+    Link(String),
+    /// A forwarding entry of a VXLAN device: frames to `mac` go to `dst` (all zeros: every
+    /// flooded frame). It goes with its device.
+    Fdb {
+        ifname: String,
+        mac: String,
+        dst: String,
+    },
     /// Address put on an interface.
     Address { ifname: String, cidr: String },
     /// Interface enslaved to a bridge.
@@ -54,6 +64,8 @@ impl Change {
             Change::Netns(n) => format!("netns {} {}", n.inode, n.cookie),
             Change::Tap(n) => format!("tap {n}"),
             Change::LinkUp(n) => format!("link-up {n}"),
+            Change::Link(n) => format!("link {n}"),
+            Change::Fdb { ifname, mac, dst } => format!("fdb {ifname} {mac} {dst}"),
             Change::Address { ifname, cidr } => format!("address {ifname} {cidr}"),
             Change::Master { ifname, bridge } => format!("master {ifname} {bridge}"),
             Change::Dnsmasq {
@@ -83,6 +95,12 @@ impl Change {
             }),
             "tap" => Change::Tap(next()?),
             "link-up" => Change::LinkUp(next()?),
+            "link" => Change::Link(next()?),
+            "fdb" => Change::Fdb {
+                ifname: next()?,
+                mac: next()?,
+                dst: next()?,
+            },
             "address" => Change::Address {
                 ifname: next()?,
                 cidr: next()?,
@@ -311,6 +329,12 @@ mod tests {
             }),
             Change::File(PathBuf::from("/run/tapwire/tapwire0/dnsmasq leases")),
             Change::NftTable("tapwire_tapwire0".into()),
+            Change::Link("tapwire0x1".into()),
+            Change::Fdb {
+                ifname: "tapwire0x1".into(),
+                mac: "00:00:00:00:00:00".into(),
+                dst: "10.0.0.2".into(),
+            },
             Change::Sysctl {
                 path: PathBuf::from("/proc/sys/net/ipv4/ip_forward"),
                 old: "0".into(),

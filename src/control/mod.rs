@@ -241,15 +241,26 @@ async fn run_async(
         watched.handle.clone(),
         watched.table.clone(),
     );
-    if let Err(e) = nets.make_declared(&cfg.networks.declared, &mut host).await {
-        shared.request_shutdown();
-        let _ = tokio::task::spawn_blocking(move || engine.join()).await;
-        if let Some(c) = child.as_mut() {
-            dnsmasq::stop(c, Duration::from_secs(2)).await;
+    // Spanning first: the declared networks that span need this host's end of the tunnels.
+    let made = match nets.start_span(&cfg, &mut host).await {
+        Ok(line) => nets
+            .make_declared(&cfg.networks.declared, &mut host)
+            .await
+            .map(|()| line),
+        Err(e) => Err(e),
+    };
+    let span_line = match made {
+        Ok(line) => line,
+        Err(e) => {
+            shared.request_shutdown();
+            let _ = tokio::task::spawn_blocking(move || engine.join()).await;
+            if let Some(c) = child.as_mut() {
+                dnsmasq::stop(c, Duration::from_secs(2)).await;
+            }
+            host.undo().await;
+            return Err(RunError::Setup(e));
         }
-        host.undo().await;
-        return Err(RunError::Setup(e));
-    }
+    };
     let all_forwards: Vec<crate::config::Forward> = cfg
         .forwards
         .iter()
@@ -279,6 +290,9 @@ async fn run_async(
     }
     log::info!("{}", networks_line(&cfg));
     if let Some(line) = cfg.farm.describe(cfg.host.dhcp().map(|d| d.range)) {
+        log::info!("{line}");
+    }
+    if let Some(line) = span_line {
         log::info!("{line}");
     }
     // Last: whoever waits for this line finds the metrics and forwards already listening.

@@ -5,6 +5,9 @@ use std::net::Ipv4Addr;
 use futures::TryStreamExt;
 use rtnetlink::{Handle, LinkUnspec};
 
+pub mod overlay;
+pub use overlay::del_link;
+
 /// A netlink failure, with what tapwire was doing.
 #[derive(Debug, thiserror::Error)]
 #[error("netlink: cannot {what}: {source}")]

@@ -26,6 +26,16 @@ use crate::engine::{unavailable_response, Shared};
 use crate::networks::Pool;
 
 mod host_side;
+mod overlay;
+pub(super) use overlay::SpanHost;
+
+/// Records `change` in the ledger and in `made` (what one network changed), before it is
+/// made.
+fn record(host: &mut Host, made: &mut Vec<Change>, change: Change) -> Result<(), String> {
+    host.record(change.clone()).map_err(|e| e.to_string())?;
+    made.push(change);
+    Ok(())
+}
 
 /// How often idle networks are looked for.
 pub(super) const IDLE_CHECK: Duration = Duration::from_secs(1);
@@ -44,6 +54,8 @@ struct Plan {
     dhcp_range: (std::net::Ipv4Addr, std::net::Ipv4Addr),
     /// Declared in the config file: made at start-up, never removed while the relay runs.
     declared: bool,
+    /// Its VXLAN network identifier and peer hosts, when it spans.
+    span: Option<(u32, Vec<std::net::Ipv4Addr>)>,
 }
 
 impl Plan {
@@ -62,9 +74,12 @@ impl Plan {
 struct Up {
     net: Arc<Network>,
     plan: Plan,
+    /// Its interface with the gateway's address: its TAP, or its bridge when it spans.
     tap: String,
     /// What was ledgered for it, forgotten once it is removed.
     changes: Vec<Change>,
+    /// Its bridge and VXLAN device, when it spans.
+    overlay: Option<overlay::Overlay>,
 }
 
 /// A network whose host side is made but for its rules, not yet published.
@@ -141,6 +156,9 @@ pub(super) struct Networks {
     /// This host's part in a farm, and the lease time when DHCP runs (for roaming guests).
     farm: crate::config::Farm,
     lease_time: Option<std::time::Duration>,
+    /// Spanning: the options, and this host's end of the tunnels once started.
+    span_cfg: Option<crate::config::Span>,
+    span: Option<SpanHost>,
 }
 
 impl Networks {
@@ -171,7 +189,24 @@ impl Networks {
             warned_no_release: false,
             farm: cfg.farm.clone(),
             lease_time: cfg.host.dhcp().map(|d| d.lease_time),
+            span_cfg: cfg.span.clone(),
+            span: None,
         }
+    }
+
+    /// Sets up spanning when the options ask for it (see [`SpanHost::start`]); returns the
+    /// line that says so.
+    pub(super) async fn start_span(
+        &mut self,
+        cfg: &Config,
+        host: &mut Host,
+    ) -> Result<Option<String>, String> {
+        Ok(SpanHost::start(cfg, &self.handle, host)
+            .await?
+            .map(|(span, line)| {
+                self.span = Some(span);
+                line
+            }))
     }
 
     /// Handles `first` and every event that came with it.
@@ -233,6 +268,11 @@ impl Networks {
                 reservations: Vec::new(),
                 dhcp_range: crate::config::default_range(&subnet),
                 declared: false,
+                span: self
+                    .span_cfg
+                    .as_ref()
+                    .and_then(|s| s.on_demand())
+                    .map(|peers| (crate::config::vni(&name), peers)),
             };
             match self.prepare(plan, host).await {
                 Ok(p) => batch.push(p),
@@ -247,7 +287,7 @@ impl Networks {
             for p in batch {
                 log::warn!("network {}: cannot make it: {why}", p.up.plan.name);
                 self.refuse(&p.up.plan.name, DropReason::NetworkFailed, &why);
-                self.discard(p, host);
+                self.discard(p, host).await;
             }
             return;
         }
@@ -275,12 +315,17 @@ impl Networks {
                 reservations: d.reservations.clone(),
                 dhcp_range: d.dhcp_range,
                 declared: true,
+                span: self
+                    .span_cfg
+                    .as_ref()
+                    .and_then(|s| s.peers_of(&d.span))
+                    .map(|peers| (crate::config::vni_of(d), peers)),
             };
             match self.prepare(plan, host).await {
                 Ok(p) => batch.push(p),
                 Err((plan, e)) => {
                     for p in batch {
-                        self.discard(p, host);
+                        self.discard(p, host).await;
                     }
                     return Err(format!("network {}: cannot make it: {e}", plan.name));
                 }
@@ -288,7 +333,7 @@ impl Networks {
         }
         if let Err(e) = self.add_rules(&batch).await {
             for p in batch {
-                self.discard(p, host);
+                self.discard(p, host).await;
             }
             return Err(format!("the declared networks' nftables rules: {e}"));
         }
@@ -305,18 +350,20 @@ impl Networks {
         let tap = network_tap_name(&self.tap, id.slot);
         let mut made = Vec::new();
         match self.make_host_side(&plan, id, &tap, host, &mut made).await {
-            Ok((net, queues)) => Ok(Prepared {
+            Ok((net, queues, overlay)) => Ok(Prepared {
                 up: Up {
                     net,
                     plan,
                     tap,
                     changes: made,
+                    overlay,
                 },
                 queues,
             }),
             Err(e) => {
-                // The queues are closed (the TAP and its address go with them); what was
-                // recorded is forgotten.
+                // The queues are closed (the TAP and its address go with them), the links
+                // that outlive the process are deleted; what was recorded is forgotten.
+                self.remove_overlay(&plan.name, &made, None).await;
                 host.forget(&made);
                 self.slots.give_back(id);
                 Err((plan, e))
@@ -347,8 +394,10 @@ impl Networks {
     }
 
     /// Undoes a prepared network that will not be published.
-    fn discard(&mut self, p: Prepared, host: &mut Host) {
+    async fn discard(&mut self, p: Prepared, host: &mut Host) {
         drop(p.queues);
+        self.remove_overlay(&p.up.plan.name, &p.up.changes, Some(&p.up))
+            .await;
         host.forget(&p.up.changes);
         if !p.up.plan.declared {
             self.pool.give_back(&p.up.plan.subnet);
@@ -372,12 +421,20 @@ impl Networks {
         // After every core was sent it: a core that finds the name has the command waiting.
         self.shared.networks.insert(up.net.clone());
         log::info!(
-            "network {}: {}, subnet {} on TAP {} (gateway {})",
+            "network {}: {}, subnet {} on {} {} (gateway {}){}",
             up.plan.name,
             if up.plan.declared { "declared" } else { "made" },
             up.plan.subnet,
+            if up.overlay.is_some() {
+                "bridge"
+            } else {
+                "TAP"
+            },
             up.tap,
-            up.plan.subnet.gateway()
+            up.plan.subnet.gateway(),
+            up.overlay
+                .as_ref()
+                .map_or(String::new(), |o| format!(", spanning: {}", o.describe()))
         );
         self.up.insert(up.plan.name.clone(), up);
     }
@@ -475,6 +532,8 @@ impl Networks {
                 ),
             }
         }
+        self.remove_overlay(&up.net.name, &up.changes, Some(&up))
+            .await;
         host.forget(&up.changes);
         self.pool.give_back(&up.plan.subnet);
         self.slots.give_back(id);

@@ -78,7 +78,10 @@ pub(super) async fn supervise(
             _ = recv_opt(&mut usr1) => eprint!("{}", counters::summary(&shared.counters, &shared.host_counters)),
             _ = recv_opt(&mut hup) => reload_certificate(cfg),
             Some(event) = net_events.recv() => nets.on_events(event, net_events, host).await,
-            _ = idle_check.tick() => nets.remove_idle().await,
+            _ = idle_check.tick() => {
+                nets.remove_idle().await;
+                nets.pin_guests().await;
+            }
             // A burst of changes (`nft -f` makes several) is looked at once, 50 ms after it
             // began; and at most once a second after a restore, so that a program that keeps
             // replacing the ruleset does not make tapwire run nft without pause.

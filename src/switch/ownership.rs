@@ -169,6 +169,11 @@ impl Ownership {
             .collect()
     }
 
+    /// Every owned address.
+    pub fn owned(&self) -> impl Iterator<Item = Mac> + '_ {
+        self.owner.keys().copied()
+    }
+
     /// Current owner of `mac`.
     pub fn owner(&self, mac: Mac) -> Option<PortId> {
         self.owner.get(&mac).copied()

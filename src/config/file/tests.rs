@@ -75,6 +75,8 @@ trusted-proxy = ["10.250.0.2", "fd00::/8"]
 host-name = "hB"
 hosts = 3
 host-index = 1
+span-peers = ["10.250.0.11", "10.250.0.12"]
+span-dev = "ul0"
 "#;
 
 #[test]

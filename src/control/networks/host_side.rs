@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use super::super::ledger::Change;
 use super::super::{netlink, Host};
-use super::{Networks, Plan, Up};
+use super::overlay::{self, Overlay};
+use super::{record, Networks, Plan, Up};
 use crate::engine::network::{NetId, Network, NetworkSpec};
 
 /// Entries of a network's steering map (a hint: a guest beyond it is handed over between
@@ -16,7 +17,8 @@ const STEERING_ENTRIES: u32 = 1024;
 
 impl Networks {
     /// Makes the host side of `plan` with TAP `tap`, recording each change in `made` first;
-    /// the network and each core's queue of its TAP.
+    /// the network, each core's queue of its TAP, and the rest of its host side when it spans
+    /// (then `tap` names its bridge, and its TAP is another).
     pub(super) async fn make_host_side(
         &mut self,
         plan: &Plan,
@@ -24,38 +26,44 @@ impl Networks {
         tap: &str,
         host: &mut Host,
         made: &mut Vec<Change>,
-    ) -> Result<(Arc<Network>, Vec<OwnedFd>), String> {
+    ) -> Result<(Arc<Network>, Vec<OwnedFd>, Option<Overlay>), String> {
         let (name, subnet) = (plan.name.as_str(), &plan.subnet);
-        let mut record = |host: &mut Host, change: Change| {
-            host.record(change.clone()).map_err(|e| e.to_string())?;
-            made.push(change);
-            Ok::<(), String>(())
+        let port = match plan.span {
+            Some(_) => overlay::port_name(&self.tap, id.slot),
+            None => tap.to_string(),
         };
-        record(host, Change::Tap(tap.to_string()))?;
-        let queues = crate::tap::open_multiqueue(tap, self.cores).map_err(|e| e.to_string())?;
-        let index = netlink::link_index(&self.handle, tap)
+        record(host, made, Change::Tap(port.clone()))?;
+        let queues = crate::tap::open_multiqueue(&port, self.cores).map_err(|e| e.to_string())?;
+        let index = netlink::link_index(&self.handle, &port)
             .await
-            .ok_or_else(|| format!("TAP {tap} vanished right after creation"))?;
+            .ok_or_else(|| format!("TAP {port} vanished right after creation"))?;
         // The same gateway MAC on every host of a farm (see `networks::gateway_mac`).
         let mac = crate::networks::gateway_mac(name, subnet);
-        netlink::set_mac(&self.handle, index, tap, mac)
+        let overlay = match &plan.span {
+            Some((vni, peers)) => Some(
+                self.make_overlay(plan, (id.slot, index), (*vni, peers), host, made)
+                    .await?,
+            ),
+            None => {
+                netlink::set_mac(&self.handle, index, &port, mac)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let change = Change::Address {
+                    ifname: port.clone(),
+                    cidr: format!("{}/{}", subnet.gateway(), subnet.prefix),
+                };
+                record(host, made, change)?;
+                netlink::add_address(&self.handle, index, subnet.gateway(), subnet.prefix, &port)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                None
+            }
+        };
+        record(host, made, Change::LinkUp(port.clone()))?;
+        netlink::set_up(&self.handle, index, &port, Some(self.mtu))
             .await
             .map_err(|e| e.to_string())?;
-        record(
-            host,
-            Change::Address {
-                ifname: tap.to_string(),
-                cidr: format!("{}/{}", subnet.gateway(), subnet.prefix),
-            },
-        )?;
-        netlink::add_address(&self.handle, index, subnet.gateway(), subnet.prefix, tap)
-            .await
-            .map_err(|e| e.to_string())?;
-        record(host, Change::LinkUp(tap.to_string()))?;
-        netlink::set_up(&self.handle, index, tap, Some(self.mtu))
-            .await
-            .map_err(|e| e.to_string())?;
-        if let Err(e) = netlink::no_qdisc(&self.handle, index, tap).await {
+        if let Err(e) = netlink::no_qdisc(&self.handle, index, &port).await {
             log::warn!("network {name}: {e}: it works, with about 6.5 MiB more of kernel memory for its TAP's default queueing");
         }
         let steering = if self.cores > 1 {
@@ -71,7 +79,7 @@ impl Networks {
         };
         let spec = NetworkSpec {
             name: name.to_string(),
-            tap: tap.to_string(),
+            tap: port,
             subnet: Some(*subnet),
             uplink_macs: vec![mac],
             isolate: plan.isolate,
@@ -88,7 +96,7 @@ impl Networks {
                 own.reserve(r.mac, r.ip.octets());
             }
         });
-        Ok((Arc::new(net), queues))
+        Ok((Arc::new(net), queues, overlay))
     }
 
     /// Asks dnsmasq to forget the leases of `up`'s guests (DHCP releases on its TAP, with
