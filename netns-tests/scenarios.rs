@@ -42,6 +42,8 @@ mod nat;
 mod networks;
 #[path = "networks_api.rs"]
 mod networks_api;
+#[path = "span.rs"]
+mod span;
 #[path = "spoofing.rs"]
 mod spoofing;
 #[path = "swarm.rs"]

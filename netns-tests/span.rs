@@ -1,0 +1,324 @@
+//! Networks that span the hosts of a farm over kernel VXLAN: guests of one network on two
+//! hosts share one segment, the gateway stays on each host, and an underlay too small for a
+//! guest frame is refused at start.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use tapwire_testkit::packet;
+
+use super::farm_rig::*;
+use super::harness::*;
+
+/// Every host spans every network to the whole farm (its own address is skipped).
+const SPAN: [&str; 4] = [
+    "--span-peers",
+    "10.250.0.11,10.250.0.12,10.250.0.13",
+    "--span-dev",
+    "ul0",
+];
+const NETWORK: &str = "span1";
+const HTTP_PORT: u16 = 8000;
+
+/// A connection straight to host `i` (not through the balancer) to the spanning network.
+fn direct(farm: &Farm, i: usize) -> WsClient {
+    let url = format!("ws://127.0.0.1:8086/n/{NETWORK}");
+    WsClient::new(
+        farm.hosts[i]
+            .ns
+            .enter(move || tapwire_testkit::ws::connect(&url, None))
+            .expect("connect to the host"),
+    )
+}
+
+/// The packets a rule of host `i`'s bridge filter counted (chain, rule text's start).
+fn filtered(farm: &Farm, i: usize, rule: &str) -> u64 {
+    let table = exec_ok(
+        &farm.hosts[i].ns,
+        &[
+            "nft",
+            "list",
+            "table",
+            "bridge",
+            &format!("tapwire_{}", farm.hosts[i].tap),
+        ],
+    );
+    table
+        .lines()
+        .find(|l| l.trim_start().starts_with(rule))
+        .and_then(|l| l.split("packets ").nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no rule {rule}: {table}"))
+}
+
+/// Host `i`'s VXLAN device (the one spanning network's).
+fn vxlan(farm: &Farm, i: usize) -> String {
+    let out = exec_ok(
+        &farm.hosts[i].ns,
+        &["ip", "-o", "link", "show", "type", "vxlan"],
+    );
+    out.lines()
+        .next()
+        .and_then(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .unwrap_or_else(|| panic!("no VXLAN device: {out}"))
+}
+
+fn rx_packets(ns: &Netns, dev: &str) -> u64 {
+    exec_ok(
+        ns,
+        &[
+            "cat",
+            &format!("/sys/class/net/{dev}/statistics/rx_packets"),
+        ],
+    )
+    .trim()
+    .parse()
+    .expect("rx_packets")
+}
+
+/// Waits until `check` holds, at most `limit`.
+fn within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    true
+}
+
+/// Serves a 1 MiB blob from `guest` with busybox httpd; its SHA-256.
+fn serve_blob(guest: &Guest, dir: &TempDir) -> (Proc, String) {
+    let www = dir.0.join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    let blob: Vec<u8> = (0..1_048_576u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(www.join("blob"), &blob).expect("blob");
+    let sha = exec_ok(
+        &guest.ns,
+        &["sha256sum", &www.join("blob").display().to_string()],
+    )
+    .split_whitespace()
+    .next()
+    .unwrap_or_default()
+    .to_string();
+    let http = Proc::spawn(
+        guest.ns.cmd(&[
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            &HTTP_PORT.to_string(),
+            "-h",
+            &www.display().to_string(),
+        ]),
+        dir.0.join("httpd.log"),
+    )
+    .expect("httpd");
+    (http, sha)
+}
+
+#[test]
+fn guests_of_one_network_on_two_hosts_share_a_segment_over_vxlan() {
+    let test = "guests_of_one_network_on_two_hosts_share_a_segment_over_vxlan";
+    if skip_unless_haproxy(test) {
+        return;
+    }
+    let farm = Farm::start_with(&SPAN);
+    let dir = TempDir::new();
+    let url = format!("ws://127.0.0.1:8086/n/{NETWORK}");
+    // Kernel-stack guests on hA and hC, each leasing from its own host.
+    let mut a = spawn_guest(&farm.hosts[0].ns, &url, &dir.0, None);
+    let mut c = spawn_guest(&farm.hosts[2].ns, &url, &dir.0, None);
+    let ip_a = a.dhcp(&dir.0);
+    let ip_c = c.dhcp(&dir.0);
+    assert_ne!(ip_a, ip_c);
+    // Neither DHCP request crossed the overlay: each host's dnsmasq served its own guest.
+    assert!(filtered(&farm, 0, "oifname @ports udp dport 67") > 0);
+    assert!(filtered(&farm, 2, "oifname @ports udp dport 67") > 0);
+    for i in [0, 2] {
+        assert_eq!(
+            filtered(&farm, i, "iifname @ports udp dport 67"),
+            0,
+            "no DHCP of another host arrived"
+        );
+    }
+    // A synthetic guest on hA: its ARP request for the gateway gets exactly one answer (its
+    // own host's; every host's gateway has the same MAC, so two would look alike).
+    let mut s = direct(&farm, 0);
+    let s_mac = guest_mac(7, 0);
+    let s_ip = lease(&mut s, s_mac);
+    let o = s_ip.octets();
+    let gateway = Ipv4Addr::new(o[0], o[1], o[2], 1);
+    let arp_out = filtered(&farm, 0, "oifname . arp daddr ip @gw_ip");
+    s.send_frame(&packet::arp(1, s_mac, s_ip, [0; 6], gateway));
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    let mut answers = 0;
+    while let Some(f) = s.recv_frame(deadline.saturating_duration_since(Instant::now())) {
+        if matches!(packet::parse_arp(&f), Some((2, _, ip, _)) if ip == gateway) {
+            answers += 1;
+        }
+    }
+    assert_eq!(answers, 1, "the gateway answers once, from this host");
+    assert!(
+        filtered(&farm, 0, "oifname . arp daddr ip @gw_ip") > arp_out,
+        "the request for the gateway was kept off the overlay"
+    );
+    for i in [1, 2] {
+        for rule in [
+            "iifname . ether saddr @gw_mac",
+            "iifname . arp daddr ip @gw_ip",
+        ] {
+            assert_eq!(filtered(&farm, i, rule), 0, "host {i}: {rule}");
+        }
+    }
+    // hA pins its guests' MACs to the network's TAP in its bridge.
+    let fdb = |i: usize| exec_ok(&farm.hosts[i].ns, &["bridge", "fdb", "show"]);
+    let s_text = packet::format_mac(s_mac);
+    assert!(
+        within(Duration::from_secs(5), || fdb(0)
+            .lines()
+            .any(|l| l.starts_with(&s_text) && l.contains(" static"))),
+        "not pinned on hA: {}",
+        fdb(0)
+    );
+    // hC's guest pings the synthetic guest, whose broadcasts never crossed the overlay: it
+    // answers with unicast frames only, from which hC learns where it is.
+    let s_ip_text = s_ip.to_string();
+    let pinger = c.ping_background(&s_ip_text, 3, dir.0.join("ping-s.log"));
+    let answered = std::thread::spawn(move || {
+        let mut s = FarmGuest {
+            client: s,
+            mac: s_mac,
+            ip: s_ip,
+            gateway,
+            gateway_mac: [0; 6],
+        };
+        // Answers ARP and echo requests for 6 s, counting the echo requests.
+        let mut echoes = 0;
+        s.await_frame(Duration::from_secs(6), |f| {
+            echoes += usize::from(packet::echo_reply_to(f, s_mac, s_ip).is_some());
+            false
+        });
+        (echoes, s)
+    });
+    let (echoes, _s) = answered.join().expect("guest thread");
+    assert!(echoes >= 1, "no echo request reached the guest on hA");
+    let mut pinger = pinger;
+    let (sent, received) = ping_outcome(&mut pinger, Duration::from_secs(10));
+    assert!(received >= 1, "{received}/{sent}");
+    let vx_c = vxlan(&farm, 2);
+    let remote = exec_ok(&farm.hosts[2].ns, &["bridge", "fdb", "show", "dev", &vx_c]);
+    assert!(
+        remote
+            .lines()
+            .any(|l| l.starts_with(&s_text) && l.contains("dst 10.250.0.11")),
+        "hC does not know where {s_text} is: {remote}"
+    );
+    // Kernel guests across hosts: ARP, ping, a DF ping at the guest MTU (1500: 1472 bytes of
+    // payload) and a 1 MiB download with its hash.
+    assert_eq!(a.ping(&ip_c, 3), 3, "ping across hosts");
+    let mut df = a.ns.cmd(&[
+        "ping", "-c", "2", "-W", "2", "-M", "do", "-s", "1472", &ip_c,
+    ]);
+    let out = df.output().expect("ping");
+    assert!(
+        out.status.success(),
+        "DF ping at MTU 1500: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (_http, sha) = serve_blob(&c, &dir);
+    // hB holds no such network: a flood would still reach its underlay.
+    let b_before = rx_packets(&farm.hosts[1].ns, "ul0");
+    let c_before = rx_packets(&farm.hosts[2].ns, &vx_c);
+    let got = exec_ok(
+        &a.ns,
+        &[
+            "sh",
+            "-c",
+            &format!("timeout 20 busybox wget -q -O - http://{ip_c}:{HTTP_PORT}/blob | sha256sum"),
+        ],
+    );
+    assert_eq!(
+        got.split_whitespace().next(),
+        Some(sha.as_str()),
+        "1 MiB across hosts"
+    );
+    // The transfer went to hC only: hB, which floods would reach, saw almost nothing of it.
+    let to_c = rx_packets(&farm.hosts[2].ns, &vx_c) - c_before;
+    let to_b = rx_packets(&farm.hosts[1].ns, "ul0") - b_before;
+    assert!(to_c > 100, "{to_c} frames reached hC");
+    assert!(
+        to_b * 20 < to_c,
+        "hB received {to_b} frames of {to_c}: flooded"
+    );
+    drop((a, c, _http, _s));
+    // The bridge and the VXLAN device outlive a killed relay; its ledger names them, and
+    // `tapwire cleanup` deletes them and the bridge filter.
+    let mut farm = farm;
+    farm.hosts[2].relay.expect_exit();
+    farm.hosts[2].proc().signal(libc::SIGKILL);
+    farm.hosts[2]
+        .proc_mut()
+        .wait_exit(Duration::from_secs(10))
+        .expect("killed");
+    assert!(
+        links(&farm.hosts[2].ns).contains(&vx_c),
+        "the VXLAN device went with the process"
+    );
+    let (ok, report) = farm.hosts[2].cleanup();
+    assert!(ok, "{report}");
+    assert_eq!(links(&farm.hosts[2].ns), vec!["ul0".to_string()]);
+    let tables = exec_ok(&farm.hosts[2].ns, &["nft", "list", "tables"]);
+    assert!(!tables.contains("tapwire"), "left: {tables}");
+}
+
+#[test]
+fn an_underlay_that_cannot_carry_a_guest_frame_is_refused_at_start() {
+    let test = "an_underlay_that_cannot_carry_a_guest_frame_is_refused_at_start";
+    if skip_unless_root(test) {
+        return;
+    }
+    let ns = netns("twr");
+    exec_ok(&ns, &["ip", "link", "set", "lo", "up"]);
+    exec_ok(
+        &ns,
+        &[
+            "ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul1",
+        ],
+    );
+    exec_ok(&ns, &["ip", "addr", "add", "10.251.0.1/24", "dev", "ul0"]);
+    exec_ok(&ns, &["ip", "link", "set", "ul0", "up"]);
+    let dir = TempDir::new();
+    let out = ns
+        .cmd(&[
+            tapwire_bin(),
+            "run",
+            "--tap",
+            "twspan0",
+            "--runtime-dir",
+            &dir.0.join("run").display().to_string(),
+            "--span-peers",
+            "10.251.0.2",
+            "--span-dev",
+            "ul0",
+        ])
+        .output()
+        .expect("tapwire");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started: {text}");
+    assert!(
+        text.contains("--span-dev ul0 has MTU 1500") && text.contains("at least 1550"),
+        "{text}"
+    );
+    // Nothing was left behind.
+    let mut left = links(&ns);
+    left.sort();
+    assert_eq!(left, vec!["ul0".to_string(), "ul1".to_string()]);
+    let tables = exec_ok(&ns, &["nft", "list", "tables"]);
+    assert!(!tables.contains("tapwire"), "left: {tables}");
+}
