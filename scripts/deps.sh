@@ -4,7 +4,7 @@
 set -euo pipefail
 want=(dnsmasq-base dnsmasq-utils iproute2 nftables)
 if [ "${1:-run}" = test ]; then
-  want+=(busybox haproxy iputils-ping procps iperf3 python3 systemd podman runc mmdebstrap)
+  want+=(busybox haproxy frr iputils-ping procps iperf3 python3 systemd podman runc mmdebstrap)
 fi
 missing=()
 for pkg in "${want[@]}"; do
