@@ -137,6 +137,22 @@ fn guests_of_one_network_on_two_hosts_share_a_segment_over_vxlan() {
     let ip_a = a.dhcp(&dir.0);
     let ip_c = c.dhcp(&dir.0);
     assert_ne!(ip_a, ip_c);
+    // The admin API says how the network spans; the default network never does.
+    let (status, v) = farm.api(0, "GET", "/api/networks");
+    assert!(status.contains("200"), "{status} {v}");
+    let nets = v["networks"].as_array().expect("networks");
+    let span = &nets.iter().find(|n| n["name"] == NETWORK).expect("network")["span"];
+    assert_eq!(span["vni"], tapwire::config::vni(NETWORK), "{v}");
+    assert_eq!(
+        span["peers"],
+        serde_json::json!(["10.250.0.12", "10.250.0.13"]),
+        "{v}"
+    );
+    assert!(
+        span["vxlan"].as_str().is_some_and(|x| x.contains('x')),
+        "{v}"
+    );
+    assert!(nets[0]["span"].is_null(), "{v}");
     // Neither DHCP request crossed the overlay: each host's dnsmasq served its own guest.
     assert!(filtered(&farm, 0, "oifname @ports udp dport 67") > 0);
     assert!(filtered(&farm, 2, "oifname @ports udp dport 67") > 0);

@@ -317,6 +317,8 @@ mod tests {
     fn a_vni_comes_from_the_name_only() {
         assert_eq!(vni("lab"), vni("lab"));
         assert_ne!(vni("lab"), vni("lab2"));
+        // docs/api.md's example.
+        assert_eq!(vni("shared"), 8_228_143);
         for name in ["a", "lab", "x-1", "ñ"] {
             assert!((1..=MAX_VNI).contains(&vni(name)));
         }

@@ -210,6 +210,12 @@ fn network_json(n: &Network) -> Value {
         "name": n.name,
         "tap": n.tap,
         "subnet": n.subnet.map(|s| s.to_string()),
+        "span": n.span.as_ref().map(|s| json!({
+            "bridge": s.bridge,
+            "vxlan": s.vxlan,
+            "vni": s.vni,
+            "peers": s.peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })),
         "clients": n.clients.load(std::sync::atomic::Ordering::Relaxed),
         "rx_frames": rx_frames,
         "rx_bytes": rx_bytes,

@@ -565,6 +565,7 @@ async fn start(
         steering,
         limits: Default::default(),
         roam: (cfg.host.dhcp()).and_then(|d| cfg.farm.roam(d.range, d.lease_time)),
+        span: None,
     };
     let (shared, net_events) = Shared::new(cfg.cores, default_net)?;
     shared.default_net.authority.with(|own| {

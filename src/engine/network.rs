@@ -67,12 +67,24 @@ pub struct Network {
     pub limits: crate::config::NetLimits,
     /// Addresses a guest that moved here from another host of the farm may keep.
     pub roam: Option<crate::switch::Roam>,
+    /// How it spans the farm's hosts, when it does (for the admin API).
+    pub span: Option<SpanInfo>,
     /// Clients joined to this network, over all cores.
     pub clients: AtomicUsize,
     /// When (on the engine's clock, ms) the last client left; meaningful while `clients` is 0.
     pub idle_since_ms: AtomicU64,
     /// One entry per core.
     pub stats: Vec<NetCoreStats>,
+}
+
+/// How a network spans the hosts of a farm: its bridge (the gateway's interface), VXLAN
+/// device, network identifier and peer hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanInfo {
+    pub bridge: String,
+    pub vxlan: String,
+    pub vni: u32,
+    pub peers: Vec<std::net::Ipv4Addr>,
 }
 
 /// What a network is made with.
@@ -90,6 +102,8 @@ pub struct NetworkSpec {
     pub limits: crate::config::NetLimits,
     /// Addresses a guest that moved here from another host of the farm may keep.
     pub roam: Option<crate::switch::Roam>,
+    /// How it spans the farm's hosts, when it does.
+    pub span: Option<SpanInfo>,
 }
 
 impl NetworkSpec {
@@ -107,6 +121,7 @@ impl NetworkSpec {
             steering: None,
             limits: Default::default(),
             roam: None,
+            span: None,
         }
     }
 }
@@ -125,6 +140,7 @@ impl Network {
             isolate: spec.isolate,
             limits: spec.limits,
             roam: spec.roam,
+            span: spec.span,
             clients: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(now_ms),
             stats: (0..cores).map(|_| NetCoreStats::default()).collect(),

@@ -75,6 +75,7 @@ impl Rig {
             steering: None,
             limits: Default::default(),
             roam: (config.host.dhcp()).and_then(|d| config.farm.roam(d.range, d.lease_time)),
+            span: None,
         };
         let (shared, events) = Shared::with_clock(cores, default_net, clock).expect("shared state");
         let mut workers = Vec::new();
@@ -143,6 +144,7 @@ impl Rig {
             steering: None,
             limits,
             roam: None,
+            span: None,
         };
         let now = self.now.load(Ordering::Acquire);
         let net = Arc::new(Network::new(id, spec, self.workers.len(), now));

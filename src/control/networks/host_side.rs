@@ -89,6 +89,7 @@ impl Networks {
             roam: self
                 .lease_time
                 .and_then(|lease| self.farm.roam(plan.dhcp_range, lease)),
+            span: overlay.as_ref().map(Overlay::info),
         };
         let net = Network::new(id, spec, self.cores, self.shared.clock.now_ms());
         net.authority.with(|own| {

@@ -302,7 +302,17 @@ impl Networks {
 }
 
 impl Overlay {
-    /// How the admin API and logs describe it.
+    /// What the admin API says of it.
+    pub(super) fn info(&self) -> crate::engine::network::SpanInfo {
+        crate::engine::network::SpanInfo {
+            bridge: self.bridge.clone(),
+            vxlan: self.vxlan.clone(),
+            vni: self.vni,
+            peers: self.peers.clone(),
+        }
+    }
+
+    /// How the logs describe it.
     pub(super) fn describe(&self) -> String {
         let peers: Vec<String> = self.peers.iter().map(ToString::to_string).collect();
         format!(
