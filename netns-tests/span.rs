@@ -449,3 +449,78 @@ fn with_frr_evpn_a_guest_is_known_to_the_other_hosts_before_it_sends_anything_ac
     // Its only broadcasts (DHCP) never crossed: hC's filter saw no DHCP from the overlay.
     assert_eq!(filtered(&farm, 2, "iifname @ports udp dport 67"), 0);
 }
+
+#[test]
+fn a_declared_network_spans_to_its_own_peers_with_its_own_vni() {
+    let test = "a_declared_network_spans_to_its_own_peers_with_its_own_vni";
+    if skip_unless_root(test) {
+        return;
+    }
+    let ns = netns("twr");
+    exec_ok(&ns, &["ip", "link", "set", "lo", "up"]);
+    exec_ok(
+        &ns,
+        &[
+            "ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul1",
+        ],
+    );
+    exec_ok(&ns, &["ip", "link", "set", "ul0", "mtu", "9000", "up"]);
+    exec_ok(&ns, &["ip", "addr", "add", "10.251.0.1/24", "dev", "ul0"]);
+    let dir = TempDir::new();
+    let config = dir.0.join("tapwire.toml");
+    std::fs::write(
+        &config,
+        "[[network]]\nname = \"lab\"\nspan = [\"10.251.0.2\", \"10.251.0.1\"]\nvni = 4242\n\n[[network]]\nname = \"quiet\"\nspan = false\n",
+    )
+    .expect("config");
+    let config = config.display().to_string();
+    let relay = Relay::launch_in(
+        ns,
+        &[],
+        None,
+        None,
+        &["--config", &config, "--span-dev", "ul0"],
+    );
+    // Only "lab" spans (there is no --span-peers): its VXLAN device has VNI 4242 and floods to
+    // the one peer that is not this host.
+    let vxlans = exec_ok(
+        &relay.ns,
+        &["ip", "-d", "-o", "link", "show", "type", "vxlan"],
+    );
+    assert_eq!(vxlans.lines().count(), 1, "{vxlans}");
+    assert!(
+        vxlans.contains("id 4242") && vxlans.contains("local 10.251.0.1"),
+        "{vxlans}"
+    );
+    let floods = exec_ok(
+        &relay.ns,
+        &["bridge", "fdb", "show", "dev", &format!("{}x1", relay.tap)],
+    );
+    let peers: Vec<&str> = floods
+        .lines()
+        .filter(|l| l.starts_with("00:00:00:00:00:00"))
+        .collect();
+    assert_eq!(peers.len(), 1, "{floods}");
+    assert!(peers[0].contains("dst 10.251.0.2"), "{floods}");
+    // The gateway is on the bridge, which has the name a TAP would; "quiet" has a TAP.
+    let bridge = exec_ok(
+        &relay.ns,
+        &["ip", "-d", "link", "show", &format!("{}n1", relay.tap)],
+    );
+    assert!(bridge.contains("bridge"), "{bridge}");
+    assert!(exec_ok(
+        &relay.ns,
+        &["ip", "-4", "addr", "show", &format!("{}n1", relay.tap)]
+    )
+    .contains("inet "));
+    let quiet = exec_ok(
+        &relay.ns,
+        &["ip", "-d", "link", "show", &format!("{}n2", relay.tap)],
+    );
+    assert!(quiet.contains("tun"), "{quiet}");
+    // A network made on demand does not span either.
+    let mut client = super::networks::join(&relay, "other").expect("join");
+    lease(&mut client, mac(9));
+    let vxlans = exec_ok(&relay.ns, &["ip", "-o", "link", "show", "type", "vxlan"]);
+    assert_eq!(vxlans.lines().count(), 1, "{vxlans}");
+}
