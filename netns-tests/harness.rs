@@ -471,25 +471,9 @@ pub fn tapwire_token(args: &[&str]) -> (String, String) {
     )
 }
 
-/// Takes a DHCP lease for `mac` on a synthetic client (DISCOVER, OFFER, REQUEST, ACK) and
-/// returns the address; panics without one within 10 s.
+/// Takes a DHCP lease for `mac` on a synthetic client; see [`WsClient::lease`].
 pub fn lease<S: Transport>(client: &mut WsClient<S>, mac: [u8; 6]) -> std::net::Ipv4Addr {
-    use tapwire_testkit::packet::{dhcp_message, dhcp_reply, DhcpKind};
-    let xid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]);
-    let reply = |client: &mut WsClient<S>, want: DhcpKind| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Some(f) = client.recv_frame(deadline.saturating_duration_since(Instant::now())) {
-            if let Some((kind, ip, server)) = dhcp_reply(&f, xid) {
-                assert_eq!(kind, want, "DHCP reply");
-                return (ip, server);
-            }
-        }
-        panic!("no DHCP {want:?} for {mac:02x?}");
-    };
-    client.send_frame(&dhcp_message(mac, xid, DhcpKind::Discover, None));
-    let offer = reply(client, DhcpKind::Offer);
-    client.send_frame(&dhcp_message(mac, xid, DhcpKind::Request, Some(offer)));
-    reply(client, DhcpKind::Ack).0
+    client.lease(mac)
 }
 
 /// What `ns` gets from TCP `addr:port` (what the server sends first, or the error) or, with

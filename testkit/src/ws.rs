@@ -323,6 +323,29 @@ impl<S: Transport> WsClient<S> {
         }
     }
 
+    /// Takes a DHCP lease for `mac` (DISCOVER, OFFER, REQUEST, ACK) and returns the address;
+    /// panics without one within 10 s.
+    pub fn lease(&mut self, mac: [u8; 6]) -> std::net::Ipv4Addr {
+        use crate::packet::{dhcp_message, dhcp_reply, DhcpKind};
+        let xid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]);
+        let reply = |client: &mut Self, want: DhcpKind| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while let Some(f) =
+                client.recv_frame(deadline.saturating_duration_since(Instant::now()))
+            {
+                if let Some((kind, ip, server)) = dhcp_reply(&f, xid) {
+                    assert_eq!(kind, want, "DHCP reply");
+                    return (ip, server);
+                }
+            }
+            panic!("no DHCP {want:?} for {mac:02x?}");
+        };
+        self.send_frame(&dhcp_message(mac, xid, DhcpKind::Discover, None));
+        let offer = reply(self, DhcpKind::Offer);
+        self.send_frame(&dhcp_message(mac, xid, DhcpKind::Request, Some(offer)));
+        reply(self, DhcpKind::Ack).0
+    }
+
     /// Reads until the server's close frame and the end of the stream; returns the code.
     pub fn expect_close(&mut self, limit: Duration) -> Option<u16> {
         let deadline = Instant::now() + limit;

@@ -7,6 +7,7 @@
 //! [`report::Row`], written as markdown and JSON to `bench/results/`.
 
 mod conn;
+mod farm;
 mod g2g;
 mod kernel;
 mod nat;
@@ -54,6 +55,9 @@ enum Group {
     /// Up and down in the default network, one network, 64 networks and beside 1 000 idle ones; the
     /// time to make a network on demand; the memory of 1 000 networks.
     Networks,
+    /// A farm: up through HAProxy against straight to a host, failover time after `kill -9`,
+    /// and a spanning network on one host against across two.
+    Farm,
 }
 
 /// End-to-end benchmark of tapwire against the kernel's limits, measured in the same run.
@@ -167,6 +171,9 @@ fn markdown(results: &Results, tables: &[Table]) -> String {
             c.upgrades_per_s, c.upgrade_and_ping_per_s
         ));
     }
+    if let Some(f) = &results.farm {
+        md.push_str(&f.markdown());
+    }
     md
 }
 
@@ -225,6 +232,11 @@ fn main() {
     }
     if ctx.opts.runs(Group::Conn) {
         results.conn = Some(conn::run(&ctx));
+    }
+    if ctx.opts.runs(Group::Farm) {
+        let (farm_tables, farm) = farm::run(&ctx);
+        tables.extend(farm_tables);
+        results.farm = Some(farm);
     }
     results.rows = tables.iter().flat_map(|t| t.rows.clone()).collect();
     let md = markdown(&results, &tables);

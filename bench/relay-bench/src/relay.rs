@@ -145,6 +145,14 @@ impl Relay {
         self.process.pid()
     }
 
+    /// Its drop counters now, while it runs (from `--metrics`, which it needs).
+    pub(crate) fn live_drops(&self) -> Drops {
+        self.process
+            .try_counters()
+            .map(|c| drops_of(&c))
+            .unwrap_or_else(|e| panic!("the relay's counters: {e}"))
+    }
+
     /// Stops the relay (SIGTERM); its counters at exit.
     pub(crate) fn stop(mut self) -> Counters {
         self.process.stop_within(LIMIT);

@@ -34,6 +34,9 @@ pub(crate) struct Row {
     /// Relay CPU time per frame in ns.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_ns_per_frame: Option<f64>,
+    /// A proxy's (HAProxy's) CPU time per frame in ns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_cpu_ns_per_frame: Option<f64>,
     /// Times the swarm's socket writes would have blocked (the relay pushed back).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub swarm_writes_blocked: Option<u64>,
@@ -82,6 +85,11 @@ impl Row {
             "kernel_loopback_tcp" => "kernel loopback TCP",
             "up_2cores" => "up",
             "down_2cores" => "down",
+            "farm_direct" => "straight to the host",
+            "farm_haproxy" => "through HAProxy",
+            "span_one_host" => "on one host",
+            "span_across_hosts" => "across two hosts (VXLAN)",
+            "kernel_span" => "the kernel alone across",
             other => other,
         }
     }
@@ -110,6 +118,8 @@ pub(crate) enum Col {
     Load,
     Loss,
     Cpu,
+    /// HAProxy's CPU per frame.
+    ProxyCpu,
     Blocked,
     Held,
     Drops,
@@ -125,6 +135,7 @@ impl Col {
             Col::Load => "load (see below)",
             Col::Loss => "loss",
             Col::Cpu => "relay CPU ns/frame",
+            Col::ProxyCpu => "HAProxy CPU ns/frame",
             Col::Blocked => "swarm writes that would block",
             Col::Held => "relay input held",
             Col::Drops => "drops",
@@ -157,6 +168,9 @@ impl Col {
                 .map_or_else(dash, |l| format!("{:.2} %", l * 100.0)),
             Col::Cpu => row
                 .cpu_ns_per_frame
+                .map_or_else(dash, |c| format!("{c:.0}")),
+            Col::ProxyCpu => row
+                .proxy_cpu_ns_per_frame
                 .map_or_else(dash, |c| format!("{c:.0}")),
             Col::Blocked => row
                 .swarm_writes_blocked
@@ -253,6 +267,8 @@ pub(crate) struct Results {
     pub rtt_loaded: Vec<RttLoaded>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conn: Option<ConnResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub farm: Option<crate::farm::FarmResult>,
 }
 
 /// Drop counters as "reason=n, …", or "–".
