@@ -12,12 +12,7 @@ use tapwire_testkit::packet::{self, Dhcp, DhcpKind};
 
 use super::harness::*;
 
-/// The balancer's address on the underlay, and the hosts'.
-pub const LB_IP: &str = "10.250.0.2";
-pub const HOST_IPS: [&str; 3] = ["10.250.0.11", "10.250.0.12", "10.250.0.13"];
-pub const HOST_NAMES: [&str; 3] = ["hA", "hB", "hC"];
-/// Where HAProxy listens in the balancer's namespace.
-pub const LB_PORT: u16 = 8080;
+pub use tapwire_testkit::farm::{HOST_IPS, HOST_NAMES, LB_IP, LB_PORT};
 pub const ADMIN_TOKEN: &str = "farm-admin-token-0123456789";
 
 /// Three hosts and a balancer. Dropped in field order: HAProxy, then the hosts (each relay
@@ -39,35 +34,14 @@ impl Farm {
     pub fn start_with(extra: &[&str]) -> Farm {
         let dir = TempDir::new();
         let lb = netns("twr");
-        exec_ok(&lb, &["ip", "link", "set", "lo", "up"]);
-        exec_ok(&lb, &["ip", "link", "add", "br0", "type", "bridge"]);
-        exec_ok(&lb, &["ip", "link", "set", "br0", "mtu", "9000", "up"]);
-        exec_ok(
-            &lb,
-            &["ip", "addr", "add", &format!("{LB_IP}/24"), "dev", "br0"],
-        );
+        let namespaces: Vec<Netns> = HOST_IPS.iter().map(|_| netns("twr")).collect();
+        tapwire_testkit::farm::wire(&lb, &namespaces.iter().collect::<Vec<_>>())
+            .expect("the underlay");
         let token = dir.0.join("admin-token");
         std::fs::write(&token, ADMIN_TOKEN).expect("token file");
         let token = token.display().to_string();
         let mut hosts = Vec::new();
-        for (i, (ip, name)) in HOST_IPS.iter().zip(HOST_NAMES).enumerate() {
-            let ns = netns("twr");
-            let port = format!("ul{i}");
-            exec_ok(
-                &lb,
-                &[
-                    "ip", "link", "add", &port, "type", "veth", "peer", "name", "ul0", "netns",
-                    &ns.name,
-                ],
-            );
-            exec_ok(&lb, &["ip", "link", "set", &port, "master", "br0"]);
-            exec_ok(&lb, &["ip", "link", "set", &port, "mtu", "9000", "up"]);
-            exec_ok(&ns, &["ip", "link", "set", "lo", "up"]);
-            exec_ok(&ns, &["ip", "link", "set", "ul0", "mtu", "9000", "up"]);
-            exec_ok(
-                &ns,
-                &["ip", "addr", "add", &format!("{ip}/24"), "dev", "ul0"],
-            );
+        for (i, (ns, name)) in namespaces.into_iter().zip(HOST_NAMES).enumerate() {
             let index = i.to_string();
             let relay = Relay::launch_in(
                 ns,
@@ -99,15 +73,7 @@ impl Farm {
         // The shipped example, listening where the test connects and with a stats socket to
         // see the servers' health.
         let socket = dir.0.join("haproxy.sock");
-        let cfg = include_str!("../examples/haproxy.cfg")
-            .replace(
-                "global\n",
-                &format!(
-                    "global\n    stats socket {} mode 600 level admin\n",
-                    socket.display()
-                ),
-            )
-            .replace("bind :8080", &format!("bind 127.0.0.1:{LB_PORT}"));
+        let cfg = tapwire_testkit::farm::haproxy_config(&socket);
         let cfg_file = dir.0.join("haproxy.cfg");
         std::fs::write(&cfg_file, cfg).expect("haproxy.cfg");
         let haproxy = Proc::spawn(
@@ -127,34 +93,7 @@ impl Farm {
 
     /// HAProxy's view of each host (`UP`, `DOWN`, ...), in host order.
     pub fn server_states(&self) -> Vec<String> {
-        let socket = self.dir.0.join("haproxy.sock");
-        let Ok(mut s) = std::os::unix::net::UnixStream::connect(&socket) else {
-            return vec![String::new(); 3];
-        };
-        let _ = s.write_all(b"show stat\n");
-        let mut text = String::new();
-        let _ = s.read_to_string(&mut text);
-        let mut lines = text.lines();
-        let header: Vec<&str> = lines
-            .next()
-            .unwrap_or("")
-            .trim_start_matches("# ")
-            .split(',')
-            .collect();
-        let col = |name: &str| header.iter().position(|h| *h == name);
-        let (Some(sv), Some(status)) = (col("svname"), col("status")) else {
-            return vec![String::new(); 3];
-        };
-        let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
-        HOST_NAMES
-            .iter()
-            .map(|name| {
-                rows.iter()
-                    .find(|r| r.get(sv) == Some(name))
-                    .and_then(|r| r.get(status))
-                    .map_or(String::new(), |s| s.to_string())
-            })
-            .collect()
+        tapwire_testkit::farm::server_states(&self.dir.0.join("haproxy.sock"))
     }
 
     /// Waits until HAProxy sees the hosts as `want` says (a state's prefix: `UP`, `DOWN`).

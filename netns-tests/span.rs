@@ -293,12 +293,9 @@ fn guests_of_one_network_on_two_hosts_share_a_segment_over_vxlan() {
     assert!(!tables.contains("tapwire"), "left: {tables}");
 }
 
-#[test]
-fn an_underlay_that_cannot_carry_a_guest_frame_is_refused_at_start() {
-    let test = "an_underlay_that_cannot_carry_a_guest_frame_is_refused_at_start";
-    if skip_unless_root(test) {
-        return;
-    }
+/// A namespace whose underlay is one veth pair (`ul0` at 10.251.0.1/24, MTU `mtu`, and its
+/// peer `ul1`): a host with no other host.
+fn lone_host(mtu: &str) -> Netns {
     let ns = netns("twr");
     exec_ok(&ns, &["ip", "link", "set", "lo", "up"]);
     exec_ok(
@@ -307,8 +304,18 @@ fn an_underlay_that_cannot_carry_a_guest_frame_is_refused_at_start() {
             "ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul1",
         ],
     );
+    exec_ok(&ns, &["ip", "link", "set", "ul0", "mtu", mtu, "up"]);
     exec_ok(&ns, &["ip", "addr", "add", "10.251.0.1/24", "dev", "ul0"]);
-    exec_ok(&ns, &["ip", "link", "set", "ul0", "up"]);
+    ns
+}
+
+#[test]
+fn an_underlay_that_cannot_carry_a_guest_frame_is_refused_at_start() {
+    let test = "an_underlay_that_cannot_carry_a_guest_frame_is_refused_at_start";
+    if skip_unless_root(test) {
+        return;
+    }
+    let ns = lone_host("1500");
     let dir = TempDir::new();
     let out = ns
         .cmd(&[
@@ -456,16 +463,7 @@ fn a_declared_network_spans_to_its_own_peers_with_its_own_vni() {
     if skip_unless_root(test) {
         return;
     }
-    let ns = netns("twr");
-    exec_ok(&ns, &["ip", "link", "set", "lo", "up"]);
-    exec_ok(
-        &ns,
-        &[
-            "ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul1",
-        ],
-    );
-    exec_ok(&ns, &["ip", "link", "set", "ul0", "mtu", "9000", "up"]);
-    exec_ok(&ns, &["ip", "addr", "add", "10.251.0.1/24", "dev", "ul0"]);
+    let ns = lone_host("9000");
     let dir = TempDir::new();
     let config = dir.0.join("tapwire.toml");
     std::fs::write(

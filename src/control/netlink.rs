@@ -230,9 +230,8 @@ pub async fn del_address(
 /// for the relay anyway, and the TAP never asks to queue, so nothing is lost by sending
 /// straight to it.
 pub async fn no_qdisc(handle: &Handle, index: u32, name: &str) -> Result<(), NetlinkError> {
-    use futures::StreamExt;
     use rtnetlink::packet_core::{
-        NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
+        NetlinkMessage, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
     };
     use rtnetlink::packet_route::tc::{TcAttribute, TcHandle, TcMessage};
     use rtnetlink::packet_route::RouteNetlinkMessage;
@@ -242,12 +241,24 @@ pub async fn no_qdisc(handle: &Handle, index: u32, name: &str) -> Result<(), Net
     message.attributes.push(TcAttribute::Kind("noqueue".into()));
     let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewQueueDiscipline(message));
     request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+    acked(handle, request, what()).await
+}
+
+/// Sends `request` (which asks for an acknowledgement) and waits for the kernel's answer: an
+/// error names `what` was being done.
+pub(crate) async fn acked(
+    handle: &Handle,
+    request: rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+    what: String,
+) -> Result<(), NetlinkError> {
+    use futures::StreamExt;
+    use rtnetlink::packet_core::NetlinkPayload;
     let mut handle = handle.clone();
-    let mut responses = handle.request(request).map_err(ctx(what()))?;
+    let mut responses = handle.request(request).map_err(ctx(what.clone()))?;
     while let Some(response) = responses.next().await {
         if let NetlinkPayload::Error(e) = response.payload {
             if e.code.is_some() {
-                return Err(ctx(what())(rtnetlink::Error::NetlinkError(e)));
+                return Err(ctx(what)(rtnetlink::Error::NetlinkError(e)));
             }
         }
     }

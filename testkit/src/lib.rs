@@ -16,6 +16,7 @@
 //! Everything here may send traffic only to loopback or into namespaces its caller made.
 
 pub mod counters;
+pub mod farm;
 pub mod guest;
 pub mod netns;
 pub mod packet;

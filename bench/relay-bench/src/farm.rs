@@ -35,10 +35,7 @@ use crate::sys::*;
 use crate::updown::receive_loop;
 use crate::{progress, Ctx};
 
-const LB_IP: &str = "10.250.0.2";
-const HOST_IPS: [&str; 3] = ["10.250.0.11", "10.250.0.12", "10.250.0.13"];
-const HOST_NAMES: [&str; 3] = ["hA", "hB", "hC"];
-const LB_PORT: u16 = 8080;
+use tapwire_testkit::farm::{HOST_IPS, LB_PORT};
 const ADMIN_TOKEN: &str = "relay-bench-farm-admin-token-0123";
 /// Failover tries.
 const TRIES: usize = 20;
@@ -83,34 +80,11 @@ fn sh(ns: &Netns, args: &[&str]) {
 impl Rig {
     fn new(dir: &Path) -> Rig {
         let lb = Netns::new("twbl").expect("netns");
-        sh(&lb, &["ip", "link", "set", "lo", "up"]);
-        sh(&lb, &["ip", "link", "add", "br0", "type", "bridge"]);
-        sh(&lb, &["ip", "link", "set", "br0", "mtu", "9000", "up"]);
-        sh(
-            &lb,
-            &["ip", "addr", "add", &format!("{LB_IP}/24"), "dev", "br0"],
-        );
-        let mut hosts = Vec::new();
-        for (i, ip) in HOST_IPS.iter().enumerate() {
-            let ns = Netns::new("twbh").expect("netns");
-            let port = format!("ul{i}");
-            sh(
-                &lb,
-                &[
-                    "ip", "link", "add", &port, "type", "veth", "peer", "name", "ul0", "netns",
-                    &ns.name,
-                ],
-            );
-            sh(&lb, &["ip", "link", "set", &port, "master", "br0"]);
-            sh(&lb, &["ip", "link", "set", &port, "mtu", "9000", "up"]);
-            sh(&ns, &["ip", "link", "set", "lo", "up"]);
-            sh(&ns, &["ip", "link", "set", "ul0", "mtu", "9000", "up"]);
-            sh(
-                &ns,
-                &["ip", "addr", "add", &format!("{ip}/24"), "dev", "ul0"],
-            );
-            hosts.push(ns);
-        }
+        let hosts: Vec<Netns> = HOST_IPS
+            .iter()
+            .map(|_| Netns::new("twbh").expect("netns"))
+            .collect();
+        tapwire_testkit::farm::wire(&lb, &hosts.iter().collect::<Vec<_>>()).expect("the underlay");
         Rig {
             relays: (0..hosts.len()).map(|_| None).collect(),
             hosts,
@@ -135,7 +109,7 @@ impl Rig {
             "--metrics",
             "0.0.0.0:9186",
             "--host-name",
-            HOST_NAMES[i],
+            tapwire_testkit::farm::HOST_NAMES[i],
             "--hosts",
             "3",
             "--host-index",
@@ -161,15 +135,7 @@ impl Rig {
     /// HAProxy with the shipped configuration on `LOAD_CPU`, with a stats socket.
     fn start_haproxy(&mut self) {
         let socket = self.dir.join("haproxy.sock");
-        let cfg = include_str!("../../../examples/haproxy.cfg")
-            .replace(
-                "global\n",
-                &format!(
-                    "global\n    stats socket {} mode 600 level admin\n",
-                    socket.display()
-                ),
-            )
-            .replace("bind :8080", &format!("bind 127.0.0.1:{LB_PORT}"));
+        let cfg = tapwire_testkit::farm::haproxy_config(&socket);
         let file = self.dir.join("haproxy.cfg");
         std::fs::write(&file, cfg).expect("haproxy.cfg");
         let cpu = LOAD_CPU.to_string();
@@ -193,25 +159,17 @@ impl Rig {
         let socket = self.dir.join("haproxy.sock");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let mut text = String::new();
-            if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&socket) {
-                let _ = s.write_all(b"show stat\n");
-                let _ = s.read_to_string(&mut text);
-            }
-            let ok = HOST_NAMES.iter().zip(up).all(|(name, want)| {
-                text.lines().any(|l| {
-                    let f: Vec<&str> = l.split(',').collect();
-                    f.get(1) == Some(name)
-                        && f.get(17)
-                            .is_some_and(|s| s.starts_with(if want { "UP" } else { "DOWN" }))
-                })
-            });
+            let states = tapwire_testkit::farm::server_states(&socket);
+            let ok = states
+                .iter()
+                .zip(up)
+                .all(|(s, want)| s.starts_with(if want { "UP" } else { "DOWN" }));
             if ok {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "HAProxy does not see {up:?}: {text}"
+                "HAProxy sees {states:?}, not {up:?}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -275,6 +233,17 @@ fn subnet_of(name: &str) -> Subnet {
     pool.exclude(&"10.86.0.0/16".parse().expect("subnet"));
     pool.limit(256 + 64);
     pool.take_for(name, &[]).expect("a block")
+}
+
+/// The frame sizes of the group: `--sizes` up to 1514 B (the underlay's jumbo frames are for
+/// VXLAN, not for guests).
+fn sizes(ctx: &Ctx) -> Vec<usize> {
+    ctx.opts
+        .sizes
+        .iter()
+        .copied()
+        .filter(|s| *s <= 1514)
+        .collect()
 }
 
 /// Guest `i`'s address in `subnet` (from .20 on).
@@ -346,14 +315,7 @@ fn up_rows(ctx: &Ctx, rig: &mut Rig, table: &mut Table) {
     // The network exists once a client joined; its gateway MAC is then on its TAP.
     drop(rig.direct(0, name));
     let gw_mac = tapwire::networks::gateway_mac(name, &subnet).0;
-    for &size in &ctx
-        .opts
-        .sizes
-        .iter()
-        .copied()
-        .filter(|s| *s <= 1514)
-        .collect::<Vec<_>>()
-    {
+    for size in sizes(ctx) {
         for clients in UP_CLIENTS {
             let batches: Vec<Vec<u8>> = (0..clients)
                 .map(|c| {
@@ -496,7 +458,7 @@ fn failover(rig: &mut Rig, result: &mut FarmResult) {
             .collect();
         eprintln!(
             "farm failover {t}: host {} killed, guests back after {times:.0?} ms",
-            HOST_NAMES[victim]
+            tapwire_testkit::farm::HOST_NAMES[victim]
         );
         result
             .failover_ms
@@ -788,14 +750,7 @@ fn span(ctx: &Ctx, rig: &mut Rig, table: &mut Table, result: &mut FarmResult) {
             ],
         );
     }
-    for &size in &ctx
-        .opts
-        .sizes
-        .iter()
-        .copied()
-        .filter(|s| *s <= 1514)
-        .collect::<Vec<_>>()
-    {
+    for size in sizes(ctx) {
         let (mut one, mut across) = (Vec::new(), Vec::new());
         let (mut one_drops, mut across_drops) = (Drops::new(), Drops::new());
         for rep in 0..ctx.opts.reps {

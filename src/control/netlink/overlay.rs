@@ -3,15 +3,15 @@
 
 use std::net::Ipv4Addr;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use rtnetlink::packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST,
+    NetlinkMessage, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan};
+use rtnetlink::{Handle, LinkBridge, LinkVxlan};
 
 use super::{ctx, NetlinkError};
 use crate::switch::Mac;
@@ -145,16 +145,6 @@ pub async fn del_link(handle: &Handle, index: u32, name: &str) -> Result<(), Net
     }
 }
 
-/// Sets link `index` up (without touching its MTU).
-pub async fn up(handle: &Handle, index: u32, name: &str) -> Result<(), NetlinkError> {
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await
-        .map_err(ctx(format!("set {name} up")))
-}
-
 /// `bridge fdb append 00:00:00:00:00:00 dev VXLAN dst PEER`: every frame VXLAN device
 /// `index` floods goes to `peer` too (head-end replication).
 pub async fn flood_to(
@@ -163,7 +153,6 @@ pub async fn flood_to(
     peer: Ipv4Addr,
     name: &str,
 ) -> Result<(), NetlinkError> {
-    let what = || format!("make {name} flood to {peer}");
     let mut message = NeighbourMessage::default();
     message.header.family = AddressFamily::Bridge;
     message.header.ifindex = index;
@@ -180,16 +169,7 @@ pub async fn flood_to(
     let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(message));
     // Append: one all-zeros entry per peer (create alone would refuse the second).
     request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
-    let mut handle = handle.clone();
-    let mut responses = handle.request(request).map_err(ctx(what()))?;
-    while let Some(response) = responses.next().await {
-        if let NetlinkPayload::Error(e) = response.payload {
-            if e.code.is_some() {
-                return Err(ctx(what())(rtnetlink::Error::NetlinkError(e)));
-            }
-        }
-    }
-    Ok(())
+    super::acked(handle, request, format!("make {name} flood to {peer}")).await
 }
 
 /// `bridge fdb replace MAC dev PORT master static`: the bridge sends frames for `mac` to

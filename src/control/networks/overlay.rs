@@ -221,7 +221,7 @@ impl Networks {
             (overlay.bridge_index, &overlay.bridge),
         ] {
             record(host, made, Change::LinkUp(name.clone()))?;
-            netlink::overlay::up(h, index, name).await.map_err(e)?;
+            netlink::set_up(h, index, name, None).await.map_err(e)?;
         }
         Ok(overlay)
     }
