@@ -122,6 +122,83 @@ fn serve_blob(guest: &Guest, dir: &TempDir) -> (Proc, String) {
     (http, sha)
 }
 
+/// Has `guest` (a kernel-stack guest) ping the synthetic guest `s` three times while `s`
+/// answers; returns `s` once at least one ping was answered.
+fn answer_pings(
+    guest: &Guest,
+    s: WsClient,
+    (mac, ip, gateway): ([u8; 6], Ipv4Addr, Ipv4Addr),
+    dir: &TempDir,
+    log: &str,
+) -> WsClient {
+    let mut pinger = guest.ping_background(&ip.to_string(), 3, dir.0.join(log));
+    let answered = std::thread::spawn(move || {
+        let mut s = FarmGuest {
+            client: s,
+            mac,
+            ip,
+            gateway,
+            gateway_mac: [0; 6],
+        };
+        // Answers ARP and echo requests for 6 s, counting the echo requests.
+        let mut echoes = 0;
+        s.await_frame(Duration::from_secs(6), |f| {
+            echoes += usize::from(packet::echo_reply_to(f, mac, ip).is_some());
+            false
+        });
+        (echoes, s.client)
+    });
+    let (echoes, s) = answered.join().expect("guest thread");
+    assert!(echoes >= 1, "no echo request reached the guest");
+    let (sent, received) = ping_outcome(&mut pinger, Duration::from_secs(10));
+    assert!(received >= 1, "{received}/{sent} answered");
+    s
+}
+
+/// Sends to hC's VXLAN port (UDP 4789, the network's VNI), from the balancer's namespace, a
+/// frame from the network's gateway MAC, an ARP request for the gateway and a DHCP
+/// discover: what the filter must drop coming in from the overlay.
+fn inject_into_c(farm: &Farm) {
+    let subnet = network_subnet(NETWORK);
+    let gateway = subnet.gateway();
+    let gw_mac = tapwire::networks::gateway_mac(NETWORK, &subnet).0;
+    let stranger = mac(0x77);
+    let frames = [
+        packet::udp_frame(
+            BROADCAST,
+            gw_mac,
+            (gateway, 5000),
+            (Ipv4Addr::BROADCAST, 5000),
+            64,
+        ),
+        packet::arp(
+            1,
+            stranger,
+            Ipv4Addr::from(u32::from(gateway) + 76),
+            [0; 6],
+            gateway,
+        ),
+        packet::dhcp_message(stranger, 0x5a5a_0077, packet::DhcpKind::Discover, None),
+    ];
+    let vni = tapwire::config::vni(NETWORK);
+    let datagrams: Vec<Vec<u8>> = frames
+        .iter()
+        .map(|f| {
+            let mut d = vec![0x08, 0, 0, 0];
+            d.extend_from_slice(&(vni << 8).to_be_bytes());
+            d.extend_from_slice(f);
+            d
+        })
+        .collect();
+    let to = format!("{}:4789", HOST_IPS[2]);
+    farm.lb.enter(move || {
+        let sock = std::net::UdpSocket::bind((LB_IP, 0)).expect("udp");
+        for d in &datagrams {
+            sock.send_to(d, &to).expect("send");
+        }
+    });
+}
+
 #[test]
 fn guests_of_one_network_on_two_hosts_share_a_segment_over_vxlan() {
     let test = "guests_of_one_network_on_two_hosts_share_a_segment_over_vxlan";
@@ -148,10 +225,9 @@ fn guests_of_one_network_on_two_hosts_share_a_segment_over_vxlan() {
         serde_json::json!(["10.250.0.12", "10.250.0.13"]),
         "{v}"
     );
-    assert!(
-        span["vxlan"].as_str().is_some_and(|x| x.contains('x')),
-        "{v}"
-    );
+    let tap0 = &farm.hosts[0].tap;
+    assert_eq!(span["bridge"], format!("{tap0}n1"), "{v}");
+    assert_eq!(span["vxlan"], format!("{tap0}x1"), "{v}");
     assert!(nets[0]["span"].is_null(), "{v}");
     // Neither DHCP request crossed the overlay: each host's dnsmasq served its own guest.
     assert!(filtered(&farm, 0, "oifname @ports udp dport 67") > 0);
@@ -184,15 +260,15 @@ fn guests_of_one_network_on_two_hosts_share_a_segment_over_vxlan() {
         filtered(&farm, 0, "oifname . arp daddr ip @gw_ip") > arp_out,
         "the request for the gateway was kept off the overlay"
     );
-    for i in [1, 2] {
-        for rule in [
-            "iifname . ether saddr @gw_mac",
-            "iifname . arp daddr ip @gw_ip",
-        ] {
-            assert_eq!(filtered(&farm, i, rule), 0, "host {i}: {rule}");
-        }
+    for rule in [
+        "iifname . ether saddr @gw_mac",
+        "iifname . arp daddr ip @gw_ip",
+    ] {
+        assert_eq!(filtered(&farm, 2, rule), 0, "hC: {rule}");
     }
-    // hA pins its guests' MACs to the network's TAP in its bridge.
+    // hA pins the guest's MAC to the network's TAP in its bridge and announces it: hC's
+    // VXLAN device knows where it is although nothing the guest sent crossed the overlay
+    // (its DHCP and its ARP for the gateway were kept off it, above).
     let fdb = |i: usize| exec_ok(&farm.hosts[i].ns, &["bridge", "fdb", "show"]);
     let s_text = packet::format_mac(s_mac);
     assert!(
@@ -202,39 +278,42 @@ fn guests_of_one_network_on_two_hosts_share_a_segment_over_vxlan() {
         "not pinned on hA: {}",
         fdb(0)
     );
-    // hC's guest pings the synthetic guest, whose broadcasts never crossed the overlay: it
-    // answers with unicast frames only, from which hC learns where it is.
-    let s_ip_text = s_ip.to_string();
-    let pinger = c.ping_background(&s_ip_text, 3, dir.0.join("ping-s.log"));
-    let answered = std::thread::spawn(move || {
-        let mut s = FarmGuest {
-            client: s,
-            mac: s_mac,
-            ip: s_ip,
-            gateway,
-            gateway_mac: [0; 6],
-        };
-        // Answers ARP and echo requests for 6 s, counting the echo requests.
-        let mut echoes = 0;
-        s.await_frame(Duration::from_secs(6), |f| {
-            echoes += usize::from(packet::echo_reply_to(f, s_mac, s_ip).is_some());
-            false
-        });
-        (echoes, s)
-    });
-    let (echoes, _s) = answered.join().expect("guest thread");
-    assert!(echoes >= 1, "no echo request reached the guest on hA");
-    let mut pinger = pinger;
-    let (sent, received) = ping_outcome(&mut pinger, Duration::from_secs(10));
-    assert!(received >= 1, "{received}/{sent}");
     let vx_c = vxlan(&farm, 2);
-    let remote = exec_ok(&farm.hosts[2].ns, &["bridge", "fdb", "show", "dev", &vx_c]);
-    assert!(
+    let knows = |host_ip: &str| {
+        let remote = exec_ok(&farm.hosts[2].ns, &["bridge", "fdb", "show", "dev", &vx_c]);
         remote
             .lines()
-            .any(|l| l.starts_with(&s_text) && l.contains("dst 10.250.0.11")),
-        "hC does not know where {s_text} is: {remote}"
+            .any(|l| l.starts_with(&s_text) && l.contains(&format!("dst {host_ip} ")))
+    };
+    assert!(
+        within(Duration::from_secs(5), || knows("10.250.0.11")),
+        "hC does not know {s_text} is on hA"
     );
+    // hC's guest reaches it.
+    let s = answer_pings(&c, s, (s_mac, s_ip, gateway), &dir, "ping-s-on-a.log");
+    // It moves to hB (connects there and sends one frame): hB pins and announces it, and hC
+    // reaches it there at once, not after its VXLAN device forgets hA (300 s).
+    drop(s);
+    let mut s = direct(&farm, 1);
+    s.send_frame(&packet::arp(1, s_mac, s_ip, [0; 6], gateway));
+    assert!(
+        within(Duration::from_secs(5), || knows("10.250.0.12")),
+        "hC does not know {s_text} moved to hB"
+    );
+    let _s = answer_pings(&c, s, (s_mac, s_ip, gateway), &dir, "ping-s-on-b.log");
+    // What hC's filter drops coming in: frames from the gateway's MAC, ARP for the gateway
+    // and DHCP requests, sent to hC's VXLAN port from the balancer's namespace.
+    inject_into_c(&farm);
+    for rule in [
+        "iifname . ether saddr @gw_mac",
+        "iifname . arp daddr ip @gw_ip",
+        "iifname @ports udp dport 67",
+    ] {
+        assert!(
+            within(Duration::from_secs(2), || filtered(&farm, 2, rule) > 0),
+            "hC let through what {rule} drops"
+        );
+    }
     // Kernel guests across hosts: ARP, ping, a DF ping at the guest MTU (1500: 1472 bytes of
     // payload) and a 1 MiB download with its hash.
     assert_eq!(a.ping(&ip_c, 3), 3, "ping across hosts");
@@ -516,9 +595,31 @@ fn a_declared_network_spans_to_its_own_peers_with_its_own_vni() {
         &["ip", "-d", "link", "show", &format!("{}n2", relay.tap)],
     );
     assert!(quiet.contains("tun"), "{quiet}");
-    // A network made on demand does not span either.
+    // Someone deletes the bridge filter: tapwire makes it again, with the network's elements.
+    let table = format!("tapwire_{}", relay.tap);
+    exec_ok(&relay.ns, &["nft", "delete", "table", "bridge", &table]);
+    let vxlan_port = format!("\"{}x1\"", relay.tap);
+    let restored = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        relay
+            .ns
+            .cmd(&["nft", "list", "set", "bridge", &table, "ports"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&vxlan_port))
+    });
+    assert!(
+        restored,
+        "the bridge filter was not made again: {}",
+        relay.proc().log_text()
+    );
+    // A network made on demand does not span either: its interface is a TAP.
     let mut client = super::networks::join(&relay, "other").expect("join");
     lease(&mut client, mac(9));
     let vxlans = exec_ok(&relay.ns, &["ip", "-o", "link", "show", "type", "vxlan"]);
     assert_eq!(vxlans.lines().count(), 1, "{vxlans}");
+    let other = exec_ok(
+        &relay.ns,
+        &["ip", "-d", "link", "show", &format!("{}n3", relay.tap)],
+    );
+    assert!(other.contains("tun"), "{other}");
 }

@@ -234,6 +234,14 @@ impl Pool {
         Some(self.block(index))
     }
 
+    /// The block `name` hashes to: what [`Pool::take_for`] gives while that block is free.
+    pub fn preferred(&self, name: &str) -> Option<Subnet> {
+        let window: Vec<u32> = self.window().collect();
+        let len = window.len() as u64;
+        // Lossless: the remainder is below len, a usize.
+        (len > 0).then(|| self.block(window[(name_hash(name) % len) as usize]))
+    }
+
     /// The indices of the blocks that may be handed out.
     fn window(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.blocks())
@@ -289,6 +297,19 @@ pub fn overlap(a: &Subnet, b: &Subnet) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_preferred_block_is_the_one_a_free_pool_gives() {
+        let mut pool = Pool::new("10.96.0.0/16".parse().unwrap(), 24).unwrap();
+        let want = pool.preferred("lab").unwrap();
+        assert_eq!(pool.take_for("lab", &[]), Some(want));
+        assert_eq!(pool.preferred("lab"), Some(want), "taken or not");
+        assert_ne!(
+            pool.take_for("lab", &[]),
+            Some(want),
+            "taken: the next free one"
+        );
+    }
 
     #[test]
     fn a_name_gets_the_same_block_on_every_relay_unless_it_is_taken() {

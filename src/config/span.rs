@@ -138,7 +138,7 @@ impl SpanArgs {
             ));
         }
         if !span.peers.is_empty() && isolate {
-            return Err("--span-peers and --isolate exclude each other: an isolated guest talks only to its gateway, never to a guest on another host; give spanning networks isolate = false in the config file, or leave out --span-peers".into());
+            return Err("--span-peers and --isolate exclude each other: an isolated guest talks only to its gateway, never to a guest on another host; leave out one of them (a declared network may still be isolated if it says span = false)".into());
         }
         let mut vnis: Vec<(u32, &str)> = Vec::new();
         for d in declared {

@@ -76,7 +76,7 @@ pub async fn undo(changes: &[Change], scope: Scope) -> Vec<String> {
             }
             Change::NftTable(table) => {
                 if let Err(e) = super::firewall::delete_table(table) {
-                    failures.push(format!("cannot delete nftables table ip {table}: {e}"));
+                    failures.push(format!("cannot delete nftables table {table}: {e}"));
                 }
             }
             Change::Sysctl { path, old } => {

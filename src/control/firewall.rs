@@ -249,7 +249,13 @@ impl Installed {
 
 /// `nft list table inet TABLE`: the table as nft prints it (an error when it does not exist).
 fn list_table(table: &str) -> Result<String, String> {
-    let out = run_nft(&["list", "table", "inet", table], None)?;
+    list("inet", table)
+}
+
+/// `nft list table FAMILY TABLE`: the table as nft prints it (an error when it does not
+/// exist).
+pub fn list(family: &str, table: &str) -> Result<String, String> {
+    let out = run_nft(&["list", "table", family, table], None)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

@@ -50,7 +50,8 @@ pub enum Change {
     },
     /// A file we created.
     File(PathBuf),
-    /// The nftables table `ip NAME` of this instance (NAT).
+    /// An nftables table NAME of this instance: `inet` (host protection, NAT) and `bridge`
+    /// (the filter of spanning networks); undoing it deletes it in every family.
     NftTable(String),
     /// A sysctl file (under /proc/sys) we changed, and its value before.
     Sysctl { path: PathBuf, old: String },

@@ -1,8 +1,9 @@
 //! The networks other than the default one, on the host side: made when a core asks for one
 //! (a connection to `/n/NAME`), removed when idle. Each has its own multi-queue TAP (one queue
-//! per core, handed to the cores), its gateway address from the network pool, its elements in
-//! the instance's nftables sets, and DHCP from the one dnsmasq (whose ranges for every block
-//! were declared at its start). Everything is ledgered before it is made.
+//! per core, handed to the cores), its gateway address from the network pool (on the TAP, or
+//! on a bridge around it when the network spans hosts: `overlay`), its elements in the
+//! instance's nftables sets, and DHCP from the one dnsmasq (whose ranges for every block were
+//! declared at its start). Everything is ledgered before it is made.
 //!
 //! Requests that arrive together are made together: a burst of connections to new networks
 //! costs one pass, and no core ever waits for the host side (its connections do).
@@ -28,6 +29,11 @@ use crate::networks::Pool;
 mod host_side;
 mod overlay;
 pub(super) use overlay::SpanHost;
+
+/// What of `made` was undone: all but `left`.
+fn undone(made: &[Change], left: &[Change]) -> Vec<Change> {
+    made.iter().filter(|c| !left.contains(c)).cloned().collect()
+}
 
 /// Records `change` in the ledger and in `made` (what one network changed), before it is
 /// made.
@@ -74,8 +80,9 @@ impl Plan {
 struct Up {
     net: Arc<Network>,
     plan: Plan,
-    /// Its interface with the gateway's address: its TAP, or its bridge when it spans.
-    tap: String,
+    /// Its interface with the gateway's address (what dnsmasq and the nftables rules see):
+    /// its TAP, or its bridge when it spans.
+    iface: String,
     /// What was ledgered for it, forgotten once it is removed.
     changes: Vec<Change>,
     /// Its bridge and VXLAN device, when it spans.
@@ -194,6 +201,36 @@ impl Networks {
         }
     }
 
+    /// How network `name`, made on demand with `subnet`, spans: `None` without
+    /// `--span-peers`. An error when it cannot: it would have another subnet than on the
+    /// other hosts (its name's block is taken here), or the VNI of a network that is up.
+    fn span_plan(
+        &self,
+        name: &str,
+        subnet: &Subnet,
+    ) -> Result<Option<(u32, Vec<std::net::Ipv4Addr>)>, String> {
+        let Some(peers) = self.span_cfg.as_ref().and_then(|s| s.on_demand()) else {
+            return Ok(None);
+        };
+        if let Some(want) = self.pool.preferred(name).filter(|w| w != subnet) {
+            return Err(format!(
+                "it spans, and its block of --network-pool ({want}) is taken on this host: it would get {subnet} here and {want} on the other hosts"
+            ));
+        }
+        let vni = crate::config::vni(name);
+        if let Some(other) = self
+            .up
+            .values()
+            .find(|u| u.overlay.as_ref().is_some_and(|o| o.vni == vni))
+        {
+            return Err(format!(
+                "its VXLAN network identifier {vni} (from its name) is network {}'s: declare one of them with another vni",
+                other.net.name
+            ));
+        }
+        Ok(Some((vni, peers)))
+    }
+
     /// Sets up spanning when the options ask for it (see [`SpanHost::start`]); returns the
     /// line that says so.
     pub(super) async fn start_span(
@@ -258,6 +295,13 @@ impl Networks {
                 self.refuse(&name, DropReason::NetworkFailed, why);
                 continue;
             };
+            let span = self.span_plan(&name, &subnet);
+            if let Err(why) = span {
+                self.pool.give_back(&subnet);
+                log::warn!("network {name}: cannot make it: {why}");
+                self.refuse(&name, DropReason::NetworkFailed, &why);
+                continue;
+            }
             let plan = Plan {
                 name: name.clone(),
                 subnet,
@@ -268,11 +312,7 @@ impl Networks {
                 reservations: Vec::new(),
                 dhcp_range: crate::config::default_range(&subnet),
                 declared: false,
-                span: self
-                    .span_cfg
-                    .as_ref()
-                    .and_then(|s| s.on_demand())
-                    .map(|peers| (crate::config::vni(&name), peers)),
+                span: span.unwrap_or(None),
             };
             match self.prepare(plan, host).await {
                 Ok(p) => batch.push(p),
@@ -354,7 +394,7 @@ impl Networks {
                 up: Up {
                     net,
                     plan,
-                    tap,
+                    iface: tap,
                     changes: made,
                     overlay,
                 },
@@ -363,8 +403,8 @@ impl Networks {
             Err(e) => {
                 // The queues are closed (the TAP and its address go with them), the links
                 // that outlive the process are deleted; what was recorded is forgotten.
-                self.remove_overlay(&plan.name, &made, None).await;
-                host.forget(&made);
+                let left = self.remove_overlay(&plan.name, &made).await;
+                host.forget(&undone(&made, &left));
                 self.slots.give_back(id);
                 Err((plan, e))
             }
@@ -381,7 +421,7 @@ impl Networks {
         }
         let plans: Vec<(Plan, String)> = batch
             .iter()
-            .map(|p| (p.up.plan.clone(), p.up.tap.clone()))
+            .map(|p| (p.up.plan.clone(), p.up.iface.clone()))
             .collect();
         tokio::task::spawn_blocking(move || {
             let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
@@ -396,9 +436,8 @@ impl Networks {
     /// Undoes a prepared network that will not be published.
     async fn discard(&mut self, p: Prepared, host: &mut Host) {
         drop(p.queues);
-        self.remove_overlay(&p.up.plan.name, &p.up.changes, Some(&p.up))
-            .await;
-        host.forget(&p.up.changes);
+        let left = self.remove_overlay(&p.up.plan.name, &p.up.changes).await;
+        host.forget(&undone(&p.up.changes, &left));
         if !p.up.plan.declared {
             self.pool.give_back(&p.up.plan.subnet);
         }
@@ -430,7 +469,7 @@ impl Networks {
             } else {
                 "TAP"
             },
-            up.tap,
+            up.iface,
             up.plan.subnet.gateway(),
             up.overlay
                 .as_ref()
@@ -512,9 +551,10 @@ impl Networks {
         let Some(Removing { up, .. }) = self.removing.remove(&id) else {
             return;
         };
-        // Every queue is closed: the TAP is gone, and its address and routes with it.
+        // Every queue is closed: the TAP is gone, and its address and routes with it (a
+        // spanning network's address is on its bridge, which goes below).
         if let Some(table) = self.table.clone() {
-            let (plan, tap) = (up.plan.clone(), up.tap.clone());
+            let (plan, tap) = (up.plan.clone(), up.iface.clone());
             let removed = tokio::task::spawn_blocking(move || {
                 let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
                 t.remove_network(&plan.rules(&tap))
@@ -532,9 +572,8 @@ impl Networks {
                 ),
             }
         }
-        self.remove_overlay(&up.net.name, &up.changes, Some(&up))
-            .await;
-        host.forget(&up.changes);
+        let left = self.remove_overlay(&up.net.name, &up.changes).await;
+        host.forget(&undone(&up.changes, &left));
         self.pool.give_back(&up.plan.subnet);
         self.slots.give_back(id);
         log::info!("network {}: removed", up.net.name);

@@ -98,7 +98,8 @@ pub(super) async fn supervise(
                 if let Some(b) = nft_bell.as_mut() {
                     b.drain();
                 }
-                if check_table(shared, watched).await {
+                let restored = check_table(shared, watched).await;
+                if nets.check_span_filter().await || restored {
                     last_restore = Some(now());
                 }
             }

@@ -61,10 +61,16 @@ pub async fn underlay(handle: &Handle, name: &str) -> Result<Option<Underlay>, N
         if address.is_some() {
             continue;
         }
-        address = msg.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some(*ip),
-            _ => None,
-        });
+        // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's on a
+        // point-to-point link, and the same as IFA_LOCAL (or alone) elsewhere.
+        let v4 = |want_local: bool| {
+            msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(std::net::IpAddr::V4(ip)) if want_local => Some(*ip),
+                AddressAttribute::Address(std::net::IpAddr::V4(ip)) if !want_local => Some(*ip),
+                _ => None,
+            })
+        };
+        address = v4(true).or_else(|| v4(false));
     }
     Ok(Some(Underlay {
         index,

@@ -37,28 +37,22 @@ impl Networks {
         let index = netlink::link_index(&self.handle, &port)
             .await
             .ok_or_else(|| format!("TAP {port} vanished right after creation"))?;
-        // The same gateway MAC on every host of a farm (see `networks::gateway_mac`).
+        // The same gateway MAC on every host of a farm (see `networks::gateway_mac`): on the
+        // TAP, or on the bridge of a spanning network.
         let mac = crate::networks::gateway_mac(name, subnet);
-        let overlay = match &plan.span {
-            Some((vni, peers)) => Some(
-                self.make_overlay(plan, (id.slot, index), (*vni, peers), host, made)
-                    .await?,
-            ),
-            None => {
-                netlink::set_mac(&self.handle, index, &port, mac)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let change = Change::Address {
-                    ifname: port.clone(),
-                    cidr: format!("{}/{}", subnet.gateway(), subnet.prefix),
-                };
-                record(host, made, change)?;
-                netlink::add_address(&self.handle, index, subnet.gateway(), subnet.prefix, &port)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                None
-            }
-        };
+        if plan.span.is_none() {
+            netlink::set_mac(&self.handle, index, &port, mac)
+                .await
+                .map_err(|e| e.to_string())?;
+            let change = Change::Address {
+                ifname: port.clone(),
+                cidr: format!("{}/{}", subnet.gateway(), subnet.prefix),
+            };
+            record(host, made, change)?;
+            netlink::add_address(&self.handle, index, subnet.gateway(), subnet.prefix, &port)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         record(host, made, Change::LinkUp(port.clone()))?;
         netlink::set_up(&self.handle, index, &port, Some(self.mtu))
             .await
@@ -66,6 +60,14 @@ impl Networks {
         if let Err(e) = netlink::no_qdisc(&self.handle, index, &port).await {
             log::warn!("network {name}: {e}: it works, with about 6.5 MiB more of kernel memory for its TAP's default queueing");
         }
+        // Last of what can fail: the bridge and VXLAN device around the TAP.
+        let overlay = match &plan.span {
+            Some((vni, peers)) => Some(
+                self.make_overlay(plan, (id.slot, index), (*vni, peers), host, made)
+                    .await?,
+            ),
+            None => None,
+        };
         let steering = if self.cores > 1 {
             match crate::steering::Steering::attach(&queues[0], STEERING_ENTRIES) {
                 Ok(s) => Some(s),
@@ -118,7 +120,7 @@ impl Networks {
         for (mac, ip) in leases {
             let ip = std::net::Ipv4Addr::from(ip);
             let run = tokio::process::Command::new(&tool)
-                .args([up.tap.as_str(), &ip.to_string(), &mac.to_string()])
+                .args([up.iface.as_str(), &ip.to_string(), &mac.to_string()])
                 .kill_on_drop(true)
                 .status();
             match tokio::time::timeout(Duration::from_secs(5), run).await {

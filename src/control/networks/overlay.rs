@@ -6,19 +6,22 @@
 //! frames; the bridge filter (`bridge tapwire_TAP`) keeps the gateway and DHCP on each host.
 //! Each local guest's MAC is pinned to the TAP's port as a static entry, once a second from
 //! the network's ownership table, so that the bridge (and an EVPN speaker reading it) knows
-//! it whether or not the guest ever sent a broadcast.
+//! it whether or not the guest ever sent a broadcast; and announced once to the peers with a
+//! RARP broadcast from its MAC sent out of the VXLAN device (as a hypervisor announces a VM
+//! after a migration), so that their VXLAN devices learn it is here, also when it was on
+//! another host before.
 //!
 //! The bridge and the VXLAN device outlive the process: both are ledgered and deleted on
 //! removal, at exit and by `tapwire cleanup`. The static entries live on the TAP's port and
 //! go with the TAP, so they are not ledgered one by one.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::super::ledger::Change;
 use super::super::{firewall, netlink, Host};
-use super::{record, Networks, Plan, Up};
+use super::{record, Networks, Plan};
 use crate::config::{Config, VXLAN_PORT};
 use crate::switch::Mac;
 
@@ -26,9 +29,15 @@ use crate::switch::Mac;
 pub(in crate::control) struct SpanHost {
     dev_index: u32,
     local: Ipv4Addr,
-    /// The bridge table of the filter at the VXLAN ports.
+    /// The bridge table of the filter at the VXLAN ports: its name, the script that makes
+    /// it empty, each VXLAN port's elements (the script that adds them), and its listing as
+    /// last made (counters left out), to find out when someone else changed it.
     table: String,
-    nft: Arc<Mutex<()>>,
+    script: String,
+    elements: HashMap<String, String>,
+    listing: String,
+    /// A packet socket that sends the announcements out of the VXLAN devices.
+    announcer: Option<OwnedFd>,
 }
 
 /// The host side of a network that spans, beyond its TAP.
@@ -45,6 +54,15 @@ pub(super) struct Overlay {
     pinned: HashSet<Mac>,
     /// Said once that a guest could not be pinned.
     warned: bool,
+}
+
+/// Forgets the last record of `made` (a link whose making failed: nothing was made, and a
+/// link of that name that exists is someone else's); the error, said.
+fn unrecord(host: &mut Host, made: &mut Vec<Change>, err: netlink::NetlinkError) -> String {
+    if let Some(change) = made.pop() {
+        host.forget(&[change]);
+    }
+    err.to_string()
 }
 
 /// The name of a spanning network's TAP in slot `slot` (its bridge has the name a TAP would).
@@ -83,10 +101,30 @@ impl SpanHost {
         host.record(Change::NftTable(table.clone()))
             .map_err(|e| e.to_string())?;
         let script = firewall::span::table(&table);
-        tokio::task::spawn_blocking(move || firewall::apply(&script))
+        let mut end = SpanHost {
+            dev_index: underlay.index,
+            local,
+            table,
+            script: script.clone(),
+            elements: HashMap::new(),
+            listing: String::new(),
+            announcer: None,
+        };
+        end.apply(script)
             .await
-            .map_err(|e| format!("the nftables change stopped unexpectedly: {e}"))?
             .map_err(|e| format!("cannot make the bridge filter of spanning networks: {e}"))?;
+        end.relist().await;
+        end.announcer = match rustix::net::socket(
+            rustix::net::AddressFamily::PACKET,
+            rustix::net::SocketType::RAW,
+            None,
+        ) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                log::warn!("spanning: cannot open a packet socket ({e}): guests are not announced to the other hosts, which learn where a guest is from the frames it sends");
+                None
+            }
+        };
         let peers: Vec<String> = span
             .peers
             .iter()
@@ -104,27 +142,122 @@ impl SpanHost {
             cfg.mtu,
             crate::config::VXLAN_OVERHEAD,
         );
-        Ok(Some((
-            SpanHost {
-                dev_index: underlay.index,
-                local,
-                table,
-                nft: Arc::new(Mutex::new(())),
-            },
-            line,
-        )))
+        Ok(Some((end, line)))
     }
 
-    /// Runs `script` on the bridge table, off the control thread.
+    /// Runs `script` (nft), off the control thread.
     async fn apply(&self, script: String) -> Result<(), String> {
-        let lock = self.nft.clone();
-        tokio::task::spawn_blocking(move || {
-            let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
-            firewall::apply(&script)
-        })
-        .await
-        .map_err(|e| format!("the nftables change stopped unexpectedly: {e}"))?
+        tokio::task::spawn_blocking(move || firewall::apply(&script))
+            .await
+            .map_err(|e| format!("the nftables change stopped unexpectedly: {e}"))?
     }
+
+    /// The table as nft lists it now, its counters left out (they move with every frame).
+    async fn list(&self) -> Result<String, String> {
+        let table = self.table.clone();
+        let text = tokio::task::spawn_blocking(move || firewall::list("bridge", &table))
+            .await
+            .map_err(|e| format!("the nftables listing stopped unexpectedly: {e}"))??;
+        Ok(firewall::span::without_counters(&text))
+    }
+
+    /// Takes the listing our own change left, to compare later ones with.
+    async fn relist(&mut self) {
+        if let Ok(listing) = self.list().await {
+            self.listing = listing;
+        }
+    }
+
+    /// Puts in the elements of VXLAN port `vxlan` (gateway `gw_ip` at `gw_mac`).
+    async fn add_elements(
+        &mut self,
+        vxlan: &str,
+        gw_mac: Mac,
+        gw_ip: Ipv4Addr,
+    ) -> Result<(), String> {
+        let script = firewall::span::elements(&self.table, vxlan, gw_mac, gw_ip, "add");
+        self.apply(script.clone()).await?;
+        self.elements.insert(vxlan.to_string(), script);
+        self.relist().await;
+        Ok(())
+    }
+
+    /// Takes out the elements of VXLAN port `vxlan`, if it has any.
+    async fn remove_elements(&mut self, vxlan: &str) -> Result<(), String> {
+        let Some(added) = self.elements.remove(vxlan) else {
+            return Ok(());
+        };
+        let result = self
+            .apply(added.replace("add element", "delete element"))
+            .await;
+        self.relist().await;
+        result
+    }
+
+    /// Compares the table with what was made, and makes it again with every port's elements
+    /// if it differs.
+    async fn check(&mut self) -> Result<firewall::Found, String> {
+        let found = match self.list().await {
+            Ok(now) if now == self.listing => return Ok(firewall::Found::Intact),
+            Ok(_) => firewall::Found::Changed,
+            Err(_) => firewall::Found::Deleted,
+        };
+        let mut script = self.script.clone();
+        for elements in self.elements.values() {
+            script.push_str(elements);
+        }
+        self.apply(script).await?;
+        self.relist().await;
+        Ok(found)
+    }
+
+    /// Sends a RARP broadcast from `mac` out of VXLAN device `index`: every peer's device
+    /// learns that `mac` is behind this host.
+    fn announce(&self, index: u32, mac: Mac) -> std::io::Result<()> {
+        let Some(fd) = &self.announcer else {
+            return Ok(());
+        };
+        let frame = rarp_announcement(mac);
+        // SAFETY: sockaddr_ll is plain data; sendto with our frame and a valid address of its
+        // size on a packet socket we own.
+        let sent = unsafe {
+            let mut to: libc::sockaddr_ll = std::mem::zeroed();
+            to.sll_family = libc::AF_PACKET as u16;
+            to.sll_ifindex = index as i32;
+            to.sll_halen = 6;
+            to.sll_addr[..6].copy_from_slice(&[0xFF; 6]);
+            libc::sendto(
+                fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                std::ptr::addr_of!(to).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// The frame a hypervisor sends for a VM that moved: a RARP request (reverse request, op 3)
+/// broadcast from `mac` for `mac`, padded to 60 bytes. Nothing answers it; switches learn
+/// where `mac` is from its source.
+fn rarp_announcement(mac: Mac) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&[0xFF; 6]);
+    f.extend_from_slice(&mac.0);
+    f.extend_from_slice(&[0x80, 0x35]);
+    // Ethernet, IPv4, 6-byte and 4-byte addresses, reverse request.
+    f.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 3]);
+    f.extend_from_slice(&mac.0);
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(&mac.0);
+    f.extend_from_slice(&[0; 4]);
+    f.resize(60, 0);
+    f
 }
 
 impl Networks {
@@ -149,9 +282,10 @@ impl Networks {
         let subnet = &plan.subnet;
         let mac = crate::networks::gateway_mac(&plan.name, subnet);
         record(host, made, Change::Link(bridge.to_string()))?;
-        let bridge_index = netlink::overlay::add_bridge(h, bridge, mac, self.mtu)
-            .await
-            .map_err(e)?;
+        let bridge_index = match netlink::overlay::add_bridge(h, bridge, mac, self.mtu).await {
+            Ok(index) => index,
+            Err(err) => return Err(unrecord(host, made, err)),
+        };
         record(
             host,
             made,
@@ -168,7 +302,7 @@ impl Networks {
             .map_err(e)?;
         let vxlan = vxlan_name(&self.tap, slot);
         record(host, made, Change::Link(vxlan.clone()))?;
-        let vxlan_index = netlink::overlay::add_vxlan(
+        let vxlan_index = match netlink::overlay::add_vxlan(
             h,
             &vxlan,
             vni,
@@ -176,7 +310,10 @@ impl Networks {
             self.mtu,
         )
         .await
-        .map_err(e)?;
+        {
+            Ok(index) => index,
+            Err(err) => return Err(unrecord(host, made, err)),
+        };
         netlink::set_master(h, vxlan_index, bridge_index, &vxlan)
             .await
             .map_err(e)?;
@@ -195,15 +332,6 @@ impl Networks {
                 .await
                 .map_err(e)?;
         }
-        span.apply(firewall::span::elements(
-            &span.table,
-            &vxlan,
-            mac,
-            subnet.gateway(),
-            "add",
-        ))
-        .await
-        .map_err(|why| format!("cannot filter the gateway at {vxlan}: {why}"))?;
         let overlay = Overlay {
             bridge: bridge.clone(),
             bridge_index,
@@ -223,49 +351,75 @@ impl Networks {
             record(host, made, Change::LinkUp(name.clone()))?;
             netlink::set_up(h, index, name, None).await.map_err(e)?;
         }
+        // Last: nothing that can fail comes after, so no element outlives a network that was
+        // not made.
+        let gateway = subnet.gateway();
+        let Some(span) = self.span.as_mut() else {
+            return Err("spanning is not set up (no --span-dev)".into());
+        };
+        span.add_elements(&overlay.vxlan, mac, gateway)
+            .await
+            .map_err(|why| format!("cannot filter the gateway at {}: {why}", overlay.vxlan))?;
         Ok(overlay)
     }
 
     /// Deletes what [`Networks::make_overlay`] made that outlives the process (the links in
     /// `made`) and the network's filter elements; called once its TAP's queues are closed.
-    pub(super) async fn remove_overlay(&mut self, name: &str, made: &[Change], up: Option<&Up>) {
-        if let (
-            Some(span),
-            Some(Up {
-                overlay: Some(o),
-                plan,
-                ..
-            }),
-        ) = (self.span.as_ref(), up)
-        {
-            let script = firewall::span::elements(
-                &span.table,
-                &o.vxlan,
-                crate::networks::gateway_mac(&plan.name, &plan.subnet),
-                plan.subnet.gateway(),
-                "delete",
-            );
-            if let Err(e) = span.apply(script).await {
-                log::warn!(
-                    "network {name}: cannot take its elements out of the bridge filter: {e}"
-                );
-            }
-        }
+    /// Returns what `made` records that could not be undone (a link that would not go): it
+    /// stays in the ledger, for `tapwire cleanup`.
+    pub(super) async fn remove_overlay(&mut self, name: &str, made: &[Change]) -> Vec<Change> {
+        let mut left = Vec::new();
         for change in made.iter().rev() {
             let Change::Link(link) = change else { continue };
+            if let Some(span) = self.span.as_mut() {
+                if let Err(e) = span.remove_elements(link).await {
+                    log::warn!(
+                        "network {name}: cannot take its elements out of the bridge filter: {e}"
+                    );
+                }
+            }
             let Some(index) = netlink::link_index(&self.handle, link).await else {
                 continue;
             };
             if let Err(e) = netlink::del_link(&self.handle, index, link).await {
-                log::warn!("network {name}: {e}");
+                log::warn!("network {name}: {e} (it stays in the ledger for `tapwire cleanup`)");
+                left.push(change.clone());
+            }
+        }
+        left
+    }
+
+    /// Makes the bridge filter of spanning networks again if someone deleted or changed it
+    /// (as the instance's own table is); whether it had to be.
+    pub(in crate::control) async fn check_span_filter(&mut self) -> bool {
+        let Some(span) = self.span.as_mut() else {
+            return false;
+        };
+        match span.check().await {
+            Ok(firewall::Found::Intact) => false,
+            Ok(found) => {
+                log::warn!(
+                    "the nftables table bridge {} was {} by someone else: made again (it keeps each host's gateway and DHCP off the overlay)",
+                    span.table,
+                    if found == firewall::Found::Deleted { "deleted" } else { "changed" }
+                );
+                true
+            }
+            Err(e) => {
+                log::error!(
+                    "the nftables table bridge {} was deleted or changed by someone else and cannot be made again ({e}): the gateways of other hosts may answer this host's guests; restart tapwire",
+                    span.table
+                );
+                false
             }
         }
     }
 
-    /// Pins every guest of each spanning network to its TAP's port, and unpins those that
-    /// left (a second late at most: called on the idle check).
+    /// Pins every guest of each spanning network to its TAP's port and announces it to the
+    /// peers, and unpins those that left (called on the idle check, once a second).
     pub(in crate::control) async fn pin_guests(&mut self) {
         let handle = self.handle.clone();
+        let span = self.span.as_ref();
         for up in self.up.values_mut() {
             let Some(o) = up.overlay.as_mut() else {
                 continue;
@@ -276,8 +430,15 @@ impl Networks {
                 match netlink::overlay::pin(&handle, o.port_index, mac, &o.port).await {
                     Ok(()) => {
                         o.pinned.insert(mac);
+                        if let Some(Err(e)) = span.map(|s| s.announce(o.vxlan_index, mac)) {
+                            log::debug!(
+                                "network {}: cannot announce {mac} on {}: {e}",
+                                up.net.name,
+                                o.vxlan
+                            );
+                        }
                     }
-                    Err(e) => failed = Some(e),
+                    Err(e) => failed = Some(e.to_string()),
                 }
             }
             for mac in o.pinned.difference(&owned).copied().collect::<Vec<_>>() {
@@ -285,7 +446,7 @@ impl Networks {
                     Ok(()) => {
                         o.pinned.remove(&mac);
                     }
-                    Err(e) => failed = Some(e),
+                    Err(e) => failed = Some(e.to_string()),
                 }
             }
             if let Some(e) = failed {
@@ -332,6 +493,18 @@ impl Overlay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_announcement_is_a_rarp_broadcast_from_and_for_the_guest() {
+        let mac = Mac([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        let f = rarp_announcement(mac);
+        assert_eq!(f.len(), 60);
+        assert_eq!(&f[..6], &[0xFF; 6]);
+        assert_eq!(&f[6..12], &mac.0);
+        assert_eq!(&f[12..14], &[0x80, 0x35]);
+        assert_eq!(&f[20..22], &[0, 3], "reverse request");
+        assert_eq!((&f[22..28], &f[32..38]), (&mac.0[..], &mac.0[..]));
+    }
 
     #[test]
     fn a_spanning_network_s_links_are_named_by_its_slot() {
