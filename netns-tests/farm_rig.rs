@@ -4,7 +4,6 @@
 // Each test binary (scenarios, v86) uses part of the rig.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -141,23 +140,9 @@ impl Farm {
     /// JSON body).
     pub fn api(&self, i: usize, method: &str, path: &str) -> (String, serde_json::Value) {
         let addr = format!("{}:9186", HOST_IPS[i]);
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
-        );
-        let text = self
-            .lb
-            .enter(move || -> std::io::Result<String> {
-                let mut s = std::net::TcpStream::connect(addr)?;
-                s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                s.write_all(request.as_bytes())?;
-                let mut text = String::new();
-                s.read_to_string(&mut text)?;
-                Ok(text)
-            })
-            .unwrap_or_else(|e| panic!("admin API of {}: {e}", HOST_NAMES[i]));
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
-        (head.lines().next().unwrap_or("").to_string(), json)
+        let (status, body) = http(&self.lb, &addr, (method, path), Some(ADMIN_TOKEN));
+        let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        (status, json)
     }
 
     /// The networks host `i` holds with clients: name → (clients, TAP).

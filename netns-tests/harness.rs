@@ -451,6 +451,35 @@ pub fn http_status(relay: &Relay, request: &[u8]) -> String {
         .to_string()
 }
 
+/// `METHOD PATH` over HTTP/1.1 to `addr` from inside `ns`, with `Authorization: Bearer
+/// TOKEN` when given: the status line and the body (the server closes after answering).
+pub fn http(
+    ns: &Netns,
+    addr: &str,
+    (method, path): (&str, &str),
+    token: Option<&str>,
+) -> (String, String) {
+    use std::io::{Read, Write};
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n");
+    let addr = addr.to_string();
+    let text = ns
+        .enter(move || -> std::io::Result<String> {
+            let mut s = TcpStream::connect(&addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(request.as_bytes())?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        })
+        .unwrap_or_else(|e| panic!("HTTP {method} {path}: {e}"));
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
 /// `tapwire token` with `args`: (token, URL with the token).
 pub fn tapwire_token(args: &[&str]) -> (String, String) {
     let out = std::process::Command::new(tapwire_bin())

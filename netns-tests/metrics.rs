@@ -1,8 +1,6 @@
 //! `--metrics`: a scrape during traffic answers every time, and its counters match what the
 //! test sent; /healthz answers; the open-clients gauge follows the clients.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use super::harness::*;
@@ -10,19 +8,11 @@ use super::GATEWAY;
 
 /// GET `path` on the relay's metrics port: (status line, body).
 fn get(relay: &Relay, path: &str) -> (String, String) {
-    let mut s = relay
-        .ns
-        .enter(|| TcpStream::connect(("127.0.0.1", METRICS_PORT)))
-        .expect("connect to --metrics");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("response");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
+    http(
+        &relay.ns,
+        &format!("127.0.0.1:{METRICS_PORT}"),
+        ("GET", path),
+        None,
     )
 }
 

@@ -7,19 +7,14 @@ use super::networks::{eventually, join};
 
 /// `method` `path` on the relay's metrics port: (status line, JSON body).
 fn api(relay: &Relay, method: &str, path: &str) -> (String, serde_json::Value) {
-    use std::io::{Read, Write};
-    let mut s = relay
-        .ns
-        .enter(|| std::net::TcpStream::connect(("127.0.0.1", METRICS_PORT)))
-        .expect("connect to --metrics");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("response");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    (head.lines().next().unwrap_or("").to_string(), json)
+    let (status, body) = http(
+        &relay.ns,
+        &format!("127.0.0.1:{METRICS_PORT}"),
+        (method, path),
+        None,
+    );
+    let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    (status, json)
 }
 
 #[test]
@@ -34,17 +29,17 @@ fn the_admin_api_lists_networks_and_clients_and_closes_exactly_one() {
     x1.send_frame(&eth(BROADCAST, mac(1), b"x1"));
     x2.send_frame(&eth(BROADCAST, mac(2), b"x2"));
     y1.send_frame(&eth(BROADCAST, mac(3), b"y1"));
+    // The hellos themselves, not any frame (the host side may send a broadcast of its own
+    // first): once a hello is delivered, it was counted.
     assert!(
-        x2.recv_frame(Duration::from_secs(5)).is_some(),
+        wait_for_tag(&mut x2, b"x1", Duration::from_secs(5)).is_some(),
         "x1's hello"
     );
     assert!(
-        x1.recv_frame(Duration::from_secs(5)).is_some(),
+        wait_for_tag(&mut x1, b"x2", Duration::from_secs(5)).is_some(),
         "x2's hello"
     );
-    let (status, nets) = api(&relay, "GET", "/api/networks");
-    assert!(status.contains("200"), "{status}");
-    let by_name = |name: &str| {
+    let network = |nets: &serde_json::Value, name: &str| {
         nets["networks"]
             .as_array()
             .expect("a list")
@@ -53,6 +48,9 @@ fn the_admin_api_lists_networks_and_clients_and_closes_exactly_one() {
             .cloned()
             .unwrap_or_else(|| panic!("no {name} in {nets}"))
     };
+    let (status, nets) = api(&relay, "GET", "/api/networks");
+    assert!(status.contains("200"), "{status}");
+    let by_name = |name: &str| network(&nets, name);
     assert_eq!(by_name("x")["clients"], 2, "{nets}");
     assert_eq!(by_name("y")["clients"], 1, "{nets}");
     assert_eq!(by_name("default")["clients"], 0, "{nets}");

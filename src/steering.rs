@@ -144,6 +144,15 @@ impl Drop for Steering {
 }
 
 impl Steering {
+    /// [`Steering::attach`] when the TAP has queues of `cores` cores to steer between;
+    /// `Ok(None)` with one core.
+    pub fn attach_for(cores: usize, tap: &OwnedFd, entries: u32) -> io::Result<Option<Steering>> {
+        if cores < 2 {
+            return Ok(None);
+        }
+        Steering::attach(tap, entries).map(Some)
+    }
+
     /// Creates the map (room for `entries` addresses), loads the program and attaches it to
     /// the TAP queue `tap` belongs to.
     pub fn attach(tap: &OwnedFd, entries: u32) -> io::Result<Steering> {

@@ -129,7 +129,18 @@ impl Farm {
         range: (Ipv4Addr, Ipv4Addr),
         lease_time: std::time::Duration,
     ) -> Option<crate::switch::Roam> {
-        let own = self.slice?.of(range)?;
+        self.slice?.roam(range, lease_time)
+    }
+}
+
+impl Slice {
+    /// [`Farm::roam`] for this host's slice.
+    pub fn roam(
+        &self,
+        range: (Ipv4Addr, Ipv4Addr),
+        lease_time: std::time::Duration,
+    ) -> Option<crate::switch::Roam> {
+        let own = self.of(range)?;
         Some(crate::switch::Roam {
             range: (range.0.octets(), range.1.octets()),
             own: (own.0.octets(), own.1.octets()),

@@ -305,15 +305,21 @@ mod tests {
             lease_time: Duration::from_secs(3600),
             dns: vec!["10.86.0.1".parse().unwrap()],
         };
-        let args = arguments(
-            "tapwire0",
-            &subnet,
-            &dhcp,
-            &[],
-            Path::new("/run/tapwire/tapwire0/leases"),
-            false,
-            None,
-        );
+        // The instance's TAP, subnet, DHCP and lease file, with networks' `ranges` and a
+        // farm's `slice`.
+        let args_with = |ranges: &[(Subnet, (std::net::Ipv4Addr, std::net::Ipv4Addr))],
+                         slice: Option<Slice>| {
+            arguments(
+                "tapwire0",
+                &subnet,
+                &dhcp,
+                ranges,
+                Path::new("/run/tapwire/tapwire0/leases"),
+                false,
+                slice,
+            )
+        };
+        let args = args_with(&[], None);
         assert!(args.contains(&"--no-ping".to_string()));
         assert!(args.contains(&"--bind-interfaces".to_string()));
         assert!(args.contains(
@@ -332,15 +338,7 @@ mod tests {
             .iter()
             .map(|b| (*b, crate::config::default_range(b)))
             .collect();
-        let with = arguments(
-            "tapwire0",
-            &subnet,
-            &dhcp,
-            &ranges,
-            Path::new("/run/tapwire/tapwire0/leases"),
-            false,
-            None,
-        );
+        let with = args_with(&ranges, None);
         assert!(with.contains(&"--interface=tapwire0n*".to_string()));
         assert!(with.contains(&"--bind-dynamic".to_string()));
         assert!(!with.contains(&"--bind-interfaces".to_string()));
@@ -350,15 +348,7 @@ mod tests {
         assert!(with.contains(&format!("--dhcp-lease-max={}", 65525 + 2 * 245)));
         assert!(!with.iter().any(|a| a.starts_with("--dhcp-match")));
         // Host 1 of 3: new leases from its slice, requests from the whole range.
-        let farm = arguments(
-            "tapwire0",
-            &subnet,
-            &dhcp,
-            &ranges,
-            Path::new("/run/tapwire/tapwire0/leases"),
-            false,
-            Some(Slice { index: 1, count: 3 }),
-        );
+        let farm = args_with(&ranges, Some(Slice { index: 1, count: 3 }));
         assert!(farm.contains(&"--dhcp-match=set:tw-request,53,3b".to_string()));
         assert!(farm.contains(
             &"--dhcp-range=set:default,10.86.85.92,10.86.170.173,255.255.0.0,3600".to_string()

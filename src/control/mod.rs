@@ -539,19 +539,12 @@ async fn start(
     }
     // Host → guest frames on the queue of the guest's core (a hint: without it the kernel's
     // flow hash picks the queue and the cores hand frames over).
-    let steering = if cfg.cores > 1 {
-        let entries =
-            (cfg.clients.max_clients * cfg.clients.max_macs_per_client).min(1 << 20) as u32;
-        match crate::steering::Steering::attach(&taps[0], entries) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                log::warn!("cannot steer TAP queues by destination MAC ({e}); the kernel's flow hash picks them and frames for a guest on another core are handed over");
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let entries = (cfg.clients.max_clients * cfg.clients.max_macs_per_client).min(1 << 20) as u32;
+    let steering = crate::steering::Steering::attach_for(cfg.cores, &taps[0], entries)
+        .unwrap_or_else(|e| {
+            log::warn!("cannot steer TAP queues by destination MAC ({e}); the kernel's flow hash picks them and frames for a guest on another core are handed over");
+            None
+        });
     let default_net = crate::engine::network::NetworkSpec {
         name: crate::networks::DEFAULT.to_string(),
         tap: cfg.tap.to_string(),

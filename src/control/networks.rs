@@ -160,9 +160,9 @@ pub(super) struct Networks {
     wanted_again: HashSet<String>,
     /// Said once that leases cannot be released.
     warned_no_release: bool,
-    /// This host's part in a farm, and the lease time when DHCP runs (for roaming guests).
-    farm: crate::config::Farm,
-    lease_time: Option<std::time::Duration>,
+    /// This host's slice of a farm's DHCP ranges, and their lease time, when it has one and
+    /// DHCP runs (for guests that roam here from another host).
+    roaming: Option<(crate::config::Slice, std::time::Duration)>,
     /// Spanning: the options, and this host's end of the tunnels once started.
     span_cfg: Option<crate::config::Span>,
     span: Option<SpanHost>,
@@ -194,8 +194,7 @@ impl Networks {
             removing: HashMap::new(),
             wanted_again: HashSet::new(),
             warned_no_release: false,
-            farm: cfg.farm.clone(),
-            lease_time: cfg.host.dhcp().map(|d| d.lease_time),
+            roaming: cfg.farm.slice.zip(cfg.host.dhcp().map(|d| d.lease_time)),
             span_cfg: cfg.span.clone(),
             span: None,
         }

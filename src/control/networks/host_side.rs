@@ -68,17 +68,12 @@ impl Networks {
             ),
             None => None,
         };
-        let steering = if self.cores > 1 {
-            match crate::steering::Steering::attach(&queues[0], STEERING_ENTRIES) {
-                Ok(s) => Some(s),
-                Err(e) => {
+        let steering =
+            crate::steering::Steering::attach_for(self.cores, &queues[0], STEERING_ENTRIES)
+                .unwrap_or_else(|e| {
                     log::debug!("network {name}: cannot steer TAP queues by MAC ({e})");
                     None
-                }
-            }
-        } else {
-            None
-        };
+                });
         let spec = NetworkSpec {
             name: name.to_string(),
             tap: port,
@@ -89,8 +84,8 @@ impl Networks {
             steering,
             limits: plan.limits,
             roam: self
-                .lease_time
-                .and_then(|lease| self.farm.roam(plan.dhcp_range, lease)),
+                .roaming
+                .and_then(|(slice, lease)| slice.roam(plan.dhcp_range, lease)),
             span: overlay.as_ref().map(Overlay::info),
         };
         let net = Network::new(id, spec, self.cores, self.shared.clock.now_ms());
