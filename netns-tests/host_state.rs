@@ -47,7 +47,63 @@ fn sigterm_closes_clients_with_1001_and_leaves_nothing() {
             .proc()
             .log_text()
             .contains("tapwire_connections_closed_total"),
-        "summary printed at exit"
+        "every counter printed at exit with --log-level debug"
+    );
+    assert!(
+        relay.proc().log_text().contains(" clients served, "),
+        "and the paragraph"
+    );
+}
+
+#[test]
+fn a_relay_at_the_default_log_level_ends_with_one_paragraph_and_prints_every_counter_on_sigusr1() {
+    if skip_unless_root(
+        "a_relay_at_the_default_log_level_ends_with_one_paragraph_and_prints_every_counter_on_sigusr1",
+    ) {
+        return;
+    }
+    let ns = netns("twr");
+    let dir = TempDir::new();
+    let args: Vec<String> = [
+        "--tap",
+        &unique("twt"),
+        "--runtime-dir",
+        &dir.0.join("run").display().to_string(),
+        "--log-level",
+        "info",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let mut relay = RelayProcess::start(
+        &ns,
+        &[],
+        std::path::Path::new(tapwire_bin()),
+        &args,
+        dir.0.join("relay.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut client = WsClient::new(
+        ns.enter(|| tapwire_testkit::ws::connect("ws://127.0.0.1:8086/", None))
+            .expect("connect"),
+    );
+    client.send_frame(&eth(BROADCAST, mac(1), b"hello"));
+    // SIGUSR1: every counter, in Prometheus text (what try_counters reads without --metrics).
+    let c = relay.try_counters().expect("counters on SIGUSR1");
+    assert_eq!(c.get("tapwire_connections_upgraded_total"), 1);
+    relay.stop().expect("it stops");
+    let log = relay.proc.log_text();
+    assert_eq!(
+        log.matches("# HELP tapwire_clients_open").count(),
+        1,
+        "the full counters only on SIGUSR1, not at exit: {log}"
+    );
+    let last = log.lines().last().unwrap_or("");
+    assert!(
+        last.contains("ran ")
+            && last.contains(": 1 client served, 1 at most at once; from guests 1 frame (")
+            && last.contains("kill -USR1"),
+        "{last}"
     );
 }
 

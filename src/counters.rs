@@ -330,8 +330,86 @@ pub fn with_label(text: &str, label: &str, value: &str) -> String {
     out
 }
 
-/// The summary printed at exit and on SIGUSR1, in Prometheus text format: per series its
-/// `# HELP` and `# TYPE`, the sum over cores, then each core's non-zero value.
+/// What a run did, in one paragraph for a person (printed at exit): how long it ran, the
+/// clients it served and the most at once, frames and bytes each way, and only what is not
+/// zero of the drops and of the host events the control thread repaired.
+pub fn exit_paragraph(
+    cores: &[std::sync::Arc<CoreCounters>],
+    host: &HostCounters,
+    uptime: std::time::Duration,
+    peak_clients: usize,
+) -> String {
+    let sum = |f: &dyn Fn(&CoreCounters) -> u64| cores.iter().map(|c| f(c)).sum::<u64>();
+    let served = sum(&|c| c.connections_upgraded.get());
+    let count = |n: u64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    let mut out = format!(
+        "ran {}: {} served, {peak_clients} at most at once; from guests {} ({}), to guests {} ({})",
+        human_duration(uptime),
+        count(served, "client"),
+        count(sum(&|c| c.client_rx_frames.get()), "frame"),
+        human_bytes(sum(&|c| c.client_rx_bytes.get())),
+        count(sum(&|c| c.client_tx_frames.get()), "frame"),
+        human_bytes(sum(&|c| c.client_tx_bytes.get())),
+    );
+    let drops: Vec<String> = DropReason::ALL
+        .iter()
+        .filter_map(|r| {
+            let n: u64 = cores.iter().map(|c| c.drops(*r)).sum();
+            (n > 0).then(|| format!("{} {n}", r.label()))
+        })
+        .collect();
+    if drops.is_empty() {
+        out.push_str("; nothing dropped");
+    } else {
+        out.push_str(&format!("; dropped: {}", drops.join(", ")));
+    }
+    let repaired: Vec<String> = host
+        .series()
+        .iter()
+        .filter(|(_, _, v)| *v > 0)
+        .map(|(name, _, v)| {
+            let short = name
+                .trim_start_matches("tapwire_")
+                .trim_end_matches("_total");
+            format!("{short} {v}")
+        })
+        .collect();
+    if !repaired.is_empty() {
+        out.push_str(&format!("; host state repaired: {}", repaired.join(", ")));
+    }
+    out.push_str(". The full counters: kill -USR1, --metrics, or --log-level debug at exit.");
+    out
+}
+
+/// `d` as a person reads it: `45s`, `12m 3s`, `2h 5m`, `3d 4h`.
+fn human_duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m {}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// `n` bytes as a person reads them, in powers of 1024: `512 B`, `1.5 KiB`, `3.2 GiB`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// The summary printed on SIGUSR1 (and at exit with `--log-level debug`), in Prometheus text
+/// format: per series its `# HELP` and `# TYPE`, the sum over cores, then each core's non-zero
+/// value.
 pub fn summary(cores: &[std::sync::Arc<CoreCounters>], host: &HostCounters) -> String {
     let mut out = String::new();
     let values: Vec<[u64; SERIES.len()]> = cores.iter().map(|c| c.values()).collect();
@@ -382,6 +460,50 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn the_exit_paragraph_says_what_a_person_needs_and_only_the_drops_that_happened() {
+        let a = std::sync::Arc::new(CoreCounters::default());
+        let b = std::sync::Arc::new(CoreCounters::default());
+        a.connections_upgraded.add(3);
+        b.connections_upgraded.add(2);
+        a.client_rx_frames.add(10);
+        a.client_rx_bytes.add(1536);
+        b.client_tx_frames.add(7);
+        b.client_tx_bytes.add(3 * 1024 * 1024);
+        b.dropped(DropReason::MacConflict);
+        b.dropped(DropReason::MacConflict);
+        let host = HostCounters::default();
+        host.dnsmasq_restarts.inc();
+        let p = exit_paragraph(
+            &[a.clone(), b],
+            &host,
+            std::time::Duration::from_secs(3723),
+            4,
+        );
+        assert_eq!(
+            p,
+            "ran 1h 2m: 5 clients served, 4 at most at once; from guests 10 frames (1.5 KiB), to guests 7 frames (3.0 MiB); dropped: mac_conflict 2; host state repaired: dnsmasq_restarts 1. The full counters: kill -USR1, --metrics, or --log-level debug at exit."
+        );
+        assert!(!p.contains('\n'), "one paragraph");
+        let quiet = exit_paragraph(
+            &[a],
+            &HostCounters::default(),
+            std::time::Duration::from_secs(59),
+            1,
+        );
+        assert!(
+            quiet.starts_with("ran 59s: 3 clients served, 1 at most at once;"),
+            "{quiet}"
+        );
+        assert!(quiet.contains("; nothing dropped."), "{quiet}");
+        assert!(!quiet.contains("repaired"), "{quiet}");
+        assert_eq!(
+            human_duration(std::time::Duration::from_secs(90_061)),
+            "1d 1h"
+        );
+        assert_eq!(human_bytes(1023), "1023 B");
+    }
 
     #[test]
     fn summary_sums_cores() {

@@ -168,6 +168,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let debug = cfg.log_level >= log::LevelFilter::Debug;
     match tapwire::run(
         cfg,
         listeners,
@@ -175,7 +176,11 @@ fn run(args: RunArgs) -> ExitCode {
         tapwire::Shutdown::with_signals(),
     ) {
         Ok(report) => {
-            eprint!("{}", report.summary);
+            // A person reads the paragraph; the full counters at debug (the tests read them).
+            if debug {
+                eprint!("{}", report.summary);
+            }
+            log::info!("{}", report.paragraph);
             match report.lost {
                 Some(why) => {
                     say_error(&why);

@@ -96,8 +96,10 @@ impl Shutdown {
 
 /// What a run left behind for its caller.
 pub struct RunReport {
-    /// The counter summary printed at exit.
+    /// Every counter, in Prometheus text (printed at exit with `--log-level debug`).
     pub summary: String,
+    /// What the run did, in one paragraph (printed at exit otherwise).
+    pub paragraph: String,
     /// The io_uring features the cores used.
     pub features: Features,
     /// Why the relay stopped by itself, when something it cannot serve without was taken
@@ -184,6 +186,7 @@ async fn run_async(
     listeners: (Vec<TcpListener>, Vec<TcpListener>),
     shutdown: Shutdown,
 ) -> Result<RunReport, RunError> {
+    let begun = std::time::Instant::now();
     let tls_count = if cfg.tls.is_some() { cfg.cores } else { 0 };
     if listeners.0.len() != cfg.cores || listeners.1.len() != tls_count {
         return Err(RunError::Setup(format!(
@@ -329,9 +332,18 @@ async fn run_async(
     }
     host.undo().await;
     let summary = counters::summary(&shared.counters, &shared.host_counters);
+    let paragraph = counters::exit_paragraph(
+        &shared.counters,
+        &shared.host_counters,
+        begun.elapsed(),
+        shared
+            .peak_clients
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
     match joined {
         Ok(Ok(())) => Ok(RunReport {
             summary,
+            paragraph,
             features,
             lost,
         }),

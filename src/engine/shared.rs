@@ -38,6 +38,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Clients connected across cores (for --max-clients).
     pub clients: AtomicUsize,
+    /// The most clients connected at once since the start (for the exit summary).
+    pub peak_clients: AtomicUsize,
     pub counters: Vec<Arc<CoreCounters>>,
     /// The control thread's counters.
     pub host_counters: HostCounters,
@@ -87,6 +89,7 @@ impl Shared {
             shutdown: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             clients: AtomicUsize::new(0),
+            peak_clients: AtomicUsize::new(0),
             counters: (0..cores)
                 .map(|_| Arc::new(CoreCounters::default()))
                 .collect(),

@@ -249,7 +249,8 @@ impl RelayProcess {
     }
 
     /// Its counters now: a `/metrics` scrape when it has a metrics listener, else a fresh
-    /// SIGUSR1 summary; once stopped, its exit summary. Panics when none comes (a hung relay,
+    /// SIGUSR1 summary; once stopped, its exit summary (which only a relay run with
+    /// `--log-level debug` prints; one at another level ends with a paragraph). Panics when none comes (a hung relay,
     /// or one that died without a summary): a stale reading must never pass for a fresh one.
     #[track_caller]
     pub fn counters(&self) -> Counters {

@@ -153,10 +153,15 @@ impl Relay {
             .unwrap_or_else(|e| panic!("the relay's counters: {e}"))
     }
 
-    /// Stops the relay (SIGTERM); its counters at exit.
+    /// Stops the relay (SIGTERM); its counters just before (on SIGUSR1: at its default log
+    /// level a relay ends with a paragraph, not every counter).
     pub(crate) fn stop(mut self) -> Counters {
+        let counters = self
+            .process
+            .try_counters()
+            .unwrap_or_else(|e| panic!("the relay's counters: {e}"));
         self.process.stop_within(LIMIT);
-        self.process.counters()
+        counters
     }
 }
 

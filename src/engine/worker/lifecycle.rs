@@ -53,6 +53,10 @@ impl Worker {
             );
             return;
         }
+        // One atomic per connection, not per frame.
+        self.shared
+            .peak_clients
+            .fetch_max(total + 1, Ordering::Relaxed);
         let deadline = self
             .time
             .now_ms
