@@ -44,6 +44,8 @@ mod networks;
 mod networks_api;
 #[path = "span.rs"]
 mod span;
+#[path = "span_evpn.rs"]
+mod span_evpn;
 #[path = "spoofing.rs"]
 mod spoofing;
 #[path = "swarm.rs"]

@@ -407,6 +407,33 @@ fn check_ops(ring: &IoUring, out: &mut Vec<Finding>) {
     let _ = unsafe { rustix::mm::munmap(page, 4096) };
 }
 
+/// Raises the open-file limit to its hard maximum: every client is a descriptor, and so is
+/// each network's queue on each core (`network_queues`). Warns when even that is short.
+pub(super) fn raise_fd_limit(max_clients: usize, network_queues: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    // None is unlimited.
+    let below_hard = match (lim.current, lim.maximum) {
+        (Some(current), Some(maximum)) => current < maximum,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if below_hard {
+        lim.current = lim.maximum;
+        if setrlimit(Resource::Nofile, lim).is_err() {
+            lim = getrlimit(Resource::Nofile);
+        }
+    }
+    // None: unlimited.
+    let current = lim.current.unwrap_or(u64::MAX);
+    let needed = (max_clients + network_queues) as u64 + 256;
+    if current < needed {
+        log::warn!(
+            "the open-file limit is {current}: fewer than --max-clients {max_clients} clients (with {network_queues} descriptors for the queues of --max-networks networks) can connect — raise it (ulimit -n {needed}, or LimitNOFILE={needed} in a systemd unit)"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{io_uring_setup_hint, neighbour_table_advice, ENOSYS, EPERM};

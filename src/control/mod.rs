@@ -196,7 +196,7 @@ async fn run_async(
             cfg.cores
         )));
     }
-    raise_fd_limit(
+    check::raise_fd_limit(
         cfg.clients.max_clients,
         cfg.networks.max_networks * cfg.cores,
     );
@@ -291,7 +291,7 @@ async fn run_async(
             ),
         }
     }
-    log::info!("{}", networks_line(&cfg));
+    log::info!("{}", networks::start_line(&cfg));
     if let Some(line) = cfg.farm.describe(cfg.host.dhcp().map(|d| d.range)) {
         log::info!("{line}");
     }
@@ -349,52 +349,6 @@ async fn run_async(
         }),
         Ok(Err(e)) => Err(RunError::Io(e)),
         Err(e) => Err(RunError::Setup(format!("engine join failed: {e}"))),
-    }
-}
-
-/// The start-up line about networks besides the default one.
-fn networks_line(cfg: &Config) -> String {
-    let n = &cfg.networks;
-    if n.max_networks == 0 {
-        return "networks: only the default one (--max-networks 0, or --attach-bridge)".into();
-    }
-    let blocks = n.pool.reachable();
-    let prefix = blocks.first().map_or(0, |b| b.prefix);
-    match n.mode {
-        crate::config::NetworksMode::OnDemand => format!(
-            "networks: ws://{}/n/NAME makes network NAME on its first connection: up to {}, each a /{prefix} of {} with its own TAP ({}n<slot>), removed {:?} after their last client",
-            cfg.listen, n.max_networks, cfg.networks.pool_cidr(), cfg.tap, n.idle
-        ),
-        crate::config::NetworksMode::Declared => {
-            "networks: /n/NAME joins only declared networks (--networks declared); other names get 403".into()
-        }
-    }
-}
-
-/// Raises the open-file limit to its hard maximum: every client is a descriptor, and so is
-/// each network's queue on each core (`network_queues`). Warns when even that is short.
-fn raise_fd_limit(max_clients: usize, network_queues: usize) {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut lim = getrlimit(Resource::Nofile);
-    // None is unlimited.
-    let below_hard = match (lim.current, lim.maximum) {
-        (Some(current), Some(maximum)) => current < maximum,
-        (Some(_), None) => true,
-        (None, _) => false,
-    };
-    if below_hard {
-        lim.current = lim.maximum;
-        if setrlimit(Resource::Nofile, lim).is_err() {
-            lim = getrlimit(Resource::Nofile);
-        }
-    }
-    // None: unlimited.
-    let current = lim.current.unwrap_or(u64::MAX);
-    let needed = (max_clients + network_queues) as u64 + 256;
-    if current < needed {
-        log::warn!(
-            "the open-file limit is {current}: fewer than --max-clients {max_clients} clients (with {network_queues} descriptors for the queues of --max-networks networks) can connect — raise it (ulimit -n {needed}, or LimitNOFILE={needed} in a systemd unit)"
-        );
     }
 }
 

@@ -28,7 +28,9 @@ use crate::networks::Pool;
 
 mod host_side;
 mod overlay;
+mod routes;
 pub(super) use overlay::SpanHost;
+pub(in crate::control) use routes::routed_subnets;
 
 /// What of `made` was undone: all but `left`.
 fn undone(made: &[Change], left: &[Change]) -> Vec<Change> {
@@ -198,51 +200,6 @@ impl Networks {
             span_cfg: cfg.span.clone(),
             span: None,
         }
-    }
-
-    /// How network `name`, made on demand with `subnet`, spans: `None` without
-    /// `--span-peers`. An error when it cannot: it would have another subnet than on the
-    /// other hosts (its name's block is taken here), or the VNI of a network that is up.
-    fn span_plan(
-        &self,
-        name: &str,
-        subnet: &Subnet,
-    ) -> Result<Option<(u32, Vec<std::net::Ipv4Addr>)>, String> {
-        let Some(peers) = self.span_cfg.as_ref().and_then(|s| s.on_demand()) else {
-            return Ok(None);
-        };
-        if let Some(want) = self.pool.preferred(name).filter(|w| w != subnet) {
-            return Err(format!(
-                "it spans, and its block of --network-pool ({want}) is taken on this host: it would get {subnet} here and {want} on the other hosts"
-            ));
-        }
-        let vni = crate::config::vni(name);
-        if let Some(other) = self
-            .up
-            .values()
-            .find(|u| u.overlay.as_ref().is_some_and(|o| o.vni == vni))
-        {
-            return Err(format!(
-                "its VXLAN network identifier {vni} (from its name) is network {}'s: declare one of them with another vni",
-                other.net.name
-            ));
-        }
-        Ok(Some((vni, peers)))
-    }
-
-    /// Sets up spanning when the options ask for it (see [`SpanHost::start`]); returns the
-    /// line that says so.
-    pub(super) async fn start_span(
-        &mut self,
-        cfg: &Config,
-        host: &mut Host,
-    ) -> Result<Option<String>, String> {
-        Ok(SpanHost::start(cfg, &self.handle, host)
-            .await?
-            .map(|(span, line)| {
-                self.span = Some(span);
-                line
-            }))
     }
 
     /// Handles `first` and every event that came with it.
@@ -582,56 +539,28 @@ impl Networks {
     }
 }
 
-/// The subnets of this namespace's routes but the default route (from /proc/net/route, which
-/// shows the reader's namespace): addresses other interfaces use.
-pub(super) fn routed_subnets() -> Vec<Subnet> {
-    std::fs::read_to_string("/proc/net/route")
-        .map(|t| parse_routes(&t))
-        .unwrap_or_default()
-}
-
-/// Parses /proc/net/route: destination and mask of each route (hexadecimal, in network byte
-/// order read as a native number), the default route left out.
-fn parse_routes(table: &str) -> Vec<Subnet> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let dest = u32::from_str_radix(f.get(1)?, 16).ok()?.to_ne_bytes();
-            let mask = u32::from_str_radix(f.get(7)?, 16).ok()?.to_ne_bytes();
-            let prefix = u32::from_be_bytes(mask).leading_ones();
-            // Lossless: a prefix is at most 32.
-            (prefix > 0).then(|| Subnet {
-                network: std::net::Ipv4Addr::from(dest),
-                prefix: prefix as u8,
-            })
-        })
-        .collect()
+/// The start-up line about networks besides the default one.
+pub(super) fn start_line(cfg: &Config) -> String {
+    let n = &cfg.networks;
+    if n.max_networks == 0 {
+        return "networks: only the default one (--max-networks 0, or --attach-bridge)".into();
+    }
+    let blocks = n.pool.reachable();
+    let prefix = blocks.first().map_or(0, |b| b.prefix);
+    match n.mode {
+        crate::config::NetworksMode::OnDemand => format!(
+            "networks: ws://{}/n/NAME makes network NAME on its first connection: up to {}, each a /{prefix} of {} with its own TAP ({}n<slot>), removed {:?} after their last client",
+            cfg.listen, n.max_networks, cfg.networks.pool_cidr(), cfg.tap, n.idle
+        ),
+        crate::config::NetworksMode::Declared => {
+            "networks: /n/NAME joins only declared networks (--networks declared); other names get 403".into()
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn routes_other_than_the_default_are_subnets_in_use() {
-        let table =
-            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
-eth0\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0
-eth0\t0001A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
-tapwire0\t0000560A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
-";
-        if cfg!(target_endian = "little") {
-            assert_eq!(
-                parse_routes(table),
-                vec![
-                    "192.168.1.0/24".parse::<Subnet>().unwrap(),
-                    "10.86.0.0/16".parse().unwrap()
-                ]
-            );
-        }
-    }
 
     #[test]
     fn slots_start_at_one_and_come_back_with_a_new_generation() {

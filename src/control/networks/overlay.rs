@@ -22,7 +22,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use super::super::ledger::Change;
 use super::super::{firewall, netlink, Host};
 use super::{record, Networks, Plan};
-use crate::config::{Config, VXLAN_PORT};
+use crate::config::{Config, Subnet, VXLAN_PORT};
 use crate::switch::Mac;
 
 /// This host's end of every tunnel, from `--span-dev`.
@@ -261,6 +261,51 @@ fn rarp_announcement(mac: Mac) -> Vec<u8> {
 }
 
 impl Networks {
+    /// How network `name`, made on demand with `subnet`, spans: `None` without
+    /// `--span-peers`. An error when it cannot: it would have another subnet than on the
+    /// other hosts (its name's block is taken here), or the VNI of a network that is up.
+    pub(super) fn span_plan(
+        &self,
+        name: &str,
+        subnet: &Subnet,
+    ) -> Result<Option<(u32, Vec<std::net::Ipv4Addr>)>, String> {
+        let Some(peers) = self.span_cfg.as_ref().and_then(|s| s.on_demand()) else {
+            return Ok(None);
+        };
+        if let Some(want) = self.pool.preferred(name).filter(|w| w != subnet) {
+            return Err(format!(
+                "it spans, and its block of --network-pool ({want}) is taken on this host: it would get {subnet} here and {want} on the other hosts"
+            ));
+        }
+        let vni = crate::config::vni(name);
+        if let Some(other) = self
+            .up
+            .values()
+            .find(|u| u.overlay.as_ref().is_some_and(|o| o.vni == vni))
+        {
+            return Err(format!(
+                "its VXLAN network identifier {vni} (from its name) is network {}'s: declare one of them with another vni",
+                other.net.name
+            ));
+        }
+        Ok(Some((vni, peers)))
+    }
+
+    /// Sets up spanning when the options ask for it (see [`SpanHost::start`]); returns the
+    /// line that says so.
+    pub(in crate::control) async fn start_span(
+        &mut self,
+        cfg: &Config,
+        host: &mut Host,
+    ) -> Result<Option<String>, String> {
+        Ok(SpanHost::start(cfg, &self.handle, host)
+            .await?
+            .map(|(span, line)| {
+                self.span = Some(span);
+                line
+            }))
+    }
+
     /// Makes the bridge of `plan` in slot `slot` (spanning to `peers` with `vni`), with its
     /// TAP (index `port_index`, opened) and a VXLAN device on it, each change recorded in
     /// `made` first; the bridge is left up with the gateway's address.
