@@ -310,9 +310,7 @@ pub(crate) fn run(ctx: &Ctx) -> Table {
                 for (i, (_, layout)) in layouts.iter().enumerate() {
                     let (s, d) = scenario(ctx, size, *layout);
                     samples[i].push(s);
-                    for (k, v) in d {
-                        *drops[i].entry(k).or_default() += v;
-                    }
+                    add_drops(&mut drops[i], d);
                 }
             }
             let reference = stat_of(&samples[0], |s| s.fps).median;

@@ -24,11 +24,26 @@ pub(crate) const RESERVED_GUESTS: usize = 1100;
 pub(crate) const GUEST_MAC_BASE: [u8; 6] = [0x02, 0x00, 0x0a, 0x56, 0, 0];
 
 /// The relay under test: `tapwire run` in the bench namespace, pinned with taskset, no DHCP,
-/// deep send queues (1024) and no pings, so that the numbers measure forwarding.
+/// deep send queues (1024) and no pings, so that the numbers measure forwarding; or, for the
+/// floor rows, `relay-floor` in its place ([`Relay::floor`]).
 pub(crate) struct Relay {
-    process: RelayProcess,
+    process: Under,
     pub tap: String,
     pub tap_mac: [u8; 6],
+}
+
+/// What runs in the relay's place.
+enum Under {
+    Tapwire(RelayProcess),
+    /// `relay-floor`: the least work any relay must do (its own binary, `src/bin`).
+    Floor(RelayProcess),
+}
+
+/// Which way `relay-floor` moves frames.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum FloorWay {
+    Up,
+    Down,
 }
 
 /// How long a relay may take to start or to stop: with 1 000 networks, 15–25 s here (the
@@ -74,19 +89,7 @@ impl Relay {
         dhcp: bool,
         extra: &[&str],
     ) -> Relay {
-        // A relay just stopped may still hold the port a moment after it exited (one start
-        // in the networks group, after a relay with 1 000 networks, was refused with "Address
-        // already in use"): wait for it, bounded.
-        let free_by = std::time::Instant::now() + LIMIT;
-        while ns
-            .run(&["ss", "-ltnH", "sport = :8086"])
-            .is_ok_and(|out| !out.trim().is_empty())
-        {
-            if std::time::Instant::now() > free_by {
-                panic!("port 8086 still taken in the bench namespace after {LIMIT:?}");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        wait_for_port(ns);
         let tap = unique("twb");
         let run_dir = dir.join("run").display().to_string();
         let mut args: Vec<String> = [
@@ -129,6 +132,36 @@ impl Relay {
             LIMIT,
         )
         .unwrap_or_else(|e| panic!("{e}"));
+        Self::attach(ns, Under::Tapwire(process), tap)
+    }
+
+    /// `relay-floor` in the relay's place, pinned to `RELAY_CPU`, moving `way` on a TAP for
+    /// frames of `size` bytes, at the address tapwire's TAP has.
+    pub(crate) fn floor(ns: &Netns, dir: &Path, way: FloorWay, size: usize) -> Relay {
+        wait_for_port(ns);
+        let tap = unique("twb");
+        let mtu = (size.max(1514) - 14).to_string();
+        let way = match way {
+            FloorWay::Up => "up",
+            FloorWay::Down => "down",
+        };
+        let args: Vec<String> = ["--tap", &tap, "--mtu", &mtu, "--direction", way]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        let process = RelayProcess::start_within(
+            ns,
+            &["taskset", "-c", &RELAY_CPU.to_string()],
+            &sibling_binary("relay-floor", "RELAY_FLOOR_BIN"),
+            &args,
+            dir.join(format!("{tap}.log")),
+            LIMIT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        Self::attach(ns, Under::Floor(process), tap)
+    }
+
+    fn attach(ns: &Netns, process: Under, tap: String) -> Relay {
         let mac = ns
             .run(&["cat", &format!("/sys/class/net/{tap}/address")])
             .expect("tap mac");
@@ -140,28 +173,74 @@ impl Relay {
         }
     }
 
+    fn process(&self) -> &RelayProcess {
+        match &self.process {
+            Under::Tapwire(p) | Under::Floor(p) => p,
+        }
+    }
+
     /// Its pid (`ip netns exec` and taskset exec tapwire: the same pid).
     pub(crate) fn pid(&self) -> u32 {
-        self.process.pid()
+        self.process().pid()
     }
 
     /// Its drop counters now, while it runs (from `--metrics`, which it needs).
     pub(crate) fn live_drops(&self) -> Drops {
-        self.process
+        self.process()
             .try_counters()
             .map(|c| drops_of(&c))
             .unwrap_or_else(|e| panic!("the relay's counters: {e}"))
     }
 
     /// Stops the relay (SIGTERM); its counters just before (on SIGUSR1: at its default log
-    /// level a relay ends with a paragraph, not every counter).
-    pub(crate) fn stop(mut self) -> Counters {
-        let counters = self
-            .process
-            .try_counters()
-            .unwrap_or_else(|e| panic!("the relay's counters: {e}"));
-        self.process.stop_within(LIMIT);
-        counters
+    /// level a relay ends with a paragraph, not every counter). For the floor, what it says
+    /// it could not move, as drops `floor_refused` and `floor_unroutable`.
+    pub(crate) fn stop(self) -> Counters {
+        match self.process {
+            Under::Tapwire(mut p) => {
+                let counters = p
+                    .try_counters()
+                    .unwrap_or_else(|e| panic!("the relay's counters: {e}"));
+                p.stop_within(LIMIT);
+                counters
+            }
+            Under::Floor(mut p) => {
+                p.stop_within(LIMIT);
+                let moved = floor_moved(&p.proc.log_text()).unwrap_or_else(|| {
+                    panic!("relay-floor ended without its line:\n{}", p.proc.log_text())
+                });
+                Counters::parse(&format!(
+                    "tapwire_drops_total{{reason=\"floor_refused\"}} {}\ntapwire_drops_total{{reason=\"floor_unroutable\"}} {}\n",
+                    moved[2], moved[3]
+                ))
+            }
+        }
+    }
+}
+
+/// The numbers of `relay-floor`'s last line: frames, bytes, refused, unroutable.
+pub(crate) fn floor_moved(log: &str) -> Option<[u64; 4]> {
+    let line = log.lines().rev().find(|l| l.starts_with("relay-floor: "))?;
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    numbers.try_into().ok()
+}
+
+/// A relay just stopped may still hold the port a moment after it exited (one start in the
+/// networks group, after a relay with 1 000 networks, was refused with "Address already in
+/// use"): waits for it, bounded.
+fn wait_for_port(ns: &Netns) {
+    let free_by = std::time::Instant::now() + LIMIT;
+    while ns
+        .run(&["ss", "-ltnH", "sport = :8086"])
+        .is_ok_and(|out| !out.trim().is_empty())
+    {
+        if std::time::Instant::now() > free_by {
+            panic!("port 8086 still taken in the bench namespace after {LIMIT:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 

@@ -24,6 +24,10 @@ pub(crate) struct Row {
     /// the one-core figure (2 cores), loopback TCP (g2g), the plain generator (swarm).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference_fps: Option<f64>,
+    /// The floor of the same run: what `relay-floor` (the least work any relay must do)
+    /// moved in the same cell, median frames/s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor_fps: Option<f64>,
     /// For *up*, frames the generator had queued ahead of the relay when the window closed;
     /// for *down*, frames/s the kernel queued to the TAP.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -74,6 +78,11 @@ impl Row {
         self.reference_fps.map(|r| self.fps.median / r.max(1.0))
     }
 
+    /// Median frames/s over the floor's.
+    pub(crate) fn floor_ratio(&self) -> Option<f64> {
+        self.floor_fps.map(|r| self.fps.median / r.max(1.0))
+    }
+
     fn mbits(&self) -> f64 {
         self.fps.median * self.size as f64 * 8.0 / 1e6
     }
@@ -83,6 +92,8 @@ impl Row {
             "kernel_tap_write" => "kernel TAP write",
             "kernel_tap_read" => "kernel TAP read",
             "kernel_loopback_tcp" => "kernel loopback TCP",
+            "floor_up" => "floor up",
+            "floor_down" => "floor down",
             "up_2cores" => "up",
             "down_2cores" => "down",
             "farm_direct" => "straight to the host",
@@ -115,6 +126,9 @@ pub(crate) enum Col {
     /// Header, and what to print when the row has no reference.
     Reference(&'static str, &'static str),
     Ratio(&'static str, RatioStyle),
+    /// The floor's frames/s, and the row's share of it.
+    Floor,
+    FloorRatio,
     Load,
     Loss,
     Cpu,
@@ -131,6 +145,8 @@ impl Col {
             Col::Scenario(h) | Col::Count(h) | Col::Fps(h) | Col::Reference(h, _) => h,
             Col::Ratio(h, _) => h,
             Col::Size => "frame",
+            Col::Floor => "floor frames/s",
+            Col::FloorRatio => "relay / floor",
             Col::Mbits => "Mbit/s",
             Col::Load => "load (see below)",
             Col::Loss => "loss",
@@ -162,6 +178,8 @@ impl Col {
                 RatioStyle::Decimals(d) => format!("{r:.d$}"),
                 RatioStyle::Gain => format!("{r:.2}×"),
             }),
+            Col::Floor => row.floor_fps.map_or_else(dash, fmt_rate),
+            Col::FloorRatio => row.floor_ratio().map_or_else(dash, |r| format!("{r:.2}")),
             Col::Load => row.load.map_or_else(dash, fmt_rate),
             Col::Loss => row
                 .loss

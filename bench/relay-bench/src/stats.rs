@@ -69,12 +69,17 @@ pub(crate) fn repeat(
     let mut drops = Drops::new();
     for _ in 0..reps {
         let (sample, d) = run();
-        for (k, v) in d {
-            *drops.entry(k).or_default() += v;
-        }
+        add_drops(&mut drops, d);
         samples.push(sample);
     }
     (samples, drops)
+}
+
+/// Adds drop counters to a sum.
+pub(crate) fn add_drops(sum: &mut Drops, more: Drops) {
+    for (k, v) in more {
+        *sum.entry(k).or_default() += v;
+    }
 }
 
 /// `field` of every sample: median, min and max.

@@ -162,9 +162,7 @@ pub(crate) fn run(ctx: &Ctx, one_core: &OneCore, capacity: &mut SwarmCapacity) -
             let mut drops = Drops::new();
             for _ in 0..o.reps {
                 let (r, d) = scenario_swarm_flood(&ctx.ns, &ctx.dir, size, guests, o.seconds);
-                for (k, v) in d {
-                    *drops.entry(k).or_default() += v;
-                }
+                add_drops(&mut drops, d);
                 runs.push(r);
             }
             let samples: Vec<Sample> = runs.iter().map(|r| r.sample.clone()).collect();

@@ -66,6 +66,28 @@ pub(crate) fn scenario_up_over(
     args.extend(extra.iter().map(|a| a.to_string()));
     args.extend(link.relay_args());
     let relay = Relay::start_cores(ns, dir, cores, &str_refs(&args));
+    up_through(ns, relay, (size, clients, seconds), link)
+}
+
+/// up through `relay-floor` in the relay's place (1 client or more, ws://).
+pub(crate) fn scenario_floor_up(
+    ns: &Netns,
+    dir: &std::path::Path,
+    size: usize,
+    clients: usize,
+    seconds: f64,
+) -> (Sample, Drops) {
+    let relay = Relay::floor(ns, dir, FloorWay::Up, size);
+    up_through(ns, relay, (size, clients, seconds), &Link::Ws)
+}
+
+/// Connects `clients` over `link` to `relay` (already started) and measures up.
+fn up_through(
+    ns: &Netns,
+    relay: Relay,
+    (size, clients, seconds): (usize, usize, f64),
+    link: &Link,
+) -> (Sample, Drops) {
     let sink = ns.enter(|| UdpSocket::bind(("10.86.0.1", SINK_PORT)).expect("sink"));
     let batches: Vec<Vec<u8>> = (0..clients)
         .map(|i| up_batch(i, relay.tap_mac, size, 64))
@@ -212,6 +234,29 @@ pub(crate) fn scenario_down_over(
     let mut args = mtu_args(size);
     args.extend(link.relay_args());
     let relay = Relay::start_cores(ns, dir, cores, &str_refs(&args));
+    down_through(ns, relay, (size, clients, seconds), link)
+}
+
+/// down through `relay-floor` in the relay's place (ws://).
+pub(crate) fn scenario_floor_down(
+    ns: &Netns,
+    dir: &std::path::Path,
+    size: usize,
+    clients: usize,
+    seconds: f64,
+) -> (Sample, Drops) {
+    let relay = Relay::floor(ns, dir, FloorWay::Down, size);
+    down_through(ns, relay, (size, clients, seconds), &Link::Ws)
+}
+
+/// Connects `clients` over `link` to `relay` (already started), announces them and
+/// measures down.
+fn down_through(
+    ns: &Netns,
+    relay: Relay,
+    (size, clients, seconds): (usize, usize, f64),
+    link: &Link,
+) -> (Sample, Drops) {
     let mut streams = link.connect(ns, clients);
     // Each guest announces its MAC (one frame), and the host learns it statically.
     for (i, s) in streams.iter_mut().enumerate() {
@@ -321,7 +366,8 @@ pub(crate) fn measure_down(
 /// that compare with them (2 cores, swarm).
 pub(crate) type OneCore = std::collections::HashMap<(&'static str, usize, usize), f64>;
 
-/// Groups `up` and `down`: per frame size the kernel's limits, then every client count.
+/// Groups `up` and `down`: per frame size the kernel's limits, then every client count, the
+/// relay and the floor (`relay-floor`) alternated in each repetition.
 pub(crate) fn run(ctx: &Ctx, one_core: &mut OneCore) -> Table {
     let o = &ctx.opts;
     let mut table = Table::new(vec![
@@ -330,6 +376,8 @@ pub(crate) fn run(ctx: &Ctx, one_core: &mut OneCore) -> Table {
         Col::Count("clients"),
         Col::Fps("relay frames/s"),
         Col::Mbits,
+        Col::Floor,
+        Col::FloorRatio,
         Col::Reference("kernel limit frames/s", "–"),
         Col::Ratio("relay / kernel", RatioStyle::Decimals(2)),
         Col::Load,
@@ -354,22 +402,41 @@ pub(crate) fn run(ctx: &Ctx, one_core: &mut OneCore) -> Table {
                 if !o.runs(if name == "up" { Group::Up } else { Group::Down }) {
                     continue;
                 }
-                let (samples, drops) = repeat(o.reps, || {
-                    if name == "up" {
+                let (mut relay, mut floor) = (Vec::new(), Vec::new());
+                let (mut relay_drops, mut floor_drops) = (Drops::new(), Drops::new());
+                for _ in 0..o.reps {
+                    let (s, d) = if name == "up" {
                         scenario_up(&ctx.ns, &ctx.dir, size, clients, o.seconds, 1)
                     } else {
                         scenario_down(&ctx.ns, &ctx.dir, size, clients, o.seconds, 1)
-                    }
-                });
+                    };
+                    relay.push(s);
+                    add_drops(&mut relay_drops, d);
+                    let (s, d) = if name == "up" {
+                        scenario_floor_up(&ctx.ns, &ctx.dir, size, clients, o.seconds)
+                    } else {
+                        scenario_floor_down(&ctx.ns, &ctx.dir, size, clients, o.seconds)
+                    };
+                    floor.push(s);
+                    add_drops(&mut floor_drops, d);
+                }
+                let floor_row = Row {
+                    reference_fps: Some(limit),
+                    load: Some(stat_of(&floor, |s| s.offered_fps).median),
+                    loss: Some(stat_of(&floor, |s| s.loss).median),
+                    ..Row::measured(format!("floor_{name}"), size, clients, &floor, floor_drops)
+                };
                 let row = Row {
                     reference_fps: Some(limit),
-                    load: Some(stat_of(&samples, |s| s.offered_fps).median),
-                    loss: Some(stat_of(&samples, |s| s.loss).median),
-                    ..Row::measured(name, size, clients, &samples, drops)
+                    floor_fps: Some(floor_row.fps.median),
+                    load: Some(stat_of(&relay, |s| s.offered_fps).median),
+                    loss: Some(stat_of(&relay, |s| s.loss).median),
+                    ..Row::measured(name, size, clients, &relay, relay_drops)
                 };
                 one_core.insert((name, size, clients), row.fps.median);
                 progress(&row);
                 table.rows.push(row);
+                table.rows.push(floor_row);
             }
         }
     }
@@ -402,9 +469,7 @@ pub(crate) fn run_spoofing(ctx: &Ctx) -> Table {
             ] {
                 let (s, d) = scenario_up_with(&ctx.ns, &ctx.dir, (size, 1, o.seconds, 1), extra);
                 samples.push(s);
-                for (k, v) in d {
-                    *drops.entry(k).or_default() += v;
-                }
+                add_drops(drops, d);
             }
         }
         let off_fps = stat_of(&off, |s| s.fps);

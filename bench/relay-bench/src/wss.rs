@@ -81,9 +81,7 @@ pub(crate) fn run(ctx: &Ctx) -> Table {
                             scenario_down_over(&ctx.ns, &ctx.dir, shape, link)
                         };
                         samples.push(s);
-                        for (k, v) in d {
-                            *drops.entry(k).or_default() += v;
-                        }
+                        add_drops(drops, d);
                     }
                 }
                 let dir = if up { "up" } else { "down" };
