@@ -48,6 +48,8 @@ enum Group {
     Conn,
     /// Up with anti-spoofing on (default) and off, alternated.
     Spoofing,
+    /// The floor's up behind the relay's host protection and bare, alternated.
+    Firewall,
     /// Guests ↔ an "internet" through --nat, against the kernel's forwarding limit.
     Nat,
     /// Up and down over wss:// next to ws://, and connections per second with TLS.
@@ -209,6 +211,9 @@ fn main() {
     }
     if ctx.opts.runs(Group::Spoofing) {
         tables.push(updown::run_spoofing(&ctx));
+    }
+    if ctx.opts.runs(Group::Firewall) {
+        tables.push(updown::run_firewall(&ctx));
     }
     if ctx.opts.runs(Group::Nat) {
         tables.push(nat::run(&ctx));

@@ -136,8 +136,15 @@ impl Relay {
     }
 
     /// `relay-floor` in the relay's place, pinned to `RELAY_CPU`, moving `way` on a TAP for
-    /// frames of `size` bytes, at the address tapwire's TAP has.
-    pub(crate) fn floor(ns: &Netns, dir: &Path, way: FloorWay, size: usize) -> Relay {
+    /// frames of `size` bytes, at the address tapwire's TAP has; with `firewall`, behind the
+    /// relay's own nftables table ([`Firewall`]).
+    pub(crate) fn floor(
+        ns: &Netns,
+        dir: &Path,
+        way: FloorWay,
+        size: usize,
+        firewall: Option<&Firewall>,
+    ) -> Relay {
         wait_for_port(ns);
         let tap = unique("twb");
         let mtu = (size.max(1514) - 14).to_string();
@@ -145,10 +152,15 @@ impl Relay {
             FloorWay::Up => "up",
             FloorWay::Down => "down",
         };
-        let args: Vec<String> = ["--tap", &tap, "--mtu", &mtu, "--direction", way]
+        let mut args: Vec<String> = ["--tap", &tap, "--mtu", &mtu, "--direction", way]
             .iter()
             .map(|a| a.to_string())
             .collect();
+        if let Some(fw) = firewall {
+            let file = dir.join(format!("{tap}.nft"));
+            std::fs::write(&file, fw.table.replace(&fw.tap, &tap)).expect("write the ruleset");
+            args.extend(["--nft".to_string(), file.display().to_string()]);
+        }
         let process = RelayProcess::start_within(
             ns,
             &["taskset", "-c", &RELAY_CPU.to_string()],
@@ -215,6 +227,32 @@ impl Relay {
                 ))
             }
         }
+    }
+}
+
+/// The nftables table a relay with the bench's options makes (its host protection), and the
+/// name of its TAP, which the table names.
+pub(crate) struct Firewall {
+    pub table: String,
+    pub tap: String,
+}
+
+impl Firewall {
+    /// Starts a relay with the bench's options and reads its table.
+    pub(crate) fn of_relay(ns: &Netns, dir: &Path) -> Firewall {
+        let relay = Relay::start(ns, dir, &[]);
+        let table = ns
+            .run(&[
+                "nft",
+                "list",
+                "table",
+                "inet",
+                &format!("tapwire_{}", relay.tap),
+            ])
+            .expect("the relay's nftables table");
+        let tap = relay.tap.clone();
+        relay.stop();
+        Firewall { table, tap }
     }
 }
 

@@ -94,6 +94,7 @@ impl Row {
             "kernel_loopback_tcp" => "kernel loopback TCP",
             "floor_up" => "floor up",
             "floor_down" => "floor down",
+            "floor_up_firewall" => "floor up behind the relay's table",
             "up_2cores" => "up",
             "down_2cores" => "down",
             "farm_direct" => "straight to the host",

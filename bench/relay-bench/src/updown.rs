@@ -69,15 +69,15 @@ pub(crate) fn scenario_up_over(
     up_through(ns, relay, (size, clients, seconds), link)
 }
 
-/// up through `relay-floor` in the relay's place (1 client or more, ws://).
+/// up through `relay-floor` in the relay's place (1 client or more, ws://), behind
+/// `firewall` if given.
 pub(crate) fn scenario_floor_up(
     ns: &Netns,
     dir: &std::path::Path,
-    size: usize,
-    clients: usize,
-    seconds: f64,
+    (size, clients, seconds): (usize, usize, f64),
+    firewall: Option<&Firewall>,
 ) -> (Sample, Drops) {
-    let relay = Relay::floor(ns, dir, FloorWay::Up, size);
+    let relay = Relay::floor(ns, dir, FloorWay::Up, size, firewall);
     up_through(ns, relay, (size, clients, seconds), &Link::Ws)
 }
 
@@ -237,15 +237,14 @@ pub(crate) fn scenario_down_over(
     down_through(ns, relay, (size, clients, seconds), link)
 }
 
-/// down through `relay-floor` in the relay's place (ws://).
+/// down through `relay-floor` in the relay's place (ws://), behind `firewall` if given.
 pub(crate) fn scenario_floor_down(
     ns: &Netns,
     dir: &std::path::Path,
-    size: usize,
-    clients: usize,
-    seconds: f64,
+    (size, clients, seconds): (usize, usize, f64),
+    firewall: Option<&Firewall>,
 ) -> (Sample, Drops) {
-    let relay = Relay::floor(ns, dir, FloorWay::Down, size);
+    let relay = Relay::floor(ns, dir, FloorWay::Down, size, firewall);
     down_through(ns, relay, (size, clients, seconds), &Link::Ws)
 }
 
@@ -367,9 +366,11 @@ pub(crate) fn measure_down(
 pub(crate) type OneCore = std::collections::HashMap<(&'static str, usize, usize), f64>;
 
 /// Groups `up` and `down`: per frame size the kernel's limits, then every client count, the
-/// relay and the floor (`relay-floor`) alternated in each repetition.
+/// relay and the floor (`relay-floor` behind the relay's own host protection) alternated in
+/// each repetition.
 pub(crate) fn run(ctx: &Ctx, one_core: &mut OneCore) -> Table {
     let o = &ctx.opts;
+    let firewall = Firewall::of_relay(&ctx.ns, &ctx.dir);
     let mut table = Table::new(vec![
         Col::Scenario("scenario"),
         Col::Size,
@@ -412,10 +413,11 @@ pub(crate) fn run(ctx: &Ctx, one_core: &mut OneCore) -> Table {
                     };
                     relay.push(s);
                     add_drops(&mut relay_drops, d);
+                    let shape = (size, clients, o.seconds);
                     let (s, d) = if name == "up" {
-                        scenario_floor_up(&ctx.ns, &ctx.dir, size, clients, o.seconds)
+                        scenario_floor_up(&ctx.ns, &ctx.dir, shape, Some(&firewall))
                     } else {
-                        scenario_floor_down(&ctx.ns, &ctx.dir, size, clients, o.seconds)
+                        scenario_floor_down(&ctx.ns, &ctx.dir, shape, Some(&firewall))
                     };
                     floor.push(s);
                     add_drops(&mut floor_drops, d);
@@ -480,6 +482,49 @@ pub(crate) fn run_spoofing(ctx: &Ctx) -> Table {
         progress(&row);
         table.rows.push(row);
         let row = Row::measured("up_allow_spoofing", size, 1, &off, drops_off);
+        progress(&row);
+        table.rows.push(row);
+    }
+    table
+}
+
+/// Group `firewall`: what the relay's host protection costs in the kernel, as the floor's
+/// up behind the relay's nftables table against the bare floor, 1 client, back to back in
+/// each repetition.
+pub(crate) fn run_firewall(ctx: &Ctx) -> Table {
+    let o = &ctx.opts;
+    let mut table = Table::new(vec![
+        Col::Scenario("scenario"),
+        Col::Size,
+        Col::Count("clients"),
+        Col::Fps("floor frames/s behind the relay's table"),
+        Col::Reference("bare floor", "–"),
+        Col::Ratio("with / without", RatioStyle::Decimals(2)),
+        Col::Cpu,
+        Col::Drops,
+    ]);
+    table.intro = Some("**Host protection's kernel cost** (up, `relay-floor` behind the nftables table the relay makes with the bench's options, against the bare floor; 1 client; back to back in each repetition; CPU is the floor's):".into());
+    let firewall = Firewall::of_relay(&ctx.ns, &ctx.dir);
+    for &size in o.sizes.iter().filter(|s| **s <= 1514) {
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        let (mut drops_with, mut drops_without) = (Drops::new(), Drops::new());
+        for _ in 0..o.reps {
+            for (samples, drops, fw) in [
+                (&mut with, &mut drops_with, Some(&firewall)),
+                (&mut without, &mut drops_without, None),
+            ] {
+                let (s, d) = scenario_floor_up(&ctx.ns, &ctx.dir, (size, 1, o.seconds), fw);
+                samples.push(s);
+                add_drops(drops, d);
+            }
+        }
+        let row = Row {
+            reference_fps: Some(stat_of(&without, |s| s.fps).median),
+            ..Row::measured("floor_up_firewall", size, 1, &with, drops_with)
+        };
+        progress(&row);
+        table.rows.push(row);
+        let row = Row::measured("floor_up", size, 1, &without, drops_without);
         progress(&row);
         table.rows.push(row);
     }

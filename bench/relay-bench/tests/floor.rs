@@ -32,11 +32,18 @@ fn payload(client: usize, n: usize) -> Vec<u8> {
     p
 }
 
-/// `relay-floor run` in `ns`, moving `direction`; its TAP's name and MAC.
-fn floor(ns: &Netns, dir: &std::path::Path, direction: &str) -> (RelayProcess, String, [u8; 6]) {
+/// `relay-floor run` in `ns`, moving `direction`, with `extra` arguments; its TAP's name and
+/// MAC.
+fn floor(
+    ns: &Netns,
+    dir: &std::path::Path,
+    direction: &str,
+    extra: &[&str],
+) -> (RelayProcess, String, [u8; 6]) {
     let tap = unique("twf");
     let args: Vec<String> = ["--tap", &tap, "--direction", direction]
         .iter()
+        .chain(extra)
         .map(|a| a.to_string())
         .collect();
     let floor = RelayProcess::start(
@@ -83,7 +90,15 @@ fn up_writes_every_client_frame_to_the_tap_whole_and_in_order() {
     const PER_CLIENT: usize = 400;
     let ns = Netns::new("twrf").expect("netns");
     let dir = scratch();
-    let (floor, _tap, tap_mac) = floor(&ns, &dir, "up");
+    // Behind a table of its own (as relay-bench puts it behind the relay's), which goes
+    // with it.
+    let nft = dir.join("floor.nft");
+    std::fs::write(
+        &nft,
+        "table inet twfloortest {\n  chain input {\n    type filter hook input priority filter; policy accept;\n    udp dport 9999 counter accept\n  }\n}\n",
+    )
+    .expect("ruleset");
+    let (floor, _tap, tap_mac) = floor(&ns, &dir, "up", &["--nft", &nft.display().to_string()]);
     let sink = ns.enter(|| UdpSocket::bind((GATEWAY, 9999)).expect("sink"));
     sink.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
@@ -149,9 +164,21 @@ fn up_writes_every_client_frame_to_the_tap_whole_and_in_order() {
     }
     assert_eq!(next, [PER_CLIENT; 2], "datagrams that reached the sink");
     drop(sender.join().expect("sender"));
+    let table = ns
+        .run(&["nft", "list", "table", "inet", "twfloortest"])
+        .expect("its table while it runs");
+    assert!(
+        table.contains(&format!("packets {}", 2 * PER_CLIENT)),
+        "every frame passed its chain:\n{table}"
+    );
     let [frames, _, refused, _] = stop(floor);
     assert_eq!(frames, 2 * PER_CLIENT as u64, "the frames it says it wrote");
     assert_eq!(refused, 0);
+    assert!(
+        ns.run(&["nft", "list", "table", "inet", "twfloortest"])
+            .is_err(),
+        "its table outlived it"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -164,7 +191,7 @@ fn down_sends_every_tap_frame_to_its_guest_whole_and_in_order() {
     const GUESTS: usize = 3;
     let ns = Netns::new("twrf").expect("netns");
     let dir = scratch();
-    let (floor, tap, _) = floor(&ns, &dir, "down");
+    let (floor, tap, _) = floor(&ns, &dir, "down", &[]);
     let mut clients: Vec<WsClient> = ns.enter(|| {
         (0..GUESTS)
             .map(|_| WsClient::new(connect("ws://127.0.0.1:8086/", None).expect("connect")))

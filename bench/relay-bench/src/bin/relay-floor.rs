@@ -73,6 +73,10 @@ struct Args {
     /// How the up direction writes the TAP.
     #[arg(long, value_enum, default_value = "uring")]
     io: Io,
+    /// An nftables ruleset to load once the TAP is up (`nft -f`), its tables deleted at
+    /// exit: relay-bench gives the floor the relay's own host protection this way.
+    #[arg(long)]
+    nft: Option<std::path::PathBuf>,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -122,6 +126,39 @@ fn run(args: &Args) -> Result<(), String> {
             return Err(format!("ip {} failed", cmd.join(" ")));
         }
     }
+    let tables = match &args.nft {
+        Some(file) => load_nft(file)?,
+        None => Vec::new(),
+    };
+    let result = serve(args, tap);
+    for table in tables {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table"])
+            .args(table.split_whitespace())
+            .status();
+    }
+    result
+}
+
+/// Loads the ruleset in `file`; the tables it made (`FAMILY NAME`).
+fn load_nft(file: &std::path::Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let status = std::process::Command::new("nft")
+        .arg("-f")
+        .arg(file)
+        .status()
+        .map_err(|e| format!("nft: {e}"))?;
+    if !status.success() {
+        return Err(format!("nft -f {} failed", file.display()));
+    }
+    Ok(text
+        .lines()
+        .filter_map(|l| l.strip_prefix("table "))
+        .map(|l| l.trim_end_matches(" {").trim().to_string())
+        .collect())
+}
+
+fn serve(args: &Args, tap: OwnedFd) -> Result<(), String> {
     let listener = TcpListener::bind(args.listen).map_err(|e| format!("{}: {e}", args.listen))?;
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
