@@ -172,15 +172,24 @@ pub(crate) fn measure_up(
     )
 }
 
-/// Counts binary messages arriving on `streams` (non-blocking, round robin) until `stop`.
+/// Whether an Ethernet frame (or its first bytes) goes to one station: the group bit of its
+/// destination is clear.
+fn is_unicast(frame: &[u8]) -> bool {
+    frame.first().is_some_and(|b| b & 1 == 0)
+}
+
+/// Counts the unicast frames arriving on `streams` (non-blocking, round robin) until `stop`.
+/// Multicast and broadcast frames are not counted: the host's own IPv6 neighbour discovery
+/// and MLD, flooded to every client, would otherwise count once per client (with 1 000
+/// clients, more than the frames sent to the guests).
 pub(crate) fn receive_loop<S: Transport>(
     streams: &mut [S],
     stop: &AtomicBool,
     received: &AtomicU64,
 ) {
-    let mut sessions: Vec<Session> = streams
+    let mut sessions: Vec<(Session, bool)> = streams
         .iter()
-        .map(|_| Session::new(70_000, false))
+        .map(|_| (Session::new(70_000, false), false))
         .collect();
     for s in streams.iter() {
         s.tcp().set_nonblocking(true).expect("nonblocking");
@@ -188,7 +197,7 @@ pub(crate) fn receive_loop<S: Transport>(
     let mut buf = vec![0u8; 256 * 1024];
     while !stop.load(Ordering::Relaxed) {
         let mut idle = true;
-        for (s, session) in streams.iter_mut().zip(sessions.iter_mut()) {
+        for (s, (session, assembling_unicast)) in streams.iter_mut().zip(sessions.iter_mut()) {
             if let Ok(n) = s.read(&mut buf) {
                 if n == 0 {
                     continue;
@@ -198,8 +207,13 @@ pub(crate) fn receive_loop<S: Transport>(
                 let chunk = &mut buf[..n];
                 let mut count = 0;
                 while let Ok(Some(ev)) = session.next(chunk, &mut pos) {
-                    if matches!(ev, Event::Message(_) | Event::Assembled) {
-                        count += 1;
+                    match ev {
+                        Event::Message(r) => count += u64::from(is_unicast(&chunk[r])),
+                        Event::Piece { range, first } if first => {
+                            *assembling_unicast = is_unicast(&chunk[range]);
+                        }
+                        Event::Assembled => count += u64::from(*assembling_unicast),
+                        _ => {}
                     }
                 }
                 received.fetch_add(count, Ordering::Relaxed);

@@ -36,9 +36,10 @@ enum Direction {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Io {
-    /// One `write` per frame.
+    /// One `write` or `read` per frame.
     Plain,
-    /// The frames of one receive written with one `io_uring_enter`.
+    /// Up: the frames of one receive written with one `io_uring_enter`; down: a read
+    /// outstanding for every slot, completions taken in batches.
     Uring,
 }
 
@@ -70,7 +71,7 @@ struct Args {
     listen: SocketAddr,
     #[arg(long, value_enum)]
     direction: Direction,
-    /// How the up direction writes the TAP.
+    /// How the TAP is written (up) or read (down).
     #[arg(long, value_enum, default_value = "uring")]
     io: Io,
     /// An nftables ruleset to load once the TAP is up (`nft -f`), its tables deleted at
@@ -182,7 +183,7 @@ fn serve(args: &Args, tap: OwnedFd) -> Result<(), String> {
     let _ = std::io::stdout().flush();
     let moved = match args.direction {
         Direction::Up => up(epoll.as_raw_fd(), tap.as_raw_fd(), &rx, args.io),
-        Direction::Down => down(epoll.as_raw_fd(), tap.as_raw_fd(), &rx, args.mtu),
+        Direction::Down => down(epoll.as_raw_fd(), tap.as_raw_fd(), &rx, (args.mtu, args.io)),
     }?;
     println!(
         "relay-floor: {} frames, {} bytes, {} refused, {} unroutable",
@@ -431,47 +432,32 @@ fn down(
     epoll: RawFd,
     tap: RawFd,
     rx: &mpsc::Receiver<(TcpStream, Vec<u8>)>,
-    mtu: usize,
+    (mtu, io): (usize, Io),
 ) -> Result<Moved, String> {
     let mut moved = Moved::default();
-    let mut ev = libc::epoll_event {
-        events: libc::EPOLLIN as u32,
-        u64: u64::MAX,
-    };
-    // SAFETY: registering the TAP descriptor, open for the whole loop.
-    if unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, tap, &mut ev) } != 0 {
-        return Err(format!("epoll_ctl: {}", std::io::Error::last_os_error()));
-    }
     let slot = mtu + 14;
     let mut frames = vec![0u8; slot * BATCH];
     let mut lens = [0usize; BATCH];
     let mut headers = [[0u8; 4]; BATCH];
+    let mut reader = TapReader::new(epoll, tap, io, &mut frames, slot)?;
     let mut conns: Vec<TcpStream> = Vec::new();
-    // Per connection, the frames of this batch (indices), and which connections have any.
+    // Per connection, the frames of this batch (slots), and which connections have any.
     let mut pending: Vec<Vec<u16>> = Vec::new();
     let mut touched: Vec<usize> = Vec::new();
+    let mut ready: Vec<u16> = Vec::with_capacity(BATCH);
     let mut iov: Vec<libc::iovec> = Vec::with_capacity(2 * BATCH);
-    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
     while !STOP.load(Ordering::Relaxed) {
-        // SAFETY: `events` is a valid array of its length.
-        let n = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), 4, 100) };
-        if n <= 0 {
+        reader.next_batch(&mut frames, &mut lens, &mut ready)?;
+        if ready.is_empty() {
             continue;
         }
         while let Ok((sock, _)) = rx.try_recv() {
             conns.push(sock);
             pending.push(Vec::new());
         }
-        let mut count = 0;
-        while count < BATCH {
-            let at = &mut frames[count * slot..(count + 1) * slot];
-            // SAFETY: reading into our own slot of `slot` bytes.
-            let r = unsafe { libc::read(tap, at.as_mut_ptr().cast(), slot) };
-            if r <= 0 {
-                break;
-            }
-            lens[count] = r as usize;
-            let dst = &at[..6];
+        for &f in &ready {
+            let at = usize::from(f) * slot;
+            let dst = &frames[at..at + 6];
             let index = (usize::from(dst[4]) << 8) | usize::from(dst[5]);
             if dst[..4] != GUEST_PREFIX || index >= conns.len() {
                 moved.unroutable += 1;
@@ -479,9 +465,8 @@ fn down(
                 if pending[index].is_empty() {
                     touched.push(index);
                 }
-                pending[index].push(count as u16);
+                pending[index].push(f);
             }
-            count += 1;
         }
         for &index in &touched {
             iov.clear();
@@ -500,9 +485,8 @@ fn down(
                 });
                 total += h + lens[f];
             }
-            let sent = send_all(&conns[index], &mut iov, total);
             let n = pending[index].len() as u64;
-            if sent {
+            if send_all(&conns[index], &mut iov, total) {
                 moved.frames += n;
                 moved.bytes += pending[index]
                     .iter()
@@ -514,8 +498,134 @@ fn down(
             pending[index].clear();
         }
         touched.clear();
+        reader.release(&mut frames, &ready)?;
     }
     Ok(moved)
+}
+
+/// Reads frames from the TAP into slots of `slot` bytes: with `read` until the TAP is empty
+/// (`Io::Plain`, woken by epoll), or with a read outstanding on an io_uring for every slot,
+/// whose completions come in batches of one `io_uring_enter` (`Io::Uring`).
+struct TapReader {
+    tap: RawFd,
+    epoll: RawFd,
+    slot: usize,
+    ring: Option<io_uring::IoUring>,
+}
+
+impl TapReader {
+    fn new(
+        epoll: RawFd,
+        tap: RawFd,
+        io: Io,
+        frames: &mut [u8],
+        slot: usize,
+    ) -> Result<Self, String> {
+        let mut reader = TapReader {
+            tap,
+            epoll,
+            slot,
+            ring: None,
+        };
+        match io {
+            Io::Plain => {
+                let mut ev = libc::epoll_event {
+                    events: libc::EPOLLIN as u32,
+                    u64: u64::MAX,
+                };
+                // SAFETY: registering the TAP descriptor, open for the whole loop.
+                if unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, tap, &mut ev) } != 0 {
+                    return Err(format!("epoll_ctl: {}", std::io::Error::last_os_error()));
+                }
+            }
+            Io::Uring => {
+                // Blocking, so that a read of an empty TAP waits in the ring (armed on the
+                // TAP's poll) rather than completing at once with EAGAIN.
+                // SAFETY: fcntl on the TAP descriptor the caller keeps open.
+                unsafe { libc::fcntl(tap, libc::F_SETFL, libc::O_RDWR) };
+                reader.ring = Some(
+                    io_uring::IoUring::new(2 * BATCH as u32)
+                        .map_err(|e| format!("io_uring: {e}"))?,
+                );
+                let all: Vec<u16> = (0..BATCH as u16).collect();
+                reader.release(frames, &all)?;
+            }
+        }
+        Ok(reader)
+    }
+
+    /// Waits up to 100 ms for frames; puts the slots that hold one in `ready`.
+    fn next_batch(
+        &mut self,
+        frames: &mut [u8],
+        lens: &mut [usize; BATCH],
+        ready: &mut Vec<u16>,
+    ) -> Result<(), String> {
+        ready.clear();
+        let Some(ring) = self.ring.as_mut() else {
+            let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+            // SAFETY: `events` is a valid array of its length.
+            if unsafe { libc::epoll_wait(self.epoll, events.as_mut_ptr(), 4, 100) } <= 0 {
+                return Ok(());
+            }
+            while ready.len() < BATCH {
+                let f = ready.len();
+                let at = &mut frames[f * self.slot..(f + 1) * self.slot];
+                // SAFETY: reading into our own slot of `slot` bytes.
+                let r = unsafe { libc::read(self.tap, at.as_mut_ptr().cast(), self.slot) };
+                if r <= 0 {
+                    break;
+                }
+                lens[f] = r as usize;
+                ready.push(f as u16);
+            }
+            return Ok(());
+        };
+        let ts = io_uring::types::Timespec::new().nsec(100_000_000);
+        let args = io_uring::types::SubmitArgs::new().timespec(&ts);
+        match ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(format!("io_uring_enter: {e}")),
+        }
+        let mut failed = Vec::new();
+        for cqe in ring.completion() {
+            let f = cqe.user_data() as u16;
+            if cqe.result() > 0 {
+                lens[usize::from(f)] = cqe.result() as usize;
+                ready.push(f);
+            } else {
+                failed.push(f);
+            }
+        }
+        // A read that failed (none here but at exit) is simply made again.
+        if !failed.is_empty() && !STOP.load(Ordering::Relaxed) {
+            self.release(frames, &failed)?;
+        }
+        Ok(())
+    }
+
+    /// The frames in `slots` are sent: read into them again.
+    fn release(&mut self, frames: &mut [u8], slots: &[u16]) -> Result<(), String> {
+        let Some(ring) = self.ring.as_mut() else {
+            return Ok(());
+        };
+        for &f in slots {
+            let at = usize::from(f) * self.slot;
+            let entry = io_uring::opcode::Read::new(
+                io_uring::types::Fd(self.tap),
+                frames[at..].as_mut_ptr(),
+                self.slot as u32,
+            )
+            .build()
+            .user_data(u64::from(f));
+            // SAFETY: the slot is ours and is not touched again until its read completes;
+            // `frames` outlives the ring (both live for the whole loop).
+            unsafe { ring.submission().push(&entry) }.map_err(|_| "submission queue full")?;
+        }
+        Ok(())
+    }
 }
 
 /// Sends the pieces in `iov` (`total` bytes) on `sock`: false when nothing could go (a full
