@@ -6,6 +6,7 @@
 //! sinks and receivers on CPU 1. One module per scenario group; every measured line is a
 //! [`report::Row`], written as markdown and JSON to `bench/results/`.
 
+mod chart;
 mod conn;
 mod farm;
 mod g2g;
@@ -106,13 +107,26 @@ struct Ctx {
     dir: PathBuf,
 }
 
-/// One line on stderr per measured row, while the run goes on.
+/// When the run started, for the progress lines.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// One line on stderr per measured row, while the run goes on, with the time since the start.
 fn progress(row: &Row) {
+    let elapsed = STARTED
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs();
     let ratio = row
         .ratio()
         .map_or(String::new(), |r| format!(" ({r:.2} of the reference)"));
+    let ratio = match row.floor_ratio() {
+        Some(f) => format!("{ratio} ({f:.2} of the floor)"),
+        None => ratio,
+    };
     eprintln!(
-        "{} {} B × {}: {} frames/s{ratio}",
+        "[{:02}:{:02}] {} {} B × {}: {} frames/s{ratio}",
+        elapsed / 60,
+        elapsed % 60,
         row.scenario,
         row.size,
         row.count.unwrap_or(1),
@@ -180,6 +194,7 @@ fn markdown(results: &Results, tables: &[Table]) -> String {
 }
 
 fn main() {
+    STARTED.get_or_init(std::time::Instant::now);
     let opts = Opts::parse();
     if opts.reps == 0 {
         eprintln!("relay-bench: --reps must be at least 1");
@@ -255,6 +270,9 @@ fn main() {
     std::fs::write(stem.with_extension("md"), &md).expect("write md");
     let json = serde_json::to_string_pretty(&results).expect("results serialize");
     std::fs::write(stem.with_extension("json"), json + "\n").expect("write json");
+    for chart in chart::updown(&results.rows, &stem) {
+        eprintln!("chart: {}", chart.display());
+    }
     println!("{md}");
     let _ = std::fs::remove_dir_all(&ctx.dir);
 }

@@ -1,0 +1,172 @@
+//! SVG charts beside the markdown and JSON: for up and down, frames/s against clients, one
+//! panel per frame size, with the relay's median and spread, the floor and the kernel's limit
+//! of the same run.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::report::Row;
+
+/// Writes `STEM-up.svg` and `STEM-down.svg` for the up and down rows there are; the paths
+/// written.
+pub(crate) fn updown(rows: &[Row], stem: &Path) -> Vec<std::path::PathBuf> {
+    let mut written = Vec::new();
+    for (way, floor, limit) in [
+        ("up", "floor_up", "kernel_tap_write"),
+        ("down", "floor_down", "kernel_tap_read"),
+    ] {
+        let mut sizes: Vec<usize> = rows
+            .iter()
+            .filter(|r| r.scenario == way)
+            .map(|r| r.size)
+            .collect();
+        sizes.dedup();
+        if sizes.is_empty() {
+            continue;
+        }
+        let path = stem.with_file_name(format!(
+            "{}-{way}.svg",
+            stem.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        match draw(rows, &sizes, (way, floor, limit), &path) {
+            Ok(()) => written.push(path),
+            Err(e) => eprintln!("relay-bench: chart {}: {e}", path.display()),
+        }
+    }
+    written
+}
+
+/// One panel per size: relay (median with min–max bars), floor, kernel limit, against
+/// clients on a log axis.
+fn draw(
+    rows: &[Row],
+    sizes: &[usize],
+    (way, floor, limit): (&str, &str, &str),
+    path: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let width = 420 * sizes.len() as u32;
+    let root = SVGBackend::new(path, (width.max(420), 360)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, sizes.len()));
+    for (panel, &size) in panels.iter().zip(sizes) {
+        let series = |name: &str| -> Vec<(f64, f64, f64, f64)> {
+            rows.iter()
+                .filter(|r| r.scenario == name && r.size == size)
+                .filter_map(|r| Some((r.count? as f64, r.fps.median, r.fps.min, r.fps.max)))
+                .collect()
+        };
+        let relay = series(way);
+        let floor_points = series(floor);
+        let kernel = rows
+            .iter()
+            .find(|r| r.scenario == limit && r.size == size)
+            .map(|r| r.fps.median);
+        let x_max = relay.iter().map(|p| p.0).fold(1.0, f64::max) * 2.0;
+        let y_max = relay
+            .iter()
+            .chain(&floor_points)
+            .map(|p| p.3)
+            .chain(kernel)
+            .fold(1.0, f64::max)
+            * 1.15;
+        let mut chart = ChartBuilder::on(panel)
+            .caption(format!("{way}, {size} B frames"), ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(60)
+            .build_cartesian_2d((0.5f64..x_max).log_scale(), 0f64..y_max)?;
+        chart
+            .configure_mesh()
+            .x_desc("clients")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_desc("frames/s")
+            .y_label_formatter(&|v| crate::report::fmt_rate(*v))
+            .draw()?;
+        if let Some(k) = kernel {
+            chart
+                .draw_series(LineSeries::new(
+                    [(0.5, k), (x_max, k)],
+                    BLACK.stroke_width(1),
+                ))?
+                .label("kernel limit")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLACK));
+        }
+        let line = |points: &[(f64, f64, f64, f64)]| -> Vec<(f64, f64)> {
+            points.iter().map(|p| (p.0, p.1)).collect()
+        };
+        chart
+            .draw_series(LineSeries::new(line(&floor_points), BLUE.stroke_width(2)))?
+            .label("floor")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLUE));
+        chart
+            .draw_series(LineSeries::new(line(&relay), RED.stroke_width(2)))?
+            .label("tapwire")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], RED));
+        chart.draw_series(
+            relay
+                .iter()
+                .map(|p| ErrorBar::new_vertical(p.0, p.2, p.1, p.3, RED.filled(), 6)),
+        )?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerLeft)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Stat;
+
+    fn row(scenario: &str, size: usize, count: Option<usize>, fps: f64) -> Row {
+        Row {
+            scenario: scenario.into(),
+            size,
+            count,
+            fps: Stat {
+                median: fps,
+                min: fps * 0.9,
+                max: fps * 1.1,
+            },
+            ..Row::default()
+        }
+    }
+
+    #[test]
+    fn up_and_down_each_get_a_chart_with_a_panel_per_size_and_the_three_lines() {
+        let mut rows = Vec::new();
+        for size in [64, 1514] {
+            rows.push(row("kernel_tap_write", size, None, 500e3));
+            for clients in [1, 64, 1000] {
+                rows.push(row("up", size, Some(clients), 300e3));
+                rows.push(row("floor_up", size, Some(clients), 400e3));
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("relay-bench-chart-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let written = updown(&rows, &dir.join("relay-bench-test"));
+        assert_eq!(
+            written,
+            vec![dir.join("relay-bench-test-up.svg")],
+            "no down rows, no down chart"
+        );
+        let svg = std::fs::read_to_string(&written[0]).expect("svg");
+        for text in [
+            "up, 64 B frames",
+            "up, 1514 B frames",
+            "kernel limit",
+            "floor",
+            "tapwire",
+            "clients",
+        ] {
+            assert!(svg.contains(text), "{text:?} missing");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
