@@ -91,6 +91,26 @@ struct Opts {
     /// Where the markdown and JSON results go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
+    /// Measure nothing: draw the charts of the results in this JSON file (a run's), beside it.
+    #[arg(long, value_name = "JSON")]
+    charts_from: Option<PathBuf>,
+}
+
+/// The rows of a results file.
+#[derive(serde::Deserialize)]
+struct Saved {
+    rows: Vec<Row>,
+}
+
+/// `--charts-from`: the charts of a saved run, beside its JSON.
+fn charts_from(json: &std::path::Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(json).map_err(|e| format!("{}: {e}", json.display()))?;
+    let saved: Saved =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+    for chart in chart::updown(&saved.rows, &json.with_extension("")) {
+        eprintln!("chart: {}", chart.display());
+    }
+    Ok(())
 }
 
 impl Opts {
@@ -196,6 +216,13 @@ fn markdown(results: &Results, tables: &[Table]) -> String {
 fn main() {
     STARTED.get_or_init(std::time::Instant::now);
     let opts = Opts::parse();
+    if let Some(json) = &opts.charts_from {
+        if let Err(e) = charts_from(json) {
+            eprintln!("relay-bench: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if opts.reps == 0 {
         eprintln!("relay-bench: --reps must be at least 1");
         std::process::exit(2);
@@ -275,4 +302,36 @@ fn main() {
     }
     println!("{md}");
     let _ = std::fs::remove_dir_all(&ctx.dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charts_are_drawn_again_from_a_saved_run() {
+        let dir = std::env::temp_dir().join(format!("relay-bench-saved-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let row = |scenario: &str, count| Row {
+            scenario: scenario.into(),
+            size: 64,
+            count,
+            ..Row::default()
+        };
+        let results = Results {
+            rows: vec![
+                row("kernel_tap_read", None),
+                row("down", Some(1)),
+                row("floor_down", Some(1)),
+            ],
+            ..Results::default()
+        };
+        let json = dir.join("relay-bench-old.json");
+        std::fs::write(&json, serde_json::to_string(&results).expect("json")).expect("write");
+        charts_from(&json).expect("charts");
+        assert!(dir.join("relay-bench-old-down.svg").exists());
+        assert!(!dir.join("relay-bench-old-up.svg").exists());
+        assert!(charts_from(&dir.join("missing.json")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

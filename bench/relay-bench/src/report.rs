@@ -8,7 +8,8 @@ use crate::relay::Drops;
 use crate::stats::Stat;
 
 /// One measured line.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub(crate) struct Row {
     /// `up`, `down`, `up_2cores`, `down_2cores`, `kernel_tap_write`, `kernel_tap_read`,
     /// `kernel_loopback_tcp`, `g2g` or `swarm_flood`.
@@ -95,6 +96,7 @@ impl Row {
             "floor_up" => "floor up",
             "floor_down" => "floor down",
             "floor_up_firewall" => "floor up behind the relay's table",
+            "floor_up_bare" => "floor up, bare",
             "up_2cores" => "up",
             "down_2cores" => "down",
             "farm_direct" => "straight to the host",

@@ -35,7 +35,7 @@ pub(crate) fn median(v: &mut [f64]) -> f64 {
 }
 
 /// Median and spread (min, max) of repeated samples.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Stat {
     pub median: f64,
     pub min: f64,

@@ -538,7 +538,7 @@ pub(crate) fn run_firewall(ctx: &Ctx) -> Table {
         };
         progress(&row);
         table.rows.push(row);
-        let row = Row::measured("floor_up", size, 1, &without, drops_without);
+        let row = Row::measured("floor_up_bare", size, 1, &without, drops_without);
         progress(&row);
         table.rows.push(row);
     }
