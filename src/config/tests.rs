@@ -198,3 +198,15 @@ fn metrics_addresses_default_to_loopback() {
     );
     assert!(parse_metrics_addr("localhost").is_err());
 }
+
+#[test]
+fn receive_buffers_are_64_kib_for_frames_over_4_kib_in_the_same_memory() {
+    let sizes = |args: &[&str]| {
+        let e = crate::engine::EngineConfig::from_config(&parse(args).unwrap());
+        (e.recv_buffers, e.recv_buffer_size)
+    };
+    assert_eq!(sizes(&[]), (2048, 16 * 1024));
+    assert_eq!(sizes(&["--mtu", "4000"]), (2048, 16 * 1024));
+    assert_eq!(sizes(&["--mtu", "9000"]), (512, 64 * 1024));
+    assert_eq!(sizes(&["--mtu", "65521"]), (512, 64 * 1024));
+}

@@ -84,13 +84,16 @@ impl EngineConfig {
     pub fn from_config(cfg: &crate::config::Config) -> Self {
         // Jumbo frames make every TAP buffer and slot 64 KiB: keep their number modest.
         let jumbo = cfg.max_frame > 9_018;
+        // Frames over 4 KiB (--mtu 9000): receive buffers of 64 KiB, a quarter as many (the
+        // same memory), so that few frames straddle two buffers and need reassembling.
+        let big = cfg.max_frame > 4_096;
         EngineConfig {
             max_frame: cfg.max_frame,
             clients: cfg.clients.clone(),
             io_fallback: cfg.io_fallback,
             ring_entries: 4096,
-            recv_buffers: 2048,
-            recv_buffer_size: 16 * 1024,
+            recv_buffers: if big { 512 } else { 2048 },
+            recv_buffer_size: if big { 64 * 1024 } else { 16 * 1024 },
             plain_buffers: if cfg.tls.is_some() { 256 } else { 0 },
             tap_buffers: if jumbo { 1024 } else { 4096 },
             frame_slots: if jumbo { 2048 } else { 8192 },
