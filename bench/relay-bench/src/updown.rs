@@ -187,9 +187,9 @@ pub(crate) fn receive_loop<S: Transport>(
     stop: &AtomicBool,
     received: &AtomicU64,
 ) {
-    let mut sessions: Vec<(Session, bool)> = streams
+    let mut sessions: Vec<(Session, Option<bool>)> = streams
         .iter()
-        .map(|_| (Session::new(70_000, false), false))
+        .map(|_| (Session::new(70_000, false), None))
         .collect();
     for s in streams.iter() {
         s.tcp().set_nonblocking(true).expect("nonblocking");
@@ -209,10 +209,18 @@ pub(crate) fn receive_loop<S: Transport>(
                 while let Ok(Some(ev)) = session.next(chunk, &mut pos) {
                     match ev {
                         Event::Message(r) => count += u64::from(is_unicast(&chunk[r])),
-                        Event::Piece { range, first } if first => {
-                            *assembling_unicast = is_unicast(&chunk[range]);
+                        // The first byte of a message in pieces decides (None until seen).
+                        Event::Piece { range, first } => {
+                            if first {
+                                *assembling_unicast = None;
+                            }
+                            if assembling_unicast.is_none() && !range.is_empty() {
+                                *assembling_unicast = Some(is_unicast(&chunk[range]));
+                            }
                         }
-                        Event::Assembled => count += u64::from(*assembling_unicast),
+                        Event::Assembled => {
+                            count += u64::from(assembling_unicast.unwrap_or(false));
+                        }
                         _ => {}
                     }
                 }
