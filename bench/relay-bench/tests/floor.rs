@@ -88,7 +88,7 @@ fn up_writes_every_client_frame_to_the_tap_whole_and_in_order() {
         return;
     }
     const PER_CLIENT: usize = 400;
-    let ns = Netns::new("twrf").expect("netns");
+    let ns = Netns::new("twr").expect("netns");
     let dir = scratch();
     // Behind a table of its own (as relay-bench puts it behind the relay's), which goes
     // with it.
@@ -189,7 +189,7 @@ fn down_sends_every_tap_frame_to_its_guest_whole_and_in_order() {
     }
     const PER_GUEST: usize = 300;
     const GUESTS: usize = 3;
-    let ns = Netns::new("twrf").expect("netns");
+    let ns = Netns::new("twr").expect("netns");
     let dir = scratch();
     let (floor, tap, _) = floor(&ns, &dir, "down", &[]);
     let mut clients: Vec<WsClient> = ns.enter(|| {
