@@ -27,16 +27,11 @@ pub(crate) const GUEST_MAC_BASE: [u8; 6] = [0x02, 0x00, 0x0a, 0x56, 0, 0];
 /// deep send queues (1024) and no pings, so that the numbers measure forwarding; or, for the
 /// floor rows, `relay-floor` in its place ([`Relay::floor`]).
 pub(crate) struct Relay {
-    process: Under,
+    process: RelayProcess,
+    /// Whether `process` is `relay-floor` (its own binary, `src/bin/relay-floor/`).
+    floor: bool,
     pub tap: String,
     pub tap_mac: [u8; 6],
-}
-
-/// What runs in the relay's place.
-enum Under {
-    Tapwire(RelayProcess),
-    /// `relay-floor`: the least work any relay must do (its own binary, `src/bin`).
-    Floor(RelayProcess),
 }
 
 /// Which way `relay-floor` moves frames.
@@ -132,7 +127,7 @@ impl Relay {
             LIMIT,
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        Self::attach(ns, Under::Tapwire(process), tap)
+        Self::attach(ns, (process, false), tap)
     }
 
     /// `relay-floor` in the relay's place, pinned to `RELAY_CPU`, moving `way` on a TAP for
@@ -170,35 +165,30 @@ impl Relay {
             LIMIT,
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        Self::attach(ns, Under::Floor(process), tap)
+        Self::attach(ns, (process, true), tap)
     }
 
-    fn attach(ns: &Netns, process: Under, tap: String) -> Relay {
+    fn attach(ns: &Netns, (process, floor): (RelayProcess, bool), tap: String) -> Relay {
         let mac = ns
             .run(&["cat", &format!("/sys/class/net/{tap}/address")])
             .expect("tap mac");
         let tap_mac = parse_mac(&mac).expect("mac");
         Relay {
             process,
+            floor,
             tap,
             tap_mac,
         }
     }
 
-    fn process(&self) -> &RelayProcess {
-        match &self.process {
-            Under::Tapwire(p) | Under::Floor(p) => p,
-        }
-    }
-
     /// Its pid (`ip netns exec` and taskset exec tapwire: the same pid).
     pub(crate) fn pid(&self) -> u32 {
-        self.process().pid()
+        self.process.pid()
     }
 
     /// Its drop counters now, while it runs (from `--metrics`, which it needs).
     pub(crate) fn live_drops(&self) -> Drops {
-        self.process()
+        self.process
             .try_counters()
             .map(|c| drops_of(&c))
             .unwrap_or_else(|e| panic!("the relay's counters: {e}"))
@@ -207,26 +197,23 @@ impl Relay {
     /// Stops the relay (SIGTERM); its counters just before (on SIGUSR1: at its default log
     /// level a relay ends with a paragraph, not every counter). For the floor, what it says
     /// it could not move, as drops `floor_refused` and `floor_unroutable`.
-    pub(crate) fn stop(self) -> Counters {
-        match self.process {
-            Under::Tapwire(mut p) => {
-                let counters = p
-                    .try_counters()
-                    .unwrap_or_else(|e| panic!("the relay's counters: {e}"));
-                p.stop_within(LIMIT);
-                counters
-            }
-            Under::Floor(mut p) => {
-                p.stop_within(LIMIT);
-                let moved = floor_moved(&p.proc.log_text()).unwrap_or_else(|| {
-                    panic!("relay-floor ended without its line:\n{}", p.proc.log_text())
-                });
-                Counters::parse(&format!(
-                    "tapwire_drops_total{{reason=\"floor_refused\"}} {}\ntapwire_drops_total{{reason=\"floor_unroutable\"}} {}\n",
-                    moved[2], moved[3]
-                ))
-            }
+    pub(crate) fn stop(mut self) -> Counters {
+        let p = &mut self.process;
+        if !self.floor {
+            let counters = p
+                .try_counters()
+                .unwrap_or_else(|e| panic!("the relay's counters: {e}"));
+            p.stop_within(LIMIT);
+            return counters;
         }
+        p.stop_within(LIMIT);
+        let log = p.proc.log_text();
+        let moved = floor_moved(&log)
+            .unwrap_or_else(|| panic!("relay-floor ended without its line:\n{log}"));
+        Counters::parse(&format!(
+            "tapwire_drops_total{{reason=\"floor_refused\"}} {}\ntapwire_drops_total{{reason=\"floor_unroutable\"}} {}\n",
+            moved[2], moved[3]
+        ))
     }
 }
 
