@@ -110,3 +110,69 @@ fn swarm_guests_send_timestamped_udp_and_every_echo_comes_back() {
         "{text}"
     );
 }
+
+#[test]
+fn swarm_broadcasts_reach_every_other_guest() {
+    if skip_unless_root("swarm_broadcasts_reach_every_other_guest") {
+        return;
+    }
+    let reserved = tapwire_testkit::swarm::reservations("10.86.1.1".parse().unwrap(), 50);
+    let relay = Relay::start(&[
+        "--no-dhcp",
+        "--reserve",
+        &reserved,
+        "--allow-host-port",
+        "udp:7777",
+    ]);
+    let echo = tapwire_testkit::udp_echo::UdpEcho::start(
+        &relay.ns,
+        "10.86.0.1:7777".parse().unwrap(),
+        None,
+    );
+    let text = run_swarm(
+        &relay,
+        &[
+            "--guests",
+            "50",
+            "--static-from",
+            "10.86.1.1",
+            "--udp-to",
+            "10.86.0.1:7777",
+            "--udp-pps",
+            "20",
+            "--udp-seconds",
+            "2",
+            "--udp-broadcast-every",
+            "10",
+            "--timeout",
+            "60",
+        ],
+    );
+    let echoed = echo.stop();
+    let sent = number_before(&text, " sent in");
+    let broadcasts = number_before(&text, " broadcasts sent");
+    let copies = number_before(&text, " broadcast copies received");
+    // Every 10th datagram of each guest, counted exactly.
+    assert!(broadcasts >= 50, "each guest sent broadcasts: {text}");
+    assert!(
+        broadcasts * 10 <= sent && sent < (broadcasts + 50) * 10,
+        "one datagram in ten is a broadcast: {text}"
+    );
+    // The relay floods each to the 49 other guests (and the TAP, whose host drops it); the
+    // unicast rest reaches the echo server and comes back.
+    assert_eq!(
+        copies,
+        broadcasts * 49,
+        "every other guest got every broadcast: {text}"
+    );
+    assert_eq!(
+        echoed,
+        sent - broadcasts,
+        "the echo server saw every unicast datagram: {text}"
+    );
+    assert_eq!(
+        number_before(&text, " of them echoes"),
+        sent - broadcasts,
+        "{text}"
+    );
+}

@@ -60,6 +60,11 @@ pub struct SwarmArgs {
     /// How long the UDP phase lasts (replies are collected for one more second).
     #[arg(long, default_value_t = 5.0)]
     pub udp_seconds: f64,
+    /// Every K-th datagram of a guest goes to the broadcast address (MAC ff:ff:ff:ff:ff:ff,
+    /// IP 255.255.255.255, the same port) instead, for the relay to flood to every other
+    /// guest; 0: none.
+    #[arg(long, default_value_t = 0)]
+    pub udp_broadcast_every: u64,
 }
 
 /// What became of the guests.
@@ -83,6 +88,10 @@ pub struct SwarmReport {
     /// datagrams echoed back.
     pub udp_received: u64,
     pub udp_echoes: u64,
+    /// Of `udp_sent`, the broadcasts (`--udp-broadcast-every`), and the copies of other
+    /// guests' broadcasts that reached a guest (each broadcast should reach every other).
+    pub udp_broadcasts_sent: u64,
+    pub udp_broadcasts_received: u64,
     /// Round-trip times of echoed datagrams in µs, sorted (at most [`MAX_RTT_SAMPLES`]).
     pub rtt_us: Vec<u32>,
     /// Datagrams a paced guest fell behind its schedule (its unsent data had reached
@@ -141,10 +150,13 @@ struct Guest {
     /// UDP phase: one WebSocket frame (zero masking key, so the payload is plain and can be
     /// stamped in place) holding the guest's datagram, and how many were generated.
     udp_template: Vec<u8>,
+    /// The same datagram to the broadcast address, if the guest sends broadcasts.
+    udp_broadcast_template: Vec<u8>,
     /// Ethernet frame size in the template.
     udp_size: usize,
     udp_generated: u64,
     udp_received: u64,
+    udp_broadcasts_received: u64,
 }
 
 /// A random, locally administered MAC (prefix 02:53). Random, as v86's are: dnsmasq picks a
@@ -189,27 +201,35 @@ impl Guest {
     }
 
     /// Prepares the UDP phase (the guest has its address and the gateway's MAC).
-    fn start_udp(&mut self, to: std::net::SocketAddrV4, size: usize) {
+    fn start_udp(&mut self, to: std::net::SocketAddrV4, size: usize, broadcasts: bool) {
         let (Some(ip), Some(gw)) = (self.ip, self.gateway_mac) else {
             return;
         };
-        let mut f = udp_frame(
-            gw,
-            self.mac,
-            (ip, UDP_SOURCE_PORT),
-            (*to.ip(), to.port()),
-            size,
-        );
-        f[UDP_PAYLOAD_OFFSET..UDP_PAYLOAD_OFFSET + 4].copy_from_slice(&UDP_MAGIC);
-        f[UDP_PAYLOAD_OFFSET + 4..UDP_PAYLOAD_OFFSET + 8]
-            .copy_from_slice(&self.index.to_be_bytes());
-        self.udp_template = client_frame_zero_key(frame::OP_BINARY, &f);
+        let template = |dst_mac, dst_ip| {
+            let mut f = udp_frame(
+                dst_mac,
+                self.mac,
+                (ip, UDP_SOURCE_PORT),
+                (dst_ip, to.port()),
+                size,
+            );
+            f[UDP_PAYLOAD_OFFSET..UDP_PAYLOAD_OFFSET + 4].copy_from_slice(&UDP_MAGIC);
+            f[UDP_PAYLOAD_OFFSET + 4..UDP_PAYLOAD_OFFSET + 8]
+                .copy_from_slice(&self.index.to_be_bytes());
+            client_frame_zero_key(frame::OP_BINARY, &f)
+        };
+        self.udp_template = template(gw, *to.ip());
+        if broadcasts {
+            // Same length as the unicast one: the outbox arithmetic relies on it.
+            self.udp_broadcast_template = template([0xff; 6], Ipv4Addr::BROADCAST);
+        }
         self.udp_size = size;
     }
 
     /// Appends UDP frames until `target` were generated or the outbox is full; each carries
-    /// its sequence number and `stamp_ns`.
-    fn generate_udp(&mut self, target: u64, stamp_ns: u64) {
+    /// its sequence number and `stamp_ns`. Datagram number n (from 1) is a broadcast when
+    /// `broadcast_every` divides n.
+    fn generate_udp(&mut self, target: u64, stamp_ns: u64, broadcast_every: u64) {
         if self.udp_template.is_empty() {
             return;
         }
@@ -218,7 +238,12 @@ impl Guest {
         let payload = header + UDP_PAYLOAD_OFFSET;
         while self.udp_generated < target && self.outbox.len() - self.out_pos < OUTBOX_CAP {
             let at = self.outbox.len() + payload;
-            self.outbox.extend_from_slice(&self.udp_template);
+            let n = self.udp_generated + 1;
+            if is_broadcast(n, broadcast_every) && !self.udp_broadcast_template.is_empty() {
+                self.outbox.extend_from_slice(&self.udp_broadcast_template);
+            } else {
+                self.outbox.extend_from_slice(&self.udp_template);
+            }
             // Lossless: a phase of more than 2^32 datagrams per guest would wrap, harmlessly.
             self.outbox[at + 8..at + 12]
                 .copy_from_slice(&(self.udp_generated as u32).to_be_bytes());
@@ -284,6 +309,12 @@ impl Guest {
 
     /// Handles one Ethernet frame; returns whether an echo request was answered.
     fn on_frame(&mut self, f: &[u8], gateway: Ipv4Addr, udp: &mut UdpStats) -> bool {
+        if let Some(payload) = packet::udp_payload_to(f, Ipv4Addr::BROADCAST) {
+            if payload.len() >= 8 && payload[..4] == UDP_MAGIC {
+                self.udp_broadcasts_received += 1;
+            }
+            return false;
+        }
         if let Some(payload) = self.ip.and_then(|ip| packet::udp_payload_to(f, ip)) {
             self.udp_received += 1;
             if payload.len() >= 20
@@ -383,6 +414,61 @@ fn process_input(g: &mut Guest, gateway: Ipv4Addr, udp: &mut UdpStats, answered:
     g.inbox = data;
 }
 
+/// Whether datagram number `n` (from 1) of a guest is a broadcast.
+fn is_broadcast(n: u64, every: u64) -> bool {
+    every > 0 && n % every == 0
+}
+
+/// The poll token of the pacing timer.
+const PACER: Token = Token(usize::MAX);
+
+/// A periodic timerfd in the swarm's poll: wakes the loop every interval.
+struct Pacer(std::os::fd::OwnedFd);
+
+impl Pacer {
+    fn new(poll: &Poll, every: Duration) -> io::Result<Pacer> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: plain syscalls; the descriptor is owned from here on.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is not owned elsewhere.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let ts = libc::timespec {
+            tv_sec: every.as_secs() as libc::time_t,
+            tv_nsec: every.subsec_nanos() as libc::c_long,
+        };
+        let spec = libc::itimerspec {
+            it_interval: ts,
+            it_value: ts,
+        };
+        // SAFETY: `spec` is a valid itimerspec; the old value is not asked for.
+        if unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&fd.as_raw_fd()),
+            PACER,
+            Interest::READABLE,
+        )?;
+        Ok(Pacer(fd))
+    }
+
+    /// Reads the expiry count, so that the next expiry is a new edge.
+    fn clear(&self) {
+        use std::os::fd::AsRawFd;
+        let mut n = 0u64;
+        // SAFETY: reads 8 bytes into `n`; a non-blocking read that finds nothing is fine.
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+    }
+}
+
 /// Runs the swarm until every guest has pinged the gateway (and the UDP phase, if asked for,
 /// is over) or the timeout passes.
 pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
@@ -412,6 +498,12 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
     let udp_len = Duration::from_secs_f64(args.udp_seconds.max(0.0));
     // Done guests are not revisited until the UDP phase: `active` holds the others.
     let mut active: Vec<usize> = Vec::new();
+    // Paced UDP is generated on a 100 µs timer: epoll's millisecond timeout alone would
+    // send each millisecond's datagrams in one clump, a burstier load than guests make.
+    let pacer = match args.udp_pps {
+        0 => None,
+        _ => Some(Pacer::new(&poll, Duration::from_micros(100))?),
+    };
     let mut done = 0usize;
     loop {
         // Open connections up to the concurrency limit (guests past their ping do not count).
@@ -420,6 +512,9 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
         while active.len() < args.concurrency && guests.len() < args.guests {
             let index = guests.len();
             let mut stream = TcpStream::connect(addr)?;
+            // Without Nagle, as browsers and Node's `ws` open WebSockets: with it, a guest's
+            // small frames wait for the relay's delayed ACK and reach it in bursts.
+            stream.set_nodelay(true)?;
             poll.registry().register(
                 &mut stream,
                 Token(index),
@@ -451,9 +546,11 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
                 last_sent: Instant::now(),
                 tries: 0,
                 udp_template: Vec::new(),
+                udp_broadcast_template: Vec::new(),
                 udp_size: 0,
                 udp_generated: 0,
                 udp_received: 0,
+                udp_broadcasts_received: 0,
             });
             active.push(index);
         }
@@ -462,7 +559,7 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
             all_pinged_at = Some(start.elapsed().as_secs_f64());
             if let Some(to) = args.udp_to {
                 for g in guests.iter_mut() {
-                    g.start_udp(to, usize::from(args.udp_size));
+                    g.start_udp(to, usize::from(args.udp_size), args.udp_broadcast_every > 0);
                 }
                 active = (0..guests.len()).collect();
                 udp_start = Some(now);
@@ -480,6 +577,12 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
         let timeout = if udp_start.is_some() { 1 } else { 100 };
         poll.poll(&mut events, Some(Duration::from_millis(timeout)))?;
         for ev in events.iter() {
+            if ev.token() == PACER {
+                if let Some(p) = &pacer {
+                    p.clear();
+                }
+                continue;
+            }
             let Some(g) = guests.get_mut(ev.token().0) else {
                 continue;
             };
@@ -559,7 +662,11 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
                     (owed + f64::from(g.index) / guest_count) as u64
                 };
                 if target > g.udp_generated {
-                    g.generate_udp(target, start.elapsed().as_nanos() as u64);
+                    g.generate_udp(
+                        target,
+                        start.elapsed().as_nanos() as u64,
+                        args.udp_broadcast_every,
+                    );
                 }
             }
             g.flush(&mut report.write_blocked);
@@ -584,8 +691,12 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
             // Generated minus what is still unwritten.
             let frame = g.udp_template.len().max(1) as u64;
             let unsent = ((g.outbox.len() - g.out_pos) as u64).div_ceil(frame);
-            report.udp_sent += g.udp_generated.saturating_sub(unsent);
+            let written = g.udp_generated.saturating_sub(unsent);
+            report.udp_sent += written;
+            report.udp_broadcasts_sent +=
+                written.checked_div(args.udp_broadcast_every).unwrap_or(0);
             report.udp_received += g.udp_received;
+            report.udp_broadcasts_received += g.udp_broadcasts_received;
             if args.udp_pps > 0 {
                 let phase = f64::from(g.index) / guests.len().max(1) as f64;
                 let owed = (last_owed + phase) as u64;

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     if args.udp_to.is_some() {
         let pct = |p| r.rtt_percentile(p).map_or("–".into(), |v| v.to_string());
         println!(
-            "udp: {} sent in {:.1} s ({:.0}/s), {} behind schedule, {} writes blocked by the relay; {} received, {} of them echoes of ours; rtt p50 {} µs, p99 {} µs, max {} µs",
+            "udp: {} sent in {:.1} s ({:.0}/s), {} behind schedule, {} writes blocked by the relay; {} received, {} of them echoes of ours; {} broadcasts sent, {} broadcast copies received; rtt p50 {} µs, p99 {} µs, max {} µs",
             r.udp_sent,
             r.udp_seconds,
             r.udp_sent as f64 / r.udp_seconds.max(1e-9),
@@ -43,6 +43,8 @@ fn main() -> ExitCode {
             r.write_blocked,
             r.udp_received,
             r.udp_echoes,
+            r.udp_broadcasts_sent,
+            r.udp_broadcasts_received,
             pct(0.5),
             pct(0.99),
             pct(1.0)
