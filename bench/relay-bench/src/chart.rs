@@ -1,12 +1,13 @@
 //! SVG charts beside the markdown and JSON: for up and down, frames/s against clients, one
 //! panel per frame size, with the relay's median and spread, the floor and the kernel's limit
-//! of the same run.
+//! of the same run; for rtt, the round trips' distributions idle and at each load.
 
 use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::report::Row;
+use crate::report::{Row, RttIdle, RttLoaded};
+use crate::stats::CDF_AT;
 
 /// Writes `STEM-up.svg` and `STEM-down.svg` for the up and down rows there are; the paths
 /// written.
@@ -119,6 +120,106 @@ fn draw(
     Ok(())
 }
 
+/// Writes `STEM-rtt.svg`, one panel per frame size: the share of echoes slower than each
+/// round-trip time (both axes logarithmic, down to 0.1 %), idle and at each load; the path
+/// written, if there were loaded measurements.
+pub(crate) fn rtt(
+    idle: Option<&RttIdle>,
+    loaded: &[RttLoaded],
+    stem: &Path,
+) -> Option<std::path::PathBuf> {
+    let mut sizes: Vec<usize> = loaded.iter().map(|r| r.size).collect();
+    sizes.dedup();
+    if sizes.is_empty() {
+        return None;
+    }
+    let path = stem.with_file_name(format!(
+        "{}-rtt.svg",
+        stem.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    match draw_rtt(idle, loaded, &sizes, &path) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            eprintln!("relay-bench: chart {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// (µs, share slower) points of a distribution kept at [`CDF_AT`], without the largest
+/// (nothing is slower than it).
+fn ccdf(cdf_us: &[f64]) -> Vec<(f64, f64)> {
+    CDF_AT
+        .iter()
+        .zip(cdf_us)
+        .filter(|(p, us)| **p < 1.0 && **us > 0.0)
+        .map(|(p, us)| (*us, 1.0 - p))
+        .collect()
+}
+
+fn draw_rtt(
+    idle: Option<&RttIdle>,
+    loaded: &[RttLoaded],
+    sizes: &[usize],
+    path: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let width = 480 * sizes.len() as u32;
+    let root = SVGBackend::new(path, (width, 380)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, sizes.len()));
+    let idle_points = idle.map(|i| ccdf(&i.relay_cdf_us)).unwrap_or_default();
+    let colours = [BLUE, GREEN, RED, MAGENTA, CYAN];
+    for (panel, &size) in panels.iter().zip(sizes) {
+        let runs: Vec<(&RttLoaded, Vec<(f64, f64)>)> = loaded
+            .iter()
+            .filter(|r| r.size == size)
+            .map(|r| (r, ccdf(&r.cdf_us)))
+            .collect();
+        let all = || runs.iter().flat_map(|(_, p)| p).chain(&idle_points);
+        let x_min = all().map(|p| p.0).fold(f64::INFINITY, f64::min).min(1e3) * 0.8;
+        let x_max = all().map(|p| p.0).fold(1.0, f64::max) * 1.25;
+        let mut chart = ChartBuilder::on(panel)
+            .caption(
+                format!("ICMP echo round trip, {size} B load"),
+                ("sans-serif", 18),
+            )
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(60)
+            .build_cartesian_2d((x_min..x_max).log_scale(), (0.0008f64..1.2).log_scale())?;
+        chart
+            .configure_mesh()
+            .x_desc("round trip (µs)")
+            .x_labels(6)
+            .light_line_style(WHITE)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_desc("share of echoes slower")
+            .y_label_formatter(&|v| format!("{}", v * 100.0) + " %")
+            .draw()?;
+        if !idle_points.is_empty() {
+            chart
+                .draw_series(LineSeries::new(idle_points.clone(), BLACK.stroke_width(2)))?
+                .label("idle")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLACK));
+        }
+        for (i, (r, points)) in runs.iter().enumerate() {
+            let colour = colours[i % colours.len()];
+            chart
+                .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?
+                .label(format!("relay core {:.0} % busy", r.relay_busy * 100.0))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerLeft)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +265,48 @@ mod tests {
             "floor",
             "tapwire",
             "clients",
+        ] {
+            assert!(svg.contains(text), "{text:?} missing");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rtt_gets_a_panel_per_size_with_idle_and_each_load() {
+        let cdf = |scale: f64| -> Vec<f64> { CDF_AT.iter().map(|p| 80.0 + scale * p).collect() };
+        let idle = RttIdle {
+            relay_cdf_us: cdf(100.0),
+            ..RttIdle::default()
+        };
+        let loaded: Vec<RttLoaded> = [64, 1514]
+            .into_iter()
+            .flat_map(|size| {
+                [0.1, 0.5].into_iter().map(move |busy| RttLoaded {
+                    size,
+                    relay_busy: busy,
+                    cdf_us: CDF_AT.iter().map(|p| 80.0 + 2000.0 * busy * p).collect(),
+                    ..RttLoaded::default()
+                })
+            })
+            .collect();
+        let dir = std::env::temp_dir().join(format!("relay-bench-rtt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let stem = dir.join("relay-bench-test");
+        assert_eq!(
+            rtt(Some(&idle), &[], &stem),
+            None,
+            "nothing loaded, no chart"
+        );
+        let written = rtt(Some(&idle), &loaded, &stem).expect("chart");
+        assert_eq!(written, dir.join("relay-bench-test-rtt.svg"));
+        let svg = std::fs::read_to_string(&written).expect("svg");
+        for text in [
+            "64 B load",
+            "1514 B load",
+            "idle",
+            "relay core 10 % busy",
+            "relay core 50 % busy",
+            "share of echoes slower",
         ] {
             assert!(svg.contains(text), "{text:?} missing");
         }

@@ -43,7 +43,7 @@ enum Group {
     G2g,
     /// `tapwire-swarm` as the load.
     Swarm,
-    /// ICMP round trips, idle and under half load.
+    /// ICMP round trips, idle and under 10, 50 and 80 % load.
     Rtt,
     /// Connection rate and memory per idle client.
     Conn,
@@ -85,6 +85,10 @@ struct Opts {
     /// Guest pair counts for g2g.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 32])]
     pairs: Vec<usize>,
+    /// Loads for the rtt group's round trips: the percentage of its time the relay's core
+    /// thread is busy (the swarm's rate is adjusted until it is, within 5 points).
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 50, 80])]
+    rtt_loads: Vec<u32>,
     /// Scenario groups to run (default: all).
     #[arg(long, value_delimiter = ',', value_enum)]
     only: Vec<Group>,
@@ -100,6 +104,10 @@ struct Opts {
 #[derive(serde::Deserialize)]
 struct Saved {
     rows: Vec<Row>,
+    #[serde(default)]
+    rtt_idle: Option<report::RttIdle>,
+    #[serde(default)]
+    rtt_loaded: Vec<report::RttLoaded>,
 }
 
 /// `--charts-from`: the charts of a saved run, beside its JSON.
@@ -107,7 +115,11 @@ fn charts_from(json: &std::path::Path) -> Result<(), String> {
     let text = std::fs::read_to_string(json).map_err(|e| format!("{}: {e}", json.display()))?;
     let saved: Saved =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
-    for chart in chart::updown(&saved.rows, &json.with_extension("")) {
+    let stem = json.with_extension("");
+    for chart in chart::updown(&saved.rows, &stem) {
+        eprintln!("chart: {}", chart.display());
+    }
+    if let Some(chart) = chart::rtt(saved.rtt_idle.as_ref(), &saved.rtt_loaded, &stem) {
         eprintln!("chart: {}", chart.display());
     }
     Ok(())
@@ -182,17 +194,22 @@ fn markdown(results: &Results, tables: &[Table]) -> String {
     md.push_str("\n**Load column**: for *up*, frames the generator had queued ahead of the relay when the window closed (positive: the relay set the pace); for *down*, frames/s the kernel queued to the TAP (relay reads plus drops at the TAP queue).\n");
     if let Some(r) = &results.rtt_idle {
         md.push_str(&format!(
-            "\nIdle RTT of an ICMP echo from a guest to the gateway ({} echoes, 0.5 ms apart): through tapwire p50 {:.0} µs, p99 {:.0} µs. The same echo written to and read from a bare TAP by one thread: p50 {:.0} µs, p99 {:.0} µs. A 64-byte TCP echo between the same two CPUs (the two cross-core wakeups a ping through the relay also pays): p50 {:.0} µs, p99 {:.0} µs. Added by tapwire beyond the bare TAP and that echo, at the median: {:.0} µs. (Tails do not subtract: at p99 compare the raw figures.)\n",
+            "\nIdle RTT of an ICMP echo from a guest to the gateway ({} echoes, 0.5 ms apart): through tapwire p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs. The same echo written to and read from a bare TAP by one thread: p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs. A 64-byte TCP echo between the same two CPUs (the two cross-core wakeups a ping through the relay also pays): p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs. Added by tapwire beyond the bare TAP and that echo, at the median: {:.0} µs. (Tails do not subtract: at p99 compare the raw figures.)\n",
             rtt::ECHOES,
-            r.relay_p50_us, r.relay_p99_us, r.tap_p50_us, r.tap_p99_us, r.tcp_echo_p50_us, r.tcp_echo_p99_us,
+            r.relay_p50_us, r.relay_p99_us, r.relay_p999_us, r.tap_p50_us, r.tap_p99_us, r.tap_p999_us,
+            r.tcp_echo_p50_us, r.tcp_echo_p99_us, r.tcp_echo_p999_us,
             r.relay_p50_us - r.tap_p50_us - r.tcp_echo_p50_us
         ));
     }
+    if !results.rtt_loaded.is_empty() {
+        md.push_str("\nRTT of the same echo under load: 64 swarm guests send UDP frames paced evenly (each its own phase, a 100 µs timer) at the rate that keeps the relay's core thread busy for the given share of the echo window (adjusted in up to three runs). *Busy*: the share of the echo window that thread spent on a CPU, measured. *Of capacity*: the rate as a share of what the relay moved with the swarm flooding.\n\n| frame | relay core busy (asked) | frames/s at the TAP | of capacity | p50 | p90 | p99 | p99.9 | answered |\n|---|---|---|---|---|---|---|---|---|\n");
+    }
     for r in &results.rtt_loaded {
         md.push_str(&format!(
-            "\nRTT under load, {} B frames: 64 swarm guests paced to half the relay's measured capacity ({} of {} frames/s; {} measured at the TAP during the echoes): p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs ({} echoes answered of {}).\n",
-            r.size, fmt_rate(r.target_load_fps), fmt_rate(r.capacity_fps), fmt_rate(r.measured_load_fps),
-            r.p50_us, r.p90_us, r.p99_us, r.answered, r.sent
+            "| {} B | {:.0} % ({:.0} %) | {} | {:.0} % of {} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {} of {} |\n",
+            r.size, r.relay_busy * 100.0, r.busy_target * 100.0, fmt_rate(r.measured_load_fps),
+            r.measured_load_fps / r.capacity_fps * 100.0, fmt_rate(r.capacity_fps),
+            r.p50_us, r.p90_us, r.p99_us, r.p999_us, r.answered, r.sent
         ));
     }
     if let Some(c) = &results.conn {
@@ -298,6 +315,9 @@ fn main() {
     let json = serde_json::to_string_pretty(&results).expect("results serialize");
     std::fs::write(stem.with_extension("json"), json + "\n").expect("write json");
     for chart in chart::updown(&results.rows, &stem) {
+        eprintln!("chart: {}", chart.display());
+    }
+    if let Some(chart) = chart::rtt(results.rtt_idle.as_ref(), &results.rtt_loaded, &stem) {
         eprintln!("chart: {}", chart.display());
     }
     println!("{md}");

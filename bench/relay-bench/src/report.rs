@@ -245,26 +245,41 @@ impl Table {
 
 /// Round trips of an ICMP echo to the gateway with the relay idle, with the same echo through
 /// a bare TAP and a TCP echo between the same CPUs (µs).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub(crate) struct RttIdle {
     pub relay_p50_us: f64,
     pub relay_p99_us: f64,
+    pub relay_p999_us: f64,
     pub tap_p50_us: f64,
     pub tap_p99_us: f64,
+    pub tap_p999_us: f64,
     pub tcp_echo_p50_us: f64,
     pub tcp_echo_p99_us: f64,
+    pub tcp_echo_p999_us: f64,
+    /// The relay's round trips at [`crate::stats::CDF_AT`] (µs).
+    pub relay_cdf_us: Vec<f64>,
 }
 
-/// Round trips of an ICMP echo while swarm guests load the relay to half its capacity.
-#[derive(Debug, Clone, Serialize)]
+/// Round trips of an ICMP echo while swarm guests keep the relay's core busy for a share of
+/// its time.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub(crate) struct RttLoaded {
     pub size: usize,
+    /// The share of its time the relay's core thread was to be busy.
+    pub busy_target: f64,
     pub capacity_fps: f64,
     pub target_load_fps: f64,
     pub measured_load_fps: f64,
+    /// The fraction of the echo window the relay's core thread was on a CPU.
+    pub relay_busy: f64,
     pub p50_us: f64,
     pub p90_us: f64,
     pub p99_us: f64,
+    pub p999_us: f64,
+    /// The round trips at [`crate::stats::CDF_AT`] (µs).
+    pub cdf_us: Vec<f64>,
     pub answered: usize,
     pub sent: usize,
 }

@@ -72,15 +72,25 @@ pub(crate) fn ping_through_relay(ns: &Netns, relay: &Relay, count: usize) -> Vec
     .expect("rtt")
 }
 
+/// What one loaded round-trip measurement saw.
+pub(crate) struct Loaded {
+    /// Round-trip times in µs.
+    pub rtts: Vec<f64>,
+    /// Frames per second the TAP received during the echoes.
+    pub load_fps: f64,
+    /// The fraction of the echo window the relay's core thread spent on a CPU.
+    pub busy: f64,
+}
+
 /// rtt under load: ICMP echoes to the gateway while 64 swarm guests send `size`-byte UDP
-/// frames at `load_fps` in all. Returns the RTTs and the load measured at the TAP.
+/// frames at `load_fps` in all.
 pub(crate) fn scenario_rtt_loaded(
     ns: &Netns,
     dir: &std::path::Path,
     size: usize,
     load_fps: f64,
     count: usize,
-) -> (Vec<f64>, f64) {
+) -> Loaded {
     // tapwire-swarm's guests use addresses and MACs of their own, not reserved here.
     let mut args = mtu_args(size);
     args.push("--allow-spoofing".into());
@@ -92,15 +102,26 @@ pub(crate) fn scenario_rtt_loaded(
     // Long enough for the echoes (count × ≥ 0.5 ms) with a margin; bounded.
     let phase = count as f64 * 0.002 + 3.0;
     let mut swarm = start_swarm(ns, &out, guests, 2, size, pps, phase);
-    wait_for_udp_phase(ns, &relay.tap);
+    wait_for_udp_phase(ns, &relay.tap, load_fps);
     std::thread::sleep(Duration::from_millis(300));
-    let (d0, t0) = (dev_counters(ns, &relay.tap), Instant::now());
+    let core = || thread_runtime_ns(relay.pid(), "tapwire-core0").unwrap_or(0);
+    let (d0, c0, t0) = (dev_counters(ns, &relay.tap), core(), Instant::now());
     let rtts = ping_through_relay(ns, &relay, count);
-    let (d1, dt) = (dev_counters(ns, &relay.tap), t0.elapsed().as_secs_f64());
+    let (d1, c1, dt) = (
+        dev_counters(ns, &relay.tap),
+        core(),
+        t0.elapsed().as_secs_f64(),
+    );
+    // The echoes are done: the rest of the load phase is not needed (our own child, by PID).
+    let _ = swarm.kill();
     let _ = swarm.wait();
     drop(sink);
     relay.stop();
-    (rtts, (d1.0 - d0.0) as f64 / dt)
+    Loaded {
+        rtts,
+        load_fps: (d1.0 - d0.0) as f64 / dt,
+        busy: (c1 - c0) as f64 / 1e9 / dt,
+    }
 }
 
 /// rtt: ICMP echo to the gateway through the relay, and the same echo through a bare TAP.
@@ -192,8 +213,26 @@ pub(crate) fn tcp_echo_rtt(ns: &Netns, count: usize) -> Vec<f64> {
     rtts
 }
 
+/// The rate to try next for a busy share of `target`, from the (rate, busy share) pairs
+/// measured so far at this frame size: on the line through the last two, or, with fewer or a
+/// line that does not rise, at the last one's cost per frame (at first: four flooded frames'
+/// cost). Never below 100 frames/s.
+fn next_rate(seen: &[(f64, f64)], target: f64, capacity: f64) -> f64 {
+    let rate = match seen {
+        [.., (r1, b1), (r2, b2)] if (b2 - b1) / (r2 - r1) > 0.0 => {
+            r2 + (target - b2) / ((b2 - b1) / (r2 - r1))
+        }
+        [.., (r, b)] if *b > 0.0 => r * target / b,
+        _ => target * capacity / 4.0,
+    };
+    rate.max(100.0)
+}
+
+/// Runs of a loaded RTT measurement to bring the relay core's busy share near its target.
+const CALIBRATION_ATTEMPTS: usize = 3;
+
 /// Echoes per RTT measurement.
-pub(crate) const ECHOES: usize = 2000;
+pub(crate) const ECHOES: usize = 5000;
 
 /// Group `rtt`: idle round trips, then under half the swarm's capacity at 64 and 1514 B.
 pub(crate) fn run(ctx: &Ctx, capacity: &SwarmCapacity) -> (RttIdle, Vec<RttLoaded>) {
@@ -203,10 +242,14 @@ pub(crate) fn run(ctx: &Ctx, capacity: &SwarmCapacity) -> (RttIdle, Vec<RttLoade
     let idle = RttIdle {
         relay_p50_us: percentile(&mut relay_rtt, 0.5),
         relay_p99_us: percentile(&mut relay_rtt, 0.99),
+        relay_p999_us: percentile(&mut relay_rtt, 0.999),
         tap_p50_us: percentile(&mut tap_rtt, 0.5),
         tap_p99_us: percentile(&mut tap_rtt, 0.99),
+        tap_p999_us: percentile(&mut tap_rtt, 0.999),
         tcp_echo_p50_us: percentile(&mut echo_rtt, 0.5),
         tcp_echo_p99_us: percentile(&mut echo_rtt, 0.99),
+        tcp_echo_p999_us: percentile(&mut echo_rtt, 0.999),
+        relay_cdf_us: cdf(&mut relay_rtt),
     };
     let mut loaded = Vec::new();
     for &size in o.sizes.iter().filter(|s| [64, 1514].contains(*s)) {
@@ -219,25 +262,80 @@ pub(crate) fn run(ctx: &Ctx, capacity: &SwarmCapacity) -> (RttIdle, Vec<RttLoade
                     .fps
             }
         };
-        let (mut rtts, load) = scenario_rtt_loaded(&ctx.ns, &ctx.dir, size, capacity * 0.5, ECHOES);
-        let r = RttLoaded {
-            size,
-            capacity_fps: capacity,
-            target_load_fps: capacity * 0.5,
-            measured_load_fps: load,
-            p50_us: percentile(&mut rtts, 0.5),
-            p90_us: percentile(&mut rtts, 0.9),
-            p99_us: percentile(&mut rtts, 0.99),
-            answered: rtts.len(),
-            sent: ECHOES,
-        };
-        eprintln!(
-            "rtt under {} frames/s of {size} B: p50 {:.0} µs, p99 {:.0} µs",
-            fmt_rate(load),
-            r.p50_us,
-            r.p99_us
-        );
-        loaded.push(r);
+        // Paced frames arrive one per receive and cost the relay several times what a flood's
+        // batches do, so a share of the flood capacity says little about how busy the relay
+        // is. Each load is a share of the relay core's time instead, found by adjusting the
+        // rate until the core's measured busy share is within 5 points of it: the next rate
+        // comes from the line through the last two measurements (busy share against rate),
+        // the first from the guess that a paced frame costs four flooded ones.
+        let mut seen: Vec<(f64, f64)> = Vec::new();
+        for &percent in &o.rtt_loads {
+            let target = f64::from(percent) / 100.0;
+            let mut attempts = 0;
+            let (mut m, rate) = loop {
+                attempts += 1;
+                let rate = next_rate(&seen, target, capacity);
+                let m = scenario_rtt_loaded(&ctx.ns, &ctx.dir, size, rate, ECHOES);
+                if m.load_fps > 0.0 {
+                    seen.push((m.load_fps, m.busy));
+                }
+                if (m.busy - target).abs() <= 0.05 || attempts == CALIBRATION_ATTEMPTS {
+                    break (m, rate);
+                }
+                eprintln!(
+                    "rtt: {} frames/s of {size} B kept the relay core {:.0} % busy, not {percent} %: again",
+                    fmt_rate(m.load_fps),
+                    m.busy * 100.0
+                );
+            };
+            let r = RttLoaded {
+                size,
+                busy_target: target,
+                capacity_fps: capacity,
+                target_load_fps: rate,
+                measured_load_fps: m.load_fps,
+                relay_busy: m.busy,
+                p50_us: percentile(&mut m.rtts, 0.5),
+                p90_us: percentile(&mut m.rtts, 0.9),
+                p99_us: percentile(&mut m.rtts, 0.99),
+                p999_us: percentile(&mut m.rtts, 0.999),
+                cdf_us: cdf(&mut m.rtts),
+                answered: m.rtts.len(),
+                sent: ECHOES,
+            };
+            eprintln!(
+                "rtt under {} frames/s of {size} B (relay core {:.0} % busy, asked {percent} %): \
+                 p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs",
+                fmt_rate(m.load_fps),
+                m.busy * 100.0,
+                r.p50_us,
+                r.p99_us,
+                r.p999_us
+            );
+            loaded.push(r);
+        }
     }
     (idle, loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_rate;
+
+    #[test]
+    fn the_next_rate_follows_the_line_through_the_last_two_measurements() {
+        // Nothing measured: a paced frame is guessed at four flooded ones.
+        assert_eq!(next_rate(&[], 0.5, 400_000.0), 50_000.0);
+        // One measurement: its cost per frame.
+        assert_eq!(next_rate(&[(10_000.0, 0.2)], 0.5, 400_000.0), 25_000.0);
+        // Two: busy = 0.1 + rate / 100 000, so 50 % busy is 40 000 frames/s.
+        let r = next_rate(&[(10_000.0, 0.2), (20_000.0, 0.3)], 0.5, 400_000.0);
+        assert!((r - 40_000.0).abs() < 1e-6, "{r}");
+        // A line that falls (noise) is not followed; nor does a rate go below 100/s.
+        assert_eq!(
+            next_rate(&[(10_000.0, 0.3), (20_000.0, 0.2)], 0.1, 1.0),
+            10_000.0
+        );
+        assert_eq!(next_rate(&[(1_000.0, 0.5)], 0.01, 1.0), 100.0);
+    }
 }

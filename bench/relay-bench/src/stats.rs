@@ -60,6 +60,18 @@ pub(crate) fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The shares at which round-trip distributions are kept for the charts: every 5 % up to 95 %,
+/// then 99, 99.5, 99.9 % and the largest.
+pub(crate) const CDF_AT: [f64; 24] = [
+    0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8,
+    0.85, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0,
+];
+
+/// The values of `v` at each share of [`CDF_AT`].
+pub(crate) fn cdf(v: &mut [f64]) -> Vec<f64> {
+    CDF_AT.iter().map(|&p| percentile(v, p)).collect()
+}
+
 /// Runs a scenario `reps` times: its samples, and its drop counters summed over the runs.
 pub(crate) fn repeat(
     reps: usize,

@@ -65,14 +65,17 @@ pub(crate) fn start_swarm(
     .expect("start swarm")
 }
 
-/// Waits (bounded) until frames pour into the TAP: the swarm's UDP phase has begun.
-pub(crate) fn wait_for_udp_phase(ns: &Netns, tap: &str) {
+/// Waits (bounded) until frames pour into the TAP at a quarter of `fps` or more (at most 5 000/s
+/// asked): the swarm's UDP phase has begun.
+pub(crate) fn wait_for_udp_phase(ns: &Netns, tap: &str, fps: f64) {
+    // Frames per 100 ms poll; lossless enough: a count of frames.
+    let enough = (fps.min(20_000.0) / 40.0).max(1.0) as u64;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = dev_counters(ns, tap).0;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
         let now = dev_counters(ns, tap).0;
-        if now - last > 500 {
+        if now - last >= enough {
             return;
         }
         last = now;
@@ -104,7 +107,7 @@ pub(crate) fn scenario_swarm_flood(
     let sink = ns.enter(|| UdpSocket::bind(("10.86.0.1", SINK_PORT)).expect("sink"));
     let out = dir.join("swarm-flood.out");
     let mut swarm = start_swarm(ns, &out, guests, 2, size, 0, seconds + 1.0);
-    wait_for_udp_phase(ns, &relay.tap);
+    wait_for_udp_phase(ns, &relay.tap, f64::INFINITY);
     std::thread::sleep(Duration::from_millis(300));
     let (d0, c0, t0) = (
         dev_counters(ns, &relay.tap),

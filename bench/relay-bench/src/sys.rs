@@ -125,3 +125,19 @@ pub(crate) fn neighbour(ns: &Netns, dev: &str, ip: &str, mac: &str) {
     ns.run(&["ip", "neigh", "replace", ip, "lladdr", mac, "dev", dev])
         .expect("ip neigh replace");
 }
+
+/// Nanoseconds the thread of `pid` named `comm` has spent on a CPU (`schedstat`'s first
+/// field: user and kernel time, softirqs run in its context included), or `None` if there is
+/// no such thread.
+pub(crate) fn thread_runtime_ns(pid: u32, comm: &str) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if name.trim_end() == comm {
+            let stat = std::fs::read_to_string(dir.join("schedstat")).ok()?;
+            return stat.split_whitespace().next()?.parse().ok();
+        }
+    }
+    None
+}
