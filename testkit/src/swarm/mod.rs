@@ -8,22 +8,20 @@
 //! round-trip times. One thread, one `mio` poll over all sockets: 10 000 guests fit in one
 //! process. Test and benchmark tooling.
 
-use std::io::{self, Read, Write};
+mod guest;
+mod pacer;
+
+use std::io::{self, Read};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use tapwire::ws::frame;
 
-use crate::packet::{
-    self, icmp_echo, icmp_echo_reply, udp_frame, DhcpKind, Mac, UDP_PAYLOAD_OFFSET,
-};
-use crate::ws::{
-    check_upgrade_response, client_frame, client_frame_zero_key, parse_ws_url, upgrade_request,
-    Decoder, Message,
-};
+use crate::ws::{check_upgrade_response, parse_ws_url, upgrade_request, Decoder};
+use guest::{process_input, Guest, Stage, UdpStats};
+use pacer::{Pacer, PACER};
 
 /// Options of `tapwire-swarm`.
 #[derive(Debug, Clone, clap::Args)]
@@ -118,47 +116,6 @@ const UDP_MAGIC: [u8; 4] = *b"TWSW";
 /// Source port of the swarm's datagrams.
 const UDP_SOURCE_PORT: u16 = 40_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    Connecting,
-    Upgrading,
-    Discovering,
-    Requesting { offered: Ipv4Addr, server: Ipv4Addr },
-    Resolving,
-    Pinging,
-    Done,
-}
-
-struct Guest {
-    index: u32,
-    stream: TcpStream,
-    stage: Stage,
-    mac: Mac,
-    xid: u32,
-    ip: Option<Ipv4Addr>,
-    gateway_mac: Option<Mac>,
-    decoder: Decoder,
-    inbox: Vec<u8>,
-    outbox: Vec<u8>,
-    /// Bytes of `outbox` already written.
-    out_pos: usize,
-    /// The last write would have blocked; cleared by the next writable event.
-    blocked: bool,
-    key: String,
-    last_sent: Instant,
-    tries: u32,
-    /// UDP phase: one WebSocket frame (zero masking key, so the payload is plain and can be
-    /// stamped in place) holding the guest's datagram, and how many were generated.
-    udp_template: Vec<u8>,
-    /// The same datagram to the broadcast address, if the guest sends broadcasts.
-    udp_broadcast_template: Vec<u8>,
-    /// Ethernet frame size in the template.
-    udp_size: usize,
-    udp_generated: u64,
-    udp_received: u64,
-    udp_broadcasts_received: u64,
-}
-
 /// A random, locally administered MAC (prefix 02:53). Random, as v86's are: dnsmasq picks a
 /// guest's address from a hash of its MAC and does not reserve open offers, so sequential MACs
 /// The MAC of guest `i` with --static-from: 02:53:5f and `i` in the low 24 bits.
@@ -193,282 +150,6 @@ fn random_mac(seed: &mut u64, taken: &mut std::collections::HashSet<[u8; 6]>) ->
     }
 }
 
-impl Guest {
-    fn send(&mut self, eth: &[u8]) {
-        self.outbox
-            .extend_from_slice(&client_frame(frame::OP_BINARY, eth));
-        self.last_sent = Instant::now();
-    }
-
-    /// Prepares the UDP phase (the guest has its address and the gateway's MAC).
-    fn start_udp(&mut self, to: std::net::SocketAddrV4, size: usize, broadcasts: bool) {
-        let (Some(ip), Some(gw)) = (self.ip, self.gateway_mac) else {
-            return;
-        };
-        let template = |dst_mac, dst_ip| {
-            let mut f = udp_frame(
-                dst_mac,
-                self.mac,
-                (ip, UDP_SOURCE_PORT),
-                (dst_ip, to.port()),
-                size,
-            );
-            f[UDP_PAYLOAD_OFFSET..UDP_PAYLOAD_OFFSET + 4].copy_from_slice(&UDP_MAGIC);
-            f[UDP_PAYLOAD_OFFSET + 4..UDP_PAYLOAD_OFFSET + 8]
-                .copy_from_slice(&self.index.to_be_bytes());
-            client_frame_zero_key(frame::OP_BINARY, &f)
-        };
-        self.udp_template = template(gw, *to.ip());
-        if broadcasts {
-            // Same length as the unicast one: the outbox arithmetic relies on it.
-            self.udp_broadcast_template = template([0xff; 6], Ipv4Addr::BROADCAST);
-        }
-        self.udp_size = size;
-    }
-
-    /// Appends UDP frames until `target` were generated or the outbox is full; each carries
-    /// its sequence number and `stamp_ns`. Datagram number n (from 1) is a broadcast when
-    /// `broadcast_every` divides n.
-    fn generate_udp(&mut self, target: u64, stamp_ns: u64, broadcast_every: u64) {
-        if self.udp_template.is_empty() {
-            return;
-        }
-        // Where the payload starts in the template: after the WebSocket and UDP headers.
-        let header = self.udp_template.len() - self.udp_size;
-        let payload = header + UDP_PAYLOAD_OFFSET;
-        while self.udp_generated < target && self.outbox.len() - self.out_pos < OUTBOX_CAP {
-            let at = self.outbox.len() + payload;
-            let n = self.udp_generated + 1;
-            if is_broadcast(n, broadcast_every) && !self.udp_broadcast_template.is_empty() {
-                self.outbox.extend_from_slice(&self.udp_broadcast_template);
-            } else {
-                self.outbox.extend_from_slice(&self.udp_template);
-            }
-            // Lossless: a phase of more than 2^32 datagrams per guest would wrap, harmlessly.
-            self.outbox[at + 8..at + 12]
-                .copy_from_slice(&(self.udp_generated as u32).to_be_bytes());
-            self.outbox[at + 12..at + 20].copy_from_slice(&stamp_ns.to_be_bytes());
-            self.udp_generated += 1;
-        }
-    }
-
-    /// Writes what the outbox holds until it is empty or the socket would block.
-    fn flush(&mut self, blocked_count: &mut u64) {
-        while !self.blocked && self.out_pos < self.outbox.len() {
-            match self.stream.write(&self.outbox[self.out_pos..]) {
-                Ok(0) => break,
-                Ok(n) => self.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.blocked = true;
-                    *blocked_count += 1;
-                }
-                Err(_) => break,
-            }
-        }
-        if self.out_pos == self.outbox.len() {
-            self.outbox.clear();
-            self.out_pos = 0;
-        } else if self.out_pos >= OUTBOX_CAP {
-            self.outbox.drain(..self.out_pos);
-            self.out_pos = 0;
-        }
-    }
-
-    /// Advances after a timeout (retransmits) or a stage change.
-    fn kick(&mut self, gateway: Ipv4Addr) {
-        match self.stage {
-            Stage::Discovering => {
-                let m = packet::dhcp_message(self.mac, self.xid, DhcpKind::Discover, None);
-                self.send(&m);
-            }
-            Stage::Requesting { offered, server } => {
-                let m = packet::dhcp_message(
-                    self.mac,
-                    self.xid,
-                    DhcpKind::Request,
-                    Some((offered, server)),
-                );
-                self.send(&m);
-            }
-            Stage::Resolving => {
-                if let Some(ip) = self.ip {
-                    let m = packet::arp(1, self.mac, ip, [0; 6], gateway);
-                    self.send(&m);
-                }
-            }
-            Stage::Pinging => {
-                if let (Some(ip), Some(gw)) = (self.ip, self.gateway_mac) {
-                    let m = icmp_echo(gw, self.mac, ip, gateway, 0x5753, self.tries as u16, 0);
-                    self.send(&m);
-                }
-            }
-            _ => {}
-        }
-        self.tries += 1;
-    }
-
-    /// Handles one Ethernet frame; returns whether an echo request was answered.
-    fn on_frame(&mut self, f: &[u8], gateway: Ipv4Addr, udp: &mut UdpStats) -> bool {
-        if let Some(payload) = packet::udp_payload_to(f, Ipv4Addr::BROADCAST) {
-            if payload.len() >= 8 && payload[..4] == UDP_MAGIC {
-                self.udp_broadcasts_received += 1;
-            }
-            return false;
-        }
-        if let Some(payload) = self.ip.and_then(|ip| packet::udp_payload_to(f, ip)) {
-            self.udp_received += 1;
-            if payload.len() >= 20
-                && payload[..4] == UDP_MAGIC
-                && payload[4..8] == self.index.to_be_bytes()
-            {
-                let mut stamp = [0u8; 8];
-                stamp.copy_from_slice(&payload[12..20]);
-                let now = udp.epoch.elapsed().as_nanos() as u64;
-                udp.echoes += 1;
-                if udp.rtt_us.len() < MAX_RTT_SAMPLES {
-                    // Lossless enough: an RTT above 71 minutes saturates.
-                    let us = now.saturating_sub(u64::from_be_bytes(stamp)) / 1000;
-                    udp.rtt_us.push(us.min(u64::from(u32::MAX)) as u32);
-                }
-            }
-            return false;
-        }
-        if let Some((op, sender_mac, sender_ip, target)) = packet::parse_arp(f) {
-            if op == 1 && Some(target) == self.ip {
-                let ip = self.ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
-                let reply = packet::arp(2, self.mac, ip, sender_mac, sender_ip);
-                self.send(&reply);
-            } else if op == 2 && sender_ip == gateway && self.stage == Stage::Resolving {
-                self.gateway_mac = Some(sender_mac);
-                self.stage = Stage::Pinging;
-                self.tries = 0;
-                self.kick(gateway);
-            }
-            return false;
-        }
-        if let Some((kind, yiaddr, server)) = packet::dhcp_reply(f, self.xid) {
-            match (self.stage, kind) {
-                (Stage::Discovering, DhcpKind::Offer) => {
-                    self.stage = Stage::Requesting {
-                        offered: yiaddr,
-                        server,
-                    };
-                    self.tries = 0;
-                    self.kick(gateway);
-                }
-                (Stage::Requesting { .. }, DhcpKind::Ack) => {
-                    self.ip = Some(yiaddr);
-                    self.stage = Stage::Resolving;
-                    self.tries = 0;
-                    self.kick(gateway);
-                }
-                (Stage::Requesting { .. }, DhcpKind::Nak) => {
-                    self.stage = Stage::Discovering;
-                    self.tries = 0;
-                    self.kick(gateway);
-                }
-                _ => {}
-            }
-            return false;
-        }
-        if self.stage == Stage::Pinging && icmp_echo_reply(f).is_some_and(|(id, _, _)| id == 0x5753)
-        {
-            self.stage = Stage::Done;
-            return false;
-        }
-        if let Some(ip) = self.ip {
-            if let Some(reply) = packet::echo_reply_to(f, self.mac, ip) {
-                self.send(&reply);
-                return true;
-            }
-        }
-        false
-    }
-}
-
-/// Round-trip bookkeeping of the UDP phase.
-struct UdpStats {
-    epoch: Instant,
-    rtt_us: Vec<u32>,
-    echoes: u64,
-}
-
-/// Handles the bytes a guest received since last time. Frames are handled where they lie:
-/// a swarm reads millions of broadcasts.
-fn process_input(g: &mut Guest, gateway: Ipv4Addr, udp: &mut UdpStats, answered: &mut u64) {
-    let mut data = std::mem::take(&mut g.inbox);
-    let mut decoder = std::mem::take(&mut g.decoder);
-    // A stream that breaks the protocol ends this guest's input here; it then never finishes
-    // its stage, and the report shows it.
-    let _ = decoder.feed(&mut data, |m| match m {
-        Message::Frame(f) => {
-            if g.on_frame(f, gateway, udp) {
-                *answered += 1;
-            }
-        }
-        Message::Ping(p) => g.outbox.extend_from_slice(&client_frame(frame::OP_PONG, p)),
-        Message::Pong(_) | Message::Close(_) => {}
-    });
-    g.decoder = decoder;
-    data.clear();
-    g.inbox = data;
-}
-
-/// Whether datagram number `n` (from 1) of a guest is a broadcast.
-fn is_broadcast(n: u64, every: u64) -> bool {
-    every > 0 && n % every == 0
-}
-
-/// The poll token of the pacing timer.
-const PACER: Token = Token(usize::MAX);
-
-/// A periodic timerfd in the swarm's poll: wakes the loop every interval.
-struct Pacer(std::os::fd::OwnedFd);
-
-impl Pacer {
-    fn new(poll: &Poll, every: Duration) -> io::Result<Pacer> {
-        use std::os::fd::{AsRawFd, FromRawFd};
-        // SAFETY: plain syscalls; the descriptor is owned from here on.
-        let fd = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just created and is not owned elsewhere.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        let ts = libc::timespec {
-            tv_sec: every.as_secs() as libc::time_t,
-            tv_nsec: every.subsec_nanos() as libc::c_long,
-        };
-        let spec = libc::itimerspec {
-            it_interval: ts,
-            it_value: ts,
-        };
-        // SAFETY: `spec` is a valid itimerspec; the old value is not asked for.
-        if unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        poll.registry().register(
-            &mut mio::unix::SourceFd(&fd.as_raw_fd()),
-            PACER,
-            Interest::READABLE,
-        )?;
-        Ok(Pacer(fd))
-    }
-
-    /// Reads the expiry count, so that the next expiry is a new edge.
-    fn clear(&self) {
-        use std::os::fd::AsRawFd;
-        let mut n = 0u64;
-        // SAFETY: reads 8 bytes into `n`; a non-blocking read that finds nothing is fine.
-        unsafe { libc::read(self.0.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
-    }
-}
-
 /// Runs the swarm until every guest has pinged the gateway (and the UDP phase, if asked for,
 /// is over) or the timeout passes.
 pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
@@ -500,9 +181,9 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
     let mut active: Vec<usize> = Vec::new();
     // Paced UDP is generated on a 100 µs timer: epoll's millisecond timeout alone would
     // send each millisecond's datagrams in one clump, a burstier load than guests make.
-    let pacer = match args.udp_pps {
-        0 => None,
-        _ => Some(Pacer::new(&poll, Duration::from_micros(100))?),
+    let pacer = match (args.udp_to, args.udp_pps) {
+        (Some(_), 1..) => Some(Pacer::new(&poll, Duration::from_micros(100))?),
+        _ => None,
     };
     let mut done = 0usize;
     loop {
