@@ -112,8 +112,8 @@ fn swarm_guests_send_timestamped_udp_and_every_echo_comes_back() {
 }
 
 #[test]
-fn swarm_broadcasts_reach_every_other_guest() {
-    if skip_unless_root("swarm_broadcasts_reach_every_other_guest") {
+fn swarm_broadcasts_reach_every_other_guest_across_two_swarms() {
+    if skip_unless_root("swarm_broadcasts_reach_every_other_guest_across_two_swarms") {
         return;
     }
     let reserved = tapwire_testkit::swarm::reservations("10.86.1.1".parse().unwrap(), 50);
@@ -129,50 +129,71 @@ fn swarm_broadcasts_reach_every_other_guest() {
         "10.86.0.1:7777".parse().unwrap(),
         None,
     );
-    let text = run_swarm(
-        &relay,
-        &[
-            "--guests",
-            "50",
-            "--static-from",
-            "10.86.1.1",
-            "--udp-to",
-            "10.86.0.1:7777",
-            "--udp-pps",
-            "20",
-            "--udp-seconds",
-            "2",
-            "--udp-broadcast-every",
-            "10",
-            "--timeout",
-            "60",
-        ],
-    );
+    // Two swarms of 25 on one segment: guests 0–24 and 25–49 (--first-guest), at once.
+    let url = relay.url();
+    let swarm = tool_bin("tapwire-swarm");
+    let children: Vec<_> = ["0", "25"]
+        .into_iter()
+        .map(|first| {
+            relay
+                .ns
+                .cmd(&[
+                    &swarm,
+                    "--url",
+                    &url,
+                    "--guests",
+                    "25",
+                    "--first-guest",
+                    first,
+                    "--static-from",
+                    "10.86.1.1",
+                    "--udp-to",
+                    "10.86.0.1:7777",
+                    "--udp-pps",
+                    "20",
+                    "--udp-seconds",
+                    "2",
+                    "--udp-broadcast-every",
+                    "10",
+                    "--timeout",
+                    "60",
+                ])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("swarm")
+        })
+        .collect();
+    let texts: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().expect("swarm output");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            println!("{text}");
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains("25 pinged the gateway"), "{text}");
+            text
+        })
+        .collect();
     let echoed = echo.stop();
-    let sent = number_before(&text, " sent in");
-    let broadcasts = number_before(&text, " broadcasts sent");
-    let copies = number_before(&text, " broadcast copies received");
-    // Every 10th datagram of each guest, counted exactly.
-    assert!(broadcasts >= 50, "each guest sent broadcasts: {text}");
+    let sum = |label: &str| texts.iter().map(|t| number_before(t, label)).sum::<u64>();
+    let (sent, broadcasts) = (sum(" sent in"), sum(" broadcasts sent"));
+    // Every 10th datagram of each guest.
+    assert!(broadcasts >= 50, "each guest sent broadcasts: {texts:?}");
     assert!(
         broadcasts * 10 <= sent && sent < (broadcasts + 50) * 10,
-        "one datagram in ten is a broadcast: {text}"
+        "one datagram in ten is a broadcast: {texts:?}"
     );
-    // The relay floods each to the 49 other guests (and the TAP, whose host drops it); the
-    // unicast rest reaches the echo server and comes back.
+    // The relay floods each to the 49 other guests, in either swarm (and to the TAP, whose
+    // host drops it); the unicast rest reaches the echo server and comes back.
     assert_eq!(
-        copies,
+        sum(" broadcast copies received"),
         broadcasts * 49,
-        "every other guest got every broadcast: {text}"
+        "every other guest got every broadcast: {texts:?}"
     );
     assert_eq!(
         echoed,
         sent - broadcasts,
-        "the echo server saw every unicast datagram: {text}"
+        "the echo server saw every unicast datagram"
     );
-    assert_eq!(
-        number_before(&text, " of them echoes"),
-        sent - broadcasts,
-        "{text}"
-    );
+    assert_eq!(sum(" of them echoes"), sent - broadcasts, "{texts:?}");
 }

@@ -45,6 +45,10 @@ pub struct SwarmArgs {
     /// the MAC [`static_mac`]`(i)`; [`reservations`] gives the relay's `--reserve` list.
     #[arg(long)]
     pub static_from: Option<Ipv4Addr>,
+    /// With --static-from, this swarm's guests are guests N, N+1, … (their MACs and
+    /// addresses), so that several swarms can share one segment.
+    #[arg(long, default_value_t = 0)]
+    pub first_guest: u32,
     /// Once every guest has pinged, each sends UDP datagrams to this IP:PORT (via the gateway's
     /// MAC) for --udp-seconds. Payload: "TWSW", guest number, sequence, send time in ns.
     #[arg(long)]
@@ -212,7 +216,7 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
                 stream,
                 stage: Stage::Connecting,
                 mac: match args.static_from {
-                    Some(_) => static_mac(index as u32),
+                    Some(_) => static_mac(args.first_guest + index as u32),
                     None => random_mac(&mut seed, &mut macs),
                 },
                 xid: (seed >> 32) as u32,
@@ -315,7 +319,7 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
                     report.upgraded += 1;
                     if let Some(base) = args.static_from {
                         // Lossless: --guests is far below 2^32.
-                        g.ip = Some(Ipv4Addr::from(u32::from(base) + g.index));
+                        g.ip = Some(Ipv4Addr::from(u32::from(base) + args.first_guest + g.index));
                         g.stage = Stage::Resolving;
                     } else {
                         g.stage = Stage::Discovering;
