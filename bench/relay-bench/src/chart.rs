@@ -1,11 +1,13 @@
 //! SVG charts beside the markdown and JSON: for up and down, frames/s against clients, one
 //! panel per frame size, with the relay's median and spread, the floor and the kernel's limit
-//! of the same run; for rtt, the round trips' distributions idle and at each load.
+//! of the same run; for rtt, the round trips' distributions idle and at each load; for
+//! density, each trial's p99 and how busy the relay core and the load CPU were.
 
 use std::path::Path;
 
 use plotters::prelude::*;
 
+use crate::density::{Density, P99_LIMIT_US};
 use crate::report::{Row, RttIdle, RttLoaded};
 use crate::stats::CDF_AT;
 
@@ -220,6 +222,110 @@ fn draw_rtt(
     Ok(())
 }
 
+/// Writes `STEM-density.svg`, one panel per frame size: each trial's p99 (held: filled, not
+/// held: hollow) against guests with the limit, and the relay core's and the load CPU's busy
+/// shares on the right axis; the path written, if there were trials.
+pub(crate) fn density(results: &[Density], stem: &Path) -> Option<std::path::PathBuf> {
+    if results.iter().all(|d| d.trials.is_empty()) {
+        return None;
+    }
+    let path = stem.with_file_name(format!(
+        "{}-density.svg",
+        stem.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    match draw_density(results, &path) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            eprintln!("relay-bench: chart {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+fn draw_density(results: &[Density], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::new(path, (520 * results.len() as u32, 380)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, results.len()));
+    for (panel, d) in panels.iter().zip(results) {
+        let mut trials = d.trials.clone();
+        trials.sort_by_key(|t| t.guests);
+        let x_max = trials.iter().map(|t| t.guests).max().unwrap_or(1) as f64 * 1.1;
+        let y_max = trials.iter().map(|t| t.p99_us).fold(P99_LIMIT_US, f64::max) * 2.0;
+        let mut chart = ChartBuilder::on(panel)
+            .caption(
+                format!(
+                    "{} B, {} datagrams/s per guest: held {}",
+                    d.size, d.pps_per_guest, d.guests_held
+                ),
+                ("sans-serif", 18),
+            )
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(60)
+            .right_y_label_area_size(50)
+            .build_cartesian_2d(0f64..x_max, (10f64..y_max).log_scale())?
+            .set_secondary_coord(0f64..x_max, 0f64..100f64);
+        chart
+            .configure_mesh()
+            .x_desc("guests")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_desc("round trip p99 (µs)")
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .light_line_style(WHITE)
+            .draw()?;
+        chart
+            .configure_secondary_axes()
+            .y_desc("busy (%)")
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .draw()?;
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, P99_LIMIT_US), (x_max, P99_LIMIT_US)],
+                BLACK.stroke_width(1),
+            ))?
+            .label("p99 limit")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLACK));
+        chart
+            .draw_series(trials.iter().map(|t| {
+                let style = if t.passed {
+                    RED.filled()
+                } else {
+                    RED.stroke_width(2)
+                };
+                Circle::new((t.guests as f64, t.p99_us.max(10.0)), 5, style)
+            }))?
+            .label("p99 (filled: held)")
+            .legend(|(x, y)| Circle::new((x + 8, y), 5, RED.filled()));
+        for (name, colour, busy) in [
+            (
+                "relay core busy",
+                BLUE,
+                &(|t: &crate::density::Trial| t.relay_busy)
+                    as &dyn Fn(&crate::density::Trial) -> f64,
+            ),
+            ("load CPU busy", GREEN, &|t: &crate::density::Trial| {
+                t.load_cpu_busy
+            }),
+        ] {
+            chart
+                .draw_secondary_series(LineSeries::new(
+                    trials.iter().map(|t| (t.guests as f64, busy(t) * 100.0)),
+                    colour.stroke_width(2),
+                ))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,6 +413,51 @@ mod tests {
             "relay core 10 % busy",
             "relay core 50 % busy",
             "share of echoes slower",
+        ] {
+            assert!(svg.contains(text), "{text:?} missing");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn density_gets_a_panel_per_size_with_the_limit_and_both_busy_lines() {
+        use crate::density::Trial;
+        let t = |guests, passed, p99_us| Trial {
+            guests,
+            passed,
+            p99_us,
+            relay_busy: 0.5,
+            load_cpu_busy: 0.8,
+            ..Trial::default()
+        };
+        let results: Vec<Density> = [64, 1514]
+            .into_iter()
+            .map(|size| Density {
+                size,
+                pps_per_guest: 200,
+                guests_held: 128,
+                trials: vec![
+                    t(64, true, 400.0),
+                    t(256, false, 9000.0),
+                    t(128, true, 600.0),
+                ],
+                ..Density::default()
+            })
+            .collect();
+        let dir = std::env::temp_dir().join(format!("relay-bench-density-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let stem = dir.join("relay-bench-test");
+        assert_eq!(density(&[], &stem), None, "no trials, no chart");
+        let written = density(&results, &stem).expect("chart");
+        assert_eq!(written, dir.join("relay-bench-test-density.svg"));
+        let svg = std::fs::read_to_string(&written).expect("svg");
+        for text in [
+            "64 B, 200 datagrams/s per guest: held 128",
+            "1514 B, 200 datagrams/s per guest: held 128",
+            "p99 limit",
+            "relay core busy",
+            "load CPU busy",
+            "guests",
         ] {
             assert!(svg.contains(text), "{text:?} missing");
         }

@@ -8,6 +8,7 @@
 
 mod chart;
 mod conn;
+mod density;
 mod farm;
 mod g2g;
 mod kernel;
@@ -47,6 +48,8 @@ enum Group {
     Rtt,
     /// Connection rate and memory per idle client.
     Conn,
+    /// How many guests one core holds at a fixed load per guest (p99 ≤ 1 ms, no loss).
+    Density,
     /// Up with anti-spoofing on (default) and off, alternated.
     Spoofing,
     /// The floor's up behind the relay's host protection and bare, alternated.
@@ -89,6 +92,12 @@ struct Opts {
     /// thread is busy (the swarm's rate is adjusted until it is, within 5 points).
     #[arg(long, value_delimiter = ',', default_values_t = [10, 50, 80])]
     rtt_loads: Vec<u32>,
+    /// Density: UDP datagrams per second each guest sends (and, echoed, receives).
+    #[arg(long, default_value_t = 200)]
+    density_pps: u64,
+    /// Density: every K-th datagram of a guest goes to the broadcast address (0: none).
+    #[arg(long, default_value_t = 100)]
+    density_broadcast_every: u64,
     /// Scenario groups to run (default: all).
     #[arg(long, value_delimiter = ',', value_enum)]
     only: Vec<Group>,
@@ -108,6 +117,8 @@ struct Saved {
     rtt_idle: Option<report::RttIdle>,
     #[serde(default)]
     rtt_loaded: Vec<report::RttLoaded>,
+    #[serde(default)]
+    density: Vec<density::Density>,
 }
 
 /// `--charts-from`: the charts of a saved run, beside its JSON.
@@ -120,6 +131,9 @@ fn charts_from(json: &std::path::Path) -> Result<(), String> {
         eprintln!("chart: {}", chart.display());
     }
     if let Some(chart) = chart::rtt(saved.rtt_idle.as_ref(), &saved.rtt_loaded, &stem) {
+        eprintln!("chart: {}", chart.display());
+    }
+    if let Some(chart) = chart::density(&saved.density, &stem) {
         eprintln!("chart: {}", chart.display());
     }
     Ok(())
@@ -212,6 +226,7 @@ fn markdown(results: &Results, tables: &[Table]) -> String {
             r.p50_us, r.p90_us, r.p99_us, r.p999_us, r.answered, r.sent
         ));
     }
+    md.push_str(&density::markdown(&results.density));
     if let Some(c) = &results.conn {
         let rss = c
             .rss_kib_per_idle_client
@@ -297,6 +312,9 @@ fn main() {
     if ctx.opts.runs(Group::Conn) {
         results.conn = Some(conn::run(&ctx));
     }
+    if ctx.opts.runs(Group::Density) {
+        results.density = density::run(&ctx);
+    }
     if ctx.opts.runs(Group::Farm) {
         let (farm_tables, farm) = farm::run(&ctx);
         tables.extend(farm_tables);
@@ -318,6 +336,9 @@ fn main() {
         eprintln!("chart: {}", chart.display());
     }
     if let Some(chart) = chart::rtt(results.rtt_idle.as_ref(), &results.rtt_loaded, &stem) {
+        eprintln!("chart: {}", chart.display());
+    }
+    if let Some(chart) = chart::density(&results.density, &stem) {
         eprintln!("chart: {}", chart.display());
     }
     println!("{md}");

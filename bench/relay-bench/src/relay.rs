@@ -186,11 +186,15 @@ impl Relay {
         self.process.pid()
     }
 
-    /// Its drop counters now, while it runs (from `--metrics`, which it needs).
+    /// Its drop counters now, while it runs.
     pub(crate) fn live_drops(&self) -> Drops {
+        drops_of(&self.live_counters())
+    }
+
+    /// Its counters now, while it runs (SIGUSR1, or `--metrics` if it has it).
+    pub(crate) fn live_counters(&self) -> Counters {
         self.process
             .try_counters()
-            .map(|c| drops_of(&c))
             .unwrap_or_else(|e| panic!("the relay's counters: {e}"))
     }
 

@@ -303,6 +303,8 @@ pub(crate) struct Results {
     pub rtt_loaded: Vec<RttLoaded>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conn: Option<ConnResult>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub density: Vec<crate::density::Density>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub farm: Option<crate::farm::FarmResult>,
 }

@@ -141,3 +141,25 @@ pub(crate) fn thread_runtime_ns(pid: u32, comm: &str) -> Option<u64> {
     }
     None
 }
+
+/// Jiffies CPU `cpu` has been busy (everything but idle and iowait) and in all, from
+/// /proc/stat.
+pub(crate) fn cpu_busy_jiffies(cpu: usize) -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let name = format!("cpu{cpu}");
+    let Some(line) = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&name))
+    else {
+        return (0, 0);
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
