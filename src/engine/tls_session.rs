@@ -11,6 +11,10 @@
 //!   they were made. [`TlsSession::unsent`] is what to send next. Output made while processing
 //!   input waits in `later` and is moved behind `tx`'s content by [`TlsSession::prepare`],
 //!   which the caller runs only with no send in flight; so is [`TlsSession::encrypt`].
+//! - A session holds `tx` only while it has output: the caller lends one with
+//!   [`TlsSession::attach`] before [`TlsSession::prepare`] (which makes one if none was lent)
+//!   and takes it back with [`TlsSession::release`] once everything in it went out, so that an
+//!   idle client holds no send buffer.
 //!
 //! rustls 0.23 decrypts each record in place and then copies its plaintext into a `Vec` of
 //! its own; the caller copies it once more, into a plaintext buffer the frame path can
@@ -26,9 +30,13 @@ use crate::counters::DropReason;
 /// Largest TLS record on the wire: header, 2^14 bytes of plaintext and the most expansion
 /// TLS 1.2 allows (RFC 5246 6.2.3).
 pub const MAX_RECORD: usize = 5 + 16_384 + 2_048;
-/// Bytes of the send buffer made at the start; it grows only for a handshake message larger
-/// than what is left (a long certificate chain).
-const TX_INITIAL: usize = 40 * 1024;
+/// Bytes of a send buffer; it grows only for a handshake message larger than what is left (a
+/// long certificate chain), and a grown one is not handed back by [`TlsSession::release`].
+pub const TX_SIZE: usize = 40 * 1024;
+/// Bytes first made room for when rustls encodes a handshake message: handshake messages are
+/// smaller than this except a certificate chain of several certificates, which then takes
+/// what it needs.
+const ENCODE_ROOM: usize = 4096;
 /// Most input kept while rustls joins a handshake message split across records.
 pub const MAX_JOIN: usize = 64 * 1024;
 /// Room kept per record for its header, nonce, tag and content type.
@@ -55,7 +63,7 @@ pub struct TlsSession {
     conn: UnbufferedServerConnection,
     /// A record split across receives: its bytes so far.
     partial: Vec<u8>,
-    /// Ciphertext to send: `tx[sent..len]`.
+    /// Ciphertext to send: `tx[sent..len]`; empty while the session holds no send buffer.
     tx: Box<[u8]>,
     len: usize,
     sent: usize,
@@ -78,7 +86,7 @@ impl TlsSession {
         Ok(TlsSession {
             conn: UnbufferedServerConnection::new(config)?,
             partial: Vec::new(),
-            tx: vec![0; TX_INITIAL].into_boxed_slice(),
+            tx: Box::default(),
             len: 0,
             sent: 0,
             later: Vec::new(),
@@ -214,8 +222,10 @@ impl TlsSession {
                 }
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
                     // Handshake output waits in `later` until the next flush moves it to tx.
+                    // Room for a typical handshake message; a larger one (a long certificate
+                    // chain) says how much it needs and gets it on the next pass.
                     let start = self.later.len();
-                    self.later.resize(start + MAX_RECORD, 0);
+                    self.later.resize(start + ENCODE_ROOM, 0);
                     loop {
                         match encode.encode(&mut self.later[start..]) {
                             Ok(n) => {
@@ -307,8 +317,38 @@ impl TlsSession {
         free.saturating_sub(records * RECORD_OVERHEAD)
     }
 
-    /// Moves waiting output into `tx` behind what is unsent (call with no send in flight).
+    /// The session holds no send buffer: lend it one ([`TlsSession::attach`]) before
+    /// [`TlsSession::prepare`].
+    pub fn needs_buffer(&self) -> bool {
+        self.tx.is_empty()
+    }
+
+    /// Lends the session a send buffer of [`TX_SIZE`] bytes (ignored if it holds one).
+    pub fn attach(&mut self, buffer: Box<[u8]>) {
+        if self.tx.is_empty() {
+            self.tx = buffer;
+        }
+    }
+
+    /// Takes the send buffer back when nothing in it is unsent and no output waits (call
+    /// with no send in flight); `None` if it holds none, is still needed, or grew past
+    /// [`TX_SIZE`] (then it is freed here).
+    pub fn release(&mut self) -> Option<Box<[u8]>> {
+        if self.tx.is_empty() || self.has_output() {
+            return None;
+        }
+        self.sent = 0;
+        self.len = 0;
+        let tx = std::mem::take(&mut self.tx);
+        (tx.len() == TX_SIZE).then_some(tx)
+    }
+
+    /// Moves waiting output into `tx` behind what is unsent (call with no send in flight),
+    /// making a send buffer if none was lent.
     pub fn prepare(&mut self) {
+        if self.tx.is_empty() {
+            self.tx = vec![0; TX_SIZE].into_boxed_slice();
+        }
         if self.sent == self.len {
             self.sent = 0;
             self.len = 0;
@@ -321,7 +361,10 @@ impl TlsSession {
             self.ensure(self.later.len());
             self.tx[self.len..self.len + self.later.len()].copy_from_slice(&self.later);
             self.len += self.later.len();
-            self.later.clear();
+            // Each handshake message was encoded into room for a whole record: after the
+            // handshake `later` would keep about 36 KiB per client for good. Output that
+            // waits here is rare once data flows (alerts, key updates): free it.
+            self.later = Vec::new();
         }
     }
 

@@ -333,3 +333,53 @@ fn output_made_while_a_send_is_in_flight_waits_behind_it() {
         b"first second"
     );
 }
+
+#[test]
+fn an_idle_session_gives_its_send_buffer_back_and_works_with_the_next_one_lent() {
+    let (mut server, mut client) = pair();
+    assert!(
+        server.needs_buffer(),
+        "no send buffer before there is output"
+    );
+    assert_eq!(server.release(), None);
+    handshake(&mut server, &mut client);
+    // Everything went out: the buffer comes back, of the size a pool hands out, and the
+    // handshake's output left no capacity behind.
+    assert_eq!(server.later.capacity(), 0);
+    let buffer = server.release().expect("buffer back");
+    assert_eq!(buffer.len(), TX_SIZE);
+    assert!(server.needs_buffer());
+    // Lent again (dirty from before): the next output goes out whole.
+    server.attach(buffer);
+    server.prepare();
+    server.encrypt(b"after").unwrap();
+    assert_eq!(server.release(), None, "unsent output keeps the buffer");
+    let unsent = server.unsent().unwrap().to_vec();
+    client.read_tls(&mut &unsent[..]).unwrap();
+    client.process_new_packets().unwrap();
+    server.advance(unsent.len());
+    let mut plain = [0u8; 5];
+    client.reader().read_exact(&mut plain).unwrap();
+    assert_eq!(&plain, b"after");
+    assert!(server.release().is_some());
+    // Without a buffer lent, prepare makes one.
+    server.prepare();
+    server.encrypt(b"again").unwrap();
+    assert_eq!(to_client(&mut server, &mut client).unwrap(), b"again");
+}
+
+#[test]
+fn a_send_buffer_not_of_the_pool_size_is_freed_not_handed_back() {
+    let (mut server, mut client) = pair();
+    handshake(&mut server, &mut client);
+    assert!(server.release().is_some());
+    // close_notify with no buffer lent: the session makes a small one of its own.
+    server.queue_close_notify();
+    assert!(server.has_output());
+    assert_eq!(server.release(), None, "unsent close_notify keeps it");
+    to_client(&mut server, &mut client).unwrap();
+    assert!(client.process_new_packets().unwrap().peer_has_closed());
+    assert_eq!(server.release(), None, "not of the pool's size: freed");
+    assert!(server.needs_buffer());
+}
+

@@ -112,12 +112,14 @@ struct Time {
     drain_deadline_ms: Option<u64>,
 }
 
-/// wss:// output gathered into a record before encryption, and the plaintext buffers filled
-/// by one receive (both kept for their capacity).
+/// wss:// output gathered into a record before encryption, the plaintext buffers filled
+/// by one receive (both kept for their capacity), and send buffers no client holds: a wss://
+/// client holds one only while it has output (see `tls_session`).
 #[derive(Default)]
 struct TlsScratch {
     stage: Vec<u8>,
     plain: Vec<(BufId, usize)>,
+    spare_tx: Vec<Box<[u8]>>,
 }
 
 /// A receive result held back while the TAP or another core is behind.

@@ -1,7 +1,8 @@
 //! wss:// clients on a core. Ciphertext is decrypted where it was received; each record's
 //! plaintext is copied into plaintext buffers, which the WebSocket path then reads like
 //! receive buffers (frames written to the TAP from there). Output queued for the client is
-//! encrypted into its session's send buffer when no send is in flight, gathered into records
+//! encrypted into a send buffer lent to its session (from the core's spares, taken back when
+//! everything in it went out) when no send is in flight, gathered into records
 //! of up to [`STAGE`] bytes first: rustls 0.23 allocates and copies per record, so fewer,
 //! larger records cost less than one per frame even with the gathering copy (relay-bench
 //! `wss`, 1514-byte frames to 64 clients: 0.62 of ws:// with a record per frame, 0.74
@@ -26,6 +27,9 @@ const _: () =
     assert!((16_384 + super::super::tls_session::MAX_JOIN) / (16 * 1024) < PLAIN_PER_RECEIVE);
 /// Plaintext gathered per record (the most a TLS record holds).
 const STAGE: usize = 16 * 1024;
+/// Send buffers kept for reuse when their clients went idle (40 KiB each: 2.5 MiB per core);
+/// more are freed.
+const SPARE_TX: usize = 64;
 
 impl Worker {
     /// `len` bytes of ciphertext from the wss:// client of `port` in receive buffer `id`.
@@ -129,6 +133,11 @@ impl Worker {
         let Some(tls) = c.tls.as_mut() else {
             return;
         };
+        if tls.needs_buffer() {
+            if let Some(buffer) = self.tls_scratch.spare_tx.pop() {
+                tls.attach(buffer);
+            }
+        }
         tls.prepare();
         let stage = &mut self.tls_scratch.stage;
         stage.clear();
@@ -208,6 +217,13 @@ impl Worker {
             return;
         };
         tls.advance(sent);
+        // All of it went out: the send buffer goes back for the next client with output.
+        if let Some(buffer) = tls.release() {
+            let spare = &mut self.tls_scratch.spare_tx;
+            if spare.len() < SPARE_TX {
+                spare.push(buffer);
+            }
+        }
         let more = tls.has_output() || !c.out.is_empty();
         let flushing = c.conn.is_flushing();
         if more || flushing {
