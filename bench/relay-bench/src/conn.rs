@@ -96,6 +96,41 @@ pub(crate) fn scenario_conn(
     (upgraded_per_s, pinged_per_s, rss)
 }
 
+/// Relay RSS per idle client for `n` clients of `link` (upgraded, and over wss:// with the
+/// handshake done; nothing sent since), in KiB, on a relay of its own: memory freed by
+/// earlier clients does not hide theirs.
+fn idle_rss(ns: &Netns, dir: &std::path::Path, link: &Link, n: usize) -> f64 {
+    let relay = Relay::start(ns, dir, &str_refs(&link.relay_args()));
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss_kib(relay.pid());
+    let streams = link.connect(ns, n);
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(relay.pid());
+    drop(streams);
+    relay.stop();
+    after.saturating_sub(before) as f64 / n as f64
+}
+
+/// (clients, KiB per idle ws:// client, KiB per idle wss:// client) at each count of `idle`,
+/// each on a fresh relay.
+pub(crate) fn idle_ws_and_wss(
+    ns: &Netns,
+    dir: &std::path::Path,
+    idle: &[usize],
+) -> Vec<(usize, f64, f64)> {
+    let pem = tapwire_testkit::tls::self_signed(dir, "conn", &["127.0.0.1"]).expect("certificate");
+    let wss = Link::Wss(pem);
+    idle.iter()
+        .map(|&n| {
+            (
+                n,
+                idle_rss(ns, dir, &Link::Ws, n),
+                idle_rss(ns, dir, &wss, n),
+            )
+        })
+        .collect()
+}
+
 /// Group `conn`.
 pub(crate) fn run(ctx: &Ctx) -> ConnResult {
     let (upgrades_per_s, upgrade_and_ping_per_s, rss) =
@@ -104,5 +139,6 @@ pub(crate) fn run(ctx: &Ctx) -> ConnResult {
         upgrades_per_s,
         upgrade_and_ping_per_s,
         rss_kib_per_idle_client: rss,
+        rss_kib_per_idle_ws_and_wss: idle_ws_and_wss(&ctx.ns, &ctx.dir, &ctx.opts.idle),
     }
 }

@@ -228,15 +228,28 @@ fn markdown(results: &Results, tables: &[Table]) -> String {
     }
     md.push_str(&density::markdown(&results.density));
     if let Some(c) = &results.conn {
-        let rss = c
-            .rss_kib_per_idle_client
+        let list = |v: &[(usize, f64)]| {
+            v.iter()
+                .map(|(n, kib)| format!("{kib:.1} KiB at {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let fresh = c
+            .rss_kib_per_idle_ws_and_wss
             .iter()
-            .map(|(n, kib)| format!("{kib:.1} KiB at {n}"))
+            .map(|(n, ws, wss)| {
+                format!(
+                    "{n} clients: {ws:.1} KiB over ws://, {wss:.1} KiB over wss:// ({:.1} KiB more)",
+                    wss - ws
+                )
+            })
             .collect::<Vec<_>>()
-            .join(", ");
+            .join("; ");
         md.push_str(&format!(
-            "\nConnections: {:.0}/s upgraded (200 guests, 8 connecting at once); {:.0}/s counting until each of them got an answer to an ICMP echo to the gateway.\n\nRelay RSS per idle client: {rss}.\n",
-            c.upgrades_per_s, c.upgrade_and_ping_per_s
+            "\nConnections: {:.0}/s upgraded (200 guests, 8 connecting at once); {:.0}/s counting until each of them got an answer to an ICMP echo to the gateway.\n\nRelay RSS per idle client, one relay for all counts in turn: {}. Each count on a relay of its own (wss:// clients with the handshake done): {fresh}.\n",
+            c.upgrades_per_s,
+            c.upgrade_and_ping_per_s,
+            list(&c.rss_kib_per_idle_client),
         ));
     }
     if let Some(f) = &results.farm {

@@ -291,6 +291,9 @@ pub(crate) struct ConnResult {
     pub upgrade_and_ping_per_s: f64,
     /// (idle clients, relay RSS per client in KiB).
     pub rss_kib_per_idle_client: Vec<(usize, f64)>,
+    /// (idle clients, KiB per ws:// client, KiB per wss:// client with the handshake done),
+    /// each count on a relay of its own.
+    pub rss_kib_per_idle_ws_and_wss: Vec<(usize, f64, f64)>,
 }
 
 /// Everything one run measured, as written to `bench/results/relay-bench-DATE.json`.
