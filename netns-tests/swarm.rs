@@ -52,13 +52,10 @@ fn number_before(text: &str, label: &str) -> u64 {
         .unwrap_or_else(|| panic!("no number before {label:?} in {text}"))
 }
 
-#[test]
-fn swarm_guests_send_timestamped_udp_and_every_echo_comes_back() {
-    if skip_unless_root("swarm_guests_send_timestamped_udp_and_every_echo_comes_back") {
-        return;
-    }
-    // Static addresses: reserved, so that anti-spoofing (on) knows them without DHCP.
-    let reserved = tapwire_testkit::swarm::reservations("10.86.1.1".parse().unwrap(), 200);
+/// A relay that knows `guests` swarm guests by their static addresses (reserved, so that
+/// anti-spoofing, on, knows them without DHCP), with a UDP echo server at 10.86.0.1:7777.
+fn relay_with_echo(guests: u32) -> (Relay, tapwire_testkit::udp_echo::UdpEcho) {
+    let reserved = tapwire_testkit::swarm::reservations("10.86.1.1".parse().unwrap(), guests);
     let relay = Relay::start(&[
         "--no-dhcp",
         "--reserve",
@@ -71,6 +68,15 @@ fn swarm_guests_send_timestamped_udp_and_every_echo_comes_back() {
         "10.86.0.1:7777".parse().unwrap(),
         None,
     );
+    (relay, echo)
+}
+
+#[test]
+fn swarm_guests_send_timestamped_udp_and_every_echo_comes_back() {
+    if skip_unless_root("swarm_guests_send_timestamped_udp_and_every_echo_comes_back") {
+        return;
+    }
+    let (relay, echo) = relay_with_echo(200);
     let text = run_swarm(
         &relay,
         &[
@@ -116,19 +122,7 @@ fn swarm_broadcasts_reach_every_other_guest_across_two_swarms() {
     if skip_unless_root("swarm_broadcasts_reach_every_other_guest_across_two_swarms") {
         return;
     }
-    let reserved = tapwire_testkit::swarm::reservations("10.86.1.1".parse().unwrap(), 50);
-    let relay = Relay::start(&[
-        "--no-dhcp",
-        "--reserve",
-        &reserved,
-        "--allow-host-port",
-        "udp:7777",
-    ]);
-    let echo = tapwire_testkit::udp_echo::UdpEcho::start(
-        &relay.ns,
-        "10.86.0.1:7777".parse().unwrap(),
-        None,
-    );
+    let (relay, echo) = relay_with_echo(50);
     // Two swarms of 25 on one segment: guests 0–24 and 25–49 (--first-guest), at once.
     let url = relay.url();
     let swarm = tool_bin("tapwire-swarm");

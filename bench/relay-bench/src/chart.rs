@@ -28,16 +28,31 @@ pub(crate) fn updown(rows: &[Row], stem: &Path) -> Vec<std::path::PathBuf> {
         if sizes.is_empty() {
             continue;
         }
-        let path = stem.with_file_name(format!(
-            "{}-{way}.svg",
-            stem.file_name().unwrap_or_default().to_string_lossy()
-        ));
-        match draw(rows, &sizes, (way, floor, limit), &path) {
-            Ok(()) => written.push(path),
-            Err(e) => eprintln!("relay-bench: chart {}: {e}", path.display()),
-        }
+        written.extend(write(stem, way, |path| {
+            draw(rows, &sizes, (way, floor, limit), path)
+        }));
     }
     written
+}
+
+/// The result of drawing `STEM-NAME.svg` with `draw`: its path, or `None` after saying why
+/// it could not be drawn.
+fn write(
+    stem: &Path,
+    name: &str,
+    draw: impl FnOnce(&Path) -> Result<(), Box<dyn std::error::Error>>,
+) -> Option<std::path::PathBuf> {
+    let path = stem.with_file_name(format!(
+        "{}-{name}.svg",
+        stem.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    match draw(&path) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            eprintln!("relay-bench: chart {}: {e}", path.display());
+            None
+        }
+    }
 }
 
 /// One panel per size: relay (median with min–max bars), floor, kernel limit, against
@@ -135,17 +150,7 @@ pub(crate) fn rtt(
     if sizes.is_empty() {
         return None;
     }
-    let path = stem.with_file_name(format!(
-        "{}-rtt.svg",
-        stem.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    match draw_rtt(idle, loaded, &sizes, &path) {
-        Ok(()) => Some(path),
-        Err(e) => {
-            eprintln!("relay-bench: chart {}: {e}", path.display());
-            None
-        }
-    }
+    write(stem, "rtt", |path| draw_rtt(idle, loaded, &sizes, path))
 }
 
 /// (µs, share slower) points of a distribution kept at [`CDF_AT`], without the largest
@@ -229,17 +234,7 @@ pub(crate) fn density(results: &[Density], stem: &Path) -> Option<std::path::Pat
     if results.iter().all(|d| d.trials.is_empty()) {
         return None;
     }
-    let path = stem.with_file_name(format!(
-        "{}-density.svg",
-        stem.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    match draw_density(results, &path) {
-        Ok(()) => Some(path),
-        Err(e) => {
-            eprintln!("relay-bench: chart {}: {e}", path.display());
-            None
-        }
-    }
+    write(stem, "density", |path| draw_density(results, path))
 }
 
 fn draw_density(results: &[Density], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
@@ -329,6 +324,22 @@ fn draw_density(results: &[Density], path: &Path) -> Result<(), Box<dyn std::err
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A scratch directory for one test's charts, and the stem of their names in it.
+    fn scratch(test: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("relay-bench-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let stem = dir.join("relay-bench-test");
+        (dir, stem)
+    }
+
+    /// Asserts that the SVG at `path` holds every one of `texts`.
+    fn assert_svg_has(path: &Path, texts: &[&str]) {
+        let svg = std::fs::read_to_string(path).expect("svg");
+        for text in texts {
+            assert!(svg.contains(text), "{text:?} missing");
+        }
+    }
     use crate::stats::Stat;
 
     fn row(scenario: &str, size: usize, count: Option<usize>, fps: f64) -> Row {
@@ -355,25 +366,24 @@ mod tests {
                 rows.push(row("floor_up", size, Some(clients), 400e3));
             }
         }
-        let dir = std::env::temp_dir().join(format!("relay-bench-chart-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let written = updown(&rows, &dir.join("relay-bench-test"));
+        let (dir, stem) = scratch("updown");
+        let written = updown(&rows, &stem);
         assert_eq!(
             written,
             vec![dir.join("relay-bench-test-up.svg")],
             "no down rows, no down chart"
         );
-        let svg = std::fs::read_to_string(&written[0]).expect("svg");
-        for text in [
-            "up, 64 B frames",
-            "up, 1514 B frames",
-            "kernel limit",
-            "floor",
-            "tapwire",
-            "clients",
-        ] {
-            assert!(svg.contains(text), "{text:?} missing");
-        }
+        assert_svg_has(
+            &written[0],
+            &[
+                "up, 64 B frames",
+                "up, 1514 B frames",
+                "kernel limit",
+                "floor",
+                "tapwire",
+                "clients",
+            ],
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -395,9 +405,7 @@ mod tests {
                 })
             })
             .collect();
-        let dir = std::env::temp_dir().join(format!("relay-bench-rtt-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let stem = dir.join("relay-bench-test");
+        let (dir, stem) = scratch("rtt");
         assert_eq!(
             rtt(Some(&idle), &[], &stem),
             None,
@@ -405,17 +413,17 @@ mod tests {
         );
         let written = rtt(Some(&idle), &loaded, &stem).expect("chart");
         assert_eq!(written, dir.join("relay-bench-test-rtt.svg"));
-        let svg = std::fs::read_to_string(&written).expect("svg");
-        for text in [
-            "64 B load",
-            "1514 B load",
-            "idle",
-            "relay core 10 % busy",
-            "relay core 50 % busy",
-            "share of echoes slower",
-        ] {
-            assert!(svg.contains(text), "{text:?} missing");
-        }
+        assert_svg_has(
+            &written,
+            &[
+                "64 B load",
+                "1514 B load",
+                "idle",
+                "relay core 10 % busy",
+                "relay core 50 % busy",
+                "share of echoes slower",
+            ],
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -444,23 +452,21 @@ mod tests {
                 ..Density::default()
             })
             .collect();
-        let dir = std::env::temp_dir().join(format!("relay-bench-density-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let stem = dir.join("relay-bench-test");
+        let (dir, stem) = scratch("density");
         assert_eq!(density(&[], &stem), None, "no trials, no chart");
         let written = density(&results, &stem).expect("chart");
         assert_eq!(written, dir.join("relay-bench-test-density.svg"));
-        let svg = std::fs::read_to_string(&written).expect("svg");
-        for text in [
-            "64 B, 200 datagrams/s per guest: held 128",
-            "1514 B, 200 datagrams/s per guest: held 128",
-            "p99 limit",
-            "relay core busy",
-            "load CPU busy",
-            "guests",
-        ] {
-            assert!(svg.contains(text), "{text:?} missing");
-        }
+        assert_svg_has(
+            &written,
+            &[
+                "64 B, 200 datagrams/s per guest: held 128",
+                "1514 B, 200 datagrams/s per guest: held 128",
+                "p99 limit",
+                "relay core busy",
+                "load CPU busy",
+                "guests",
+            ],
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

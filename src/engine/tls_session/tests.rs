@@ -382,4 +382,3 @@ fn a_send_buffer_not_of_the_pool_size_is_freed_not_handed_back() {
     assert_eq!(server.release(), None, "not of the pool's size: freed");
     assert!(server.needs_buffer());
 }
-
