@@ -234,7 +234,8 @@ const CALIBRATION_ATTEMPTS: usize = 3;
 /// Echoes per RTT measurement.
 pub(crate) const ECHOES: usize = 5000;
 
-/// Group `rtt`: idle round trips, then under half the swarm's capacity at 64 and 1514 B.
+/// Group `rtt`: idle round trips, then at each of `--rtt-loads` (the relay core's busy share)
+/// at 64 and 1514 B.
 pub(crate) fn run(ctx: &Ctx, capacity: &SwarmCapacity) -> (RttIdle, Vec<RttLoaded>) {
     let o = &ctx.opts;
     let (mut relay_rtt, mut tap_rtt) = scenario_rtt(&ctx.ns, &ctx.dir, ECHOES);
