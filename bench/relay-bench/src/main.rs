@@ -121,21 +121,35 @@ struct Saved {
     density: Vec<density::Density>,
 }
 
+/// Draws every chart the results have material for, beside `stem`, and names each on stderr.
+fn draw_charts(
+    rows: &[Row],
+    rtt_idle: Option<&report::RttIdle>,
+    rtt_loaded: &[report::RttLoaded],
+    density: &[density::Density],
+    stem: &std::path::Path,
+) {
+    let written = chart::updown(rows, stem)
+        .into_iter()
+        .chain(chart::rtt(rtt_idle, rtt_loaded, stem))
+        .chain(chart::density(density, stem));
+    for chart in written {
+        eprintln!("chart: {}", chart.display());
+    }
+}
+
 /// `--charts-from`: the charts of a saved run, beside its JSON.
 fn charts_from(json: &std::path::Path) -> Result<(), String> {
     let text = std::fs::read_to_string(json).map_err(|e| format!("{}: {e}", json.display()))?;
     let saved: Saved =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
-    let stem = json.with_extension("");
-    for chart in chart::updown(&saved.rows, &stem) {
-        eprintln!("chart: {}", chart.display());
-    }
-    if let Some(chart) = chart::rtt(saved.rtt_idle.as_ref(), &saved.rtt_loaded, &stem) {
-        eprintln!("chart: {}", chart.display());
-    }
-    if let Some(chart) = chart::density(&saved.density, &stem) {
-        eprintln!("chart: {}", chart.display());
-    }
+    draw_charts(
+        &saved.rows,
+        saved.rtt_idle.as_ref(),
+        &saved.rtt_loaded,
+        &saved.density,
+        &json.with_extension(""),
+    );
     Ok(())
 }
 
@@ -345,15 +359,13 @@ fn main() {
     std::fs::write(stem.with_extension("md"), &md).expect("write md");
     let json = serde_json::to_string_pretty(&results).expect("results serialize");
     std::fs::write(stem.with_extension("json"), json + "\n").expect("write json");
-    for chart in chart::updown(&results.rows, &stem) {
-        eprintln!("chart: {}", chart.display());
-    }
-    if let Some(chart) = chart::rtt(results.rtt_idle.as_ref(), &results.rtt_loaded, &stem) {
-        eprintln!("chart: {}", chart.display());
-    }
-    if let Some(chart) = chart::density(&results.density, &stem) {
-        eprintln!("chart: {}", chart.display());
-    }
+    draw_charts(
+        &results.rows,
+        results.rtt_idle.as_ref(),
+        &results.rtt_loaded,
+        &results.density,
+        &stem,
+    );
     println!("{md}");
     let _ = std::fs::remove_dir_all(&ctx.dir);
 }
@@ -378,12 +390,30 @@ mod tests {
                 row("down", Some(1)),
                 row("floor_down", Some(1)),
             ],
+            rtt_loaded: vec![report::RttLoaded {
+                size: 64,
+                relay_busy: 0.5,
+                cdf_us: stats::CDF_AT.iter().map(|p| 80.0 + 100.0 * p).collect(),
+                ..report::RttLoaded::default()
+            }],
+            density: vec![density::Density {
+                size: 64,
+                trials: vec![density::Trial {
+                    guests: 64,
+                    passed: true,
+                    p99_us: 300.0,
+                    ..density::Trial::default()
+                }],
+                ..density::Density::default()
+            }],
             ..Results::default()
         };
         let json = dir.join("relay-bench-old.json");
         std::fs::write(&json, serde_json::to_string(&results).expect("json")).expect("write");
         charts_from(&json).expect("charts");
         assert!(dir.join("relay-bench-old-down.svg").exists());
+        assert!(dir.join("relay-bench-old-rtt.svg").exists());
+        assert!(dir.join("relay-bench-old-density.svg").exists());
         assert!(!dir.join("relay-bench-old-up.svg").exists());
         assert!(charts_from(&dir.join("missing.json")).is_err());
         let _ = std::fs::remove_dir_all(&dir);
