@@ -201,12 +201,30 @@ fn metrics_addresses_default_to_loopback() {
 
 #[test]
 fn receive_buffers_are_64_kib_for_frames_over_4_kib_in_the_same_memory() {
+    // A certificate, for wss://: its plaintext buffers are receive-buffer sized.
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("tapwire-bufs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, pem) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, key.cert.pem()).unwrap();
+    std::fs::write(&pem, key.signing_key.serialize_pem()).unwrap();
+    let (cert, pem) = (cert.display().to_string(), pem.display().to_string());
     let sizes = |args: &[&str]| {
         let e = crate::engine::EngineConfig::from_config(&parse(args).unwrap());
-        (e.recv_buffers, e.recv_buffer_size)
+        let mut tls = vec!["--listen-tls", "127.0.0.1:8443", "--tls-cert", &cert];
+        tls.extend(["--tls-key", &pem]);
+        tls.extend_from_slice(args);
+        let t = crate::engine::EngineConfig::from_config(&parse(&tls).unwrap());
+        (
+            e.recv_buffers,
+            e.recv_buffer_size,
+            e.plain_buffers,
+            t.plain_buffers,
+        )
     };
-    assert_eq!(sizes(&[]), (2048, 16 * 1024));
-    assert_eq!(sizes(&["--mtu", "4000"]), (2048, 16 * 1024));
-    assert_eq!(sizes(&["--mtu", "9000"]), (512, 64 * 1024));
-    assert_eq!(sizes(&["--mtu", "65521"]), (512, 64 * 1024));
+    assert_eq!(sizes(&[]), (2048, 16 * 1024, 0, 256));
+    assert_eq!(sizes(&["--mtu", "4000"]), (2048, 16 * 1024, 0, 256));
+    assert_eq!(sizes(&["--mtu", "9000"]), (512, 64 * 1024, 0, 64));
+    assert_eq!(sizes(&["--mtu", "65521"]), (512, 64 * 1024, 0, 64));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

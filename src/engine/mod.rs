@@ -85,16 +85,22 @@ impl EngineConfig {
         // Jumbo frames make every TAP buffer and slot 64 KiB: keep their number modest.
         let jumbo = cfg.max_frame > 9_018;
         // Frames over 4 KiB (--mtu 9000): receive buffers of 64 KiB, a quarter as many (the
-        // same memory), so that few frames straddle two buffers and need reassembling.
+        // same memory), so that few frames straddle two buffers and need reassembling. The
+        // wss:// plaintext buffers are as large as receive buffers: one for every eight.
         let big = cfg.max_frame > 4_096;
+        let recv_buffers = if big { 512 } else { 2048 };
         EngineConfig {
             max_frame: cfg.max_frame,
             clients: cfg.clients.clone(),
             io_fallback: cfg.io_fallback,
             ring_entries: 4096,
-            recv_buffers: if big { 512 } else { 2048 },
+            recv_buffers,
             recv_buffer_size: if big { 64 * 1024 } else { 16 * 1024 },
-            plain_buffers: if cfg.tls.is_some() { 256 } else { 0 },
+            plain_buffers: if cfg.tls.is_some() {
+                recv_buffers / 8
+            } else {
+                0
+            },
             tap_buffers: if jumbo { 1024 } else { 4096 },
             frame_slots: if jumbo { 2048 } else { 8192 },
             networks: match cfg.networks.mode {

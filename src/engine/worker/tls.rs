@@ -27,9 +27,6 @@ const _: () =
     assert!((16_384 + super::super::tls_session::MAX_JOIN) / (16 * 1024) < PLAIN_PER_RECEIVE);
 /// Plaintext gathered per record (the most a TLS record holds).
 const STAGE: usize = 16 * 1024;
-/// Send buffers kept for reuse when their clients went idle (40 KiB each: 2.5 MiB per core);
-/// more are freed.
-const SPARE_TX: usize = 64;
 
 impl Worker {
     /// `len` bytes of ciphertext from the wss:// client of `port` in receive buffer `id`.
@@ -217,12 +214,11 @@ impl Worker {
             return;
         };
         tls.advance(sent);
-        // All of it went out: the send buffer goes back for the next client with output.
+        // All of it went out: the send buffer goes back for the next client with output. The
+        // spares are as many as clients ever had output at once, never freed, so that a send
+        // never waits on an allocation once the core has seen its busiest moment.
         if let Some(buffer) = tls.release() {
-            let spare = &mut self.tls_scratch.spare_tx;
-            if spare.len() < SPARE_TX {
-                spare.push(buffer);
-            }
+            self.tls_scratch.spare_tx.push(buffer);
         }
         let more = tls.has_output() || !c.out.is_empty();
         let flushing = c.conn.is_flushing();
