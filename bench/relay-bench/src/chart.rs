@@ -24,6 +24,7 @@ pub(crate) fn updown(rows: &[Row], stem: &Path) -> Vec<std::path::PathBuf> {
             .filter(|r| r.scenario == way)
             .map(|r| r.size)
             .collect();
+        sizes.sort_unstable();
         sizes.dedup();
         if sizes.is_empty() {
             continue;
@@ -146,6 +147,7 @@ pub(crate) fn rtt(
     stem: &Path,
 ) -> Option<std::path::PathBuf> {
     let mut sizes: Vec<usize> = loaded.iter().map(|r| r.size).collect();
+    sizes.sort_unstable();
     sizes.dedup();
     if sizes.is_empty() {
         return None;
@@ -237,6 +239,9 @@ pub(crate) fn density(results: &[Density], stem: &Path) -> Option<std::path::Pat
     write(stem, "density", |path| draw_density(results, path))
 }
 
+/// A busy share of a density trial.
+type BusyOf = fn(&crate::density::Trial) -> f64;
+
 fn draw_density(results: &[Density], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let root = SVGBackend::new(path, (520 * results.len() as u32, 380)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -245,7 +250,11 @@ fn draw_density(results: &[Density], path: &Path) -> Result<(), Box<dyn std::err
         let mut trials = d.trials.clone();
         trials.sort_by_key(|t| t.guests);
         let x_max = trials.iter().map(|t| t.guests).max().unwrap_or(1) as f64 * 1.1;
-        let y_max = trials.iter().map(|t| t.p99_us).fold(P99_LIMIT_US, f64::max) * 2.0;
+        let y_max = trials
+            .iter()
+            .filter_map(|t| t.p99_us)
+            .fold(P99_LIMIT_US, f64::max)
+            * 2.0;
         let mut chart = ChartBuilder::on(panel)
             .caption(
                 format!(
@@ -281,27 +290,25 @@ fn draw_density(results: &[Density], path: &Path) -> Result<(), Box<dyn std::err
             .label("p99 limit")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLACK));
         chart
-            .draw_series(trials.iter().map(|t| {
+            .draw_series(trials.iter().filter_map(|t| {
                 let style = if t.passed {
                     RED.filled()
                 } else {
                     RED.stroke_width(2)
                 };
-                Circle::new((t.guests as f64, t.p99_us.max(10.0)), 5, style)
+                Some(Circle::new(
+                    (t.guests as f64, t.p99_us?.max(10.0)),
+                    5,
+                    style,
+                ))
             }))?
             .label("p99 (filled: held)")
             .legend(|(x, y)| Circle::new((x + 8, y), 5, RED.filled()));
-        for (name, colour, busy) in [
-            (
-                "relay core busy",
-                BLUE,
-                &(|t: &crate::density::Trial| t.relay_busy)
-                    as &dyn Fn(&crate::density::Trial) -> f64,
-            ),
-            ("load CPU busy", GREEN, &|t: &crate::density::Trial| {
-                t.load_cpu_busy
-            }),
-        ] {
+        let busy_lines: [(&str, RGBColor, BusyOf); 2] = [
+            ("relay core busy", BLUE, |t| t.relay_busy),
+            ("load CPU busy", GREEN, |t| t.load_cpu_busy),
+        ];
+        for (name, colour, busy) in busy_lines {
             chart
                 .draw_secondary_series(LineSeries::new(
                     trials.iter().map(|t| (t.guests as f64, busy(t) * 100.0)),
@@ -433,7 +440,7 @@ mod tests {
         let t = |guests, passed, p99_us| Trial {
             guests,
             passed,
-            p99_us,
+            p99_us: Some(p99_us),
             relay_busy: 0.5,
             load_cpu_busy: 0.8,
             ..Trial::default()

@@ -401,7 +401,7 @@ mod tests {
                 trials: vec![density::Trial {
                     guests: 64,
                     passed: true,
-                    p99_us: 300.0,
+                    p99_us: Some(300.0),
                     ..density::Trial::default()
                 }],
                 ..density::Density::default()

@@ -186,6 +186,12 @@ impl Relay {
         self.process.pid()
     }
 
+    /// Nanoseconds its first core's thread (`tapwire-core0`) has spent on a CPU.
+    pub(crate) fn core_runtime_ns(&self) -> u64 {
+        thread_runtime_ns(self.pid(), "tapwire-core0")
+            .unwrap_or_else(|| panic!("relay {} has no thread tapwire-core0", self.pid()))
+    }
+
     /// Its drop counters now, while it runs.
     pub(crate) fn live_drops(&self) -> Drops {
         drops_of(&self.live_counters())

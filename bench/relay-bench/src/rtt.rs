@@ -104,12 +104,15 @@ pub(crate) fn scenario_rtt_loaded(
     let mut swarm = start_swarm(ns, &out, guests, 2, size, pps, phase);
     wait_for_udp_phase(ns, &relay.tap, load_fps);
     std::thread::sleep(Duration::from_millis(300));
-    let core = || thread_runtime_ns(relay.pid(), "tapwire-core0").unwrap_or(0);
-    let (d0, c0, t0) = (dev_counters(ns, &relay.tap), core(), Instant::now());
+    let (d0, c0, t0) = (
+        dev_counters(ns, &relay.tap),
+        relay.core_runtime_ns(),
+        Instant::now(),
+    );
     let rtts = ping_through_relay(ns, &relay, count);
     let (d1, c1, dt) = (
         dev_counters(ns, &relay.tap),
-        core(),
+        relay.core_runtime_ns(),
         t0.elapsed().as_secs_f64(),
     );
     // The echoes are done: the rest of the load phase is not needed (our own child, by PID).
@@ -120,7 +123,7 @@ pub(crate) fn scenario_rtt_loaded(
     Loaded {
         rtts,
         load_fps: (d1.0 - d0.0) as f64 / dt,
-        busy: (c1 - c0) as f64 / 1e9 / dt,
+        busy: c1.saturating_sub(c0) as f64 / 1e9 / dt,
     }
 }
 
@@ -277,9 +280,9 @@ pub(crate) fn run(ctx: &Ctx, capacity: &SwarmCapacity) -> (RttIdle, Vec<RttLoade
                 attempts += 1;
                 let rate = next_rate(&seen, target, capacity);
                 let m = scenario_rtt_loaded(&ctx.ns, &ctx.dir, size, rate, ECHOES);
-                if m.load_fps > 0.0 {
-                    seen.push((m.load_fps, m.busy));
-                }
+                // The rate asked for, not the one measured at the TAP (which counts this
+                // measurement's own echoes too): the next rate is one to ask for.
+                seen.push((rate, m.busy));
                 if (m.busy - target).abs() <= 0.05 || attempts == CALIBRATION_ATTEMPTS {
                     break (m, rate);
                 }

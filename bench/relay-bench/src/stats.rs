@@ -52,8 +52,18 @@ pub(crate) fn stat(values: &[f64]) -> Stat {
     }
 }
 
+/// The `p`-quantile (0..=1) of `v` (sorted here), 0 if empty.
 pub(crate) fn percentile(v: &mut [f64], p: f64) -> f64 {
+    sort(v);
+    of_sorted(v, p)
+}
+
+fn sort(v: &mut [f64]) {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+}
+
+/// The `p`-quantile of sorted `v`, 0 if empty.
+fn of_sorted(v: &[f64], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -69,7 +79,8 @@ pub(crate) const CDF_AT: [f64; 24] = [
 
 /// The values of `v` at each share of [`CDF_AT`].
 pub(crate) fn cdf(v: &mut [f64]) -> Vec<f64> {
-    CDF_AT.iter().map(|&p| percentile(v, p)).collect()
+    sort(v);
+    CDF_AT.iter().map(|&p| of_sorted(v, p)).collect()
 }
 
 /// Runs a scenario `reps` times: its samples, and its drop counters summed over the runs.
