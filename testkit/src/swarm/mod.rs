@@ -183,12 +183,10 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
     let udp_len = Duration::from_secs_f64(args.udp_seconds.max(0.0));
     // Done guests are not revisited until the UDP phase: `active` holds the others.
     let mut active: Vec<usize> = Vec::new();
-    // Paced UDP is generated on a 100 µs timer: epoll's millisecond timeout alone would
-    // send each millisecond's datagrams in one clump, a burstier load than guests make.
-    let pacer = match (args.udp_to, args.udp_pps) {
-        (Some(_), 1..) => Some(Pacer::new(&poll, Duration::from_micros(100))?),
-        _ => None,
-    };
+    // Paced UDP is generated on a 100 µs timer, running only while guests send: epoll's
+    // millisecond timeout alone would send each millisecond's datagrams in one clump, a
+    // burstier load than guests make.
+    let mut pacer: Option<Pacer> = None;
     let mut done = 0usize;
     loop {
         // Open connections up to the concurrency limit (guests past their ping do not count).
@@ -248,6 +246,9 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
                 }
                 active = (0..guests.len()).collect();
                 udp_start = Some(now);
+                if args.udp_pps > 0 {
+                    pacer = Some(Pacer::new(&poll, Duration::from_micros(100))?);
+                }
             }
         }
         let finished = match (args.udp_to, udp_start) {
@@ -259,6 +260,10 @@ pub fn run(args: &SwarmArgs) -> io::Result<SwarmReport> {
             break;
         }
         let sending = udp_start.is_some_and(|t| now < t + udp_len);
+        if !sending {
+            // Closing the timer takes it out of the poll.
+            pacer = None;
+        }
         let timeout = if udp_start.is_some() { 1 } else { 100 };
         poll.poll(&mut events, Some(Duration::from_millis(timeout)))?;
         for ev in events.iter() {
