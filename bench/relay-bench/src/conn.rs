@@ -82,16 +82,10 @@ pub(crate) fn scenario_conn(
     })
     .join()
     .expect("conn");
-    let mut rss = Vec::new();
-    for &n in idle {
-        std::thread::sleep(Duration::from_millis(300));
-        let before = rss_kib(relay.pid());
-        let streams = connect_clients(ns, n);
-        std::thread::sleep(Duration::from_millis(500));
-        let after = rss_kib(relay.pid());
-        rss.push((n, (after.saturating_sub(before)) as f64 / n as f64));
-        drop(streams);
-    }
+    let rss = idle
+        .iter()
+        .map(|&n| (n, rss_per_client(ns, &relay, &Link::Ws, n)))
+        .collect();
     relay.stop();
     (upgraded_per_s, pinged_per_s, rss)
 }
@@ -101,14 +95,21 @@ pub(crate) fn scenario_conn(
 /// earlier clients does not hide theirs.
 fn idle_rss(ns: &Netns, dir: &std::path::Path, link: &Link, n: usize) -> f64 {
     let relay = Relay::start(ns, dir, &str_refs(&link.relay_args()));
+    let kib = rss_per_client(ns, &relay, link, n);
+    relay.stop();
+    kib
+}
+
+/// KiB the RSS of `relay` grows by per client while `n` (at least one) idle clients of
+/// `link` are connected.
+fn rss_per_client(ns: &Netns, relay: &Relay, link: &Link, n: usize) -> f64 {
     std::thread::sleep(Duration::from_millis(300));
     let before = rss_kib(relay.pid());
     let streams = link.connect(ns, n);
     std::thread::sleep(Duration::from_millis(500));
     let after = rss_kib(relay.pid());
     drop(streams);
-    relay.stop();
-    after.saturating_sub(before) as f64 / n as f64
+    after.saturating_sub(before) as f64 / n.max(1) as f64
 }
 
 /// (clients, KiB per idle ws:// client, KiB per idle wss:// client) at each count of `idle`,
