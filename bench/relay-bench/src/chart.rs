@@ -38,7 +38,7 @@ pub(crate) fn updown(rows: &[Row], stem: &Path) -> Vec<std::path::PathBuf> {
 
 /// The result of drawing `STEM-NAME.svg` with `draw`: its path, or `None` after saying why
 /// it could not be drawn.
-fn write(
+pub(crate) fn write(
     stem: &Path,
     name: &str,
     draw: impl FnOnce(&Path) -> Result<(), Box<dyn std::error::Error>>,

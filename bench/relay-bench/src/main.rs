@@ -20,6 +20,7 @@ mod rtt;
 mod stats;
 mod swarm;
 mod sys;
+mod tcp;
 mod updown;
 mod wss;
 
@@ -61,6 +62,9 @@ enum Group {
     /// Up and down in the default network, one network, 64 networks and beside 1 000 idle ones; the
     /// time to make a network on demand; the memory of 1 000 networks.
     Networks,
+    /// Bulk TCP (iperf3) from kernel-stack guests through tapwire and through a Linux bridge
+    /// with a TAP per guest.
+    Tcp,
     /// A farm: up through HAProxy against straight to a host, failover time after `kill -9`,
     /// and a spanning network on one host against across two.
     Farm,
@@ -119,6 +123,8 @@ struct Saved {
     rtt_loaded: Vec<report::RttLoaded>,
     #[serde(default)]
     density: Vec<density::Density>,
+    #[serde(default)]
+    tcp: Vec<tcp::TcpCell>,
 }
 
 /// Draws every chart the results have material for, beside `stem`, and names each on stderr.
@@ -127,12 +133,14 @@ fn draw_charts(
     rtt_idle: Option<&report::RttIdle>,
     rtt_loaded: &[report::RttLoaded],
     density: &[density::Density],
+    tcp: &[tcp::TcpCell],
     stem: &std::path::Path,
 ) {
     let written = chart::updown(rows, stem)
         .into_iter()
         .chain(chart::rtt(rtt_idle, rtt_loaded, stem))
-        .chain(chart::density(density, stem));
+        .chain(chart::density(density, stem))
+        .chain(tcp::chart(tcp, stem));
     for chart in written {
         eprintln!("chart: {}", chart.display());
     }
@@ -148,6 +156,7 @@ fn charts_from(json: &std::path::Path) -> Result<(), String> {
         saved.rtt_idle.as_ref(),
         &saved.rtt_loaded,
         &saved.density,
+        &saved.tcp,
         &json.with_extension(""),
     );
     Ok(())
@@ -241,6 +250,7 @@ fn markdown(results: &Results, tables: &[Table]) -> String {
         ));
     }
     md.push_str(&density::markdown(&results.density));
+    md.push_str(&tcp::markdown(&results.tcp));
     if let Some(c) = &results.conn {
         let list = |v: &[(usize, f64)]| {
             v.iter()
@@ -342,6 +352,9 @@ fn main() {
     if ctx.opts.runs(Group::Density) {
         results.density = density::run(&ctx);
     }
+    if ctx.opts.runs(Group::Tcp) {
+        results.tcp = tcp::run(&ctx);
+    }
     if ctx.opts.runs(Group::Farm) {
         let (farm_tables, farm) = farm::run(&ctx);
         tables.extend(farm_tables);
@@ -364,6 +377,7 @@ fn main() {
         results.rtt_idle.as_ref(),
         &results.rtt_loaded,
         &results.density,
+        &results.tcp,
         &stem,
     );
     println!("{md}");
@@ -406,6 +420,12 @@ mod tests {
                 }],
                 ..density::Density::default()
             }],
+            tcp: vec![tcp::TcpCell {
+                path: "tapwire".into(),
+                way: "up".into(),
+                guests: 1,
+                ..tcp::TcpCell::default()
+            }],
             ..Results::default()
         };
         let json = dir.join("relay-bench-old.json");
@@ -414,6 +434,7 @@ mod tests {
         assert!(dir.join("relay-bench-old-down.svg").exists());
         assert!(dir.join("relay-bench-old-rtt.svg").exists());
         assert!(dir.join("relay-bench-old-density.svg").exists());
+        assert!(dir.join("relay-bench-old-tcp.svg").exists());
         assert!(!dir.join("relay-bench-old-up.svg").exists());
         assert!(charts_from(&dir.join("missing.json")).is_err());
         let _ = std::fs::remove_dir_all(&dir);

@@ -308,6 +308,8 @@ pub(crate) struct Results {
     pub conn: Option<ConnResult>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub density: Vec<crate::density::Density>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tcp: Vec<crate::tcp::TcpCell>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub farm: Option<crate::farm::FarmResult>,
 }

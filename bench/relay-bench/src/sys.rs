@@ -142,6 +142,19 @@ pub(crate) fn thread_runtime_ns(pid: u32, comm: &str) -> Option<u64> {
     None
 }
 
+/// Nanoseconds all live threads of `pid` have spent on a CPU (`schedstat`, as
+/// [`thread_runtime_ns`]).
+pub(crate) fn process_runtime_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Jiffies CPU `cpu` has been busy (everything but idle and iowait) and in all, from
 /// /proc/stat.
 pub(crate) fn cpu_busy_jiffies(cpu: usize) -> (u64, u64) {

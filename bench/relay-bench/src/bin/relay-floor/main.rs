@@ -18,6 +18,7 @@
 //! that line, as for tapwire) and, on SIGTERM or SIGINT, one line with what it moved.
 
 mod tap;
+mod wsio;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -28,8 +29,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tap::{TapReader, TapWriter};
-use tapwire::ws::frame::{self, apply_mask, parse_header};
-use tapwire::ws::handshake::{parse_upgrade, Upgrade};
+use tapwire::ws::frame;
+use wsio::{frames, upgrade};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Direction {
@@ -226,30 +227,6 @@ fn accept_loop(
     }
 }
 
-/// Reads the request head and answers `101`; the bytes after the head.
-fn upgrade(conn: &mut TcpStream) -> Option<Vec<u8>> {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = conn.read(&mut buf).ok().filter(|n| *n > 0)?;
-        head.extend_from_slice(&buf[..n]);
-        match parse_upgrade(&head) {
-            Upgrade::Incomplete => continue,
-            Upgrade::Accept {
-                response, head_len, ..
-            } => {
-                conn.write_all(response.as_bytes()).ok()?;
-                return Some(head[head_len..].to_vec());
-            }
-            Upgrade::Reject(r) => {
-                let _ = conn.write_all(r.response().as_bytes());
-                return None;
-            }
-        }
-    }
-}
-
 /// A connection of the up direction: the start of a frame the last receive cut off.
 struct UpConn {
     sock: TcpStream,
@@ -325,37 +302,6 @@ fn close_up(epoll: RawFd, conn: &mut UpConn) {
             std::ptr::null_mut(),
         )
     };
-}
-
-/// Parses the complete client frames at the start of `data`, unmasks each in place and hands
-/// each binary payload to `emit`. Returns the bytes used and false when the stream must end
-/// (a close frame or a malformed header).
-fn frames(
-    data: &mut [u8],
-    mut emit: impl FnMut(&[u8]) -> Result<(), String>,
-) -> Result<(usize, bool), String> {
-    let mut pos = 0;
-    loop {
-        let (header, at) = match parse_header(&data[pos..], true) {
-            Ok(Some(h)) => h,
-            Ok(None) => return Ok((pos, true)),
-            Err(_) => return Ok((pos, false)),
-        };
-        let len = header.payload_len as usize;
-        if data.len() - pos < at + len {
-            return Ok((pos, true));
-        }
-        let payload = &mut data[pos + at..pos + at + len];
-        if let Some(key) = header.mask {
-            apply_mask(payload, key, 0);
-        }
-        pos += at + len;
-        match header.opcode {
-            frame::OP_BINARY if header.fin => emit(payload)?,
-            frame::OP_CLOSE => return Ok((pos, false)),
-            _ => {}
-        }
-    }
 }
 
 /// relay-bench's guest MACs (`02:00:0a:56:HI:LO`, guest number HI·256+LO).
