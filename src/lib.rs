@@ -12,6 +12,7 @@ pub mod counters;
 pub mod engine;
 pub mod ifname;
 pub mod networks;
+pub mod offload;
 pub mod processes;
 pub mod steering;
 pub mod switch;
