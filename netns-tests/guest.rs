@@ -10,16 +10,18 @@ use super::{netns, tool_bin, Netns, Proc};
 /// Starts `tapwire-guest` in `relay_ns` on the relay at `url`, with its TAP in a new namespace,
 /// optionally from `source_port`; returns once the guest's `eth0` exists. Logs go to `log_dir`.
 pub fn spawn_guest(relay_ns: &Netns, url: &str, log_dir: &Path, source_port: Option<u16>) -> Guest {
-    spawn_guest_with(relay_ns, url, log_dir, source_port, None)
+    spawn_guest_with(relay_ns, url, log_dir, source_port, None, &[])
 }
 
-/// [`spawn_guest`] that trusts the PEM file `ca` for a wss:// `url`.
+/// [`spawn_guest`] that trusts the PEM file `ca` for a wss:// `url`, with `extra` arguments
+/// for `tapwire-guest`.
 pub fn spawn_guest_with(
     relay_ns: &Netns,
     url: &str,
     log_dir: &Path,
     source_port: Option<u16>,
     ca: Option<&Path>,
+    extra: &[&str],
 ) -> Guest {
     let ns = netns("twg");
     let ca = ca.map(|p| p.display().to_string());
@@ -40,6 +42,7 @@ pub fn spawn_guest_with(
     if let Some(ca) = &ca {
         args.extend(["--ca", ca.as_str()]);
     }
+    args.extend(extra);
     let proc = Proc::spawn(
         relay_ns.cmd(&args),
         log_dir.join(format!("{}.log", ns.name)),

@@ -304,6 +304,7 @@ impl Relay {
             &self.dir.0,
             Some(source_port_for_core(core)),
             Some(ca),
+            &[],
         )
     }
 
@@ -321,11 +322,18 @@ impl Relay {
 
     /// Starts a kernel-stack guest in a new namespace, placed on `core` of 2.
     pub fn guest(&self, core: usize) -> Guest {
-        spawn_guest(
+        self.guest_with(core, &[])
+    }
+
+    /// [`Relay::guest`] with `extra` arguments for `tapwire-guest`.
+    pub fn guest_with(&self, core: usize, extra: &[&str]) -> Guest {
+        spawn_guest_with(
             &self.ns,
             &self.url(),
             &self.dir.0,
             Some(source_port_for_core(core)),
+            None,
+            extra,
         )
     }
 

@@ -42,6 +42,8 @@ mod nat;
 mod networks;
 #[path = "networks_api.rs"]
 mod networks_api;
+#[path = "offload.rs"]
+mod offload;
 #[path = "span.rs"]
 mod span;
 #[path = "span_evpn.rs"]

@@ -215,36 +215,9 @@ fn kernel_guest_runs_iperf3_tcp_and_udp_against_the_host() {
     }
     let relay = Relay::start(&["--allow-host-port", "tcp:5201,udp:5201"]);
     let guest = relay.leased_guest(0);
-    let server = Proc::spawn(
-        relay.ns.cmd(&["iperf3", "-s", "-B", GATEWAY, "-p", "5201"]),
-        relay.dir.0.join("iperf3-server.log"),
-    )
-    .expect("iperf3 server");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !exec_ok(&relay.ns, &["ss", "-ltn"]).contains(":5201") {
-        assert!(
-            Instant::now() < deadline,
-            "iperf3 server did not start: {}",
-            server.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _server = super::offload::iperf3_server(&relay, 5201);
     for (label, extra) in [("tcp", vec![]), ("udp", vec!["-u", "-b", "50M"])] {
-        let mut args = vec![
-            "timeout", "30", "iperf3", "-c", GATEWAY, "-p", "5201", "-t", "2", "-J",
-        ];
-        args.extend(extra);
-        let out = guest.ns.cmd(&args).output().expect("iperf3");
-        let json = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "iperf3 {label} failed: {json}");
-        let bits = json
-            .split("\"sum_received\"")
-            .nth(1)
-            .or_else(|| json.split("\"sum\"").last())
-            .and_then(|s| s.split("\"bits_per_second\":").nth(1))
-            .and_then(|s| s.split([',', '}']).next())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
+        let bits = super::offload::iperf3(&guest, 5201, &extra);
         println!("iperf3 {label}: {:.1} Mbit/s through tapwire", bits / 1e6);
         assert!(bits > 1e6, "iperf3 {label} moved {bits} bit/s");
     }

@@ -100,6 +100,7 @@ drop_reasons! {
     TapBacklog => "tap_backlog", "Too many TAP writes in flight on this core.";
     TapWriteError => "tap_write_error", "The kernel refused a TAP write.";
     TapRunt => "tap_runt", "Frame read from the TAP shorter than an Ethernet header.";
+    OffloadMalformed => "offload_malformed", "--offload: a frame from the TAP whose partial checksum lies outside it, or a super-frame that is not TCP over IPv4 or IPv6 or whose segments would exceed --max-frame.";
     CrossCoreFull => "cross_core_full", "Ring to another core full.";
     NoFrameBuffer => "no_frame_buffer", "Frame buffer pool exhausted.";
     PartialFramesFull => "partial_frames_full", "A message split across receives dropped: the core's quarter of frame slots for partial frames is in use.";
@@ -236,6 +237,7 @@ core_series! {
     tap_tx_bytes: Counter, Counter, "tapwire_tap_tx_bytes_total", "Bytes written to the TAP.";
     tap_rx_frames: Counter, Counter, "tapwire_tap_rx_frames_total", "Frames read from the TAP.";
     tap_rx_bytes: Counter, Counter, "tapwire_tap_rx_bytes_total", "Bytes read from the TAP.";
+    tap_rx_segments: Counter, Counter, "tapwire_tap_rx_segments_total", "--offload: frames cut from the TAP's TCP super-frames (each super-frame counts once in tapwire_tap_rx_frames_total).";
     cross_core_frames: Counter, Counter, "tapwire_cross_core_frames_total", "Frames handed to another core.";
     connections_accepted: Counter, Counter, "tapwire_connections_accepted_total", "TCP connections accepted.";
     tls_handshakes: Counter, Counter, "tapwire_tls_handshakes_total", "TLS handshakes completed on the wss:// listener.";

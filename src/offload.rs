@@ -19,6 +19,24 @@ pub const GSO_TCPV6: u8 = 4;
 /// `gso_type` flag: the flow uses ECN (CWR goes on the first segment only).
 pub const GSO_ECN: u8 = 0x80;
 
+/// About how many bytes a super-frame may carry: the TAP is told to hand over at most
+/// [`max_segments`] segments at once (`gso_max_segs`, which the kernel applies to its own TCP
+/// and to packets it forwards), so that TAP read buffers stay at 16 KiB and a core keeps as
+/// many as without offloads (a client's send queue bound is a quarter of them).
+pub const SUPER_FRAME_BUDGET: usize = 16 * 1024;
+
+/// The TAP's `gso_max_segs` for frames up to `max_frame` bytes: at least 1.
+pub fn max_segments(max_frame: usize) -> u32 {
+    // Lossless: at most 16 Ki.
+    (SUPER_FRAME_BUDGET / max_frame.max(1)).max(1) as u32
+}
+
+/// The largest frame a TAP read returns with offloads: [`max_segments`] segments, each at
+/// most `max_frame` bytes with its headers (a super-frame carries its headers once).
+pub fn largest_super_frame(max_frame: usize) -> usize {
+    max_segments(max_frame) as usize * max_frame
+}
+
 const ETH_LEN: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_IPV6: u16 = 0x86DD;
@@ -81,7 +99,7 @@ impl VnetHdr {
 /// Why a frame from the TAP could not be made whole (dropped as `offload_malformed`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum OffloadError {
-    #[error("partial checksum outside the frame")]
+    #[error("partial checksum outside the frame, or not on a 16-bit word of its range")]
     ChecksumPlace,
     #[error("a segmentation type the relay did not offer ({0:#x})")]
     GsoType(u8),
@@ -127,9 +145,10 @@ pub fn complete_checksum(
     start: usize,
     offset: usize,
 ) -> Result<(), OffloadError> {
+    // A checksum field is a 16-bit word of the range it covers: at an even offset.
     let at = start
         .checked_add(offset)
-        .filter(|at| at.checked_add(2).is_some_and(|end| end <= frame.len()))
+        .filter(|at| offset % 2 == 0 && at.checked_add(2).is_some_and(|end| end <= frame.len()))
         .ok_or(OffloadError::ChecksumPlace)?;
     let check = !fold(sum(&frame[start..], 0));
     let check = if check == 0 { 0xFFFF } else { check };
@@ -205,6 +224,11 @@ impl Gso {
             + self
                 .mss
                 .min(self.payload - (i * self.mss).min(self.payload))
+    }
+
+    /// Bytes of Ethernet, IP and TCP headers in front of every segment's payload.
+    pub fn header_len(&self) -> usize {
+        self.hdr_len
     }
 
     /// The longest segment.

@@ -107,8 +107,19 @@ fn set_iff(fd: &OwnedFd, name: &str, flags: libc::c_int, queue: usize) -> Result
 /// is opened with `IFF_TUN_EXCL`, so an interface that already exists (another relay's TAP
 /// included: `TUNSETIFF` would otherwise attach to it) is refused, atomically.
 pub fn open_multiqueue(name: &str, queues: usize) -> Result<Vec<OwnedFd>, TapError> {
-    let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE;
-    (0..queues)
+    open_multiqueue_with(name, queues, false)
+}
+
+/// [`open_multiqueue`]; with `offload`, also `IFF_VNET_HDR` (every frame read or written
+/// carries a `virtio_net_hdr`: see [`crate::offload`]) and the offloads [`OFFLOADS`].
+pub fn open_multiqueue_with(
+    name: &str,
+    queues: usize,
+    offload: bool,
+) -> Result<Vec<OwnedFd>, TapError> {
+    let vnet = if offload { libc::IFF_VNET_HDR } else { 0 };
+    let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE | vnet;
+    let fds = (0..queues)
         .map(|queue| {
             let fd = open_tun()?;
             let excl = if queue == 0 { libc::IFF_TUN_EXCL } else { 0 };
@@ -124,7 +135,38 @@ pub fn open_multiqueue(name: &str, queues: usize) -> Result<Vec<OwnedFd>, TapErr
                 other => other.map(|()| fd),
             }
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    if let (true, Some(first)) = (offload, fds.first()) {
+        set_offload(first, name)?;
+    }
+    Ok(fds)
+}
+
+/// What `--offload` asks of the kernel: it may leave checksums partial and hand over TCP
+/// super-frames over IPv4 and IPv6, ECN included; the relay completes and cuts them.
+pub const OFFLOADS: libc::c_uint =
+    libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
+
+/// `TUNSETOFFLOAD` with [`OFFLOADS`] (for the whole device, whichever queue asks).
+fn set_offload(fd: &OwnedFd, name: &str) -> Result<(), TapError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: TUNSETOFFLOAD takes its argument by value; `fd` is an open TAP queue.
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            libc::c_ulong::from(OFFLOADS),
+        )
+    };
+    if r < 0 {
+        return Err(TapError::SetIff {
+            name: name.to_string(),
+            queue: 0,
+            err: io::Error::last_os_error(),
+            hint: " — the kernel refused the TAP offloads (TUNSETOFFLOAD); run without --offload",
+        });
+    }
+    Ok(())
 }
 
 /// Processes of this network namespace that hold a queue of TAP `name`, with their command

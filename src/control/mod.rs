@@ -437,11 +437,15 @@ async fn start(
     listeners: (Vec<TcpListener>, Vec<TcpListener>),
 ) -> Result<Started, RunError> {
     host.record(Change::Tap(cfg.tap.to_string()))?;
-    let taps = crate::tap::open_multiqueue(&cfg.tap, cfg.cores)?;
+    let taps = crate::tap::open_multiqueue_with(&cfg.tap, cfg.cores, cfg.offload)?;
     let handle = netlink::connect()?;
     let index = netlink::link_index(&handle, &cfg.tap)
         .await
         .ok_or_else(|| RunError::Setup(format!("TAP {} vanished right after creation", cfg.tap)))?;
+    if cfg.offload {
+        let segments = crate::offload::max_segments(cfg.max_frame);
+        netlink::set_gso_max_segs(&handle, index, &cfg.tap, segments).await?;
+    }
     let mut child = None;
     let mut table = None;
     // Addresses behind the uplink, never to be learned on a client port: the TAP's own, and

@@ -135,6 +135,28 @@ pub async fn set_mac(
         .map_err(ctx(format!("set the MAC address of {name} to {mac}")))
 }
 
+/// Tells link `index` to hand over at most `segments` segments per super-frame
+/// (`gso_max_segs`; see [`crate::offload::max_segments`]).
+pub async fn set_gso_max_segs(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+    segments: u32,
+) -> Result<(), NetlinkError> {
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .append_extra_attribute(rtnetlink::packet_route::link::LinkAttribute::GsoMaxSegs(
+                    segments,
+                ))
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(ctx(format!("set gso_max_segs of {name} to {segments}")))
+}
+
 /// Sets `index` down.
 pub async fn set_down(handle: &Handle, index: u32, name: &str) -> Result<(), NetlinkError> {
     handle

@@ -146,6 +146,9 @@ pub(super) struct Networks {
     table: Option<Arc<Mutex<firewall::Installed>>>,
     tap: String,
     cores: usize,
+    /// `--offload`: every network's TAP with the instance's offloads, handing over at most
+    /// this many segments at once.
+    offload: Option<u32>,
     mtu: u32,
     max: usize,
     idle_ms: u64,
@@ -183,6 +186,9 @@ impl Networks {
             table,
             tap: cfg.tap.to_string(),
             cores: cfg.cores,
+            offload: cfg
+                .offload
+                .then(|| crate::offload::max_segments(cfg.max_frame)),
             mtu: cfg.mtu,
             max: cfg.networks.max_networks,
             idle_ms: u64::try_from(cfg.networks.idle.as_millis()).unwrap_or(u64::MAX),

@@ -150,22 +150,27 @@ pub struct Arena {
     memory: Mapping,
     ids: Ids,
     recv_size: usize,
-    /// Bytes per TAP buffer or slot: HEADROOM + max_frame rounded up to 64.
-    frame_stride: usize,
+    /// Bytes per TAP buffer: HEADROOM + the largest TAP read rounded up to 64.
+    tap_stride: usize,
+    /// Bytes per slot: HEADROOM + max_frame rounded up to 64.
+    slot_stride: usize,
 }
 
 impl Arena {
-    /// Maps memory for `ids` with receive buffers of `recv_size` bytes and frames up to
-    /// `max_frame` bytes.
-    pub fn new(ids: Ids, recv_size: usize, max_frame: usize) -> io::Result<Self> {
-        let frame_stride = (HEADROOM + max_frame).div_ceil(64) * 64;
-        let frames = usize::from(ids.tap_count) + ids.slot_count as usize;
-        let len = ids.flat() as usize * recv_size + frames * frame_stride;
+    /// Maps memory for `ids` with receive buffers of `recv_size` bytes, TAP buffers for reads
+    /// up to `tap_frame` bytes and slots for frames up to `max_frame` bytes.
+    pub fn new(ids: Ids, recv_size: usize, tap_frame: usize, max_frame: usize) -> io::Result<Self> {
+        let stride = |frame: usize| (HEADROOM + frame).div_ceil(64) * 64;
+        let (tap_stride, slot_stride) = (stride(tap_frame), stride(max_frame));
+        let len = ids.flat() as usize * recv_size
+            + usize::from(ids.tap_count) * tap_stride
+            + ids.slot_count as usize * slot_stride;
         Ok(Arena {
             memory: Mapping::new(len)?,
             ids,
             recv_size,
-            frame_stride,
+            tap_stride,
+            slot_stride,
         })
     }
 
@@ -176,10 +181,10 @@ impl Arena {
 
     /// Bytes a buffer spans (for TAP buffers and slots: headroom included).
     pub fn capacity(&self, id: BufId) -> usize {
-        if self.ids.has_headroom(id) {
-            self.frame_stride
-        } else {
-            self.recv_size
+        match self.ids.class(id) {
+            BufClass::Tap(_) => self.tap_stride,
+            BufClass::Slot(_) => self.slot_stride,
+            BufClass::Recv(_) | BufClass::Plain(_) => self.recv_size,
         }
     }
 
@@ -187,10 +192,14 @@ impl Arena {
     pub fn ptr(&self, id: BufId, offset: usize) -> *mut u8 {
         assert!(id.0 < self.ids.total() && offset <= self.capacity(id));
         let flat_bytes = self.ids.flat() as usize * self.recv_size;
-        let start = if self.ids.has_headroom(id) {
-            flat_bytes + (id.0 - self.ids.flat()) as usize * self.frame_stride
-        } else {
-            id.0 as usize * self.recv_size
+        let start = match self.ids.class(id) {
+            BufClass::Tap(bid) => flat_bytes + usize::from(bid) * self.tap_stride,
+            BufClass::Slot(index) => {
+                flat_bytes
+                    + usize::from(self.ids.tap_count) * self.tap_stride
+                    + index as usize * self.slot_stride
+            }
+            BufClass::Recv(_) | BufClass::Plain(_) => id.0 as usize * self.recv_size,
         };
         // SAFETY: `start + offset` lies inside the mapping: the id is in range (asserted) and
         // the offset is within its buffer.
@@ -258,7 +267,7 @@ mod tests {
 
     #[test]
     fn buffers_do_not_overlap() {
-        let arena = Arena::new(IDS, 100, 1514).unwrap();
+        let arena = Arena::new(IDS, 100, 65_600, 1514).unwrap();
         let mut spans: Vec<(usize, usize)> = (0..IDS.total())
             .map(|i| {
                 let id = BufId(i);
@@ -274,12 +283,16 @@ mod tests {
             arena.capacity(IDS.slot(0)),
             (HEADROOM + 1514).div_ceil(64) * 64
         );
+        assert_eq!(
+            arena.capacity(IDS.tap(1)),
+            (HEADROOM + 65_600).div_ceil(64) * 64
+        );
     }
 
     #[test]
     #[should_panic]
     fn views_stay_inside_their_buffer() {
-        let arena = Arena::new(IDS, 100, 1514).unwrap();
+        let arena = Arena::new(IDS, 100, 1514, 1514).unwrap();
         // SAFETY: nothing else uses the arena; the call must panic before making a view.
         let _ = unsafe { arena.bytes(IDS.recv(0), 90, 11) };
     }

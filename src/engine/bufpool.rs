@@ -36,8 +36,13 @@ pub struct PoolSizes {
     pub recv_size: usize,
     /// Number of plaintext buffers (receive-buffer sized; decrypted TLS input).
     pub plain_count: u16,
-    /// Number of TAP buffers (power of two); each holds HEADROOM + max_frame.
+    /// Number of TAP buffers (power of two); each holds HEADROOM + tap_frame.
     pub tap_count: u16,
+    /// Largest frame a TAP read returns (max_frame, or a super-frame with `--offload`).
+    pub tap_frame: usize,
+    /// Bytes the TAP puts in front of every frame it returns (its `virtio_net_hdr` with
+    /// `--offload`, else 0): they land at the end of the headroom, the frame at HEADROOM.
+    pub tap_prefix: usize,
     /// Number of frame slots.
     pub slot_count: u32,
     /// Largest frame.
@@ -136,6 +141,9 @@ pub struct BufferPool {
     arena: Rc<Arena>,
     ids: Ids,
     max_frame: usize,
+    /// Where a TAP read starts (HEADROOM − tap_prefix) and how much it may fill.
+    tap_read_at: usize,
+    tap_read_len: usize,
     recv_ring: ProvidedRing,
     tap_ring: ProvidedRing,
     free_slots: Vec<u32>,
@@ -151,17 +159,26 @@ impl BufferPool {
     pub fn new(submitter: &Submitter<'_>, sizes: PoolSizes) -> io::Result<Self> {
         assert!(sizes.recv_count.is_power_of_two() && sizes.tap_count.is_power_of_two());
         assert!(sizes.recv_size <= u32::MAX as usize && sizes.max_frame <= 65_553);
+        assert!(sizes.tap_prefix <= HEADROOM);
+        assert!(sizes.tap_frame >= sizes.max_frame && sizes.tap_frame <= 65_553);
         let ids = Ids {
             recv_count: sizes.recv_count,
             plain_count: sizes.plain_count,
             tap_count: sizes.tap_count,
             slot_count: sizes.slot_count,
         };
-        let arena = Rc::new(Arena::new(ids, sizes.recv_size, sizes.max_frame)?);
+        let arena = Rc::new(Arena::new(
+            ids,
+            sizes.recv_size,
+            sizes.tap_frame,
+            sizes.max_frame,
+        )?);
         let mut pool = BufferPool {
             arena,
             ids,
             max_frame: sizes.max_frame,
+            tap_read_at: HEADROOM - sizes.tap_prefix,
+            tap_read_len: sizes.tap_prefix + sizes.tap_frame,
             recv_ring: ProvidedRing::new(submitter, sizes.recv_count, RECV_GROUP)?,
             tap_ring: ProvidedRing::new(submitter, sizes.tap_count, TAP_GROUP)?,
             free_slots: (0..sizes.slot_count).rev().collect(),
@@ -198,6 +215,11 @@ impl BufferPool {
     /// TAP buffers and slots keep [`HEADROOM`] in front of their frame.
     pub fn has_headroom(&self, id: BufId) -> bool {
         self.ids.has_headroom(id)
+    }
+
+    /// The most a TAP read may fill (the TAP's prefix and a frame).
+    pub fn tap_read_len(&self) -> usize {
+        self.tap_read_len
     }
 
     /// Size of a receive buffer.
@@ -312,7 +334,7 @@ impl BufferPool {
             }
             BufClass::Tap(bid) => {
                 self.tap_ring
-                    .push(self.arena.ptr(id, HEADROOM), self.max_frame, bid);
+                    .push(self.arena.ptr(id, self.tap_read_at), self.tap_read_len, bid);
                 self.tap_lent += 1;
             }
             BufClass::Slot(index) => self.free_slots.push(index),
@@ -388,6 +410,8 @@ mod tests {
             recv_size: 256,
             plain_count: 1,
             tap_count: 2,
+            tap_frame: 1514,
+            tap_prefix: 0,
             slot_count: 2,
             max_frame: 1514,
         };

@@ -65,6 +65,11 @@ pub struct EngineConfig {
     pub plain_buffers: u16,
     /// TAP read buffers per core (power of two; at least the TAP's txqueuelen of 1000).
     pub tap_buffers: u16,
+    /// Largest frame a TAP read returns: `max_frame`, or with `offload` a super-frame.
+    pub tap_frame: usize,
+    /// `--offload`: the TAPs carry a `virtio_net_hdr` in front of every frame, and hand over
+    /// TCP super-frames that the cores cut (see [`crate::offload`]).
+    pub offload: bool,
     /// Frame slots per core.
     pub frame_slots: u32,
     /// Whether a name nobody declared makes a network (`--networks`).
@@ -82,7 +87,8 @@ pub struct EngineConfig {
 impl EngineConfig {
     /// Engine settings for a validated configuration.
     pub fn from_config(cfg: &crate::config::Config) -> Self {
-        // Jumbo frames make every TAP buffer and slot 64 KiB: keep their number modest.
+        // Jumbo frames make every TAP buffer and slot 64 KiB: keep their number modest. With
+        // --offload, TAP buffers take a super-frame of about 16 KiB.
         let jumbo = cfg.max_frame > 9_018;
         // Frames over 4 KiB (--mtu 9000): receive buffers of 64 KiB, a quarter as many (the
         // same memory), so that few frames straddle two buffers and need reassembling. The
@@ -102,6 +108,12 @@ impl EngineConfig {
                 0
             },
             tap_buffers: if jumbo { 1024 } else { 4096 },
+            tap_frame: if cfg.offload {
+                crate::offload::largest_super_frame(cfg.max_frame)
+            } else {
+                cfg.max_frame
+            },
+            offload: cfg.offload,
             frame_slots: if jumbo { 2048 } else { 8192 },
             networks: match cfg.networks.mode {
                 crate::config::NetworksMode::OnDemand => network::Mode::OnDemand,

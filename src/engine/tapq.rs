@@ -57,15 +57,15 @@ pub struct TapQueue {
 }
 
 impl TapQueue {
-    /// The queue `fd` of network slot `net`, reading frames up to `max_frame` bytes.
-    pub fn new(fd: OwnedFd, net: u16, multishot: bool, max_frame: usize) -> Self {
+    /// The queue `fd` of network slot `net`, whose reads fill up to `read_len` bytes.
+    pub fn new(fd: OwnedFd, net: u16, multishot: bool, read_len: usize) -> Self {
         TapQueue {
             fd,
             net,
             closing: false,
             multishot,
-            // Lossless: max_frame ≤ 65553.
-            read_len: max_frame as u32,
+            // Lossless: TAP reads are at most a prefix and 65 600 bytes.
+            read_len: read_len as u32,
             reads_armed: 0,
             starved: false,
             retry_on_tick: false,
@@ -150,13 +150,24 @@ impl TapQueue {
     /// # Safety
     /// The bytes stay valid and unmodified until the completion (the caller holds a
     /// reference on `buf` for it).
+    /// With `vnet` (the TAP takes a `virtio_net_hdr` in front of every frame), the write is
+    /// a `writev` of an empty header and the frame, whose iovecs `vnet` holds.
     #[inline]
-    pub unsafe fn write(&mut self, ring: &mut Ring, ptr: *const u8, len: usize, buf: u32) {
+    pub unsafe fn write(
+        &mut self,
+        ring: &mut Ring,
+        (ptr, len): (*const u8, usize),
+        buf: u32,
+        vnet: Option<&mut VnetWrites>,
+    ) {
         self.writes_in_flight += 1;
-        // Lossless: frames are at most 65553 bytes.
-        let entry = opcode::Write::new(types::Fd(self.fd.as_raw_fd()), ptr, len as u32)
-            .build()
-            .user_data(ops::for_tap(Kind::TapWrite, self.net, buf));
+        let fd = types::Fd(self.fd.as_raw_fd());
+        let entry = match vnet {
+            // Lossless: frames are at most 65553 bytes.
+            None => opcode::Write::new(fd, ptr, len as u32).build(),
+            Some(v) => opcode::Writev::new(fd, v.next(ptr, len), 2).build(),
+        };
+        let entry = entry.user_data(ops::for_tap(Kind::TapWrite, self.net, buf));
         // SAFETY: the caller's promise about the bytes.
         unsafe { ring.push(&entry) };
     }
@@ -190,5 +201,57 @@ impl TapQueue {
     /// Being closed.
     pub fn closing(&self) -> bool {
         self.closing
+    }
+}
+
+/// The iovecs of a core's TAP writes with `--offload`: each write is an empty
+/// `virtio_net_hdr` (no offload asked of the kernel: the guest's frame is complete) and the
+/// frame. A write's pair is reused only [`VnetWrites::PAIRS`] writes later. By then it has
+/// been submitted, and the kernel copies iovecs at submission (`IORING_FEAT_SUBMIT_STABLE`):
+/// at most [`MAX_WRITES`] of a core's writes are in flight, so of the writes pushed after it,
+/// most have completed, and the kernel takes submissions in order.
+pub struct VnetWrites {
+    pairs: Box<[[libc::iovec; 2]]>,
+    next: usize,
+}
+
+/// The empty header every write starts with.
+static EMPTY_HEADER: [u8; crate::offload::VNET_HDR_LEN] = [0; crate::offload::VNET_HDR_LEN];
+
+impl VnetWrites {
+    /// Pairs kept: twice the writes a core may have in flight.
+    pub const PAIRS: usize = 2 * MAX_WRITES;
+
+    pub fn new() -> Self {
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        VnetWrites {
+            pairs: vec![[empty; 2]; Self::PAIRS].into_boxed_slice(),
+            next: 0,
+        }
+    }
+
+    /// The next pair, set to the header and the `len` bytes at `ptr`.
+    fn next(&mut self, ptr: *const u8, len: usize) -> *const libc::iovec {
+        let pair = &mut self.pairs[self.next];
+        self.next = (self.next + 1) % Self::PAIRS;
+        // The kernel only reads through these pointers (writev); the casts are what iovec wants.
+        pair[0] = libc::iovec {
+            iov_base: EMPTY_HEADER.as_ptr() as *mut libc::c_void,
+            iov_len: EMPTY_HEADER.len(),
+        };
+        pair[1] = libc::iovec {
+            iov_base: ptr as *mut libc::c_void,
+            iov_len: len,
+        };
+        pair.as_ptr()
+    }
+}
+
+impl Default for VnetWrites {
+    fn default() -> Self {
+        Self::new()
     }
 }

@@ -132,6 +132,11 @@ fn a_partial_checksum_is_completed_and_zero_goes_out_as_ffff() {
         Err(OffloadError::ChecksumPlace)
     );
     assert_eq!(
+        complete_checksum(&mut g, 0, 1),
+        Err(OffloadError::ChecksumPlace),
+        "an odd offset is no checksum field"
+    );
+    assert_eq!(
         complete_checksum(&mut g, usize::MAX, 2),
         Err(OffloadError::ChecksumPlace)
     );

@@ -32,7 +32,8 @@ pub struct GuestArgs {
     /// Local TCP port to connect from (chooses the relay core; see `listen::steer`).
     #[arg(long)]
     pub source_port: Option<u16>,
-    /// Largest frame.
+    /// Largest frame the relay may send: a longer one ends the guest with an error (the
+    /// relay must never send a guest a frame over its MTU).
     #[arg(long, default_value_t = 65_553)]
     pub max_frame: usize,
     /// Connect again this many milliseconds after the connection ends, from the namespace the
@@ -116,7 +117,7 @@ pub fn run(args: &GuestArgs) -> io::Result<()> {
     }
     let mut reader = stream;
     loop {
-        let ended = serve(&mut reader, &tap, &writer);
+        let ended = serve(&mut reader, &tap, &writer, args.max_frame);
         if !reconnect {
             return ended;
         }
@@ -134,6 +135,7 @@ fn serve(
     reader: &mut std::net::TcpStream,
     tap: &OwnedFd,
     writer: &Mutex<Option<std::net::TcpStream>>,
+    max_frame: usize,
 ) -> io::Result<()> {
     let mut decoder = Decoder::default();
     let mut buf = vec![0u8; 256 * 1024];
@@ -146,6 +148,7 @@ fn serve(
         let mut result = Ok(());
         decoder
             .feed(&mut buf[..n], |m| match m {
+                Message::Frame(f) if f.len() > max_frame => result = Err(oversized(f, max_frame)),
                 Message::Frame(f) => {
                     // SAFETY: writing a complete frame from our buffer to the TAP.
                     unsafe { libc::write(tap.as_raw_fd(), f.as_ptr().cast(), f.len()) };
@@ -166,6 +169,14 @@ fn serve(
             return Ok(());
         }
     }
+}
+
+/// The error of a frame from the relay over `--max-frame`.
+fn oversized(frame: &[u8], max_frame: usize) -> io::Error {
+    io::Error::other(format!(
+        "the relay sent a frame of {} bytes, over --max-frame {max_frame}",
+        frame.len()
+    ))
 }
 
 /// Connects to `url` again from the namespace `origin` (a thread of its own enters it:
@@ -273,8 +284,12 @@ fn run_tls(args: &GuestArgs, ca: &std::path::Path) -> io::Result<()> {
             let got = plain.len();
             let mut closed = false;
             let conn = &mut stream.conn;
+            let mut result = Ok(());
             decoder
                 .feed(&mut plain[..got], |m| match m {
+                    Message::Frame(f) if f.len() > args.max_frame => {
+                        result = Err(oversized(f, args.max_frame))
+                    }
                     Message::Frame(f) => {
                         // SAFETY: writing a complete frame from our buffer to the TAP.
                         unsafe { libc::write(tap.as_raw_fd(), f.as_ptr().cast(), f.len()) };
@@ -286,6 +301,7 @@ fn run_tls(args: &GuestArgs, ca: &std::path::Path) -> io::Result<()> {
                     Message::Close(_) => closed = true,
                 })
                 .map_err(io::Error::other)?;
+            result?;
             if closed || eof {
                 return Ok(());
             }

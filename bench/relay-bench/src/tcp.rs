@@ -32,7 +32,7 @@ const GUESTS: [usize; 2] = [1, 16];
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub(crate) struct TcpCell {
-    /// `tapwire` or `bridge` (relay-bridge).
+    /// `tapwire`, `tapwire-offload` (with `--offload`) or `bridge` (relay-bridge).
     pub path: String,
     /// `up` (guests send, the host receives) or `down` (iperf3 `-R`).
     pub way: String,
@@ -70,13 +70,16 @@ struct Setup {
 
 impl Setup {
     fn start(ns: &Netns, dir: &Path, path: &str, guests: usize) -> Setup {
-        let (relay, bridge) = if path == "tapwire" {
+        let (relay, bridge) = if path.starts_with("tapwire") {
             let ports: Vec<String> = (0..guests)
                 .map(|i| format!("tcp:{}", IPERF_BASE + i as u16))
                 .collect();
             let ports = ports.join(",");
-            let relay = Relay::start(ns, dir, &["--allow-host-port", &ports]);
-            (Some(relay), None)
+            let mut args = vec!["--allow-host-port", &ports];
+            if path == "tapwire-offload" {
+                args.push("--offload");
+            }
+            (Some(Relay::start(ns, dir, &args)), None)
         } else {
             (None, Some(start_bridge(ns, dir)))
         };
@@ -327,11 +330,11 @@ fn progress(c: &TcpCell) {
     );
 }
 
-/// Group `tcp`: both paths, 1 and 16 guests, both ways.
+/// Group `tcp`: every path, 1 and 16 guests, both ways.
 pub(crate) fn run(ctx: &Ctx) -> Vec<TcpCell> {
     let mut cells = Vec::new();
     for guests in GUESTS {
-        for path in ["tapwire", "bridge"] {
+        for path in ["tapwire", "tapwire-offload", "bridge"] {
             cells.extend(measure(ctx, path, guests));
         }
     }
@@ -344,7 +347,7 @@ pub(crate) fn markdown(cells: &[TcpCell]) -> String {
         return String::new();
     }
     let mut md = format!(
-        "\nBulk TCP: kernel-stack guests (`tapwire-guest`, MTU 1500) each running iperf3 against a server of its own on the host, all at once, through tapwire and through `relay-bridge` (a Linux bridge with a TAP per client, the kernel path of wsnic and websockproxy, pumped by two blocking threads per client). Relay on CPU {RELAY_CPU}; guests, pumps and iperf3 on CPU {LOAD_CPU}. *CPU per Gbit*: the relay process's CPU time per Gbit moved; *CPU busy per Gbit*: all the relay CPU's busy time (the kernel's work there included) per Gbit.\n\n| path | way | guests | Gbit/s | relay CPU-s per Gbit | relay CPU busy s per Gbit | load CPU busy | retransmits | drops |\n|---|---|---|---|---|---|---|---|---|\n"
+        "\nBulk TCP: kernel-stack guests (`tapwire-guest`, MTU 1500) each running iperf3 against a server of its own on the host, all at once, through tapwire (`tapwire`, and `tapwire-offload` with `--offload`) and through `relay-bridge` (a Linux bridge with a TAP per client, the kernel path of wsnic and websockproxy, pumped by two blocking threads per client). Relay on CPU {RELAY_CPU}; guests, pumps and iperf3 on CPU {LOAD_CPU}. *CPU per Gbit*: the relay process's CPU time per Gbit moved; *CPU busy per Gbit*: all the relay CPU's busy time (the kernel's work there included) per Gbit.\n\n| path | way | guests | Gbit/s | relay CPU-s per Gbit | relay CPU busy s per Gbit | load CPU busy | retransmits | drops |\n|---|---|---|---|---|---|---|---|---|\n"
     );
     for c in cells {
         md.push_str(&format!(

@@ -33,10 +33,16 @@ impl Networks {
             None => tap.to_string(),
         };
         record(host, made, Change::Tap(port.clone()))?;
-        let queues = crate::tap::open_multiqueue(&port, self.cores).map_err(|e| e.to_string())?;
+        let queues = crate::tap::open_multiqueue_with(&port, self.cores, self.offload.is_some())
+            .map_err(|e| e.to_string())?;
         let index = netlink::link_index(&self.handle, &port)
             .await
             .ok_or_else(|| format!("TAP {port} vanished right after creation"))?;
+        if let Some(segments) = self.offload {
+            netlink::set_gso_max_segs(&self.handle, index, &port, segments)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         // The same gateway MAC on every host of a farm (see `networks::gateway_mac`): on the
         // TAP, or on the bridge of a spanning network.
         let mac = crate::networks::gateway_mac(name, subnet);

@@ -495,9 +495,12 @@ impl Worker {
         // SAFETY: the bytes lie in `frame.buf`, on which the reference taken below is held
         // until the write completes; nobody writes a frame's bytes once it is decoded.
         unsafe {
-            local
-                .tap
-                .write(&mut self.ring, frame.bytes.as_ptr(), len, frame.buf.0)
+            local.tap.write(
+                &mut self.ring,
+                (frame.bytes.as_ptr(), len),
+                frame.buf.0,
+                self.vnet_writes.as_mut(),
+            )
         };
         self.tap_writes += 1;
         self.pool.retain(frame.buf);

@@ -51,7 +51,7 @@ use super::mailbox::Mailbox;
 use super::ops::{self, Features, Kind};
 use super::outqueue::QueueBound;
 use super::ring::{Completion, Ring};
-use super::tapq::{TapQueue, HIGH_WATER, MAX_WRITES};
+use super::tapq::{TapQueue, VnetWrites, HIGH_WATER, MAX_WRITES};
 use super::{EngineConfig, Shared};
 use input::PartialSlots;
 use networks::{NetLocal, Waiting};
@@ -145,6 +145,8 @@ pub struct Worker {
     nets: Vec<Option<NetLocal>>,
     /// TAP writes in flight over every network's queue.
     tap_writes: usize,
+    /// With `--offload`, the iovecs of those writes (a header goes in front of each frame).
+    vnet_writes: Option<VnetWrites>,
     /// Connections waiting for their network to be made.
     waiting: Waiting,
     clients: ClientTable,
@@ -187,10 +189,17 @@ impl Worker {
                 recv_size: cfg.recv_buffer_size,
                 plain_count: cfg.plain_buffers,
                 tap_count: cfg.tap_buffers,
+                tap_frame: cfg.tap_frame,
+                tap_prefix: if cfg.offload {
+                    crate::offload::VNET_HDR_LEN
+                } else {
+                    0
+                },
                 slot_count: cfg.frame_slots,
                 max_frame: cfg.max_frame,
             },
         )?;
+        let tap_read_len = pool.tap_read_len();
         let policy = &cfg.clients;
         let limits = ConnLimits {
             max_frame: cfg.max_frame,
@@ -220,9 +229,10 @@ impl Worker {
                 )
                 .isolated(shared.default_net.isolate)
                 .roaming(shared.default_net.roam),
-                tap: TapQueue::new(tap, 0, features.multishot_tap_read, cfg.max_frame),
+                tap: TapQueue::new(tap, 0, features.multishot_tap_read, tap_read_len),
             })],
             tap_writes: 0,
+            vnet_writes: cfg.offload.then(VnetWrites::new),
             waiting: Waiting::default(),
             clients: ClientTable::new(id),
             mailbox: Mailbox::new(id, shared.clone()),

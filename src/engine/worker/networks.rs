@@ -275,7 +275,7 @@ impl Worker {
                 tap,
                 net.id.slot,
                 self.features.multishot_tap_read,
-                self.cfg.max_frame,
+                self.pool.tap_read_len(),
             ),
             net,
         };

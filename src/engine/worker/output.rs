@@ -56,7 +56,12 @@ impl Worker {
             self.pool.received(id);
             if res > 0 {
                 // Lossless: res > 0.
-                self.tap_frame(net, id, res as usize);
+                let res = res as usize;
+                if self.cfg.offload {
+                    self.tap_offloaded(net, id, res);
+                } else {
+                    self.tap_frame(net, id, res);
+                }
             }
             self.pool.release(id);
         }
@@ -110,10 +115,27 @@ impl Worker {
         if let Some(dhcp) = dhcp {
             self.snooped(net, dhcp);
         }
+        match self.uplink_forward(net, dst, src) {
+            Some(Forward::Port(to)) => {
+                let ready = self.ready(id, len);
+                self.deliver(to, ready);
+            }
+            Some(Forward::Flood) => {
+                let ready = self.ready(id, len);
+                self.flood(net, ready, None);
+            }
+            Some(Forward::Uplink) | None => {}
+        }
+    }
+
+    /// Where the switch of network slot `net` sends a frame from its TAP (`None`: dropped,
+    /// and counted).
+    fn uplink_forward(&mut self, net: u16, dst: Mac, src: Mac) -> Option<Forward> {
         let now = self.time.now_ms;
-        let Some(local) = self.nets.get_mut(usize::from(net)).and_then(Option::as_mut) else {
-            return;
-        };
+        let local = self
+            .nets
+            .get_mut(usize::from(net))
+            .and_then(Option::as_mut)?;
         match ingress(
             &mut local.switch,
             &mut &local.net.authority,
@@ -122,22 +144,95 @@ impl Worker {
             src,
             now,
         ) {
-            Ok(d) => match d.forward {
-                Forward::Port(to) => {
-                    let ready = self.ready(id, len);
-                    self.deliver(to, ready);
-                }
-                Forward::Flood => {
-                    let ready = self.ready(id, len);
-                    self.flood(net, ready, None);
-                }
-                Forward::Uplink => {}
-            },
+            Ok(d) => Some(d.forward),
             Err(drop) => {
                 self.counters.dropped(DropReason::from(drop));
                 self.net_dropped(net);
+                None
             }
         }
+    }
+
+    /// With `--offload`: `res` bytes read from network slot `net`'s TAP into `id`, a
+    /// `virtio_net_hdr` (at the end of the headroom) and the frame (at [`HEADROOM`]). A frame
+    /// whose checksum the kernel left partial is completed in place; a super-frame is cut.
+    fn tap_offloaded(&mut self, net: u16, id: BufId, res: usize) {
+        use crate::offload::{complete_checksum, VnetHdr, NEEDS_CSUM, VNET_HDR_LEN};
+        let Some(len) = res.checked_sub(VNET_HDR_LEN) else {
+            self.counters.dropped(DropReason::TapRunt);
+            self.net_dropped(net);
+            return;
+        };
+        let arena = self.pool.arena();
+        let hdr = {
+            // SAFETY: the kernel just handed this buffer over and only we hold it: nothing
+            // else reads or writes it while this view lasts.
+            let all = unsafe { arena.bytes_mut(id, HEADROOM - VNET_HDR_LEN, res) };
+            let (head, frame) = all.split_at_mut(VNET_HDR_LEN);
+            let hdr = VnetHdr::parse(&(*head).try_into().expect("a header's length"));
+            if !hdr.is_gso() && hdr.flags & NEEDS_CSUM != 0 {
+                let (start, offset) = (hdr.csum_start.into(), hdr.csum_offset.into());
+                if let Err(e) = complete_checksum(frame, start, offset) {
+                    return self.offload_dropped(net, e);
+                }
+            }
+            hdr
+        };
+        if hdr.is_gso() {
+            self.tap_super_frame(net, id, len, hdr);
+        } else {
+            self.tap_frame(net, id, len);
+        }
+    }
+
+    /// Cuts the TCP super-frame of `len` bytes at [`HEADROOM`] of `id` into frames of the
+    /// MTU, each in a slot of its own, and sends them where the switch says.
+    fn tap_super_frame(&mut self, net: u16, id: BufId, len: usize, hdr: crate::offload::VnetHdr) {
+        self.counters.tap_rx_frames.inc();
+        self.counters.tap_rx_bytes.add(len as u64);
+        let arena = self.pool.arena();
+        // SAFETY: we hold the buffer's reference and nothing writes it while this view lives
+        // (the frames are written into slots).
+        let frame = unsafe { arena.bytes(id, HEADROOM, len) };
+        let gso = match crate::offload::Gso::parse(frame, &hdr) {
+            Ok(gso) if gso.max_segment_len() <= self.cfg.max_frame => gso,
+            Ok(_) => return self.offload_dropped(net, "segments over --max-frame"),
+            Err(e) => return self.offload_dropped(net, e),
+        };
+        let (Some(dst), Some(src)) = (Mac::destination(frame), Mac::source(frame)) else {
+            return self.offload_dropped(net, "no Ethernet header");
+        };
+        let Some(forward) = self.uplink_forward(net, dst, src) else {
+            return;
+        };
+        for i in 0..gso.segments() {
+            let Some(slot) = self.pool.alloc_slot() else {
+                self.counters.dropped(DropReason::NoFrameBuffer);
+                self.net_dropped(net);
+                continue;
+            };
+            let seg_len = gso.segment_len(i);
+            // SAFETY: a slot just taken from the free list is ours alone, and holds max_frame
+            // bytes (at least seg_len) after its headroom.
+            gso.write_segment(frame, i, unsafe {
+                arena.bytes_mut(slot, HEADROOM, seg_len)
+            });
+            self.counters.tap_rx_segments.inc();
+            let ready = self.ready(slot, seg_len);
+            match forward {
+                Forward::Port(to) => self.deliver(to, ready),
+                Forward::Flood => self.flood(net, ready, None),
+                Forward::Uplink => {}
+            }
+            self.pool.release(slot);
+        }
+    }
+
+    /// Counts a frame from network slot `net`'s TAP that `--offload` could not make whole.
+    fn offload_dropped(&mut self, net: u16, why: impl std::fmt::Display) {
+        self.counters.dropped(DropReason::OffloadMalformed);
+        self.net_dropped(net);
+        log::debug!("core {}: frame from the TAP dropped: {why}", self.id);
     }
 
     /// Sends a ready frame to port `to`, wherever it lives.
