@@ -87,8 +87,8 @@ pub struct EngineConfig {
 impl EngineConfig {
     /// Engine settings for a validated configuration.
     pub fn from_config(cfg: &crate::config::Config) -> Self {
-        // Jumbo frames make every TAP buffer and slot 64 KiB: keep their number modest. With
-        // --offload, TAP buffers take a super-frame of about 16 KiB.
+        // Jumbo frames make every TAP buffer and slot 64 KiB, and --offload every TAP buffer
+        // (it takes a super-frame): keep their number modest.
         let jumbo = cfg.max_frame > 9_018;
         // Frames over 4 KiB (--mtu 9000): receive buffers of 64 KiB, a quarter as many (the
         // same memory), so that few frames straddle two buffers and need reassembling. The
@@ -107,7 +107,7 @@ impl EngineConfig {
             } else {
                 0
             },
-            tap_buffers: if jumbo { 1024 } else { 4096 },
+            tap_buffers: if jumbo || cfg.offload { 1024 } else { 4096 },
             tap_frame: if cfg.offload {
                 crate::offload::largest_super_frame(cfg.max_frame)
             } else {

@@ -53,7 +53,7 @@ fn super_frame(v4: bool, payload: &[u8]) -> (Vec<u8>, VnetHdr) {
     ]);
     f.extend([1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
     f.extend(payload);
-    let pseudo = pseudo_sum(&f, v4, tcp_at, tcp_len);
+    let pseudo = pseudo_sum(&f, v4, tcp_len);
     f[tcp_at + 16..tcp_at + 18].copy_from_slice(&fold(pseudo).to_be_bytes());
     let hdr = VnetHdr {
         flags: NEEDS_CSUM,
@@ -66,7 +66,7 @@ fn super_frame(v4: bool, payload: &[u8]) -> (Vec<u8>, VnetHdr) {
     (f, hdr)
 }
 
-fn pseudo_sum(f: &[u8], v4: bool, tcp_at: usize, tcp_len: usize) -> u64 {
+fn pseudo_sum(f: &[u8], v4: bool, tcp_len: usize) -> u64 {
     let addrs = if v4 { &f[26..34] } else { &f[22..54] };
     sum(addrs, 6 + tcp_len as u64)
 }
@@ -230,4 +230,20 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_super_frame_of_the_most_segments_fits_the_tap_buffer() {
+    for max_frame in [594, 1514, 1518, 9018, 65_553] {
+        let segments = max_segments(max_frame) as usize;
+        let buffer = largest_super_frame(max_frame);
+        assert!(
+            segments >= 1 && buffer <= 65_553,
+            "{max_frame}: {segments}, {buffer}"
+        );
+        // The headers once and every segment's payload: each segment is at most max_frame
+        // with its headers.
+        assert!(buffer >= segments * max_frame, "{max_frame}");
+    }
+    assert_eq!(max_segments(1518), 43);
 }

@@ -62,8 +62,8 @@ enum Group {
     /// Up and down in the default network, one network, 64 networks and beside 1 000 idle ones; the
     /// time to make a network on demand; the memory of 1 000 networks.
     Networks,
-    /// Bulk TCP (iperf3) from kernel-stack guests through tapwire and through a Linux bridge
-    /// with a TAP per guest.
+    /// Bulk TCP (iperf3) from kernel-stack guests through tapwire, with and without
+    /// `--offload`, and through a Linux bridge with a TAP per guest.
     Tcp,
     /// A farm: up through HAProxy against straight to a host, failover time after `kill -9`,
     /// and a spanning network on one host against across two.

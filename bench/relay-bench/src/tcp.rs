@@ -400,7 +400,9 @@ fn draw(cells: &[TcpCell], path: &Path) -> Result<(), Box<dyn std::error::Error>
         for (col, way) in ["up", "down"].into_iter().enumerate() {
             let panel = &panels[row * 2 + col];
             let of_way: Vec<&TcpCell> = cells.iter().filter(|c| c.way == way).collect();
-            let y_max = of_way.iter().map(|c| value(c)).fold(0.1, f64::max) * 1.2;
+            // Room above the lines for the legend in the lower panels.
+            let headroom = if row == 0 { 1.2 } else { 1.6 };
+            let y_max = of_way.iter().map(|c| value(c)).fold(0.1, f64::max) * headroom;
             let mut chart = ChartBuilder::on(panel)
                 .caption(format!("{way}: {label}"), ("sans-serif", 18))
                 .margin(10)
@@ -409,6 +411,7 @@ fn draw(cells: &[TcpCell], path: &Path) -> Result<(), Box<dyn std::error::Error>
                 .build_cartesian_2d((0.5f64..x_max).log_scale(), 0f64..y_max)?;
             chart
                 .configure_mesh()
+                .light_line_style(WHITE)
                 .x_desc("guests")
                 .x_label_formatter(&|v| format!("{v:.0}"))
                 .y_desc(label)
@@ -430,7 +433,11 @@ fn draw(cells: &[TcpCell], path: &Path) -> Result<(), Box<dyn std::error::Error>
                 .configure_series_labels()
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK)
-                .position(SeriesLabelPosition::LowerRight)
+                .position(if row == 0 {
+                    SeriesLabelPosition::LowerRight
+                } else {
+                    SeriesLabelPosition::UpperLeft
+                })
                 .draw()?;
         }
     }
