@@ -278,5 +278,108 @@ impl Gso {
     }
 }
 
+/// A guest's TCP segment over IPv4 that may join a super-frame: no IP options or fragments,
+/// the IP length exactly the frame's (no Ethernet padding), only ACK and maybe PSH set, some
+/// payload, and both checksums right (a super-frame goes to the kernel with its checksum
+/// marked partial, so the kernel no longer checks what the guest sent: the relay does, once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Ethernet, IP and TCP headers.
+    pub hdr_len: usize,
+    pub seq: u32,
+    pub payload: usize,
+    pub psh: bool,
+}
+
+const TCP_ACK: u8 = 0x10;
+const TCP_AT4: usize = ETH_LEN + 20;
+
+impl Segment {
+    /// `frame` as such a segment, or `None`.
+    pub fn of(frame: &[u8]) -> Option<Segment> {
+        if frame.len() < TCP_AT4 + 20
+            || frame[12..14] != ETHERTYPE_IPV4.to_be_bytes()
+            || frame[14] != 0x45
+            || frame[23] != IPPROTO_TCP
+            // MF clear and offset 0 (DF may be set).
+            || u16::from_be_bytes([frame[20], frame[21]]) & 0x3FFF != 0
+            || usize::from(u16::from_be_bytes([frame[16], frame[17]])) != frame.len() - ETH_LEN
+        {
+            return None;
+        }
+        let t = TCP_AT4;
+        let hdr_len = t + usize::from(frame[t + 12] >> 4) * 4;
+        let flags = frame[t + 13];
+        if hdr_len < t + 20
+            || hdr_len >= frame.len()
+            || flags & !(TCP_PSH) != TCP_ACK
+            || fold(sum(&frame[ETH_LEN..t], 0)) != 0xFFFF
+        {
+            return None;
+        }
+        let tcp_len = frame.len() - t;
+        let pseudo = sum(&frame[26..34], u64::from(IPPROTO_TCP) + tcp_len as u64);
+        if fold(sum(&frame[t..], pseudo)) != 0xFFFF {
+            return None;
+        }
+        Some(Segment {
+            hdr_len,
+            seq: u32::from_be_bytes([frame[t + 4], frame[t + 5], frame[t + 6], frame[t + 7]]),
+            payload: frame.len() - hdr_len,
+            psh: flags & TCP_PSH != 0,
+        })
+    }
+
+    /// Whether `next` (segment `n`) carries on the super-frame that `first` (segment `self`)
+    /// starts, after `sent` bytes of payload and while the last segment added was a full one:
+    /// the same headers but for the IP length, id and checksum and the TCP sequence number,
+    /// PSH and checksum (so the same flow, ACK, window and options, timestamps included), the
+    /// next sequence number, at most `self`'s payload (the segment size), and the IP length of
+    /// the whole still within 16 bits.
+    pub fn continued_by(&self, first: &[u8], sent: usize, next: &[u8], n: &Segment) -> bool {
+        let t = TCP_AT4;
+        let same = |a: std::ops::Range<usize>| first[a.clone()] == next[a];
+        n.hdr_len == self.hdr_len
+            && n.payload <= self.payload
+            && n.seq == self.seq.wrapping_add(sent as u32)
+            && self.hdr_len - ETH_LEN + sent + n.payload <= 65_535
+            && same(0..16)
+            && same(20..24)
+            && same(26..t + 4)
+            && same(t + 8..t + 13)
+            && same(t + 14..t + 16)
+            && same(t + 18..self.hdr_len)
+    }
+
+    /// Writes into `out` the headers of the super-frame that `first` (segment `self`) starts,
+    /// with `payload` bytes in all after them and PSH if any segment had it: its IP length and
+    /// header checksum, and the TCP checksum field holding the pseudo-header's sum, left
+    /// partial for the kernel; returns the `virtio_net_hdr` to write in front.
+    pub fn super_frame(&self, first: &[u8], payload: usize, psh: bool, out: &mut [u8]) -> VnetHdr {
+        let (h, t) = (self.hdr_len, TCP_AT4);
+        out[..h].copy_from_slice(&first[..h]);
+        let total = (h - ETH_LEN + payload) as u16;
+        out[16..18].copy_from_slice(&total.to_be_bytes());
+        out[24..26].fill(0);
+        let check = !fold(sum(&out[ETH_LEN..t], 0));
+        out[24..26].copy_from_slice(&check.to_be_bytes());
+        if psh {
+            out[t + 13] |= TCP_PSH;
+        }
+        let tcp_len = h - t + payload;
+        let pseudo = fold(sum(&out[26..34], u64::from(IPPROTO_TCP) + tcp_len as u64));
+        out[t + 16..t + 18].copy_from_slice(&pseudo.to_be_bytes());
+        VnetHdr {
+            flags: NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            // Lossless: headers are at most 14 + 20 + 60 bytes, a segment under 64 KiB.
+            hdr_len: h as u16,
+            gso_size: self.payload as u16,
+            csum_start: t as u16,
+            csum_offset: 16,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

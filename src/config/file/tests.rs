@@ -61,6 +61,7 @@ client-broadcast-pps = 100
 max-macs-per-client = 2
 mac-ageing = "60s"
 io-fallback = true
+offload = true
 runtime-dir = "/run/tw-test"
 log-level = "debug"
 token-secret = "/etc/tapwire/secret"
