@@ -235,7 +235,6 @@ core_series! {
     client_tx_bytes: Counter, Counter, "tapwire_client_tx_bytes_total", "Bytes of Ethernet frames queued to clients.";
     tap_tx_frames: Counter, Counter, "tapwire_tap_tx_frames_total", "Frames written to the TAP.";
     tap_tx_bytes: Counter, Counter, "tapwire_tap_tx_bytes_total", "Bytes written to the TAP.";
-    tap_tx_joined: Counter, Counter, "tapwire_tap_tx_joined_total", "--offload: guests' TCP segments written to the TAP joined to the one before them in a super-frame (each still counts in tapwire_tap_tx_frames_total).";
     tap_rx_frames: Counter, Counter, "tapwire_tap_rx_frames_total", "Frames read from the TAP.";
     tap_rx_bytes: Counter, Counter, "tapwire_tap_rx_bytes_total", "Bytes read from the TAP.";
     tap_rx_segments: Counter, Counter, "tapwire_tap_rx_segments_total", "--offload: frames cut from the TAP's TCP super-frames (each super-frame counts once in tapwire_tap_rx_frames_total).";

@@ -165,32 +165,10 @@ impl TapQueue {
         let entry = match vnet {
             // Lossless: frames are at most 65553 bytes.
             None => opcode::Write::new(fd, ptr, len as u32).build(),
-            Some(v) => {
-                let (iov, n) = v.frame(ptr, len);
-                opcode::Writev::new(fd, iov, n).build()
-            }
+            Some(v) => opcode::Writev::new(fd, v.next(ptr, len), 2).build(),
         };
         let entry = entry.user_data(ops::for_tap(Kind::TapWrite, self.net, buf));
         // SAFETY: the caller's promise about the bytes.
-        unsafe { ring.push(&entry) };
-    }
-
-    /// Submits a `writev` of the `n` iovecs at `iov` (from [`VnetWrites::super_frame`]),
-    /// whose bytes lie in buffer `buf`.
-    ///
-    /// # Safety
-    /// As [`TapQueue::write`], for every byte the iovecs name.
-    pub unsafe fn write_vectored(
-        &mut self,
-        ring: &mut Ring,
-        (iov, n): (*const libc::iovec, u32),
-        buf: u32,
-    ) {
-        self.writes_in_flight += 1;
-        let entry = opcode::Writev::new(types::Fd(self.fd.as_raw_fd()), iov, n)
-            .build()
-            .user_data(ops::for_tap(Kind::TapWrite, self.net, buf));
-        // SAFETY: the caller's promise about the bytes; the iovecs live in `VnetWrites`.
         unsafe { ring.push(&entry) };
     }
 
@@ -226,92 +204,49 @@ impl TapQueue {
     }
 }
 
-/// The iovecs of a core's TAP writes with `--offload`: each write starts with a
-/// `virtio_net_hdr`. A guest's frame goes behind an empty one (no offload asked of the
-/// kernel: the frame is complete); a super-frame joined from a guest's segments
-/// ([`super::worker`]'s joining) as its header and headers, then every segment's payload where
-/// it lies. A write's entry is reused only [`VnetWrites::ENTRIES`] writes later. By then it
-/// has been submitted, and the kernel copies iovecs at submission
-/// (`IORING_FEAT_SUBMIT_STABLE`): at most [`MAX_WRITES`] of a core's writes are in flight, so
-/// of the writes pushed after it, most have completed, and the kernel takes submissions in
-/// order.
+/// The iovecs of a core's TAP writes with `--offload`: each write is an empty
+/// `virtio_net_hdr` (no offload asked of the kernel: the guest's frame is complete) and the
+/// frame. A write's pair is reused only [`VnetWrites::PAIRS`] writes later. By then it has
+/// been submitted, and the kernel copies iovecs at submission (`IORING_FEAT_SUBMIT_STABLE`):
+/// at most [`MAX_WRITES`] of a core's writes are in flight, so of the writes pushed after it,
+/// most have completed, and the kernel takes submissions in order.
 pub struct VnetWrites {
-    entries: Box<[Entry]>,
+    pairs: Box<[[libc::iovec; 2]]>,
     next: usize,
 }
 
-/// Segments one super-frame joins at most.
-pub const MOST_SEGMENTS: usize = 43;
-
-/// Bytes of a super-frame's headers at most: Ethernet, IPv4 without options, TCP with options.
-const MOST_HEADERS: usize = 14 + 20 + 60;
-
-#[derive(Clone, Copy)]
-struct Entry {
-    /// A super-frame's virtio header and headers.
-    head: [u8; crate::offload::VNET_HDR_LEN + MOST_HEADERS],
-    iov: [libc::iovec; MOST_SEGMENTS + 1],
-}
-
-/// The empty header a guest's frame goes behind.
+/// The empty header every write starts with.
 static EMPTY_HEADER: [u8; crate::offload::VNET_HDR_LEN] = [0; crate::offload::VNET_HDR_LEN];
 
-/// An iovec over `len` bytes at `ptr` (the kernel only reads through it: writev).
-fn iovec(ptr: *const u8, len: usize) -> libc::iovec {
-    libc::iovec {
-        iov_base: ptr as *mut libc::c_void,
-        iov_len: len,
-    }
-}
-
 impl VnetWrites {
-    /// Entries kept: twice the writes a core may have in flight.
-    pub const ENTRIES: usize = 2 * MAX_WRITES;
+    /// Pairs kept: twice the writes a core may have in flight.
+    pub const PAIRS: usize = 2 * MAX_WRITES;
 
     pub fn new() -> Self {
-        let empty = Entry {
-            head: [0; crate::offload::VNET_HDR_LEN + MOST_HEADERS],
-            iov: [iovec(std::ptr::null(), 0); MOST_SEGMENTS + 1],
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
         };
         VnetWrites {
-            entries: vec![empty; Self::ENTRIES].into_boxed_slice(),
+            pairs: vec![[empty; 2]; Self::PAIRS].into_boxed_slice(),
             next: 0,
         }
     }
 
-    fn take(&mut self) -> &mut Entry {
-        let at = self.next;
-        self.next = (self.next + 1) % Self::ENTRIES;
-        &mut self.entries[at]
-    }
-
-    /// The iovecs of a guest's frame of `len` bytes at `ptr`, behind an empty header.
-    fn frame(&mut self, ptr: *const u8, len: usize) -> (*const libc::iovec, u32) {
-        let e = self.take();
-        e.iov[0] = iovec(EMPTY_HEADER.as_ptr(), EMPTY_HEADER.len());
-        e.iov[1] = iovec(ptr, len);
-        (e.iov.as_ptr(), 2)
-    }
-
-    /// The iovecs of a super-frame: `head` writes its virtio header and headers into the
-    /// bytes it is given and returns how many it wrote; `payloads` are the segments' payloads
-    /// (at most [`MOST_SEGMENTS`]).
-    pub fn super_frame(
-        &mut self,
-        head: impl FnOnce(&mut [u8]) -> usize,
-        payloads: &[(*const u8, usize)],
-    ) -> (*const libc::iovec, u32) {
-        let e = self.take();
-        let n = head(&mut e.head);
-        e.iov[0] = iovec(e.head.as_ptr(), n);
-        for (slot, &(ptr, len)) in e.iov[1..].iter_mut().zip(payloads) {
-            *slot = iovec(ptr, len);
-        }
-        // Lossless: at most MOST_SEGMENTS + 1.
-        (
-            e.iov.as_ptr(),
-            (payloads.len().min(MOST_SEGMENTS) + 1) as u32,
-        )
+    /// The next pair, set to the header and the `len` bytes at `ptr`.
+    fn next(&mut self, ptr: *const u8, len: usize) -> *const libc::iovec {
+        let pair = &mut self.pairs[self.next];
+        self.next = (self.next + 1) % Self::PAIRS;
+        // The kernel only reads through these pointers (writev); the casts are what iovec wants.
+        pair[0] = libc::iovec {
+            iov_base: EMPTY_HEADER.as_ptr() as *mut libc::c_void,
+            iov_len: EMPTY_HEADER.len(),
+        };
+        pair[1] = libc::iovec {
+            iov_base: ptr as *mut libc::c_void,
+            iov_len: len,
+        };
+        pair.as_ptr()
     }
 }
 

@@ -220,14 +220,8 @@ impl Worker {
         }
     }
 
-    /// Decodes frames in `bytes`, which lie in receive buffer `buf`; with `--offload`, writes
-    /// the super-frame they joined into at the end.
+    /// Decodes frames in `bytes`, which lie in receive buffer `buf`.
     pub(super) fn on_frames(&mut self, port: PortId, bytes: &mut [u8], buf: BufId) {
-        self.decode_frames(port, bytes, buf);
-        self.write_joined();
-    }
-
-    fn decode_frames(&mut self, port: PortId, bytes: &mut [u8], buf: BufId) {
         let mut pos = 0;
         loop {
             let Some(c) = self.clients.get_mut(port) else {
@@ -431,7 +425,7 @@ impl Worker {
         }
         self.after_guard(net, claim, src);
         match decision.forward {
-            Forward::Uplink => self.tap_write(net, frame, true),
+            Forward::Uplink => self.tap_write(net, frame),
             Forward::Port(to) => {
                 if let Some(ready) = self.ready_copy(frame) {
                     self.deliver(to, ready);
@@ -439,7 +433,7 @@ impl Worker {
                 }
             }
             Forward::Flood => {
-                self.tap_write(net, frame, false);
+                self.tap_write(net, frame);
                 if let Some(ready) = self.ready_copy(frame) {
                     self.flood(net, ready, Some(port));
                     self.pool.release(ready.buf);
@@ -487,21 +481,8 @@ impl Worker {
         Some(self.ready(slot, len))
     }
 
-    /// Writes a client frame to the TAP of network slot `net`; with `--offload`, a frame to
-    /// the host (`joinable`) may join a super-frame written later (see `join.rs`).
-    fn tap_write(&mut self, net: u16, frame: ClientFrame<'_>, joinable: bool) {
-        if self.vnet_writes.is_some() {
-            if joinable && self.join(net, frame) {
-                return;
-            }
-            // What waits goes first (`join` wrote it already when it refused the frame).
-            self.write_joined();
-        }
-        self.tap_write_now(net, frame);
-    }
-
     /// Writes a client frame to the TAP of network slot `net` from the buffer it lies in.
-    pub(super) fn tap_write_now(&mut self, net: u16, frame: ClientFrame<'_>) {
+    fn tap_write(&mut self, net: u16, frame: ClientFrame<'_>) {
         let len = frame.bytes.len();
         if self.taps_full() {
             self.counters.dropped(DropReason::TapBacklog);

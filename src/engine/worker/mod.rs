@@ -24,7 +24,6 @@
 mod bindings;
 mod housekeeping;
 mod input;
-mod join;
 mod lifecycle;
 mod networks;
 mod output;
@@ -148,8 +147,6 @@ pub struct Worker {
     tap_writes: usize,
     /// With `--offload`, the iovecs of those writes (a header goes in front of each frame).
     vnet_writes: Option<VnetWrites>,
-    /// With `--offload`, a guest's segments being joined into one super-frame (`join.rs`).
-    joining: Option<join::Joining>,
     /// Connections waiting for their network to be made.
     waiting: Waiting,
     clients: ClientTable,
@@ -236,7 +233,6 @@ impl Worker {
             })],
             tap_writes: 0,
             vnet_writes: cfg.offload.then(VnetWrites::new),
-            joining: None,
             waiting: Waiting::default(),
             clients: ClientTable::new(id),
             mailbox: Mailbox::new(id, shared.clone()),
