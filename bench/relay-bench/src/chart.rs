@@ -1,4 +1,5 @@
-//! SVG charts beside the markdown and JSON: for up and down, frames/s against clients, one
+//! SVG charts beside the markdown and JSON (the other groups' in `chart_groups.rs`, tcp's in
+//! `tcp.rs`): for up and down, frames/s against clients, one
 //! panel per frame size, with the relay's median and spread, the floor and the kernel's limit
 //! of the same run; for rtt, the round trips' distributions idle and at each load; for
 //! density, each trial's p99 and how busy the relay core and the load CPU were.

@@ -7,6 +7,7 @@
 //! [`report::Row`], written as markdown and JSON to `bench/results/`.
 
 mod chart;
+mod chart_groups;
 mod conn;
 mod density;
 mod farm;
@@ -139,6 +140,7 @@ fn draw_charts(
     let written = chart::updown(rows, stem)
         .into_iter()
         .chain(chart::rtt(rtt_idle, rtt_loaded, stem))
+        .chain(chart_groups::groups(rows, stem))
         .chain(chart::density(density, stem))
         .chain(tcp::chart(tcp, stem));
     for chart in written {

@@ -89,7 +89,14 @@ impl Row {
     }
 
     fn label(&self) -> &str {
-        match self.scenario.as_str() {
+        label_of(&self.scenario)
+    }
+}
+
+/// How a scenario is named in tables and charts.
+pub(crate) fn label_of(scenario: &str) -> &str {
+    {
+        match scenario {
             "kernel_tap_write" => "kernel TAP write",
             "kernel_tap_read" => "kernel TAP read",
             "kernel_loopback_tcp" => "kernel loopback TCP",
@@ -104,6 +111,8 @@ impl Row {
             "span_one_host" => "on one host",
             "span_across_hosts" => "across two hosts (VXLAN)",
             "kernel_span" => "the kernel alone across",
+            "kernel_forward_up" => "kernel forwarding (up)",
+            "kernel_forward_down" => "kernel forwarding (down)",
             other => other,
         }
     }
