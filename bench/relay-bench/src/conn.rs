@@ -143,3 +143,73 @@ pub(crate) fn run(ctx: &Ctx) -> ConnResult {
         rss_kib_per_idle_ws_and_wss: idle_ws_and_wss(&ctx.ns, &ctx.dir, &ctx.opts.idle),
     }
 }
+
+/// Writes `STEM-conn.svg`: relay RSS per idle client against their number, for one relay
+/// taking every count in turn and for a fresh relay per count over ws:// and wss://.
+pub(crate) fn chart(c: &ConnResult, stem: &std::path::Path) -> Option<std::path::PathBuf> {
+    if c.rss_kib_per_idle_client.is_empty() && c.rss_kib_per_idle_ws_and_wss.is_empty() {
+        return None;
+    }
+    crate::chart::write(stem, "conn", |path| draw(c, path))
+}
+
+fn draw(c: &ConnResult, path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let fresh = &c.rss_kib_per_idle_ws_and_wss;
+    let lines: [(&str, RGBColor, Vec<(f64, f64)>); 3] = [
+        (
+            "one relay, counts in turn",
+            BLACK,
+            c.rss_kib_per_idle_client
+                .iter()
+                .map(|&(n, k)| (n as f64, k))
+                .collect(),
+        ),
+        (
+            "ws://, a relay per count",
+            BLUE,
+            fresh.iter().map(|&(n, ws, _)| (n as f64, ws)).collect(),
+        ),
+        (
+            "wss://, a relay per count",
+            RED,
+            fresh.iter().map(|&(n, _, wss)| (n as f64, wss)).collect(),
+        ),
+    ];
+    let points = || lines.iter().flat_map(|l| l.2.iter().copied());
+    let x_max = points().map(|p| p.0).fold(10.0, f64::max) * 2.0;
+    let y_max = points().map(|p| p.1).fold(1.0, f64::max) * 1.4;
+    let root = SVGBackend::new(path, (560, 380)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("relay memory per idle client", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(36)
+        .y_label_area_size(50)
+        .build_cartesian_2d((50f64..x_max).log_scale(), 0f64..y_max)?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_desc("idle clients")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_desc("KiB of RSS per client")
+        .draw()?;
+    for (label, colour, line) in lines {
+        if line.is_empty() {
+            continue;
+        }
+        chart
+            .draw_series(LineSeries::new(line.clone(), colour.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour));
+        chart.draw_series(line.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -52,7 +52,8 @@ const ECHO_GAP: Duration = Duration::from_millis(2);
 const UP_CLIENTS: [usize; 2] = [1, 16];
 
 /// The figures that are sentences rather than rows.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub(crate) struct FarmResult {
     /// Milliseconds from SIGKILL to the first answered ping of the last guest of each try.
     pub failover_ms: Vec<f64>,

@@ -114,35 +114,19 @@ struct Opts {
     charts_from: Option<PathBuf>,
 }
 
-/// The rows of a results file.
-#[derive(serde::Deserialize)]
-struct Saved {
-    rows: Vec<Row>,
-    #[serde(default)]
-    rtt_idle: Option<report::RttIdle>,
-    #[serde(default)]
-    rtt_loaded: Vec<report::RttLoaded>,
-    #[serde(default)]
-    density: Vec<density::Density>,
-    #[serde(default)]
-    tcp: Vec<tcp::TcpCell>,
-}
-
 /// Draws every chart the results have material for, beside `stem`, and names each on stderr.
-fn draw_charts(
-    rows: &[Row],
-    rtt_idle: Option<&report::RttIdle>,
-    rtt_loaded: &[report::RttLoaded],
-    density: &[density::Density],
-    tcp: &[tcp::TcpCell],
-    stem: &std::path::Path,
-) {
-    let written = chart::updown(rows, stem)
+fn draw_charts(results: &Results, stem: &std::path::Path) {
+    let written = chart::updown(&results.rows, stem)
         .into_iter()
-        .chain(chart::rtt(rtt_idle, rtt_loaded, stem))
-        .chain(chart_groups::groups(rows, stem))
-        .chain(chart::density(density, stem))
-        .chain(tcp::chart(tcp, stem));
+        .chain(chart::rtt(
+            results.rtt_idle.as_ref(),
+            &results.rtt_loaded,
+            stem,
+        ))
+        .chain(chart_groups::groups(&results.rows, stem))
+        .chain(chart::density(&results.density, stem))
+        .chain(tcp::chart(&results.tcp, stem))
+        .chain(results.conn.as_ref().and_then(|c| conn::chart(c, stem)));
     for chart in written {
         eprintln!("chart: {}", chart.display());
     }
@@ -151,16 +135,9 @@ fn draw_charts(
 /// `--charts-from`: the charts of a saved run, beside its JSON.
 fn charts_from(json: &std::path::Path) -> Result<(), String> {
     let text = std::fs::read_to_string(json).map_err(|e| format!("{}: {e}", json.display()))?;
-    let saved: Saved =
+    let saved: Results =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
-    draw_charts(
-        &saved.rows,
-        saved.rtt_idle.as_ref(),
-        &saved.rtt_loaded,
-        &saved.density,
-        &saved.tcp,
-        &json.with_extension(""),
-    );
+    draw_charts(&saved, &json.with_extension(""));
     Ok(())
 }
 
@@ -374,14 +351,7 @@ fn main() {
     std::fs::write(stem.with_extension("md"), &md).expect("write md");
     let json = serde_json::to_string_pretty(&results).expect("results serialize");
     std::fs::write(stem.with_extension("json"), json + "\n").expect("write json");
-    draw_charts(
-        &results.rows,
-        results.rtt_idle.as_ref(),
-        &results.rtt_loaded,
-        &results.density,
-        &results.tcp,
-        &stem,
-    );
+    draw_charts(&results, &stem);
     println!("{md}");
     let _ = std::fs::remove_dir_all(&ctx.dir);
 }
@@ -422,6 +392,11 @@ mod tests {
                 }],
                 ..density::Density::default()
             }],
+            conn: Some(report::ConnResult {
+                rss_kib_per_idle_client: vec![(100, 12.0), (1000, 10.0)],
+                rss_kib_per_idle_ws_and_wss: vec![(1000, 10.0, 20.0)],
+                ..report::ConnResult::default()
+            }),
             tcp: vec![tcp::TcpCell {
                 path: "tapwire".into(),
                 way: "up".into(),
@@ -437,6 +412,7 @@ mod tests {
         assert!(dir.join("relay-bench-old-rtt.svg").exists());
         assert!(dir.join("relay-bench-old-density.svg").exists());
         assert!(dir.join("relay-bench-old-tcp.svg").exists());
+        assert!(dir.join("relay-bench-old-conn.svg").exists());
         assert!(!dir.join("relay-bench-old-up.svg").exists());
         assert!(charts_from(&dir.join("missing.json")).is_err());
         let _ = std::fs::remove_dir_all(&dir);

@@ -294,7 +294,8 @@ pub(crate) struct RttLoaded {
 }
 
 /// Connection rate and memory per idle client.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub(crate) struct ConnResult {
     pub upgrades_per_s: f64,
     pub upgrade_and_ping_per_s: f64,
@@ -305,8 +306,10 @@ pub(crate) struct ConnResult {
     pub rss_kib_per_idle_ws_and_wss: Vec<(usize, f64, f64)>,
 }
 
-/// Everything one run measured, as written to `bench/results/relay-bench-DATE.json`.
-#[derive(Debug, Default, Serialize)]
+/// Everything one run measured, as written to `bench/results/relay-bench-DATE.json` (and read
+/// back by `--charts-from`: what an older run did not measure is absent).
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub(crate) struct Results {
     pub machine: String,
     pub rows: Vec<Row>,
