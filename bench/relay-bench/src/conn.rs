@@ -156,7 +156,8 @@ pub(crate) fn chart(c: &ConnResult, stem: &std::path::Path) -> Option<std::path:
 fn draw(c: &ConnResult, path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
     let fresh = &c.rss_kib_per_idle_ws_and_wss;
-    let lines: [(&str, RGBColor, Vec<(f64, f64)>); 3] = [
+    type Line<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+    let lines: [Line; 3] = [
         (
             "one relay, counts in turn",
             BLACK,
