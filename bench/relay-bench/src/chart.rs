@@ -57,6 +57,20 @@ pub(crate) fn write(
     }
 }
 
+/// Draws the legend of `chart` at `position`, on a white box with a black border.
+pub(crate) fn legend<'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    position: SeriesLabelPosition,
+) -> Result<(), Box<dyn std::error::Error>> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(position)
+        .draw()?;
+    Ok(())
+}
+
 /// One panel per size: relay (median with min–max bars), floor, kernel limit, against
 /// clients on a log axis.
 fn draw(
@@ -128,12 +142,7 @@ fn draw(
                 .iter()
                 .map(|p| ErrorBar::new_vertical(p.0, p.2, p.1, p.3, RED.filled(), 6)),
         )?;
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::LowerLeft)
-            .draw()?;
+        legend(&mut chart, SeriesLabelPosition::LowerLeft)?;
     }
     root.present()?;
     Ok(())
@@ -219,12 +228,7 @@ fn draw_rtt(
                 .label(format!("relay core {:.0} % busy", r.relay_busy * 100.0))
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::LowerLeft)
-            .draw()?;
+        legend(&mut chart, SeriesLabelPosition::LowerLeft)?;
     }
     root.present()?;
     Ok(())
@@ -318,12 +322,7 @@ fn draw_density(results: &[Density], path: &Path) -> Result<(), Box<dyn std::err
                 .label(name)
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()?;
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     }
     root.present()?;
     Ok(())

@@ -149,12 +149,7 @@ fn draw(
                 ErrorBar::new_vertical(p.0, p.1.fps.min, p.1.fps.median, p.1.fps.max, colour, 6)
             }))?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()?;
+        crate::chart::legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     }
     root.present()?;
     Ok(())

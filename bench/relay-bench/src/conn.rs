@@ -205,12 +205,7 @@ fn draw(c: &ConnResult, path: &std::path::Path) -> Result<(), Box<dyn std::error
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour));
         chart.draw_series(line.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()?;
+    crate::chart::legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present()?;
     Ok(())
 }

@@ -429,16 +429,12 @@ fn draw(cells: &[TcpCell], path: &Path) -> Result<(), Box<dyn std::error::Error>
                     .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour));
                 chart.draw_series(points.iter().map(|&pt| Circle::new(pt, 4, colour.filled())))?;
             }
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .position(if row == 0 {
-                    SeriesLabelPosition::LowerRight
-                } else {
-                    SeriesLabelPosition::UpperLeft
-                })
-                .draw()?;
+            let position = if row == 0 {
+                SeriesLabelPosition::LowerRight
+            } else {
+                SeriesLabelPosition::UpperLeft
+            };
+            crate::chart::legend(&mut chart, position)?;
         }
     }
     root.present()?;

@@ -23,6 +23,14 @@ fn guest_ip(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 86, 1, i + 1)
 }
 
+/// The payload of the first UDP datagram to `ip` among the next 20 frames `client` gets.
+fn datagram_to(client: &mut WsClient, ip: Ipv4Addr) -> Option<Vec<u8>> {
+    (0..20).find_map(|_| {
+        let f = client.recv_frame(Duration::from_secs(5))?;
+        udp_payload_to(&f, ip).map(<[u8]>::to_vec)
+    })
+}
+
 #[test]
 fn every_client_gets_a_tap_on_the_bridge_and_frames_cross_it_every_way() {
     if unless_root("every_client_gets_a_tap_on_the_bridge_and_frames_cross_it_every_way") {
@@ -95,12 +103,7 @@ fn every_client_gets_a_tap_on_the_bridge_and_frames_cross_it_every_way() {
             .send_to(b"down", (guest_ip(0), 9))
             .expect("send")
     });
-    let down = (0..20)
-        .find_map(|_| {
-            let f = clients[0].recv_frame(Duration::from_secs(5))?;
-            udp_payload_to(&f, guest_ip(0)).map(<[u8]>::to_vec)
-        })
-        .expect("client 0 got the host's datagram");
+    let down = datagram_to(&mut clients[0], guest_ip(0)).expect("client 0 got the host's datagram");
     assert_eq!(down, b"down");
     // Client → client: 1 announces itself, then 0 sends to it.
     clients[1].send_frame(&udp_datagram(
@@ -118,12 +121,8 @@ fn every_client_gets_a_tap_on_the_bridge_and_frames_cross_it_every_way() {
         (guest_ip(1), 9),
         b"across",
     ));
-    let across = (0..20)
-        .find_map(|_| {
-            let f = clients[1].recv_frame(Duration::from_secs(5))?;
-            udp_payload_to(&f, guest_ip(1)).map(<[u8]>::to_vec)
-        })
-        .expect("client 1 got client 0's datagram");
+    let across =
+        datagram_to(&mut clients[1], guest_ip(1)).expect("client 1 got client 0's datagram");
     assert_eq!(across, b"across");
     relay.stop();
     let log = relay.proc.log_text();
