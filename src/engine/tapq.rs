@@ -64,7 +64,7 @@ impl TapQueue {
             net,
             closing: false,
             multishot,
-            // Lossless: TAP reads are at most a prefix and 65 600 bytes.
+            // Lossless: TAP reads are at most a 10-byte header and 65 553 bytes.
             read_len: read_len as u32,
             reads_armed: 0,
             starved: false,
@@ -147,11 +147,12 @@ impl TapQueue {
     /// Submits a write of `len` bytes at `ptr`, which lie in buffer `buf` (the completion
     /// names it and this queue's network).
     ///
+    /// With `vnet` (the TAP takes a `virtio_net_hdr` in front of every frame), the write is
+    /// a `writev` of an empty header and the frame, whose iovecs `vnet` holds.
+    ///
     /// # Safety
     /// The bytes stay valid and unmodified until the completion (the caller holds a
     /// reference on `buf` for it).
-    /// With `vnet` (the TAP takes a `virtio_net_hdr` in front of every frame), the write is
-    /// a `writev` of an empty header and the frame, whose iovecs `vnet` holds.
     #[inline]
     pub unsafe fn write(
         &mut self,

@@ -202,8 +202,9 @@ impl Worker {
         let (Some(dst), Some(src)) = (Mac::destination(frame), Mac::source(frame)) else {
             return self.offload_dropped(net, "no Ethernet header");
         };
-        let Some(forward) = self.uplink_forward(net, dst, src) else {
-            return;
+        let forward = match self.uplink_forward(net, dst, src) {
+            Some(Forward::Uplink) | None => return,
+            Some(forward) => forward,
         };
         for i in 0..gso.segments() {
             let Some(slot) = self.pool.alloc_slot() else {
@@ -222,6 +223,7 @@ impl Worker {
             match forward {
                 Forward::Port(to) => self.deliver(to, ready),
                 Forward::Flood => self.flood(net, ready, None),
+                // Returned above.
                 Forward::Uplink => {}
             }
             self.pool.release(slot);
