@@ -100,7 +100,7 @@ drop_reasons! {
     TapBacklog => "tap_backlog", "Too many TAP writes in flight on this core.";
     TapWriteError => "tap_write_error", "The kernel refused a TAP write.";
     TapRunt => "tap_runt", "Frame read from the TAP shorter than an Ethernet header.";
-    OffloadMalformed => "offload_malformed", "--offload: a frame from the TAP whose partial checksum lies outside it, or a super-frame that is not TCP over IPv4 or IPv6 or whose segments would exceed --max-frame.";
+    OffloadMalformed => "offload_malformed", "--offload: a frame from the TAP over --max-frame, filling its whole buffer (maybe cut short), or whose partial checksum lies outside it; or a super-frame that is not TCP over IPv4 or IPv6, or is VLAN-tagged (run without --offload on a TAP that carries VLANs), or whose segments would exceed --max-frame.";
     CrossCoreFull => "cross_core_full", "Ring to another core full.";
     NoFrameBuffer => "no_frame_buffer", "Frame buffer pool exhausted.";
     PartialFramesFull => "partial_frames_full", "A message split across receives dropped: the core's quarter of frame slots for partial frames is in use.";

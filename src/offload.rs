@@ -4,9 +4,11 @@
 //! flow's data as super-frames of up to 64 KiB with one partial checksum, instead of paying
 //! its per-packet cost for every MTU-sized frame. Guests cannot take those: this module reads
 //! the header, completes a partial checksum in place, and cuts a super-frame into the frames
-//! the host's TCP would have sent (each at most the headers plus `gso_size` bytes, so never
-//! over the TAP's MTU), with their IP lengths, IPv4 ids, sequence numbers, flags and
-//! checksums fixed. Pure; fuzzed (`fuzz/fuzz_targets/offload.rs`).
+//! the host's TCP would have sent (each at most the headers plus `gso_size` bytes, which the
+//! host's TCP takes from the TAP's MTU; the relay also checks them against `--max-frame`),
+//! with their IP lengths, IPv4 ids, sequence numbers, flags and checksums fixed. Untagged
+//! frames only: a VLAN-tagged super-frame (a VLAN device on the TAP) is refused, and dropped.
+//! Pure; fuzzed (`fuzz/fuzz_targets/offload.rs`).
 
 /// Bytes of the `virtio_net_hdr` in front of every frame (the kernel's default size).
 pub const VNET_HDR_LEN: usize = 10;
@@ -32,11 +34,16 @@ pub fn max_segments(max_frame: usize) -> u32 {
     (SUPER_FRAME_BUDGET / max_frame.max(1)).max(1) as u32
 }
 
-/// The largest frame a TAP read returns with offloads: [`max_segments`] segments, each at
-/// most `max_frame` bytes with its headers (a super-frame carries its headers once).
+/// The largest frame a TAP read with offloads must take: the largest any TAP frame can be
+/// (a 65 535-byte IP packet, its Ethernet header and a VLAN tag), whatever `gso_max_segs`
+/// says ([`max_segments`] segments of at most `max_frame` bytes each stay below it). A read
+/// that fills all of it is taken as cut short.
 pub fn largest_super_frame(max_frame: usize) -> usize {
-    max_segments(max_frame) as usize * max_frame
+    (max_segments(max_frame) as usize * max_frame).max(LARGEST_FRAME)
 }
+
+/// The largest frame a TAP hands over: a 65 535-byte IP packet, Ethernet header, VLAN tag.
+pub const LARGEST_FRAME: usize = 65_535 + 14 + 4;
 
 const ETH_LEN: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -104,7 +111,7 @@ pub enum OffloadError {
     ChecksumPlace,
     #[error("a segmentation type the relay did not offer ({0:#x})")]
     GsoType(u8),
-    #[error("a super-frame whose headers are not Ethernet, IPv4 or IPv6 without options, and TCP")]
+    #[error("a super-frame whose headers are not untagged Ethernet, IPv4 or IPv6 (without extension headers), and TCP")]
     Headers,
     #[error("a super-frame with segment size 0, or segments too long for IP")]
     SegmentSize,

@@ -208,9 +208,12 @@ impl TapQueue {
 /// The iovecs of a core's TAP writes with `--offload`: each write is an empty
 /// `virtio_net_hdr` (no offload asked of the kernel: the guest's frame is complete) and the
 /// frame. A write's pair is reused only [`VnetWrites::PAIRS`] writes later. By then it has
-/// been submitted, and the kernel copies iovecs at submission (`IORING_FEAT_SUBMIT_STABLE`):
-/// at most [`MAX_WRITES`] of a core's writes are in flight, so of the writes pushed after it,
-/// most have completed, and the kernel takes submissions in order.
+/// been submitted, and the kernel copies iovecs at submission (`IORING_FEAT_SUBMIT_STABLE`,
+/// Linux 5.5; the engine needs 5.19 for its buffer rings): at most [`MAX_WRITES`] of a core's
+/// writes are in flight (the worker refuses one beyond), so of the writes pushed after it,
+/// most have completed, and the kernel takes submissions in order. (Completions come in any
+/// order: the write itself may still be in flight; its frame's buffer is referenced until
+/// it completes.)
 pub struct VnetWrites {
     pairs: Box<[[libc::iovec; 2]]>,
     next: usize,

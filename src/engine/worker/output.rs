@@ -163,6 +163,10 @@ impl Worker {
             self.net_dropped(net);
             return;
         };
+        // A read that filled the buffer may have been cut short.
+        if res >= self.pool.tap_read_len() {
+            return self.offload_dropped(net, len, "a read that filled its buffer");
+        }
         let arena = self.pool.arena();
         let hdr = {
             // SAFETY: the kernel just handed this buffer over and only we hold it: nothing
@@ -170,10 +174,14 @@ impl Worker {
             let all = unsafe { arena.bytes_mut(id, HEADROOM - VNET_HDR_LEN, res) };
             let (head, frame) = all.split_at_mut(VNET_HDR_LEN);
             let hdr = VnetHdr::parse(&(*head).try_into().expect("a header's length"));
+            // A frame that is not a super-frame must fit a slot, as without offloads.
+            if !hdr.is_gso() && len > self.cfg.max_frame {
+                return self.offload_dropped(net, len, "a frame over --max-frame");
+            }
             if !hdr.is_gso() && hdr.flags & NEEDS_CSUM != 0 {
                 let (start, offset) = (hdr.csum_start.into(), hdr.csum_offset.into());
                 if let Err(e) = complete_checksum(frame, start, offset) {
-                    return self.offload_dropped(net, e);
+                    return self.offload_dropped(net, len, e);
                 }
             }
             hdr
@@ -188,19 +196,20 @@ impl Worker {
     /// Cuts the TCP super-frame of `len` bytes at [`HEADROOM`] of `id` into frames of the
     /// MTU, each in a slot of its own, and sends them where the switch says.
     fn tap_super_frame(&mut self, net: u16, id: BufId, len: usize, hdr: crate::offload::VnetHdr) {
-        self.counters.tap_rx_frames.inc();
-        self.counters.tap_rx_bytes.add(len as u64);
         let arena = self.pool.arena();
         // SAFETY: we hold the buffer's reference and nothing writes it while this view lives
         // (the frames are written into slots).
         let frame = unsafe { arena.bytes(id, HEADROOM, len) };
         let gso = match crate::offload::Gso::parse(frame, &hdr) {
             Ok(gso) if gso.max_segment_len() <= self.cfg.max_frame => gso,
-            Ok(_) => return self.offload_dropped(net, "segments over --max-frame"),
-            Err(e) => return self.offload_dropped(net, e),
+            Ok(_) => return self.offload_dropped(net, len, "segments over --max-frame"),
+            Err(e) => return self.offload_dropped(net, len, e),
         };
+        self.counters.tap_rx_frames.inc();
+        self.counters.tap_rx_bytes.add(len as u64);
         let (Some(dst), Some(src)) = (Mac::destination(frame), Mac::source(frame)) else {
-            return self.offload_dropped(net, "no Ethernet header");
+            // Gso::parse read the Ethernet header: not reached.
+            return self.offload_dropped(net, len, "no Ethernet header");
         };
         let forward = match self.uplink_forward(net, dst, src) {
             Some(Forward::Uplink) | None => return,
@@ -230,8 +239,11 @@ impl Worker {
         }
     }
 
-    /// Counts a frame from network slot `net`'s TAP that `--offload` could not make whole.
-    fn offload_dropped(&mut self, net: u16, why: impl std::fmt::Display) {
+    /// Counts a frame of `len` bytes from network slot `net`'s TAP (read, and dropped) that
+    /// `--offload` could not make whole.
+    fn offload_dropped(&mut self, net: u16, len: usize, why: impl std::fmt::Display) {
+        self.counters.tap_rx_frames.inc();
+        self.counters.tap_rx_bytes.add(len as u64);
         self.counters.dropped(DropReason::OffloadMalformed);
         self.net_dropped(net);
         log::debug!("core {}: frame from the TAP dropped: {why}", self.id);
