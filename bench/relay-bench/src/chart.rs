@@ -57,6 +57,40 @@ pub(crate) fn write(
     }
 }
 
+/// A chart of frames/s (0 to `y_max`) against a count on a log axis (to `x_max`) in `panel`,
+/// its mesh drawn.
+pub(crate) type FramesChart<'a> = ChartContext<
+    'a,
+    SVGBackend<'a>,
+    Cartesian2d<
+        plotters::coord::combinators::LogCoord<f64>,
+        plotters::coord::types::RangedCoordf64,
+    >,
+>;
+
+pub(crate) fn frames_panel<'a>(
+    panel: &DrawingArea<SVGBackend<'a>, plotters::coord::Shift>,
+    caption: String,
+    x_desc: &str,
+    (x_max, y_max): (f64, f64),
+) -> Result<FramesChart<'a>, Box<dyn std::error::Error>> {
+    let mut chart = ChartBuilder::on(panel)
+        .caption(caption, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d((0.5f64..x_max).log_scale(), 0f64..y_max)?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_desc(x_desc)
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_desc("frames/s")
+        .y_label_formatter(&|v| crate::report::fmt_rate(*v))
+        .draw()?;
+    Ok(chart)
+}
+
 /// Draws the legend of `chart` at `position`, on a white box with a black border.
 pub(crate) fn legend<'a, CT: plotters::coord::CoordTranslate>(
     chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
@@ -104,19 +138,12 @@ fn draw(
             .chain(kernel)
             .fold(1.0, f64::max)
             * 1.15;
-        let mut chart = ChartBuilder::on(panel)
-            .caption(format!("{way}, {size} B frames"), ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(36)
-            .y_label_area_size(60)
-            .build_cartesian_2d((0.5f64..x_max).log_scale(), 0f64..y_max)?;
-        chart
-            .configure_mesh()
-            .x_desc("clients")
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_desc("frames/s")
-            .y_label_formatter(&|v| crate::report::fmt_rate(*v))
-            .draw()?;
+        let mut chart = frames_panel(
+            panel,
+            format!("{way}, {size} B frames"),
+            "clients",
+            (x_max, y_max),
+        )?;
         if let Some(k) = kernel {
             chart
                 .draw_series(LineSeries::new(

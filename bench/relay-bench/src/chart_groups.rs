@@ -101,20 +101,12 @@ fn draw(
         let of_size: Vec<&&Row> = rows.iter().filter(|r| r.size == size).collect();
         let x_max = of_size.iter().filter_map(|r| r.count).max().unwrap_or(1) as f64 * 2.0;
         let y_max = of_size.iter().map(|r| r.fps.max).fold(1.0, f64::max) * 1.45;
-        let mut chart = ChartBuilder::on(panel)
-            .caption(format!("{name}, {size} B frames"), ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(36)
-            .y_label_area_size(60)
-            .build_cartesian_2d((0.5f64..x_max).log_scale(), 0f64..y_max)?;
-        chart
-            .configure_mesh()
-            .light_line_style(WHITE)
-            .x_desc("clients, pairs or guests")
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_desc("frames/s")
-            .y_label_formatter(&|v| crate::report::fmt_rate(*v))
-            .draw()?;
+        let mut chart = crate::chart::frames_panel(
+            panel,
+            format!("{name}, {size} B frames"),
+            "clients, pairs or guests",
+            (x_max, y_max),
+        )?;
         for (i, scenario) in scenarios.iter().enumerate() {
             let colour = COLOURS[i % COLOURS.len()];
             let mut points: Vec<(f64, &Row)> = of_size
